@@ -1,0 +1,165 @@
+//! Audit events as they travel through `audit.raw` and `audit.enriched`.
+//!
+//! Field names and order mirror `schemas/avro/*.avsc`; serde is the bridge the Avro codec uses,
+//! so renaming a field here without the schema fails the codec tests.
+
+use crate::{EventType, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Who emitted an event. CLIENT events (a browser) are untrusted: the enricher takes their user
+/// from the session, never from the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Source {
+    Client,
+    Server,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "CLIENT",
+            Source::Server => "SERVER",
+        }
+    }
+}
+
+/// An entity an event touched; every entity has an activity history downstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntityRef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub stack_trace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// One audit event as its service emitted it (after validation and redaction at ingest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawAuditEvent {
+    #[serde(with = "uuid_text")]
+    pub event_id: Uuid,
+    pub timestamp: Timestamp,
+    pub event_type: EventType,
+    pub source: Source,
+    pub service: String,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub tenant: Option<String>,
+    pub success: bool,
+    pub message: Option<String>,
+    pub entities: Vec<EntityRef>,
+    /// Each value is JSON text, so any JSON a service sends survives unchanged.
+    pub params: BTreeMap<String, String>,
+    /// JSON text.
+    pub response: Option<String>,
+    pub error: Option<ErrorInfo>,
+    pub client: Option<ClientInfo>,
+}
+
+impl RawAuditEvent {
+    /// The Kafka key that keeps one session's events in order: session id, else user id, else
+    /// event id.
+    pub fn partition_key(&self) -> String {
+        self.session_id
+            .clone()
+            .or_else(|| self.user_id.clone())
+            .unwrap_or_else(|| self.event_id.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedUser {
+    pub id: String,
+    pub login: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub started_at: Timestamp,
+    pub ip: Option<String>,
+}
+
+/// How far the directory join got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Enrichment {
+    /// Session, user and groups resolved.
+    Enriched,
+    /// The event named a session the directory did not learn of within the wait.
+    SessionUnknown,
+    /// The event named no session.
+    NoSession,
+}
+
+impl Enrichment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enrichment::Enriched => "ENRICHED",
+            Enrichment::SessionUnknown => "SESSION_UNKNOWN",
+            Enrichment::NoSession => "NO_SESSION",
+        }
+    }
+}
+
+/// Where and when the pipeline handled the event; lets a sink resume or deduplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineMeta {
+    pub received_at: Timestamp,
+    pub enriched_at: Timestamp,
+    pub raw_partition: i32,
+    pub raw_offset: i64,
+}
+
+/// A raw event joined with its session, user and groups; what both sinks consume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrichedAuditEvent {
+    pub event: RawAuditEvent,
+    pub user: Option<ResolvedUser>,
+    pub groups: Vec<GroupRef>,
+    pub session: Option<SessionInfo>,
+    pub enrichment: Enrichment,
+    pub claimed_user_mismatch: bool,
+    pub pipeline: PipelineMeta,
+}
+
+/// UUIDs as their hyphenated text in every format: the Avro schema says `string`, and
+/// `uuid`'s own serde impl switches to 16 raw bytes for serializers that are not
+/// human-readable, which apache-avro's deserializer claims to be.
+mod uuid_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use uuid::Uuid;
+
+    pub fn serialize<S: Serializer>(id: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&id.hyphenated())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Uuid::parse_str(&text)
+            .map_err(|e| D::Error::custom(format!("event_id {text:?} is not a UUID: {e}")))
+    }
+}

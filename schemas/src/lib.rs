@@ -1,0 +1,40 @@
+//! The audit pipeline's event model, shared by every stage.
+//!
+//! Everything that crosses a Kafka topic is defined here once:
+//!
+//! - [`event`]: [`RawAuditEvent`] (what services emit) and [`EnrichedAuditEvent`] (what the
+//!   enricher publishes for the sinks).
+//! - [`directory`], [`rule`], [`dead_letter`]: the records of the compacted directory and rules
+//!   topics and of the dead-letter topic.
+//! - [`codec`]: the Avro single-object wire format, with every schema version ever published kept
+//!   so that old records still decode.
+//! - [`catalog`]: the event-type catalog and the pattern custom types must match.
+//! - [`ingest`]: JSON -> [`RawAuditEvent`] with validation that reports every error by field path.
+//! - [`audit_log`] and [`locator`]: conversion of a server product's JSON audit-log line.
+//! - [`redaction`]: the secret-key redaction applied at ingest and again by the enricher.
+//!
+//! The `.avsc` files under `schemas/avro/` are the contract; the Rust types mirror them and a
+//! unit test keeps the two in step.
+
+pub mod audit_log;
+pub mod catalog;
+pub mod codec;
+pub mod dead_letter;
+pub mod directory;
+pub mod event;
+pub mod ingest;
+pub mod locator;
+pub mod redaction;
+pub mod rule;
+pub mod timestamp;
+
+pub use catalog::EventType;
+pub use codec::{AvroRecord, DecodeError, EncodeError};
+pub use dead_letter::DeadLetter;
+pub use directory::{DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Session, User};
+pub use event::{
+    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, GroupRef, PipelineMeta,
+    RawAuditEvent, ResolvedUser, SessionInfo, Source,
+};
+pub use rule::{AuditRule, RuleAction};
+pub use timestamp::Timestamp;
