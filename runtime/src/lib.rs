@@ -1,1 +1,23 @@
+//! What every audit pipeline binary needs to run, written once.
+//!
+//! - [`config`]: layered settings (built-in defaults < TOML file < `AUDIT__SECTION__KEY`
+//!   environment), validated at start with errors that name the setting.
+//! - [`kafka`]: client construction with any librdkafka property passed through, and the
+//!   pipeline's topic settings.
+//! - [`consume`]: the consume -> process -> commit loop that commits an offset only after the
+//!   caller says everything derived from it is durable.
+//! - [`telemetry`]: tracing setup (human or JSON logs).
+//! - [`ops`]: the `/metrics` (Prometheus text) and `/healthz` endpoint.
+//! - [`shutdown`]: SIGINT/SIGTERM handling that lets in-flight work finish.
 
+pub mod config;
+pub mod consume;
+pub mod kafka;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{
+    ConfigError, KafkaConfig, LogConfig, LogFormat, OpsConfig, TopicConfig, TopicsConfig,
+};
+pub use shutdown::Shutdown;

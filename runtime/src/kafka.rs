@@ -1,0 +1,239 @@
+//! Kafka client construction and topic administration.
+//!
+//! Every client gets `bootstrap.servers` plus all of [`KafkaConfig::properties`], so SSL, SASL
+//! and tuning reach librdkafka without code changes. Role defaults (idempotence, manual commits)
+//! are set first and may be overridden by properties only where that is safe: the properties that
+//! delivery guarantees depend on are enforced after them.
+
+use crate::config::{KafkaConfig, TopicConfig, TopicsConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot create the Kafka {role} client: {source}")]
+    Client {
+        role: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("Kafka request failed: {0}")]
+    Request(#[from] KafkaError),
+}
+
+fn base(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", client_id);
+    for (key, value) in kafka.librdkafka_properties() {
+        cfg.set(key, value);
+    }
+    cfg
+}
+
+/// An idempotent producer with `acks=all`: a delivery report means every in-sync replica has the
+/// record, and retries never duplicate or reorder within a partition.
+pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "120000");
+    for (k, v) in base(kafka, client_id).config_map() {
+        cfg.set(k, v);
+    }
+    cfg.set("enable.idempotence", "true").set("acks", "all");
+    cfg.create().map_err(|source| KafkaSetupError::Client {
+        role: "producer",
+        source,
+    })
+}
+
+/// A group consumer that never commits on its own: offsets are committed by
+/// [`crate::consume`] only after the caller's output is durable.
+pub fn consumer<C>(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    group_id: &str,
+    context: C,
+) -> Result<StreamConsumer<C>, KafkaSetupError>
+where
+    C: ConsumerContext + 'static,
+{
+    let mut cfg = ClientConfig::new();
+    cfg.set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in base(kafka, client_id).config_map() {
+        cfg.set(k, v);
+    }
+    cfg.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    cfg.create_with_context(context)
+        .map_err(|source| KafkaSetupError::Client {
+            role: "consumer",
+            source,
+        })
+}
+
+/// A consumer outside any group, for reading whole topics (directory, rules, operator tools).
+pub fn reader(kafka: &KafkaConfig, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
+    let mut cfg = base(kafka, client_id);
+    // librdkafka requires a group.id even for manual assignment; nothing is ever committed.
+    cfg.set("group.id", format!("{client_id}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    cfg.create().map_err(|source| KafkaSetupError::Client {
+        role: "reader",
+        source,
+    })
+}
+
+pub fn admin(
+    kafka: &KafkaConfig,
+    client_id: &str,
+) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
+    base(kafka, client_id)
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            role: "admin",
+            source,
+        })
+}
+
+/// The broker-side settings a topic is created with.
+pub fn topic_settings(topic: &TopicConfig) -> Vec<(&'static str, String)> {
+    let mut settings = Vec::new();
+    if topic.compacted {
+        settings.push(("cleanup.policy", "compact".to_string()));
+    } else {
+        settings.push(("cleanup.policy", "delete".to_string()));
+        if let Some(ms) = topic.retention_ms {
+            settings.push(("retention.ms", ms.to_string()));
+        }
+    }
+    settings
+}
+
+/// What happened to each topic in [`create_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    AlreadyExists,
+}
+
+/// Creates the pipeline's topics; topics that already exist are left as they are, so running
+/// this twice is harmless.
+pub async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &TopicsConfig,
+) -> Result<Vec<(String, TopicOutcome)>, KafkaSetupError> {
+    let all = topics.all();
+    let settings: Vec<_> = all.iter().map(|(_, t)| (*t, topic_settings(t))).collect();
+    let new_topics: Vec<NewTopic> = settings
+        .iter()
+        .map(|(t, s)| {
+            s.iter().fold(
+                NewTopic::new(
+                    &t.name,
+                    t.partitions,
+                    TopicReplication::Fixed(t.replication),
+                ),
+                |nt, (k, v)| nt.set(k, v),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(new_topics.iter(), &opts).await?;
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(name) => Ok((name, TopicOutcome::Created)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                Ok((name, TopicOutcome::AlreadyExists))
+            }
+            Err((topic, code)) => Err(KafkaSetupError::CreateTopic {
+                topic,
+                reason: code.to_string(),
+            }),
+        })
+        .collect()
+}
+
+/// A topic as the broker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: usize,
+    pub replication: usize,
+    /// `cleanup.policy`, when the broker answers DescribeConfigs.
+    pub cleanup_policy: Option<String>,
+}
+
+/// Describes every topic on the cluster, sorted by name.
+pub async fn describe_topics(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<Vec<TopicDescription>, KafkaSetupError> {
+    let consumer = reader(kafka, client_id)?;
+    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(None, timeout))?;
+    let mut out: Vec<TopicDescription> = metadata
+        .topics()
+        .iter()
+        .map(|t| TopicDescription {
+            name: t.name().to_string(),
+            partitions: t.partitions().len(),
+            replication: t.partitions().first().map_or(0, |p| p.replicas().len()),
+            cleanup_policy: None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let admin = admin(kafka, client_id)?;
+    let specifiers: Vec<_> = out
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(&t.name))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    // Some Kafka-compatible brokers do not implement DescribeConfigs; the listing still works.
+    if let Ok(configs) = admin.describe_configs(specifiers.iter(), &opts).await {
+        for (topic, config) in out.iter_mut().zip(configs) {
+            if let Ok(config) = config {
+                topic.cleanup_policy = config.get("cleanup.policy").and_then(|e| e.value.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_topics_ignore_retention() {
+        let mut t = TopicsConfig::default();
+        t.directory.retention_ms = Some(5);
+        assert_eq!(
+            topic_settings(&t.directory),
+            vec![("cleanup.policy", "compact".to_string())]
+        );
+        t.raw.retention_ms = Some(86_400_000);
+        assert_eq!(
+            topic_settings(&t.raw),
+            vec![
+                ("cleanup.policy", "delete".to_string()),
+                ("retention.ms", "86400000".to_string())
+            ]
+        );
+    }
+}
