@@ -1,1 +1,69 @@
-fn main() {}
+//! `auditctl`: the operator's tool for the audit pipeline.
+//!
+//! A thin binary: each subcommand lives in its own module and the shared plumbing comes from
+//! `audit-runtime`.
+
+mod consume;
+mod settings;
+mod topics;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Operate the audit pipeline: create and inspect its Kafka topics and read any of them as JSON.
+///
+/// Settings come from built-in defaults, then the TOML file given with --config, then
+/// environment variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092,
+/// AUDIT__TOPICS__RAW__PARTITIONS=12). `auditctl config` prints the result.
+#[derive(Debug, Parser)]
+#[command(name = "auditctl", version, about, long_about)]
+struct Cli {
+    /// TOML settings file (sections: kafka, topics, log).
+    #[arg(long, global = true, env = "AUDIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers; overrides kafka.brokers.
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or list the pipeline's topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Print records of any pipeline topic as one JSON object per line (the operator's kcat).
+    ///
+    /// The record type is recognised from each record's schema fingerprint, so any topic of the
+    /// pipeline can be read. Undecodable records are printed as objects with an "error" field.
+    Consume(consume::ConsumeArgs),
+    /// Print the effective settings (defaults, file and environment layered) as TOML.
+    Config,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auditctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = settings::Settings::load(cli.config.as_deref(), cli.brokers.as_deref())?;
+    audit_runtime::telemetry::init(&settings.log)?;
+    match cli.command {
+        Command::Topics(cmd) => topics::run(cmd, &settings).await,
+        Command::Consume(args) => consume::run(args, &settings).await,
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&settings)?);
+            Ok(())
+        }
+    }
+}

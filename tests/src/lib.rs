@@ -1,1 +1,140 @@
+//! The harness for tests that talk to the real local stack (`dev/stack up`): addresses, unique
+//! topic names, and small Kafka helpers. Addresses default to the stack's and can be pointed
+//! elsewhere with `AUDIT_TEST_KAFKA`, `AUDIT_TEST_CLICKHOUSE_URL`, `AUDIT_TEST_CLOUDWATCH_URL`.
+//!
+//! Tests fail (never skip) when the stack is down: a green run must mean the real parts worked.
 
+use anyhow::{bail, Context, Result};
+use audit_runtime::{KafkaConfig, TopicConfig, TopicsConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Duration;
+
+pub fn kafka_brokers() -> String {
+    std::env::var("AUDIT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("AUDIT_TEST_CLICKHOUSE_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8123".to_string())
+}
+
+pub fn cloudwatch_url() -> String {
+    std::env::var("AUDIT_TEST_CLOUDWATCH_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_string())
+}
+
+pub fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: kafka_brokers(),
+        ..KafkaConfig::default()
+    }
+}
+
+/// A name no other test (or earlier run) uses, so tests run in parallel on one broker.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The pipeline's topics under unique names, with few partitions to keep the broker light.
+pub fn unique_topics(partitions: i32) -> TopicsConfig {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut topics = TopicsConfig::default();
+    for t in [
+        &mut topics.raw,
+        &mut topics.directory,
+        &mut topics.rules,
+        &mut topics.enriched,
+        &mut topics.dlq,
+    ] {
+        *t = TopicConfig {
+            name: format!("test.{run}.{}", t.name.trim_start_matches("audit.")),
+            partitions: if t.compacted { 1 } else { partitions },
+            ..t.clone()
+        };
+    }
+    topics
+}
+
+/// Creates the topics, failing with a hint when the broker is not there.
+pub async fn create_topics(topics: &TopicsConfig) -> Result<()> {
+    let admin = audit_runtime::kafka::admin(&kafka_config(), "audit-tests")?;
+    audit_runtime::kafka::create_topics(&admin, topics)
+        .await
+        .with_context(|| {
+            format!(
+                "creating test topics on {} (is `dev/stack up` running?)",
+                kafka_brokers()
+            )
+        })?;
+    Ok(())
+}
+
+pub fn producer() -> Result<FutureProducer> {
+    Ok(audit_runtime::kafka::producer(
+        &kafka_config(),
+        "audit-tests",
+    )?)
+}
+
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<(i32, i64)> {
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+/// Reads `count` records from every partition of `topic` from the beginning, or fails after
+/// `timeout`.
+pub async fn consume_n(
+    topic: &str,
+    partitions: i32,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    let consumer: StreamConsumer =
+        audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < count {
+        let next = tokio::time::timeout_at(deadline, consumer.recv()).await;
+        match next {
+            Err(_) => bail!(
+                "only {} of {count} records arrived on {topic} within {timeout:?}",
+                out.len()
+            ),
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Ok(Err(e)) => bail!("consuming {topic}: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The payload of a message, or an error naming where it came from.
+pub fn payload(m: &OwnedMessage) -> Result<&[u8]> {
+    m.payload().with_context(|| {
+        format!(
+            "{}/{}@{} has no value",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        )
+    })
+}

@@ -1,0 +1,158 @@
+//! `auditctl` as an operator runs it, against the real broker.
+
+use audit_schemas::*;
+use audit_tests::*;
+use std::process::{Command, Output};
+use uuid::Uuid;
+
+fn auditctl(topics: &audit_runtime::TopicsConfig, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditctl"));
+    cmd.args(args).env("AUDIT__KAFKA__BROKERS", kafka_brokers());
+    for (role, t) in topics.all() {
+        let role = role.to_uppercase();
+        cmd.env(format!("AUDIT__TOPICS__{role}__NAME"), &t.name)
+            .env(
+                format!("AUDIT__TOPICS__{role}__PARTITIONS"),
+                t.partitions.to_string(),
+            );
+    }
+    cmd.output().expect("auditctl runs")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "auditctl failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn topics_create_is_idempotent_and_list_shows_settings() {
+    let topics = unique_topics(4);
+    let first = stdout(&auditctl(&topics, &["topics", "create"]));
+    assert_eq!(first.matches(" created ").count(), 5, "{first}");
+    let second = stdout(&auditctl(&topics, &["topics", "create"]));
+    assert_eq!(
+        second.matches("exists (left unchanged)").count(),
+        5,
+        "{second}"
+    );
+
+    let list = stdout(&auditctl(&topics, &["topics", "list"]));
+    for (role, t) in topics.all() {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&t.name))
+            .unwrap_or_else(|| panic!("{} missing from:\n{list}", t.name));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], t.partitions.to_string(), "{line}");
+        assert_eq!(cols[2], "1", "{line}");
+        assert_eq!(
+            cols[3],
+            if t.compacted { "compact" } else { "delete" },
+            "{line}"
+        );
+        assert_eq!(cols[4], role, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consume_prints_decoded_records_and_reports_bad_ones() {
+    let topics = unique_topics(1);
+    stdout(&auditctl(&topics, &["topics", "create"]));
+    let producer = producer().unwrap();
+    let rule = AuditRule {
+        id: "r1".into(),
+        order: 1,
+        description: Some("no query events for contractors".into()),
+        groups: vec!["contractors".into()],
+        users: vec![],
+        event_types: vec!["query-*".into()],
+        action: RuleAction::Drop,
+    };
+    produce(&producer, &topics.rules.name, "r1", &rule.encode().unwrap())
+        .await
+        .unwrap();
+    produce(&producer, &topics.rules.name, "junk", b"{\"not\":\"avro\"}")
+        .await
+        .unwrap();
+    produce(&producer, &topics.rules.name, "r0", b"")
+        .await
+        .unwrap();
+    let event_id = Uuid::new_v4();
+    let dl = DeadLetter {
+        original_key: None,
+        original_value: Some(b"garbage".to_vec()),
+        stage: "enricher".into(),
+        reason: "undecodable".into(),
+        source_topic: Some(topics.raw.name.clone()),
+        source_partition: Some(0),
+        source_offset: Some(7),
+        failed_at: Timestamp::now(),
+    };
+    produce(
+        &producer,
+        &topics.dlq.name,
+        &event_id.to_string(),
+        &dl.encode().unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let out = stdout(&auditctl(
+        &topics,
+        &[
+            "consume",
+            &topics.rules.name,
+            "--from-beginning",
+            "--exit-at-end",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["record"], "AuditRule");
+    assert_eq!(lines[0]["value"]["event_types"][0], "query-*");
+    assert_eq!(lines[0]["value"]["action"], "DROP");
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("C3 01"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2]["tombstone"], true);
+
+    let out = stdout(&auditctl(
+        &topics,
+        &[
+            "consume",
+            &topics.dlq.name,
+            "--from-beginning",
+            "--max",
+            "1",
+        ],
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["record"], "DeadLetter");
+    assert_eq!(line["value"]["reason"], "undecodable");
+    assert_eq!(line["key"], event_id.to_string());
+}
+
+#[test]
+fn a_missing_topic_and_bad_settings_are_clear_errors() {
+    let topics = unique_topics(1);
+    let o = auditctl(&topics, &["consume", "no.such.topic", "--from-beginning"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no.such.topic does not exist"));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_auditctl"))
+        .args(["topics", "list"])
+        .env("AUDIT__TOPICS__RAW__PARTITIONS", "0")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("topics.raw.partitions"));
+}
