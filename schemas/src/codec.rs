@@ -275,7 +275,7 @@ avro_record!(DeadLetter, "DeadLetter", ["dead_letter.v1.avsc"]);
 /// read a topic without being told its record type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyRecord {
-    Raw(RawAuditEvent),
+    Raw(Box<RawAuditEvent>),
     Enriched(Box<EnrichedAuditEvent>),
     Directory(DirectoryRecord),
     Rule(AuditRule),
@@ -287,7 +287,7 @@ impl AnyRecord {
         let (fingerprint, _) = split_header(bytes)?;
         let is = |v: &SchemaVersions| v.find(fingerprint).is_some();
         if is(RawAuditEvent::schemas()) {
-            RawAuditEvent::decode(bytes).map(Self::Raw)
+            RawAuditEvent::decode(bytes).map(|e| Self::Raw(Box::new(e)))
         } else if is(EnrichedAuditEvent::schemas()) {
             EnrichedAuditEvent::decode(bytes).map(|e| Self::Enriched(Box::new(e)))
         } else if is(DirectoryRecord::schemas()) {
