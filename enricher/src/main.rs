@@ -39,6 +39,8 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => bail!("audit-enricher is not implemented yet (issue #4); only the shared foundation exists"),
+        Command::Run => bail!(
+            "audit-enricher is not implemented yet (issue #4); only the shared foundation exists"
+        ),
     }
 }

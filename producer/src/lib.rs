@@ -1,1 +1,18 @@
+//! Ingest for the audit pipeline: everything that puts events on `audit.raw`.
+//!
+//! - [`http`]: the ingest API (`serve`); its pure request handling is in [`body`] and [`auth`].
+//! - [`tail`]: the audit-log tailer.
+//! - [`send`]: JSON / NDJSON from a file or stdin.
+//! - [`gen`]: the load generator, with matching directory records.
+//! - [`client`]: the library services link to log audit events.
+//! - [`publish`]: the Kafka I/O all of them share.
 
+pub mod auth;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod gen;
+pub mod http;
+pub mod publish;
+pub mod send;
+pub mod tail;

@@ -1,0 +1,192 @@
+//! `audit-producer`: puts audit events on the pipeline's raw topic.
+
+use anyhow::{Context, Result};
+use audit_producer::auth::Tokens;
+use audit_producer::body::Caller;
+use audit_producer::config::Settings;
+use audit_producer::publish::Publisher;
+use audit_producer::tail::{TailOptions, Tailer};
+use audit_producer::{gen, http, send};
+use audit_runtime::ops::Health;
+use audit_runtime::Shutdown;
+use audit_schemas::redaction::Redactor;
+use audit_schemas::Source;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Publish audit events to the pipeline's raw topic (audit.raw), validated and with secrets
+/// redacted, keyed by session so a session's events stay in order.
+///
+/// Settings: built-in defaults, then the TOML file given with --config, then environment
+/// variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092). API tokens are set in the
+/// file as [[tokens]] entries with token, service and sources.
+#[derive(Debug, Parser)]
+#[command(name = "audit-producer", version, about, long_about)]
+struct Cli {
+    /// TOML settings file.
+    #[arg(long, global = true, env = "AUDIT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the ingest API: POST /v1/events with a JSON object, an array or NDJSON.
+    ///
+    /// Answers 202 with the event ids once the broker acknowledged every event; 400 for bodies
+    /// that are not JSON, 422 listing each invalid event's index, field path and reason (nothing
+    /// of such a request is published), 401 without a valid bearer token, 413 past
+    /// http.max_body_bytes or http.max_events, 415 for other content types, 503 with Retry-After
+    /// when the producer is at capacity. Also serves /metrics and /healthz.
+    Serve,
+    /// Follow a JSON-lines audit log (lae-audit.log) through daily rotation and publish each line.
+    ///
+    /// The position is saved beside the log (PATH.position) after every acknowledged batch, so a
+    /// restart neither loses nor repeats a line. Lines that do not convert go to the dead-letter
+    /// topic with the reason.
+    Tail {
+        /// The log file, e.g. <site>/logs/lae-audit.log.
+        path: PathBuf,
+        /// Stop at the end of the file instead of following it.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Publish JSON or NDJSON events from FILE (or - for stdin), validated like the API.
+    Send {
+        /// File to read, or - for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Service name for events that name none.
+        #[arg(long, default_value = "cli")]
+        service: String,
+    },
+    /// Generate realistic load across every catalog type, publishing the matching sessions,
+    /// users and groups to the directory topic first.
+    Gen(gen::GenArgs),
+    /// Print the effective settings as TOML.
+    Config,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit-producer: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    audit_runtime::telemetry::init(&settings.log)?;
+    let redactor = Redactor::new(&settings.redaction.keys);
+    let publisher = || -> Result<Publisher> {
+        let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-producer")?;
+        Ok(Publisher::new(
+            producer,
+            &settings.topics,
+            settings.http.max_in_flight,
+        ))
+    };
+    match cli.command {
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&settings)?);
+        }
+        Command::Serve => {
+            if settings.tokens.is_empty() && !settings.http.allow_anonymous {
+                anyhow::bail!("no API tokens configured: add [[tokens]] entries to the settings file (or set http.allow_anonymous = true for local development)");
+            }
+            let shutdown = Shutdown::on_signals();
+            let health = Health::default();
+            let publisher = publisher()?;
+            let state = Arc::new(http::IngestState {
+                publisher: publisher.clone(),
+                tokens: Tokens::new(
+                    &settings.tokens,
+                    settings
+                        .http
+                        .allow_anonymous
+                        .then_some(settings.http.anonymous_service.as_str()),
+                ),
+                redactor,
+                max_events: settings.http.max_events,
+            });
+            let app = http::router(state, settings.http.max_body_bytes, health.clone())?;
+            let listener = tokio::net::TcpListener::bind(settings.http.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "setting `http.listen`: cannot listen on {}",
+                        settings.http.listen
+                    )
+                })?;
+            health.set("kafka", true, "producer created");
+            tracing::info!(listen = %settings.http.listen, topic = publisher.raw_topic(), "ingest API ready");
+            let stop = shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.requested().await })
+                .await?;
+            publisher.flush(Duration::from_secs(30));
+            tracing::info!("ingest API stopped");
+        }
+        Command::Tail { path, once } => {
+            let shutdown = Shutdown::on_signals();
+            let publisher = publisher()?;
+            let position_file = settings.tail.position_file.clone().unwrap_or_else(|| {
+                let mut p = path.clone().into_os_string();
+                p.push(".position");
+                PathBuf::from(p)
+            });
+            let options = TailOptions {
+                service: settings.tail.service.clone(),
+                position_file,
+                batch_lines: settings.tail.batch_lines,
+                poll: Duration::from_millis(settings.tail.poll_ms),
+                once,
+            };
+            let stats = Tailer::new(path, options, &publisher, &redactor)
+                .run(&shutdown)
+                .await?;
+            tracing::info!(
+                published = stats.published,
+                dead_letters = stats.dead_letters,
+                "tail stopped"
+            );
+            eprintln!(
+                "published {} events, {} dead letters",
+                stats.published, stats.dead_letters
+            );
+        }
+        Command::Send { file, service } => {
+            let caller = Caller {
+                service,
+                sources: vec![Source::Server, Source::Client],
+            };
+            let ids = send::send(
+                &file,
+                &caller,
+                &redactor,
+                &publisher()?,
+                settings.http.max_events,
+            )
+            .await?;
+            for id in &ids {
+                println!("{id}");
+            }
+            eprintln!("published {} events", ids.len());
+        }
+        Command::Gen(args) => {
+            let shutdown = Shutdown::on_signals();
+            let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-producer-gen")?;
+            let report = gen::run(&args, &producer, &settings.topics, &shutdown).await?;
+            eprintln!("{report}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! `audit-producer tail PATH`: follows a JSON-lines audit log (seed 003's `lae-audit.log`)
+//! through daily rotation and publishes each line as a [`RawAuditEvent`].
+//!
+//! Rotation is rename-and-recreate: `lae-audit.log` becomes `lae-audit.log.2018-10-31` and a new
+//! `lae-audit.log` starts. The tailer follows the file it has open (by device and inode) to its
+//! end, then moves to the new one. Its position — file identity and byte offset — is saved
+//! atomically after every batch the broker acknowledged, so a restart (even after `kill -9`)
+//! resumes where it stopped, in the rotated file if rotation happened meanwhile.
+//!
+//! Each line's event id is derived from the file identity and the line's byte offset: a batch
+//! re-published after a crash between the broker's acknowledgement and the position save carries
+//! the same ids, which the sinks deduplicate. Lines that do not convert become dead letters with
+//! the file, offset and reason; the tail goes on.
+
+mod position;
+
+use crate::publish::Publisher;
+use anyhow::{Context, Result};
+use audit_runtime::Shutdown;
+use audit_schemas::audit_log::convert_line;
+use audit_schemas::redaction::Redactor;
+use audit_schemas::{DeadLetter, RawAuditEvent, Timestamp};
+pub use position::{FileId, Position};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Namespace of line event ids (UUID v5 of `dev:inode:offset`).
+const LINE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a44_8d0e_4c7b_9b1e_51a2_7f3d_90c1);
+/// Longest line accepted; a longer one becomes a dead letter holding its first bytes.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+const READ_CHUNK: usize = MAX_LINE_BYTES + 1;
+const DEAD_LETTER_PREFIX_BYTES: usize = 64 * 1024;
+
+pub struct TailOptions {
+    pub service: String,
+    pub position_file: PathBuf,
+    pub batch_lines: usize,
+    pub poll: Duration,
+    /// Stop once the file is read to its end instead of following it.
+    pub once: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TailStats {
+    pub published: u64,
+    pub dead_letters: u64,
+}
+
+/// The file being read.
+struct Current {
+    file: File,
+    path: PathBuf,
+    id: FileId,
+    offset: u64,
+}
+
+pub struct Tailer<'a> {
+    path: PathBuf,
+    options: TailOptions,
+    publisher: &'a Publisher,
+    redactor: &'a Redactor,
+    stats: TailStats,
+}
+
+impl<'a> Tailer<'a> {
+    pub fn new(
+        path: PathBuf,
+        options: TailOptions,
+        publisher: &'a Publisher,
+        redactor: &'a Redactor,
+    ) -> Self {
+        Self {
+            path,
+            options,
+            publisher,
+            redactor,
+            stats: TailStats::default(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: &Shutdown) -> Result<TailStats> {
+        let mut current = self.resume()?;
+        let progress = self.progress_bar(&current);
+        loop {
+            let advanced = self.read_available(&mut current, false).await?;
+            progress.set_position(current.offset);
+            if advanced {
+                continue;
+            }
+            // At the end of the file: has it been rotated away?
+            if let Some(next) = self.rotated(&current)? {
+                // Read what was written between our last read and the rename, including a last
+                // line the writer never terminated.
+                self.read_available(&mut current, true).await?;
+                tracing::info!(from = %current.path.display(), to = %next.path.display(), "log rotated; following the new file");
+                current = next;
+                self.save(&current)?;
+                progress.set_length(current.file.metadata().map(|m| m.len()).unwrap_or(0));
+                progress.set_position(0);
+                continue;
+            }
+            if self.options.once || shutdown.is_triggered() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.requested() => {}
+                _ = tokio::time::sleep(self.options.poll) => {}
+            }
+        }
+        progress.finish_and_clear();
+        Ok(self.stats)
+    }
+
+    /// Opens the file to read and the offset to start at, from the saved position.
+    fn resume(&self) -> Result<Current> {
+        let saved = position::load(&self.options.position_file)?;
+        let live = open(&self.path)?;
+        let Some(saved) = saved else {
+            tracing::info!(path = %self.path.display(), "no saved position; reading the log from its beginning");
+            return Ok(live);
+        };
+        if saved.file == live.id {
+            return Ok(self.at_offset(live, saved.offset));
+        }
+        // Rotated while we were down: finish the old file first.
+        if let Some(old) = find_rotated(&self.path, saved.file)? {
+            tracing::info!(path = %old.path.display(), offset = saved.offset, "resuming in the rotated file");
+            return Ok(self.at_offset(old, saved.offset));
+        }
+        tracing::warn!(
+            path = %self.path.display(),
+            "the file of the saved position is gone; reading the current file from its beginning"
+        );
+        Ok(live)
+    }
+
+    fn at_offset(&self, mut current: Current, offset: u64) -> Current {
+        let len = current.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if offset > len {
+            tracing::warn!(path = %current.path.display(), offset, len, "file is shorter than the saved position (truncated?); reading from its beginning");
+            current.offset = 0;
+        } else {
+            current.offset = offset;
+        }
+        current
+    }
+
+    /// The new file at the tailed path, if the current one is no longer there.
+    fn rotated(&self, current: &Current) -> Result<Option<Current>> {
+        match FileId::of_path(&self.path) {
+            Ok(id) if id == current.id => Ok(None),
+            Ok(_) => Ok(Some(open(&self.path)?)),
+            // Between the rename and the creation of the new file: wait for it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("checking {}", self.path.display())),
+        }
+    }
+
+    /// Publishes the complete lines after the current offset; `final_read` also takes a last
+    /// unterminated line. Returns whether anything was consumed.
+    async fn read_available(&mut self, current: &mut Current, final_read: bool) -> Result<bool> {
+        let mut advanced = false;
+        loop {
+            let base = current.offset;
+            current.file.seek(SeekFrom::Start(base))?;
+            let mut buf = Vec::with_capacity(64 * 1024);
+            (&mut current.file)
+                .take(READ_CHUNK as u64)
+                .read_to_end(&mut buf)?;
+            if buf.is_empty() {
+                return Ok(advanced);
+            }
+            let lines = split_lines(&buf, final_read);
+            if lines.is_empty() {
+                if buf.len() < READ_CHUNK {
+                    return Ok(advanced);
+                }
+                // One line longer than we accept: dead-letter its head and skip past its end.
+                let end = self
+                    .skip_long_line(current, &buf[..DEAD_LETTER_PREFIX_BYTES])
+                    .await?;
+                current.offset = end;
+                self.save(current)?;
+                advanced = true;
+                continue;
+            }
+            for batch in lines.chunks(self.options.batch_lines) {
+                self.publish_batch(current, base, &buf, batch).await?;
+                current.offset = base + batch[batch.len() - 1].1 as u64;
+                self.save(current)?;
+            }
+            advanced = true;
+        }
+    }
+
+    async fn publish_batch(
+        &mut self,
+        current: &Current,
+        base: u64,
+        buf: &[u8],
+        batch: &[(usize, usize)],
+    ) -> Result<()> {
+        let mut events: Vec<RawAuditEvent> = Vec::with_capacity(batch.len());
+        let mut letters = Vec::new();
+        for &(start, end) in batch {
+            let raw = trim_line(&buf[start..end]);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let offset = base + start as u64;
+            let id = Uuid::new_v5(
+                &LINE_ID_NAMESPACE,
+                format!("{}:{}:{offset}", current.id.dev, current.id.ino).as_bytes(),
+            );
+            let converted = std::str::from_utf8(raw)
+                .map_err(|e| format!("line is not valid UTF-8 (bad byte at {})", e.valid_up_to()))
+                .and_then(|line| {
+                    convert_line(line, &self.options.service, id, self.redactor)
+                        .map_err(|e| e.to_string())
+                });
+            match converted {
+                Ok(event) => events.push(event),
+                Err(reason) => letters.push(self.dead_letter(current, offset, raw, &reason)),
+            }
+        }
+        self.publisher
+            .publish(&events)
+            .await
+            .context("publishing log lines")?;
+        for letter in &letters {
+            self.publisher
+                .dead_letter(None, letter)
+                .await
+                .context("publishing a dead letter")?;
+        }
+        self.stats.published += events.len() as u64;
+        self.stats.dead_letters += letters.len() as u64;
+        Ok(())
+    }
+
+    async fn skip_long_line(&mut self, current: &mut Current, head: &[u8]) -> Result<u64> {
+        let mut end = current.offset;
+        // Find the end of the line (or of the file) without holding the line in memory.
+        current.file.seek(SeekFrom::Start(end))?;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        loop {
+            let n = current.file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
+                end += i as u64 + 1;
+                break;
+            }
+            end += n as u64;
+        }
+        let reason = format!(
+            "line is longer than {MAX_LINE_BYTES} bytes; its first {} bytes are kept",
+            head.len()
+        );
+        let letter = self.dead_letter(current, current.offset, head, &reason);
+        self.publisher
+            .dead_letter(None, &letter)
+            .await
+            .context("publishing a dead letter")?;
+        self.stats.dead_letters += 1;
+        Ok(end)
+    }
+
+    fn dead_letter(&self, current: &Current, offset: u64, raw: &[u8], reason: &str) -> DeadLetter {
+        tracing::warn!(path = %current.path.display(), offset, reason, "log line dead-lettered");
+        DeadLetter {
+            original_key: None,
+            original_value: Some(raw.to_vec()),
+            stage: "tailer".to_string(),
+            reason: format!("{} at byte {offset}: {reason}", current.path.display()),
+            source_topic: None,
+            source_partition: None,
+            source_offset: Some(offset as i64),
+            failed_at: Timestamp::now(),
+        }
+    }
+
+    fn save(&self, current: &Current) -> Result<()> {
+        position::save(
+            &self.options.position_file,
+            &Position {
+                path: current.path.clone(),
+                file: current.id,
+                offset: current.offset,
+            },
+        )
+    }
+
+    fn progress_bar(&self, current: &Current) -> indicatif::ProgressBar {
+        let len = current.file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Only a real backlog is worth a bar; indicatif draws nothing when stderr is no terminal.
+        if len.saturating_sub(current.offset) < 8 * 1024 * 1024 {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(len);
+        bar.set_position(current.offset);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "catching up {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(current.path.display().to_string());
+        bar
+    }
+}
+
+fn open(path: &Path) -> Result<Current> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let id = FileId::of_file(&file)
+        .with_context(|| format!("reading metadata of {}", path.display()))?;
+    Ok(Current {
+        file,
+        path: path.to_path_buf(),
+        id,
+        offset: 0,
+    })
+}
+
+/// Looks beside `path` for a rotated file (`<name>.<suffix>`) with the given identity.
+fn find_rotated(path: &Path, id: FileId) -> Result<Option<Current>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let candidate = entry.path();
+        let is_rotation = entry.file_name().to_str().is_some_and(|n| {
+            n.len() > name.len() + 1 && n.starts_with(name) && n.as_bytes()[name.len()] == b'.'
+        });
+        if is_rotation && FileId::of_path(&candidate).is_ok_and(|c| c == id) {
+            return Ok(Some(open(&candidate)?));
+        }
+    }
+    Ok(None)
+}
+
+/// `(start, end)` of each complete line in `buf`, `end` just past its newline; with `final_read`
+/// a trailing unterminated line counts too.
+fn split_lines(buf: &[u8], final_read: bool) -> Vec<(usize, usize)> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            lines.push((start, i + 1));
+            start = i + 1;
+        }
+    }
+    if final_read && start < buf.len() {
+        lines.push((start, buf.len()));
+    }
+    lines
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_complete_lines_only() {
+        let buf = b"a\nbb\r\nccc";
+        assert_eq!(split_lines(buf, false), vec![(0, 2), (2, 6)]);
+        assert_eq!(split_lines(buf, true), vec![(0, 2), (2, 6), (6, 9)]);
+        assert_eq!(trim_line(&buf[2..6]), b"bb");
+        assert!(split_lines(b"no newline", false).is_empty());
+    }
+}

@@ -1,0 +1,87 @@
+//! The tailer's saved position: which file (device and inode, which survive a rename) and how
+//! far into it. Saved by write-to-temp, fsync, rename, so a crash leaves the old or the new
+//! position, never a torn one.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of_file(file: &File) -> std::io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    pub fn of_path(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// For people reading the file; the identity is what counts.
+    pub path: PathBuf,
+    pub file: FileId,
+    /// Bytes of the file already published.
+    pub offset: u64,
+}
+
+pub fn load(path: &Path) -> Result<Option<Position>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+            format!(
+                "position file {} is corrupt; delete it to re-read the log from the start",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading position file {}", path.display())),
+    }
+}
+
+pub fn save(path: &Path, position: &Position) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    serde_json::to_writer(&mut file, position)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pos");
+        assert_eq!(load(&p).unwrap(), None);
+        let pos = Position {
+            path: "x".into(),
+            file: FileId { dev: 1, ino: 2 },
+            offset: 3,
+        };
+        save(&p, &pos).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(pos));
+        std::fs::write(&p, b"{").unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
+    }
+}
