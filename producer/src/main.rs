@@ -150,12 +150,13 @@ async fn run(cli: Cli) -> Result<()> {
                 poll: Duration::from_millis(settings.tail.poll_ms),
                 once,
             };
-            let stats = Tailer::new(path, options, &publisher, &redactor)
+            let stats = Tailer::new(path, options, &publisher, &settings.kafka, &redactor)
                 .run(&shutdown)
                 .await?;
             tracing::info!(
                 published = stats.published,
                 dead_letters = stats.dead_letters,
+                skipped = stats.skipped,
                 "tail stopped"
             );
             eprintln!(

@@ -7,20 +7,28 @@
 //! atomically after every batch the broker acknowledged, so a restart (even after `kill -9`)
 //! resumes where it stopped, in the rotated file if rotation happened meanwhile.
 //!
-//! Each line's event id is derived from the file identity and the line's byte offset: a batch
-//! re-published after a crash between the broker's acknowledgement and the position save carries
-//! the same ids, which the sinks deduplicate. Lines that do not convert become dead letters with
-//! the file, offset and reason; the tail goes on.
+//! Each line's event id is derived from the file identity and the line's byte offset. Before a
+//! batch is sent, the position file records it as pending together with the raw topic's high
+//! watermarks; after the acknowledgement it records the new offset. A restart that finds a
+//! pending batch reads the raw topic from those watermarks and re-publishes only the lines whose
+//! ids are not there: a `kill -9` at any moment neither loses nor repeats a line. Lines that do
+//! not convert become dead letters with the file, offset and reason; the tail goes on.
 
 mod position;
 
 use crate::publish::Publisher;
 use anyhow::{Context, Result};
+use audit_runtime::KafkaConfig;
 use audit_runtime::Shutdown;
 use audit_schemas::audit_log::convert_line;
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{DeadLetter, RawAuditEvent, Timestamp};
-pub use position::{FileId, Position};
+use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
+pub use position::{FileId, Pending, Position};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -47,6 +55,8 @@ pub struct TailOptions {
 pub struct TailStats {
     pub published: u64,
     pub dead_letters: u64,
+    /// Lines of a pending batch found already on the broker after a restart.
+    pub skipped: u64,
 }
 
 /// The file being read.
@@ -61,8 +71,12 @@ pub struct Tailer<'a> {
     path: PathBuf,
     options: TailOptions,
     publisher: &'a Publisher,
+    kafka: &'a KafkaConfig,
     redactor: &'a Redactor,
     stats: TailStats,
+    /// Ids of a pending batch's lines that the broker already has (see the module docs).
+    already_published: HashSet<Uuid>,
+    raw_partitions: Vec<i32>,
 }
 
 impl<'a> Tailer<'a> {
@@ -70,19 +84,24 @@ impl<'a> Tailer<'a> {
         path: PathBuf,
         options: TailOptions,
         publisher: &'a Publisher,
+        kafka: &'a KafkaConfig,
         redactor: &'a Redactor,
     ) -> Self {
         Self {
             path,
             options,
             publisher,
+            kafka,
             redactor,
             stats: TailStats::default(),
+            already_published: HashSet::new(),
+            raw_partitions: Vec::new(),
         }
     }
 
     pub async fn run(mut self, shutdown: &Shutdown) -> Result<TailStats> {
-        let mut current = self.resume()?;
+        self.raw_partitions = self.partitions()?;
+        let mut current = self.resume().await?;
         let progress = self.progress_bar(&current);
         loop {
             let advanced = self.read_available(&mut current, false).await?;
@@ -114,9 +133,101 @@ impl<'a> Tailer<'a> {
         Ok(self.stats)
     }
 
+    fn partitions(&self) -> Result<Vec<i32>> {
+        let topic = self.publisher.raw_topic();
+        let metadata = tokio::task::block_in_place(|| {
+            Producer::client(self.publisher.producer())
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+        })
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            anyhow::bail!("topic {topic} does not exist (create it with `auditctl topics create`)");
+        }
+        Ok(partitions)
+    }
+
+    fn watermarks(&self) -> Result<Vec<(i32, i64)>> {
+        let topic = self.publisher.raw_topic();
+        let client = Producer::client(self.publisher.producer());
+        tokio::task::block_in_place(|| {
+            self.raw_partitions
+                .iter()
+                .map(|&p| {
+                    client
+                        .fetch_watermarks(topic, p, Duration::from_secs(30))
+                        .map(|(_, high)| (p, high))
+                        .with_context(|| format!("reading the end offset of {topic}/{p}"))
+                })
+                .collect()
+        })
+    }
+
+    /// The event ids the broker received since `watermarks`: what of a pending batch arrived.
+    async fn published_since(&self, watermarks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
+        let topic = self.publisher.raw_topic();
+        let now = self.watermarks()?;
+        let consumer: StreamConsumer =
+            audit_runtime::kafka::reader(self.kafka, "audit-producer-tail-recovery")?;
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = 0usize;
+        for &(p, from) in watermarks {
+            let to = now.iter().find(|(q, _)| *q == p).map_or(from, |(_, h)| *h);
+            if to > from {
+                tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+                remaining += 1;
+            }
+        }
+        let mut ids = HashSet::new();
+        if remaining == 0 {
+            return Ok(ids);
+        }
+        consumer.assign(&tpl)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut done = HashSet::new();
+        while done.len() < remaining {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .context("timed out reading the raw topic to recover a pending batch")?;
+            match message {
+                Ok(m) => {
+                    if let Some(Ok(e)) = m.payload().map(RawAuditEvent::decode) {
+                        ids.insert(e.event_id);
+                    }
+                    let to = now
+                        .iter()
+                        .find(|(q, _)| *q == m.partition())
+                        .map_or(0, |(_, h)| *h);
+                    if m.offset() + 1 >= to {
+                        done.insert(m.partition());
+                    }
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    done.insert(p);
+                }
+                Err(e) => {
+                    return Err(e).context("reading the raw topic to recover a pending batch")
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// Opens the file to read and the offset to start at, from the saved position.
-    fn resume(&self) -> Result<Current> {
+    async fn resume(&mut self) -> Result<Current> {
         let saved = position::load(&self.options.position_file)?;
+        if let Some(pending) = saved.as_ref().and_then(|s| s.pending.as_ref()) {
+            self.already_published = self.published_since(&pending.watermarks).await?;
+            tracing::info!(
+                found = self.already_published.len(),
+                "a batch was in flight when the tailer stopped; its lines already on the broker will not be sent again"
+            );
+        }
         let live = open(&self.path)?;
         let Some(saved) = saved else {
             tracing::info!(path = %self.path.display(), "no saved position; reading the log from its beginning");
@@ -188,8 +299,14 @@ impl<'a> Tailer<'a> {
                 continue;
             }
             for batch in lines.chunks(self.options.batch_lines) {
+                let end = base + batch[batch.len() - 1].1 as u64;
+                let pending = Pending {
+                    end,
+                    watermarks: self.watermarks()?,
+                };
+                self.save_pending(current, Some(pending))?;
                 self.publish_batch(current, base, &buf, batch).await?;
-                current.offset = base + batch[batch.len() - 1].1 as u64;
+                current.offset = end;
                 self.save(current)?;
             }
             advanced = true;
@@ -222,6 +339,9 @@ impl<'a> Tailer<'a> {
                         .map_err(|e| e.to_string())
                 });
             match converted {
+                Ok(event) if self.already_published.contains(&event.event_id) => {
+                    self.stats.skipped += 1;
+                }
                 Ok(event) => events.push(event),
                 Err(reason) => letters.push(self.dead_letter(current, offset, raw, &reason)),
             }
@@ -285,12 +405,17 @@ impl<'a> Tailer<'a> {
     }
 
     fn save(&self, current: &Current) -> Result<()> {
+        self.save_pending(current, None)
+    }
+
+    fn save_pending(&self, current: &Current, pending: Option<Pending>) -> Result<()> {
         position::save(
             &self.options.position_file,
             &Position {
                 path: current.path.clone(),
                 file: current.id,
                 offset: current.offset,
+                pending,
             },
         )
     }

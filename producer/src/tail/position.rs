@@ -40,6 +40,18 @@ pub struct Position {
     pub file: FileId,
     /// Bytes of the file already published.
     pub offset: u64,
+    /// A batch being published when this was saved: whether the broker got it is unknown until
+    /// the raw topic is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A batch in flight: the file bytes it covers and, for each partition of the raw topic, the
+/// high watermark before it was sent. Whatever of it reached the broker is after those offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub end: u64,
+    pub watermarks: Vec<(i32, i64)>,
 }
 
 pub fn load(path: &Path) -> Result<Option<Position>> {
