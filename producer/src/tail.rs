@@ -24,7 +24,7 @@ use audit_schemas::audit_log::convert_line;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
 pub use position::{FileId, Pending, Position};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -172,8 +172,7 @@ impl<'a> Tailer<'a> {
     async fn published_since(&self, watermarks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
         let topic = self.publisher.raw_topic();
         let now = self.watermarks()?;
-        let consumer: StreamConsumer =
-            audit_runtime::kafka::reader(self.kafka, "audit-producer-tail-recovery")?;
+        let consumer = audit_runtime::kafka::reader(self.kafka, "audit-producer-tail-recovery")?;
         let mut tpl = TopicPartitionList::new();
         let mut remaining = 0usize;
         for &(p, from) in watermarks {

@@ -7,7 +7,7 @@
 
 use crate::config::{KafkaConfig, TopicConfig, TopicsConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
@@ -83,8 +83,26 @@ where
         })
 }
 
+/// Client callbacks for [`reader`]s: reaching the end of a partition is what a reader waits
+/// for, not an error worth a log line; everything else is logged as librdkafka reports it.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A consumer that reads whole topics by assignment rather than in a group.
+pub type Reader = StreamConsumer<ReaderContext>;
+
 /// A consumer outside any group, for reading whole topics (directory, rules, operator tools).
-pub fn reader(kafka: &KafkaConfig, client_id: &str) -> Result<StreamConsumer, KafkaSetupError> {
+/// It reports the end of each partition as `KafkaError::PartitionEOF`.
+pub fn reader(kafka: &KafkaConfig, client_id: &str) -> Result<Reader, KafkaSetupError> {
     let mut cfg = base(kafka, client_id);
     // librdkafka requires a group.id even for manual assignment; nothing is ever committed.
     cfg.set("group.id", format!("{client_id}-reader"))
@@ -92,10 +110,11 @@ pub fn reader(kafka: &KafkaConfig, client_id: &str) -> Result<StreamConsumer, Ka
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    cfg.create().map_err(|source| KafkaSetupError::Client {
-        role: "reader",
-        source,
-    })
+    cfg.create_with_context(ReaderContext)
+        .map_err(|source| KafkaSetupError::Client {
+            role: "reader",
+            source,
+        })
 }
 
 pub fn admin(

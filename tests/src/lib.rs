@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use audit_runtime::{KafkaConfig, TopicConfig, TopicsConfig};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -103,8 +103,7 @@ pub async fn consume_n(
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
-    let consumer: StreamConsumer =
-        audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
+    let consumer = audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

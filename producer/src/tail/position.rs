@@ -90,6 +90,10 @@ mod tests {
             path: "x".into(),
             file: FileId { dev: 1, ino: 2 },
             offset: 3,
+            pending: Some(Pending {
+                end: 9,
+                watermarks: vec![(0, 5)],
+            }),
         };
         save(&p, &pos).unwrap();
         assert_eq!(load(&p).unwrap(), Some(pos));
