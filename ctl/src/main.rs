@@ -4,14 +4,18 @@
 //! `audit-runtime`.
 
 mod consume;
+mod directory;
+mod rules;
 mod settings;
+mod table;
 mod topics;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Operate the audit pipeline: create and inspect its Kafka topics and read any of them as JSON.
+/// Operate the audit pipeline: its topics, the rules that disable event types, the directory of
+/// sessions, users and groups, and a decoding reader for every topic.
 ///
 /// Settings come from built-in defaults, then the TOML file given with --config, then
 /// environment variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092,
@@ -39,6 +43,12 @@ enum Command {
     /// The record type is recognised from each record's schema fingerprint, so any topic of the
     /// pipeline can be read. Undecodable records are printed as objects with an "error" field.
     Consume(consume::ConsumeArgs),
+    /// Set, list or delete the rules that drop event types for groups or users.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Store or delete sessions, users and groups the enricher joins events with.
+    #[command(subcommand)]
+    Directory(directory::DirectoryCommand),
     /// Print the effective settings (defaults, file and environment layered) as TOML.
     Config,
 }
@@ -61,6 +71,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Topics(cmd) => topics::run(cmd, &settings).await,
         Command::Consume(args) => consume::run(args, &settings).await,
+        Command::Rules(cmd) => rules::run(cmd, &settings).await,
+        Command::Directory(cmd) => directory::run(cmd, &settings).await,
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);
             Ok(())

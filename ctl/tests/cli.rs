@@ -156,3 +156,122 @@ fn a_missing_topic_and_bad_settings_are_clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("topics.raw.partitions"));
 }
+
+#[test]
+fn rules_set_list_delete_and_directory_records() {
+    let topics = unique_topics(1);
+    stdout(&auditctl(&topics, &["topics", "create"]));
+    stdout(&auditctl(
+        &topics,
+        &[
+            "rules",
+            "set",
+            "--id",
+            "no-queries",
+            "--order",
+            "5",
+            "--group",
+            "contractors",
+            "--type",
+            "query-*",
+            "--action",
+            "drop",
+        ],
+    ));
+    let dir = std::env::temp_dir().join(unique("rule"));
+    std::fs::write(
+        &dir,
+        "id = \"keep-admins\"\norder = 1\ngroups = [\"admins\"]\naction = \"keep\"\n",
+    )
+    .unwrap();
+    stdout(&auditctl(
+        &topics,
+        &["rules", "set", "--file", dir.to_str().unwrap()],
+    ));
+    let list = stdout(&auditctl(&topics, &["rules", "list"]));
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert_eq!(rows[0][..3], ["1", "keep-admins", "keep"]);
+    assert_eq!(
+        rows[1],
+        ["5", "no-queries", "drop", "contractors", "*", "query-*"]
+    );
+
+    stdout(&auditctl(&topics, &["rules", "delete", "no-queries"]));
+    let list = stdout(&auditctl(&topics, &["rules", "list"]));
+    assert!(!list.contains("no-queries"), "{list}");
+
+    let bad = auditctl(
+        &topics,
+        &[
+            "rules", "set", "--id", "x", "--type", "query-[", "--action", "drop",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid glob"));
+
+    stdout(&auditctl(
+        &topics,
+        &[
+            "directory",
+            "put-group",
+            "--id",
+            "g1",
+            "--name",
+            "analysts",
+            "--parent",
+            "g0",
+        ],
+    ));
+    stdout(&auditctl(
+        &topics,
+        &[
+            "directory",
+            "put-user",
+            "--id",
+            "u1",
+            "--login",
+            "alice",
+            "--group",
+            "g1",
+        ],
+    ));
+    stdout(&auditctl(
+        &topics,
+        &[
+            "directory",
+            "put-session",
+            "--id",
+            "s1",
+            "--user",
+            "u1",
+            "--ip",
+            "10.0.0.1",
+        ],
+    ));
+    stdout(&auditctl(&topics, &["directory", "delete", "session:s1"]));
+    let out = stdout(&auditctl(
+        &topics,
+        &[
+            "consume",
+            &topics.directory.name,
+            "--from-beginning",
+            "--exit-at-end",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        vec!["group:g1", "user:u1", "session:s1", "session:s1"]
+    );
+    assert_eq!(lines[1]["value"]["entry"]["User"]["login"], "alice");
+    assert_eq!(lines[3]["tombstone"], true);
+}

@@ -1,25 +1,31 @@
-//! Raw audit events in, enriched audit events out.
-//!
-//! Reads audit.raw as a member of a consumer group (run more instances to scale out), joins each event
-//! with its session, the session's user and the user's groups (transitively) from the compacted
-//! audit.directory topic, drops the event types an administrator disabled for those groups through
-//! audit.rules, redacts secrets again, and publishes to audit.enriched. Undecodable records go to
-//! audit.dlq with the reason. A raw offset is committed only after its output is acknowledged.
+//! `audit-enricher`: raw audit events in, enriched audit events out.
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use audit_enricher::config::Settings;
+use audit_enricher::follow::follow;
+use audit_enricher::service::{Enricher, Tables};
+use audit_runtime::consume::{self, BatchOptions};
+use audit_runtime::kafka::GroupContext;
+use audit_runtime::ops::Health;
+use audit_runtime::Shutdown;
+use audit_schemas::redaction::Redactor;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Raw audit events in, enriched audit events out.
 ///
-/// Reads audit.raw as a member of a consumer group (run more instances to scale out), joins each event
-/// with its session, the session's user and the user's groups (transitively) from the compacted
-/// audit.directory topic, drops the event types an administrator disabled for those groups through
-/// audit.rules, redacts secrets again, and publishes to audit.enriched. Undecodable records go to
-/// audit.dlq with the reason. A raw offset is committed only after its output is acknowledged.
+/// Reads audit.raw as a member of a consumer group (run more instances to scale out), joins each
+/// event with its session, the session's user and the user's groups (transitively) from the
+/// compacted audit.directory topic, drops the event types an administrator disabled through
+/// audit.rules (changes apply live), redacts secrets again, and publishes to audit.enriched.
+/// Undecodable records go to audit.dlq with the reason. A raw offset is committed only after its
+/// output is acknowledged. Serves /metrics and /healthz on ops.listen (default 127.0.0.1:9101).
 ///
 /// Settings: built-in defaults, then the TOML file given with --config, then environment
-/// variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092).
+/// variables AUDIT__SECTION__KEY (e.g. AUDIT__ENRICHER__SESSION_WAIT_MS=5000).
 #[derive(Debug, Parser)]
 #[command(name = "audit-enricher", version, about, long_about)]
 struct Cli {
@@ -32,15 +38,169 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service until SIGINT or SIGTERM.
+    /// Run the enricher until SIGINT or SIGTERM (the batch in hand is finished and committed).
     Run,
+    /// Print the effective settings as TOML.
+    Config,
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => bail!(
-            "audit-enricher is not implemented yet (issue #4); only the shared foundation exists"
-        ),
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit-enricher: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Config = cli.command {
+        print!("{}", toml::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    audit_runtime::telemetry::init(&settings.log)?;
+    let shutdown = Shutdown::on_signals();
+    let health = Health::default();
+    health.set("directory", false, "loading");
+    health.set("rules", false, "loading");
+    let ops =
+        audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
+
+    let tables = Arc::new(Tables::default());
+    let directory_ready = spawn_follower(
+        &settings,
+        &settings.topics.directory.name,
+        &tables,
+        &shutdown,
+        Table::Directory,
+    );
+    let rules_ready = spawn_follower(
+        &settings,
+        &settings.topics.rules.name,
+        &tables,
+        &shutdown,
+        Table::Rules,
+    );
+    for (name, mut ready) in [("directory", directory_ready), ("rules", rules_ready)] {
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => { r.with_context(|| format!("the {name} follower stopped"))?; }
+            _ = shutdown.requested() => return Ok(()),
+        }
+        health.set(name, true, "loaded");
+    }
+    let size = tables
+        .directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .size();
+    tracing::info!(
+        sessions = size.sessions,
+        users = size.users,
+        groups = size.groups,
+        "directory loaded; enriching"
+    );
+
+    let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-enricher")?;
+    let consumer = audit_runtime::kafka::consumer(
+        &settings.kafka,
+        "audit-enricher",
+        &settings.enricher.group_id,
+        GroupContext {
+            group: settings.enricher.group_id.clone(),
+        },
+    )?;
+    let mut enricher = Enricher::new(
+        tables,
+        producer.clone(),
+        settings.topics.enriched.name.clone(),
+        settings.topics.dlq.name.clone(),
+        Redactor::new(&settings.redaction.keys),
+        Duration::from_millis(settings.enricher.session_wait_ms),
+        Duration::from_millis(settings.enricher.unknown_session_ttl_ms),
+    );
+    let options = BatchOptions {
+        max_records: settings.enricher.batch_max_records,
+        max_wait: Duration::from_millis(settings.enricher.batch_max_wait_ms),
+    };
+    health.set("kafka", true, "consuming");
+    let result = consume::run(
+        &consumer,
+        &[&settings.topics.raw.name],
+        &mut enricher,
+        options,
+        &shutdown,
+    )
+    .await;
+    shutdown.trigger();
+    let _ = ops.await;
+    let stats = result?;
+    tracing::info!(
+        records = stats.records,
+        batches = stats.batches,
+        "enricher stopped"
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Table {
+    Directory,
+    Rules,
+}
+
+fn spawn_follower(
+    settings: &Settings,
+    topic: &str,
+    tables: &Arc<Tables>,
+    shutdown: &Shutdown,
+    table: Table,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let kafka = settings.kafka.clone();
+    let topic = topic.to_string();
+    let tables = tables.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let apply = |key: &[u8], value: Option<&[u8]>, partition: i32, offset: i64| {
+            let result = match table {
+                Table::Directory => {
+                    let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
+                    let r = d.apply_bytes(key, value).map_err(|e| e.to_string());
+                    let size = d.size();
+                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "session")
+                        .set(size.sessions as f64);
+                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "user")
+                        .set(size.users as f64);
+                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "group")
+                        .set(size.groups as f64);
+                    metrics::gauge!("audit_enricher_directory_bytes").set(size.approx_bytes as f64);
+                    r
+                }
+                Table::Rules => {
+                    let mut rules = tables.rules.write().unwrap_or_else(|p| p.into_inner());
+                    let r = rules.apply_bytes(key, value).map_err(|e| e.to_string());
+                    metrics::gauge!("audit_enricher_rules").set(rules.len() as f64);
+                    if r.is_ok() {
+                        tracing::info!(rule = %String::from_utf8_lossy(key), deleted = value.is_none_or(<[u8]>::is_empty), "rule applied");
+                    }
+                    r
+                }
+            };
+            if let Err(reason) = result {
+                // A bad record in a table topic is skipped (the previous value stays) and
+                // counted; it cannot be dead-lettered from here without blocking the table.
+                tracing::warn!(topic = %topic, partition, offset, %reason, "table record skipped");
+                metrics::counter!("audit_enricher_table_records_skipped_total", "topic" => topic.clone()).increment(1);
+            }
+        };
+        if let Err(e) = follow(&kafka, &topic, tx, stop.clone(), apply).await {
+            tracing::error!(error = %e, "table follower failed; stopping");
+            stop.trigger();
+        }
+    });
+    rx
 }

@@ -6,7 +6,8 @@
 //! acknowledged, inserted, shipped) — are the batch's offsets committed. A handler error stops the
 //! loop without committing, so a restart re-reads the batch: at-least-once, never at-most-once.
 //! Handlers deal with bad records themselves (dead letters) and retry transient failures
-//! internally, returning `Err` only when they must give up.
+//! internally, returning `Err` only when they must give up. A failed commit (a rebalance moved
+//! the partition) is logged and counted, not fatal: the partition's new owner re-reads the batch.
 
 use crate::Shutdown;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};

@@ -69,7 +69,7 @@ where
     let mut cfg = ClientConfig::new();
     cfg.set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("statistics.interval.ms", "5000");
     for (k, v) in base(kafka, client_id).config_map() {
         cfg.set(k, v);
     }
@@ -100,6 +100,55 @@ impl ClientContext for ReaderContext {
 }
 
 impl ConsumerContext for ReaderContext {}
+
+/// Client callbacks for group consumers: librdkafka's periodic statistics become the
+/// `audit_consumer_lag` gauge (records behind the end of each partition), and rebalances are
+/// logged so an operator sees partitions move between instances.
+pub struct GroupContext {
+    pub group: String,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if p.consumer_lag >= 0 && *partition >= 0 {
+                    metrics::gauge!(
+                        "audit_consumer_lag",
+                        "group" => self.group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, group = %self.group, "librdkafka error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned")
+            }
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked")
+            }
+            rdkafka::consumer::Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance failed")
+            }
+        }
+    }
+}
 
 /// A consumer that reads whole topics by assignment rather than in a group.
 pub type Reader = StreamConsumer<ReaderContext>;

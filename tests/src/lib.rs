@@ -126,6 +126,29 @@ pub async fn consume_n(
     Ok(out)
 }
 
+/// Reads every partition of `topic` from the beginning until no record arrives for `idle`.
+pub async fn consume_all(
+    topic: &str,
+    partitions: i32,
+    idle: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    let consumer = audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Ok(Err(e)) => bail!("consuming {topic}: {e}"),
+        }
+    }
+}
+
 /// The payload of a message, or an error naming where it came from.
 pub fn payload(m: &OwnedMessage) -> Result<&[u8]> {
     m.payload().with_context(|| {

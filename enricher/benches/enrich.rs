@@ -1,0 +1,145 @@
+//! The in-process enrich step on one core: decode a raw record, join, apply rules, redact,
+//! encode the enriched record.
+//!
+//! ```sh
+//! cargo bench -p audit-enricher --bench enrich
+//! ```
+//! Criterion reports the throughput as elements (events) per second.
+
+use audit_enricher::directory::Directory;
+use audit_enricher::enrich::{enrich, RawPosition, Step};
+use audit_enricher::rules::RuleSet;
+use audit_schemas::redaction::Redactor;
+use audit_schemas::*;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
+    let mut directory = Directory::new();
+    for g in 0..50 {
+        let r = DirectoryRecord {
+            entry: DirectoryEntry::Group(Group {
+                id: format!("g{g}"),
+                name: format!("group {g}"),
+                parent_ids: if g > 0 {
+                    vec![format!("g{}", g / 2)]
+                } else {
+                    vec![]
+                },
+            }),
+        };
+        directory.apply(r.key(), Some(r)).unwrap();
+    }
+    for u in 0..5_000 {
+        let r = DirectoryRecord {
+            entry: DirectoryEntry::User(User {
+                id: format!("u{u}"),
+                login: format!("user{u}@example.com"),
+                name: Some(format!("User {u}")),
+                group_ids: vec![format!("g{}", u % 50)],
+            }),
+        };
+        directory.apply(r.key(), Some(r)).unwrap();
+    }
+    for s in 0..20_000 {
+        let r = DirectoryRecord {
+            entry: DirectoryEntry::Session(Session {
+                id: format!("s{s}"),
+                user_id: format!("u{}", s % 5_000),
+                started_at: Timestamp::now(),
+                ip: Some("10.0.0.1".into()),
+                user_agent: None,
+            }),
+        };
+        directory.apply(r.key(), Some(r)).unwrap();
+    }
+    let mut rules = RuleSet::default();
+    for i in 0..10 {
+        rules
+            .upsert(AuditRule {
+                id: format!("r{i}"),
+                order: i,
+                description: None,
+                groups: vec![format!("group {}", 40 + i)],
+                users: vec![],
+                event_types: vec!["query-*".into(), "job-start".into()],
+                action: RuleAction::Drop,
+            })
+            .unwrap();
+    }
+    let records = (0..1_000)
+        .map(|n| {
+            let entry = &catalog::CATALOG[n % 47];
+            RawAuditEvent {
+                event_id: uuid::Uuid::new_v4(),
+                timestamp: Timestamp::now(),
+                event_type: EventType::new(entry.name).unwrap(),
+                source: if n % 2 == 0 {
+                    Source::Client
+                } else {
+                    Source::Server
+                },
+                service: "web".into(),
+                session_id: Some(format!("s{}", n * 7 % 20_000)),
+                user_id: Some(format!("u{}", n % 5_000)),
+                username: None,
+                tenant: Some("default".into()),
+                success: true,
+                message: Some(format!("{} happened", entry.name)),
+                entities: vec![EntityRef {
+                    kind: "query".into(),
+                    id: format!("q{n}"),
+                    name: None,
+                }],
+                params: [
+                    ("rows".to_string(), n.to_string()),
+                    ("filter".to_string(), r#"{"column":"region"}"#.to_string()),
+                ]
+                .into(),
+                response: None,
+                error: None,
+                client: None,
+            }
+            .encode()
+            .unwrap()
+        })
+        .collect();
+    (directory, rules, records)
+}
+
+fn bench(c: &mut Criterion) {
+    let (directory, rules, records) = setup();
+    let redactor = Redactor::default();
+    let mut group = c.benchmark_group("enrich");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("decode_join_rules_encode", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            for (i, bytes) in records.iter().enumerate() {
+                let raw = RawAuditEvent::decode(black_box(bytes)).unwrap();
+                let pos = RawPosition {
+                    partition: 0,
+                    offset: i as i64,
+                    received_at: Timestamp::from_micros(0),
+                };
+                if let Step::Publish { event, .. } = enrich(
+                    raw,
+                    pos,
+                    &directory,
+                    &rules,
+                    &redactor,
+                    true,
+                    Timestamp::from_micros(1),
+                ) {
+                    out.clear();
+                    event.encode_into(&mut out).unwrap();
+                    black_box(&out);
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,106 @@
+//! `audit-enricher`'s settings.
+
+use audit_runtime::config::{self, ConfigError, Validate};
+use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
+use audit_schemas::redaction::DEFAULT_SECRET_KEYS;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub log: LogConfig,
+    pub ops: OpsConfig,
+    pub enricher: EnricherConfig,
+    pub redaction: RedactionConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            log: LogConfig::default(),
+            ops: OpsConfig::on_port(9101),
+            enricher: EnricherConfig::default(),
+            redaction: RedactionConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnricherConfig {
+    /// Consumer group of audit.raw; every instance with the same group shares the partitions.
+    pub group_id: String,
+    /// How long an event whose session is not in the directory yet waits for it before it goes
+    /// on marked SESSION_UNKNOWN.
+    pub session_wait_ms: u64,
+    /// A session that was waited for in vain is not waited for again for this long.
+    pub unknown_session_ttl_ms: u64,
+    /// Most raw records handled (and their offsets committed) together.
+    pub batch_max_records: usize,
+    /// Longest a batch waits to fill up, in milliseconds.
+    pub batch_max_wait_ms: u64,
+}
+
+impl Default for EnricherConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "audit-enricher".to_string(),
+            session_wait_ms: 2_000,
+            unknown_session_ttl_ms: 60_000,
+            batch_max_records: 2_000,
+            batch_max_wait_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Keys whose values are replaced by "[NOT OUTPUT]" again, in case a producer let one through.
+    pub keys: Vec<String>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        Self {
+            keys: DEFAULT_SECRET_KEYS.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        if self.enricher.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "enricher.group_id",
+                "must not be empty",
+            ));
+        }
+        if self.enricher.batch_max_records == 0 {
+            return Err(ConfigError::invalid(
+                "enricher.batch_max_records",
+                "must be positive",
+            ));
+        }
+        if self.enricher.session_wait_ms > 600_000 {
+            return Err(ConfigError::invalid(
+                "enricher.session_wait_ms",
+                "at most 600000 (10 minutes): a waiting event holds back its batch",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        config::load(file, &["redaction.keys"])
+    }
+}

@@ -1,0 +1,331 @@
+//! The directory as an in-memory table, built from the compacted `audit.directory` topic.
+//!
+//! Pure data structure: [`Directory::apply`] takes each record (an empty value deletes its key),
+//! lookups answer the join. Strings that repeat across entries (user ids, logins, group ids and
+//! names) are interned, so a million sessions of ten thousand users cost one copy of each user's
+//! strings. Group membership is transitive through parent groups; cycles are harmless.
+
+use audit_schemas::{
+    AvroRecord, DirectoryEntry, DirectoryKey, DirectoryRecord, GroupRef, ResolvedUser, SessionInfo,
+    Timestamp,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Key(#[from] audit_schemas::directory::DirectoryKeyError),
+    #[error("undecodable directory record: {0}")]
+    Decode(#[from] audit_schemas::DecodeError),
+    #[error(
+        "record under key {key} is a {found}; the key and the record must name the same entry"
+    )]
+    KeyMismatch { key: String, found: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub user_id: Arc<str>,
+    pub started_at: Timestamp,
+    pub ip: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+struct UserEntry {
+    login: Arc<str>,
+    name: Option<Arc<str>>,
+    group_ids: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+struct GroupEntry {
+    name: Arc<str>,
+    parent_ids: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    interned: HashSet<Arc<str>>,
+    sessions: HashMap<Box<str>, SessionEntry>,
+    users: HashMap<Arc<str>, UserEntry>,
+    groups: HashMap<Arc<str>, GroupEntry>,
+    deletes_since_compaction: usize,
+}
+
+/// Sizes for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectorySize {
+    pub sessions: usize,
+    pub users: usize,
+    pub groups: usize,
+    pub interned_strings: usize,
+    /// Rough heap bytes held, for the memory gauge.
+    pub approx_bytes: usize,
+}
+
+impl Directory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(existing) = self.interned.get(s) {
+            return existing.clone();
+        }
+        let arc: Arc<str> = Arc::from(s);
+        self.interned.insert(arc.clone());
+        arc
+    }
+
+    /// Applies one record of the topic: `value` `None` (or empty) deletes the key.
+    pub fn apply_bytes(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), DirectoryError> {
+        let key = DirectoryKey::parse(&String::from_utf8_lossy(key))?;
+        let record = match value {
+            None | Some([]) => None,
+            Some(bytes) => Some(DirectoryRecord::decode(bytes)?),
+        };
+        self.apply(key, record)
+    }
+
+    pub fn apply(
+        &mut self,
+        key: DirectoryKey,
+        record: Option<DirectoryRecord>,
+    ) -> Result<(), DirectoryError> {
+        let Some(record) = record else {
+            self.delete(&key);
+            return Ok(());
+        };
+        if record.key() != key {
+            return Err(DirectoryError::KeyMismatch {
+                key: key.to_string(),
+                found: record.key().to_string(),
+            });
+        }
+        match record.entry {
+            DirectoryEntry::Session(s) => {
+                let entry = SessionEntry {
+                    user_id: self.intern(&s.user_id),
+                    started_at: s.started_at,
+                    ip: s.ip.as_deref().map(|ip| self.intern(ip)),
+                };
+                self.sessions.insert(s.id.into_boxed_str(), entry);
+            }
+            DirectoryEntry::User(u) => {
+                let entry = UserEntry {
+                    login: self.intern(&u.login),
+                    name: u.name.as_deref().map(|n| self.intern(n)),
+                    group_ids: u.group_ids.iter().map(|g| self.intern(g)).collect(),
+                };
+                let id = self.intern(&u.id);
+                self.users.insert(id, entry);
+            }
+            DirectoryEntry::Group(g) => {
+                let entry = GroupEntry {
+                    name: self.intern(&g.name),
+                    parent_ids: g.parent_ids.iter().map(|p| self.intern(p)).collect(),
+                };
+                let id = self.intern(&g.id);
+                self.groups.insert(id, entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &DirectoryKey) {
+        let removed = match key {
+            DirectoryKey::Session(id) => self.sessions.remove(id.as_str()).is_some(),
+            DirectoryKey::User(id) => self.users.remove(id.as_str()).is_some(),
+            DirectoryKey::Group(id) => self.groups.remove(id.as_str()).is_some(),
+        };
+        if removed {
+            self.deletes_since_compaction += 1;
+            if self.deletes_since_compaction > 10_000 {
+                // Drop interned strings nothing refers to any more.
+                self.interned.retain(|s| Arc::strong_count(s) > 1);
+                self.deletes_since_compaction = 0;
+            }
+        }
+    }
+
+    pub fn session(&self, id: &str) -> Option<&SessionEntry> {
+        self.sessions.get(id)
+    }
+
+    pub fn session_info(&self, id: &str) -> Option<SessionInfo> {
+        self.sessions.get(id).map(|s| SessionInfo {
+            id: id.to_string(),
+            started_at: s.started_at,
+            ip: s.ip.as_deref().map(str::to_string),
+        })
+    }
+
+    /// The user, or a user known only by id when the directory has no record of it.
+    pub fn user(&self, id: &str) -> ResolvedUser {
+        match self.users.get(id) {
+            Some(u) => ResolvedUser {
+                id: id.to_string(),
+                login: u.login.to_string(),
+                name: u.name.as_deref().map(str::to_string),
+            },
+            None => ResolvedUser {
+                id: id.to_string(),
+                login: id.to_string(),
+                name: None,
+            },
+        }
+    }
+
+    /// The user's groups and all their ancestors, each once, nearest first.
+    pub fn groups_of(&self, user_id: &str) -> Vec<GroupRef> {
+        let Some(user) = self.users.get(user_id) else {
+            return Vec::new();
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut queue: std::collections::VecDeque<&str> =
+            user.group_ids.iter().map(|g| &**g).collect();
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.groups.get(id) {
+                Some(g) => {
+                    out.push(GroupRef {
+                        id: id.to_string(),
+                        name: g.name.to_string(),
+                    });
+                    queue.extend(g.parent_ids.iter().map(|p| &**p));
+                }
+                // A membership in a group the directory does not know yet still counts.
+                None => out.push(GroupRef {
+                    id: id.to_string(),
+                    name: id.to_string(),
+                }),
+            }
+        }
+        out
+    }
+
+    pub fn size(&self) -> DirectorySize {
+        let strings: usize = self.interned.iter().map(|s| s.len() + 16).sum();
+        let sessions: usize = self.sessions.keys().map(|k| k.len() + 64).sum();
+        DirectorySize {
+            sessions: self.sessions.len(),
+            users: self.users.len(),
+            groups: self.groups.len(),
+            interned_strings: self.interned.len(),
+            approx_bytes: strings + sessions + self.users.len() * 96 + self.groups.len() * 80,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_schemas::{Group, Session, User};
+
+    fn group(id: &str, parents: &[&str]) -> (DirectoryKey, Option<DirectoryRecord>) {
+        (
+            DirectoryKey::Group(id.into()),
+            Some(DirectoryRecord {
+                entry: DirectoryEntry::Group(Group {
+                    id: id.into(),
+                    name: format!("{id}-name"),
+                    parent_ids: parents.iter().map(|p| p.to_string()).collect(),
+                }),
+            }),
+        )
+    }
+
+    fn user(id: &str, groups: &[&str]) -> (DirectoryKey, Option<DirectoryRecord>) {
+        (
+            DirectoryKey::User(id.into()),
+            Some(DirectoryRecord {
+                entry: DirectoryEntry::User(User {
+                    id: id.into(),
+                    login: format!("{id}-login"),
+                    name: None,
+                    group_ids: groups.iter().map(|g| g.to_string()).collect(),
+                }),
+            }),
+        )
+    }
+
+    fn session(id: &str, user: &str) -> (DirectoryKey, Option<DirectoryRecord>) {
+        (
+            DirectoryKey::Session(id.into()),
+            Some(DirectoryRecord {
+                entry: DirectoryEntry::Session(Session {
+                    id: id.into(),
+                    user_id: user.into(),
+                    started_at: Timestamp::from_micros(1),
+                    ip: Some("10.0.0.1".into()),
+                    user_agent: None,
+                }),
+            }),
+        )
+    }
+
+    fn load(records: Vec<(DirectoryKey, Option<DirectoryRecord>)>) -> Directory {
+        let mut d = Directory::new();
+        for (k, r) in records {
+            d.apply(k, r).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn transitive_groups_nearest_first_and_cycle_safe() {
+        let d = load(vec![
+            group("analysts", &["data"]),
+            group("data", &["engineering"]),
+            group("engineering", &["everyone", "data"]), // cycle back to data
+            group("everyone", &[]),
+            user("u1", &["analysts", "unknown-group"]),
+            session("s1", "u1"),
+        ]);
+        let ids: Vec<String> = d.groups_of("u1").into_iter().map(|g| g.id).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "analysts",
+                "unknown-group",
+                "data",
+                "engineering",
+                "everyone"
+            ]
+        );
+        assert_eq!(d.user("u1").login, "u1-login");
+        assert_eq!(d.session("s1").unwrap().user_id.as_ref(), "u1");
+        assert_eq!(d.user("nobody").login, "nobody");
+    }
+
+    #[test]
+    fn deletes_and_key_mismatch() {
+        let mut d = load(vec![session("s1", "u1"), user("u1", &[])]);
+        d.apply(DirectoryKey::Session("s1".into()), None).unwrap();
+        assert!(d.session("s1").is_none());
+        let (_, rec) = user("u2", &[]);
+        let e = d.apply(DirectoryKey::User("u3".into()), rec).unwrap_err();
+        assert!(e.to_string().contains("user:u3"), "{e}");
+        assert!(d.apply_bytes(b"nonsense", Some(b"x")).is_err());
+        assert!(d.apply_bytes(b"user:u1", Some(b"\xc3\x01garbage")).is_err());
+        d.apply_bytes(b"user:u1", Some(b"")).unwrap();
+        assert_eq!(d.size().users, 0);
+    }
+
+    #[test]
+    fn repeated_strings_are_stored_once() {
+        let mut records = vec![user("u1", &["g"]), group("g", &[])];
+        for i in 0..1000 {
+            records.push(session(&format!("s{i}"), "u1"));
+        }
+        let d = load(records);
+        let size = d.size();
+        assert_eq!(size.sessions, 1000);
+        // u1, u1-login, g, g-name and one IP: not a copy per session.
+        assert_eq!(size.interned_strings, 5);
+    }
+}

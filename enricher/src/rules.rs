@@ -1,0 +1,283 @@
+//! Administrators' rules, compiled for matching.
+//!
+//! Rules apply in ascending `order` (ties by id); the first rule whose every non-empty criterion
+//! matches decides. A rule's groups match an event's (transitive) group ids or names, its users
+//! match the resolved user's id or login, and its event types are globs (`query-*`). No match
+//! keeps the event.
+
+use audit_schemas::{AuditRule, AvroRecord, GroupRef, ResolvedUser, RuleAction};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::HashSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rule {id}: event type pattern {pattern:?} is not a valid glob: {source}")]
+    Glob {
+        id: String,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("undecodable rule: {0}")]
+    Decode(#[from] audit_schemas::DecodeError),
+    #[error("rule under key {key:?} has id {id:?}; they must be the same")]
+    KeyMismatch { key: String, id: String },
+}
+
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub rule: AuditRule,
+    groups: HashSet<String>,
+    users: HashSet<String>,
+    types: Option<GlobSet>,
+}
+
+impl CompiledRule {
+    pub fn compile(rule: AuditRule) -> Result<Self, RuleError> {
+        let types = if rule.event_types.is_empty() {
+            None
+        } else {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in &rule.event_types {
+                let glob = Glob::new(pattern).map_err(|source| RuleError::Glob {
+                    id: rule.id.clone(),
+                    pattern: pattern.clone(),
+                    source,
+                })?;
+                builder.add(glob);
+            }
+            Some(builder.build().map_err(|source| RuleError::Glob {
+                id: rule.id.clone(),
+                pattern: rule.event_types.join(","),
+                source,
+            })?)
+        };
+        Ok(Self {
+            groups: rule.groups.iter().cloned().collect(),
+            users: rule.users.iter().cloned().collect(),
+            types,
+            rule,
+        })
+    }
+
+    fn matches(&self, event_type: &str, user: Option<&ResolvedUser>, groups: &[GroupRef]) -> bool {
+        let type_ok = self.types.as_ref().is_none_or(|t| t.is_match(event_type));
+        let user_ok = self.users.is_empty()
+            || user.is_some_and(|u| self.users.contains(&u.id) || self.users.contains(&u.login));
+        let group_ok = self.groups.is_empty()
+            || groups
+                .iter()
+                .any(|g| self.groups.contains(&g.id) || self.groups.contains(&g.name));
+        type_ok && user_ok && group_ok
+    }
+}
+
+/// The live rule set.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+}
+
+/// What the rules decided for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    Drop { rule_id: String },
+}
+
+impl RuleSet {
+    pub fn upsert(&mut self, rule: AuditRule) -> Result<(), RuleError> {
+        let compiled = CompiledRule::compile(rule)?;
+        self.rules.retain(|r| r.rule.id != compiled.rule.id);
+        self.rules.push(compiled);
+        self.rules
+            .sort_by(|a, b| (a.rule.order, &a.rule.id).cmp(&(b.rule.order, &b.rule.id)));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, id: &str) {
+        self.rules.retain(|r| r.rule.id != id);
+    }
+
+    /// Applies one record of the rules topic; an empty value deletes the rule.
+    pub fn apply_bytes(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RuleError> {
+        let key = String::from_utf8_lossy(key).into_owned();
+        match value {
+            None | Some([]) => {
+                self.delete(&key);
+                Ok(())
+            }
+            Some(bytes) => {
+                let rule = AuditRule::decode(bytes)?;
+                if rule.id != key {
+                    return Err(RuleError::KeyMismatch { key, id: rule.id });
+                }
+                self.upsert(rule)
+            }
+        }
+    }
+
+    pub fn decide(
+        &self,
+        event_type: &str,
+        user: Option<&ResolvedUser>,
+        groups: &[GroupRef],
+    ) -> Decision {
+        match self
+            .rules
+            .iter()
+            .find(|r| r.matches(event_type, user, groups))
+        {
+            Some(r) if r.rule.action == RuleAction::Drop => Decision::Drop {
+                rule_id: r.rule.id.clone(),
+            },
+            _ => Decision::Keep,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &AuditRule> {
+        self.rules.iter().map(|r| &r.rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        id: &str,
+        order: i32,
+        groups: &[&str],
+        users: &[&str],
+        types: &[&str],
+        action: RuleAction,
+    ) -> AuditRule {
+        AuditRule {
+            id: id.into(),
+            order,
+            description: None,
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            users: users.iter().map(|s| s.to_string()).collect(),
+            event_types: types.iter().map(|s| s.to_string()).collect(),
+            action,
+        }
+    }
+
+    fn user(id: &str) -> ResolvedUser {
+        ResolvedUser {
+            id: id.into(),
+            login: format!("{id}-login"),
+            name: None,
+        }
+    }
+
+    fn groups(names: &[&str]) -> Vec<GroupRef> {
+        names
+            .iter()
+            .map(|n| GroupRef {
+                id: format!("g-{n}"),
+                name: n.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_match_wins_in_order() {
+        let mut rules = RuleSet::default();
+        rules
+            .upsert(rule(
+                "drop-queries",
+                10,
+                &["contractors"],
+                &[],
+                &["query-*"],
+                RuleAction::Drop,
+            ))
+            .unwrap();
+        rules
+            .upsert(rule(
+                "keep-alice",
+                5,
+                &[],
+                &["alice-login"],
+                &[],
+                RuleAction::Keep,
+            ))
+            .unwrap();
+        let contractors = groups(&["contractors"]);
+        assert_eq!(
+            rules.decide("query-created", Some(&user("bob")), &contractors),
+            Decision::Drop {
+                rule_id: "drop-queries".into()
+            }
+        );
+        // Alice's keep rule comes first.
+        assert_eq!(
+            rules.decide("query-created", Some(&user("alice")), &contractors),
+            Decision::Keep
+        );
+        // Other types and other groups are kept.
+        assert_eq!(
+            rules.decide("job-created", Some(&user("bob")), &contractors),
+            Decision::Keep
+        );
+        assert_eq!(
+            rules.decide("query-created", Some(&user("bob")), &groups(&["sales"])),
+            Decision::Keep
+        );
+        // Group ids match as well as names.
+        let by_id = vec![GroupRef {
+            id: "contractors".into(),
+            name: "x".into(),
+        }];
+        assert!(matches!(
+            rules.decide("query-edited", None, &by_id),
+            Decision::Drop { .. }
+        ));
+        // A group rule never matches an event without groups.
+        assert_eq!(rules.decide("query-created", None, &[]), Decision::Keep);
+    }
+
+    #[test]
+    fn update_and_delete() {
+        let mut rules = RuleSet::default();
+        rules
+            .upsert(rule("r", 1, &[], &[], &["log"], RuleAction::Drop))
+            .unwrap();
+        assert!(matches!(
+            rules.decide("log", None, &[]),
+            Decision::Drop { .. }
+        ));
+        rules
+            .upsert(rule("r", 1, &[], &[], &["error"], RuleAction::Drop))
+            .unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.decide("log", None, &[]), Decision::Keep);
+        rules.apply_bytes(b"r", None).unwrap();
+        assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_the_rule_named() {
+        let mut rules = RuleSet::default();
+        let e = rules
+            .upsert(rule("bad", 1, &[], &[], &["query-["], RuleAction::Drop))
+            .unwrap_err();
+        assert!(e.to_string().contains("rule bad"), "{e}");
+        let encoded = rule("a", 1, &[], &[], &[], RuleAction::Drop)
+            .encode()
+            .unwrap();
+        assert!(matches!(
+            rules.apply_bytes(b"b", Some(&encoded)),
+            Err(RuleError::KeyMismatch { .. })
+        ));
+    }
+}

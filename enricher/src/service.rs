@@ -1,0 +1,305 @@
+//! The enricher's I/O: decoding raw records, waiting for late sessions, publishing enriched
+//! events and dead letters, and saying when a batch is durable so its offsets can be committed.
+
+use crate::directory::Directory;
+use crate::enrich::{enrich, RawPosition, Step};
+use crate::rules::RuleSet;
+use audit_runtime::consume::BatchHandler;
+use audit_schemas::redaction::Redactor;
+use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
+use futures::future::join_all;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The tables the followers keep current and every batch reads.
+#[derive(Default)]
+pub struct Tables {
+    pub directory: RwLock<Directory>,
+    pub rules: RwLock<RuleSet>,
+}
+
+pub struct Enricher {
+    pub tables: Arc<Tables>,
+    pub producer: FutureProducer,
+    pub enriched_topic: String,
+    pub dlq_topic: String,
+    pub redactor: Redactor,
+    pub session_wait: Duration,
+    pub unknown_session_ttl: Duration,
+    /// Sessions recently waited for in vain, so their next events do not wait again.
+    unknown_sessions: HashMap<String, Instant>,
+}
+
+/// What one raw record turns into.
+enum Output {
+    Enriched(Vec<u8>),
+    DeadLetter(DeadLetter),
+    Dropped,
+    Waiting(Box<RawAuditEvent>, RawPosition),
+}
+
+impl Enricher {
+    pub fn new(
+        tables: Arc<Tables>,
+        producer: FutureProducer,
+        enriched_topic: String,
+        dlq_topic: String,
+        redactor: Redactor,
+        session_wait: Duration,
+        unknown_session_ttl: Duration,
+    ) -> Self {
+        Self {
+            tables,
+            producer,
+            enriched_topic,
+            dlq_topic,
+            redactor,
+            session_wait,
+            unknown_session_ttl,
+            unknown_sessions: HashMap::new(),
+        }
+    }
+
+    fn step(
+        &self,
+        raw: RawAuditEvent,
+        position: RawPosition,
+        give_up: bool,
+        now: Timestamp,
+    ) -> Output {
+        let step = {
+            let directory = self
+                .tables
+                .directory
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let rules = self.tables.rules.read().unwrap_or_else(|p| p.into_inner());
+            enrich(
+                raw,
+                position,
+                &directory,
+                &rules,
+                &self.redactor,
+                give_up,
+                now,
+            )
+        };
+        match step {
+            Step::Publish { event, redacted } => {
+                if redacted > 0 {
+                    metrics::counter!("audit_enricher_secrets_redacted_total")
+                        .increment(redacted as u64);
+                }
+                if event.claimed_user_mismatch {
+                    metrics::counter!("audit_enricher_claimed_user_mismatch_total").increment(1);
+                }
+                metrics::counter!("audit_enricher_events_out_total", "enrichment" => event.enrichment.as_str())
+                    .increment(1);
+                match event.encode() {
+                    Ok(bytes) => Output::Enriched(bytes),
+                    Err(e) => Output::DeadLetter(dead_letter(
+                        None,
+                        &position,
+                        format!("cannot encode the enriched event: {e}"),
+                    )),
+                }
+            }
+            Step::Dropped {
+                rule_id,
+                event_type,
+                groups,
+            } => {
+                if groups.is_empty() {
+                    metrics::counter!("audit_enricher_events_dropped_total", "event_type" => event_type, "group" => "", "rule" => rule_id)
+                        .increment(1);
+                } else {
+                    for group in groups {
+                        metrics::counter!("audit_enricher_events_dropped_total", "event_type" => event_type.clone(), "group" => group, "rule" => rule_id.clone())
+                            .increment(1);
+                    }
+                }
+                Output::Dropped
+            }
+            Step::AwaitSession(raw) => Output::Waiting(raw, position),
+        }
+    }
+
+    fn recently_unknown(&mut self, session: Option<&str>) -> bool {
+        let Some(session) = session else { return false };
+        match self.unknown_sessions.get(session) {
+            Some(since) if since.elapsed() < self.unknown_session_ttl => true,
+            Some(_) => {
+                self.unknown_sessions.remove(session);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unknown(&mut self, session: Option<&str>) {
+        if let Some(session) = session {
+            if self.unknown_sessions.len() >= 100_000 {
+                let ttl = self.unknown_session_ttl;
+                self.unknown_sessions
+                    .retain(|_, since| since.elapsed() < ttl);
+            }
+            self.unknown_sessions
+                .insert(session.to_string(), Instant::now());
+        }
+    }
+}
+
+fn dead_letter(
+    message: Option<&OwnedMessage>,
+    position: &RawPosition,
+    reason: String,
+) -> DeadLetter {
+    DeadLetter {
+        original_key: message.and_then(|m| m.key().map(<[u8]>::to_vec)),
+        original_value: message.and_then(|m| m.payload().map(<[u8]>::to_vec)),
+        stage: "enricher".to_string(),
+        reason,
+        source_topic: message.map(|m| m.topic().to_string()),
+        source_partition: Some(position.partition),
+        source_offset: Some(position.offset),
+        failed_at: Timestamp::now(),
+    }
+}
+
+fn position_of(m: &OwnedMessage) -> RawPosition {
+    let received_at = m
+        .timestamp()
+        .to_millis()
+        .map(|ms| Timestamp::from_micros(ms.saturating_mul(1_000)))
+        .unwrap_or_else(Timestamp::now);
+    RawPosition {
+        partition: m.partition(),
+        offset: m.offset(),
+        received_at,
+    }
+}
+
+impl BatchHandler for Enricher {
+    async fn handle(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        metrics::counter!("audit_enricher_events_in_total").increment(batch.len() as u64);
+        let now = Timestamp::now();
+        let mut outputs: Vec<Output> = Vec::with_capacity(batch.len());
+        for m in batch {
+            let position = position_of(m);
+            let output = match m.payload().map(RawAuditEvent::decode) {
+                None => Output::DeadLetter(dead_letter(
+                    Some(m),
+                    &position,
+                    "record has no value".into(),
+                )),
+                Some(Err(e)) => Output::DeadLetter(dead_letter(Some(m), &position, e.to_string())),
+                Some(Ok(raw)) => {
+                    let give_up = self.recently_unknown(raw.session_id.as_deref());
+                    self.step(raw, position, give_up, now)
+                }
+            };
+            outputs.push(output);
+        }
+
+        // Late sessions: wait (bounded) for the directory follower to learn them. The batch is
+        // published in order afterwards, so a session's events stay in order.
+        let waiting = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Waiting(..)))
+            .count();
+        if waiting > 0 {
+            metrics::gauge!("audit_enricher_waiting_for_session").set(waiting as f64);
+            let deadline = Instant::now() + self.session_wait;
+            loop {
+                let give_up = Instant::now() >= deadline;
+                let mut still = 0;
+                for output in outputs.iter_mut() {
+                    if let Output::Waiting(..) = output {
+                        let Output::Waiting(raw, position) =
+                            std::mem::replace(output, Output::Dropped)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        let session = raw.session_id.clone();
+                        *output = self.step(*raw, position, give_up, Timestamp::now());
+                        if give_up {
+                            self.remember_unknown(session.as_deref());
+                        }
+                        if matches!(output, Output::Waiting(..)) {
+                            still += 1;
+                        }
+                    }
+                }
+                if still == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            metrics::gauge!("audit_enricher_waiting_for_session").set(0.0);
+        }
+
+        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(outputs.len());
+        let mut letters = Vec::new();
+        for (m, output) in batch.iter().zip(&outputs) {
+            match output {
+                Output::Enriched(bytes) => {
+                    let mut record = FutureRecord::to(&self.enriched_topic).payload(bytes);
+                    if let Some(key) = m.key() {
+                        record = record.key(key);
+                    }
+                    deliveries.push(send(&self.producer, record).await?);
+                }
+                Output::DeadLetter(letter) => {
+                    tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
+                    metrics::counter!("audit_enricher_dead_letters_total").increment(1);
+                    letters.push((m, letter.encode()?));
+                }
+                Output::Dropped | Output::Waiting(..) => {}
+            }
+        }
+        for (m, bytes) in &letters {
+            let mut record = FutureRecord::to(&self.dlq_topic).payload(bytes);
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            deliveries.push(send(&self.producer, record).await?);
+        }
+        for result in join_all(deliveries).await {
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    anyhow::bail!("the broker did not acknowledge an output record: {e}")
+                }
+                Err(_) => {
+                    anyhow::bail!("an output record was cancelled before its acknowledgement")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Enqueues a record, waiting while the producer's queue is full instead of failing the batch.
+async fn send<'a>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, [u8], Vec<u8>>,
+) -> anyhow::Result<DeliveryFuture> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) => anyhow::bail!("cannot enqueue an output record: {e}"),
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! `audit-enricher` as a process, against the real broker.
+
+use audit_runtime::TopicsConfig;
+use audit_schemas::*;
+use audit_tests::*;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Enricher(Child);
+
+impl Drop for Enricher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(topics: &TopicsConfig, group: &str) -> Enricher {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-enricher"));
+    cmd.arg("run")
+        .env("AUDIT__KAFKA__BROKERS", kafka_brokers())
+        .env("AUDIT__ENRICHER__GROUP_ID", group)
+        .env("AUDIT__ENRICHER__SESSION_WAIT_MS", "1500")
+        .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
+        .env("AUDIT__LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (role, t) in topics.all() {
+        cmd.env(
+            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
+            &t.name,
+        );
+    }
+    Enricher(cmd.spawn().expect("audit-enricher starts"))
+}
+
+async fn setup(partitions: i32) -> (TopicsConfig, FutureProducer) {
+    let topics = unique_topics(partitions);
+    create_topics(&topics).await.unwrap();
+    (topics, producer().unwrap())
+}
+
+async fn put(p: &FutureProducer, topics: &TopicsConfig, entry: DirectoryEntry) {
+    let r = DirectoryRecord { entry };
+    produce(
+        p,
+        &topics.directory.name,
+        &r.key().to_string(),
+        &r.encode().unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
+    put(
+        p,
+        topics,
+        DirectoryEntry::Group(Group {
+            id: "g-all".into(),
+            name: "everyone".into(),
+            parent_ids: vec![],
+        }),
+    )
+    .await;
+    put(
+        p,
+        topics,
+        DirectoryEntry::Group(Group {
+            id: "g-ctr".into(),
+            name: "contractors".into(),
+            parent_ids: vec!["g-all".into()],
+        }),
+    )
+    .await;
+    put(
+        p,
+        topics,
+        DirectoryEntry::Group(Group {
+            id: "g-eng".into(),
+            name: "engineering".into(),
+            parent_ids: vec!["g-all".into()],
+        }),
+    )
+    .await;
+    put(
+        p,
+        topics,
+        DirectoryEntry::User(User {
+            id: "u-carl".into(),
+            login: "carl".into(),
+            name: Some("Carl".into()),
+            group_ids: vec!["g-ctr".into()],
+        }),
+    )
+    .await;
+    put(
+        p,
+        topics,
+        DirectoryEntry::User(User {
+            id: "u-erin".into(),
+            login: "erin".into(),
+            name: None,
+            group_ids: vec!["g-eng".into()],
+        }),
+    )
+    .await;
+    for (s, u) in [("s-carl", "u-carl"), ("s-erin", "u-erin")] {
+        put(
+            p,
+            topics,
+            DirectoryEntry::Session(Session {
+                id: s.into(),
+                user_id: u.into(),
+                started_at: Timestamp::from_micros(1_000),
+                ip: Some("10.9.9.9".into()),
+                user_agent: None,
+            }),
+        )
+        .await;
+    }
+}
+
+fn raw(
+    event_type: &str,
+    source: Source,
+    session: Option<&str>,
+    user: Option<&str>,
+    message: &str,
+) -> RawAuditEvent {
+    RawAuditEvent {
+        event_id: Uuid::new_v4(),
+        timestamp: Timestamp::now(),
+        event_type: EventType::new(event_type).unwrap(),
+        source,
+        service: "test".into(),
+        session_id: session.map(Into::into),
+        user_id: user.map(Into::into),
+        username: None,
+        tenant: None,
+        success: true,
+        message: Some(message.into()),
+        entities: vec![],
+        params: Default::default(),
+        response: None,
+        error: None,
+        client: None,
+    }
+}
+
+async fn send(p: &FutureProducer, topics: &TopicsConfig, e: &RawAuditEvent) {
+    produce(
+        p,
+        &topics.raw.name,
+        &e.partition_key(),
+        &e.encode().unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn enriched(topics: &TopicsConfig, count: usize) -> Vec<EnrichedAuditEvent> {
+    consume_n(
+        &topics.enriched.name,
+        topics.enriched.partitions,
+        count,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|m| EnrichedAuditEvent::decode(payload(m).unwrap()).unwrap())
+    .collect()
+}
+
+fn by_message(events: Vec<EnrichedAuditEvent>) -> HashMap<String, EnrichedAuditEvent> {
+    events
+        .into_iter()
+        .map(|e| (e.event.message.clone().unwrap(), e))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_user_transitive_groups_and_session_and_distrusts_client_claims() {
+    let (topics, p) = setup(2).await;
+    directory(&p, &topics).await;
+    let _e = start(&topics, &unique("g"));
+    send(
+        &p,
+        &topics,
+        &raw(
+            "query-created",
+            Source::Server,
+            Some("s-carl"),
+            None,
+            "server",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "query-created",
+            Source::Client,
+            Some("s-erin"),
+            Some("u-carl"),
+            "claims carl",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "log",
+            Source::Client,
+            None,
+            Some("u-carl"),
+            "client without session",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "log",
+            Source::Server,
+            None,
+            Some("u-erin"),
+            "server without session",
+        ),
+    )
+    .await;
+    let got = by_message(enriched(&topics, 4).await);
+
+    let e = &got["server"];
+    assert_eq!(e.enrichment, Enrichment::Enriched);
+    assert_eq!(e.user.as_ref().unwrap().login, "carl");
+    assert_eq!(
+        e.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+        vec!["contractors", "everyone"]
+    );
+    let s = e.session.as_ref().unwrap();
+    assert_eq!(
+        (s.id.as_str(), s.ip.as_deref(), s.started_at),
+        ("s-carl", Some("10.9.9.9"), Timestamp::from_micros(1_000))
+    );
+
+    let e = &got["claims carl"];
+    assert_eq!(
+        e.user.as_ref().unwrap().id,
+        "u-erin",
+        "the session's user, not the claim"
+    );
+    assert!(e.claimed_user_mismatch);
+
+    let e = &got["client without session"];
+    assert_eq!(
+        (e.enrichment, e.user.is_none()),
+        (Enrichment::NoSession, true)
+    );
+    let e = &got["server without session"];
+    assert_eq!(e.user.as_ref().unwrap().login, "erin");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_apply_live_and_deleting_restores() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let _e = start(&topics, &unique("g"));
+    // The enricher is up once a first event comes through.
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Server, Some("s-carl"), None, "warm-up"),
+    )
+    .await;
+    enriched(&topics, 1).await;
+
+    let rule = AuditRule {
+        id: "no-queries-for-contractors".into(),
+        order: 1,
+        description: None,
+        groups: vec!["contractors".into()],
+        users: vec![],
+        event_types: vec!["query-*".into()],
+        action: RuleAction::Drop,
+    };
+    produce(&p, &topics.rules.name, &rule.id, &rule.encode().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "query-created",
+            Source::Server,
+            Some("s-carl"),
+            None,
+            "carl query (dropped)",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "query-created",
+            Source::Server,
+            Some("s-erin"),
+            None,
+            "erin query",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "job-created",
+            Source::Server,
+            Some("s-carl"),
+            None,
+            "carl job",
+        ),
+    )
+    .await;
+
+    produce(&p, &topics.rules.name, &rule.id, b"")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(
+        &p,
+        &topics,
+        &raw(
+            "query-edited",
+            Source::Server,
+            Some("s-carl"),
+            None,
+            "carl query after delete",
+        ),
+    )
+    .await;
+
+    let got = enriched(&topics, 4).await;
+    let messages: Vec<&str> = got
+        .iter()
+        .map(|e| e.event.message.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            "warm-up",
+            "erin query",
+            "carl job",
+            "carl query after delete"
+        ]
+    );
+    assert!(
+        consume_n(&topics.enriched.name, 1, 5, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_sessions_are_waited_for_and_missing_ones_marked() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let _e = start(&topics, &unique("g"));
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some("s-late"), None, "late"),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some("s-never"), None, "never"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    put(
+        &p,
+        &topics,
+        DirectoryEntry::Session(Session {
+            id: "s-late".into(),
+            user_id: "u-erin".into(),
+            started_at: Timestamp::now(),
+            ip: None,
+            user_agent: None,
+        }),
+    )
+    .await;
+    let got = by_message(enriched(&topics, 2).await);
+    assert_eq!(got["late"].enrichment, Enrichment::Enriched);
+    assert_eq!(got["late"].user.as_ref().unwrap().login, "erin");
+    assert_eq!(got["never"].enrichment, Enrichment::SessionUnknown);
+    assert!(got["never"].user.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_records_are_dead_lettered_and_the_stream_goes_on() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let _e = start(&topics, &unique("g"));
+    produce(&p, &topics.raw.name, "k1", b"{\"event_type\":\"log\"}")
+        .await
+        .unwrap();
+    let mut truncated = raw("log", Source::Server, None, None, "x")
+        .encode()
+        .unwrap();
+    truncated.truncate(truncated.len() - 2);
+    produce(&p, &topics.raw.name, "k2", &truncated)
+        .await
+        .unwrap();
+    let wrong = DirectoryRecord {
+        entry: DirectoryEntry::Group(Group {
+            id: "g".into(),
+            name: "g".into(),
+            parent_ids: vec![],
+        }),
+    };
+    produce(&p, &topics.raw.name, "k3", &wrong.encode().unwrap())
+        .await
+        .unwrap();
+    send(
+        &p,
+        &topics,
+        &raw(
+            "log",
+            Source::Server,
+            Some("s-erin"),
+            None,
+            "after the bad ones",
+        ),
+    )
+    .await;
+
+    let got = enriched(&topics, 1).await;
+    assert_eq!(got[0].event.message.as_deref(), Some("after the bad ones"));
+    let letters: Vec<DeadLetter> = consume_n(&topics.dlq.name, 1, 3, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| DeadLetter::decode(payload(m).unwrap()).unwrap())
+        .collect();
+    assert!(letters[0].reason.contains("C3 01"), "{}", letters[0].reason);
+    assert!(
+        letters[1].reason.contains("RawAuditEvent"),
+        "{}",
+        letters[1].reason
+    );
+    assert!(
+        letters[2].reason.contains("not a known RawAuditEvent"),
+        "{}",
+        letters[2].reason
+    );
+    assert_eq!(
+        letters[0].original_value.as_deref(),
+        Some(b"{\"event_type\":\"log\"}".as_slice())
+    );
+    assert_eq!(letters[0].original_key.as_deref(), Some(b"k1".as_slice()));
+    assert_eq!(
+        (letters[2].source_partition, letters[2].source_offset),
+        (Some(0), Some(2))
+    );
+    assert!(letters.iter().all(|l| l.stage == "enricher"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_one_killed_still_deliver_every_event() {
+    let (topics, p) = setup(4).await;
+    directory(&p, &topics).await;
+    let group = unique("g");
+    let total = 20_000;
+    let mut events = Vec::with_capacity(total);
+    let sessions = ["s-carl", "s-erin"];
+    for i in 0..total {
+        events.push(raw(
+            "log",
+            Source::Server,
+            Some(sessions[i % 2]),
+            None,
+            &i.to_string(),
+        ));
+    }
+    let mut a = start(&topics, &group);
+    let b = start(&topics, &group);
+    // Publish while both run, and kill one mid-stream.
+    let (first, rest) = events.split_at(total / 2);
+    futures::future::join_all(first.iter().map(|e| send(&p, &topics, e))).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.0.kill().unwrap(); // SIGKILL
+    a.0.wait().unwrap();
+    futures::future::join_all(rest.iter().map(|e| send(&p, &topics, e))).await;
+
+    // Wait for every event, then keep reading until quiet to count re-processed duplicates.
+    consume_n(&topics.enriched.name, 4, total, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let messages = consume_all(&topics.enriched.name, 4, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for m in &messages {
+        ids.insert(
+            EnrichedAuditEvent::decode(m.payload().unwrap())
+                .unwrap()
+                .event
+                .event_id,
+        );
+    }
+    let missing: Vec<_> = events
+        .iter()
+        .filter(|e| !ids.contains(&e.event_id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost events, e.g. {:?}",
+        missing.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+    assert_eq!(ids.len(), total);
+    eprintln!(
+        "after kill -9: {} events, {} duplicates re-processed",
+        total,
+        messages.len() - total
+    );
+    drop(b);
+}
