@@ -1,21 +1,29 @@
-//! Enriched audit events into AWS CloudWatch Logs, the event type choosing the log stream.
-//!
-//! Reads audit.enriched in its own consumer group, maps each event type to a log stream through
-//! configured globs, sends PutLogEvents batches that obey every CloudWatch limit and commits offsets
-//! only after CloudWatch accepted them.
+//! `audit-sink-cloudwatch`: enriched audit events into AWS CloudWatch Logs.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use audit_runtime::consume::{self, BatchOptions};
+use audit_runtime::kafka::GroupContext;
+use audit_runtime::ops::Health;
+use audit_runtime::Shutdown;
+use audit_sink_cloudwatch::config::Settings;
+use audit_sink_cloudwatch::routing::Routes;
+use audit_sink_cloudwatch::service::CloudWatch;
+use audit_sink_cloudwatch::sink::CloudWatchSink;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Enriched audit events into AWS CloudWatch Logs, the event type choosing the log stream.
 ///
-/// Reads audit.enriched in its own consumer group, maps each event type to a log stream through
-/// configured globs, sends PutLogEvents batches that obey every CloudWatch limit and commits offsets
-/// only after CloudWatch accepted them.
-///
-/// Settings: built-in defaults, then the TOML file given with --config, then environment
-/// variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092).
+/// Reads audit.enriched in its own consumer group, maps each event type to a log stream
+/// (cloudwatch.streams: exact types and globs such as "query-*" = "queries"; unmapped types go
+/// to cloudwatch.default_stream, or are skipped when it is ""), and sends PutLogEvents calls that obey every
+/// CloudWatch limit. Events CloudWatch would refuse (over 256 KiB, older than 14 days, more than
+/// 2 hours ahead, or rejected by CloudWatch) go to audit.dlq with the reason. Offsets are
+/// committed only after CloudWatch accepted the batch. Credentials come from the standard AWS
+/// chain (environment, profile, container and instance roles); cloudwatch.endpoint_url points
+/// it at moto or LocalStack. Serves /metrics and /healthz on ops.listen (default
+/// 127.0.0.1:9103).
 #[derive(Debug, Parser)]
 #[command(name = "audit-sink-cloudwatch", version, about, long_about)]
 struct Cli {
@@ -28,13 +36,83 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service until SIGINT or SIGTERM.
+    /// Run the sink until SIGINT or SIGTERM.
     Run,
+    /// Print the effective settings as TOML.
+    Config,
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => bail!("audit-sink-cloudwatch is not implemented yet (issue #6); only the shared foundation exists"),
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit-sink-cloudwatch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Config = cli.command {
+        print!("{}", toml::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    audit_runtime::telemetry::init(&settings.log)?;
+    let cw = &settings.cloudwatch;
+    let shutdown = Shutdown::on_signals();
+    let health = Health::default();
+    let ops =
+        audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
+    let routes = Routes::new(&cw.streams, cw.default_stream())?;
+    let cloudwatch = CloudWatch::connect(
+        cw.endpoint_url.as_deref(),
+        cw.region.as_deref(),
+        cw.log_group.clone(),
+        cw.retention_days,
+        cw.max_attempts,
+    )
+    .await;
+    let streams: Vec<&str> = routes.streams().collect();
+    cloudwatch.ensure(&streams).await?;
+    health.set("cloudwatch", true, "log group and streams ready");
+    tracing::info!(group = %cw.log_group, streams = streams.len(), "shipping to CloudWatch Logs");
+
+    let mut sink = CloudWatchSink {
+        cloudwatch,
+        routes,
+        producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-cloudwatch")?,
+        dlq_topic: settings.topics.dlq.name.clone(),
+    };
+    let consumer = audit_runtime::kafka::consumer(
+        &settings.kafka,
+        "audit-sink-cloudwatch",
+        &cw.group_id,
+        GroupContext {
+            group: cw.group_id.clone(),
+        },
+    )?;
+    let options = BatchOptions {
+        max_records: cw.batch_max_records,
+        max_wait: Duration::from_millis(cw.batch_max_wait_ms),
+    };
+    let result = consume::run(
+        &consumer,
+        &[&settings.topics.enriched.name],
+        &mut sink,
+        options,
+        &shutdown,
+    )
+    .await;
+    shutdown.trigger();
+    let _ = ops.await;
+    let stats = result?;
+    tracing::info!(
+        records = stats.records,
+        batches = stats.batches,
+        "sink stopped"
+    );
+    Ok(())
 }

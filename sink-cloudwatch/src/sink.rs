@@ -1,0 +1,104 @@
+//! Wiring: a consumed batch of enriched records -> routed log events -> planned calls ->
+//! CloudWatch, with every record that cannot go dead-lettered, and `Ok` only when all is durable.
+
+use crate::batcher::{plan, LogEvent};
+use crate::routing::Routes;
+use crate::service::CloudWatch;
+use audit_runtime::consume::BatchHandler;
+use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
+use futures::future::join_all;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+pub struct CloudWatchSink {
+    pub cloudwatch: CloudWatch,
+    pub routes: Routes,
+    pub producer: FutureProducer,
+    pub dlq_topic: String,
+}
+
+/// The log message: the enriched event as compact JSON.
+pub fn message(event: &EnrichedAuditEvent) -> Result<String, serde_json::Error> {
+    serde_json::to_string(event)
+}
+
+fn letter(m: &OwnedMessage, reason: String) -> DeadLetter {
+    DeadLetter {
+        original_key: m.key().map(<[u8]>::to_vec),
+        original_value: m.payload().map(<[u8]>::to_vec),
+        stage: "sink-cloudwatch".to_string(),
+        reason,
+        source_topic: Some(m.topic().to_string()),
+        source_partition: Some(m.partition()),
+        source_offset: Some(m.offset()),
+        failed_at: Timestamp::now(),
+    }
+}
+
+impl BatchHandler for CloudWatchSink {
+    async fn handle(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut events = Vec::with_capacity(batch.len());
+        for (origin, m) in batch.iter().enumerate() {
+            let decoded = match m.payload().map(EnrichedAuditEvent::decode) {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => {
+                    letters.push(letter(m, e.to_string()));
+                    continue;
+                }
+                None => {
+                    letters.push(letter(m, "record has no value".into()));
+                    continue;
+                }
+            };
+            let Some(stream) = self.routes.stream_for(decoded.event.event_type.as_str()) else {
+                metrics::counter!("audit_cloudwatch_skipped_total", "event_type" => decoded.event.event_type.to_string()).increment(1);
+                continue;
+            };
+            match message(&decoded) {
+                Ok(text) => events.push((
+                    stream.to_string(),
+                    LogEvent {
+                        timestamp_ms: decoded.event.timestamp.as_millis(),
+                        message: text,
+                        origin,
+                    },
+                )),
+                Err(e) => letters.push(letter(m, format!("cannot render the event as JSON: {e}"))),
+            }
+        }
+        let planned = plan(events, Timestamp::now().as_millis());
+        for (origin, reason) in planned.rejected {
+            letters.push(letter(&batch[origin], reason));
+        }
+        for call in &planned.calls {
+            let rejected = self.cloudwatch.put(call).await?;
+            let shipped = call.events.len() - rejected.len();
+            metrics::counter!("audit_cloudwatch_events_shipped_total", "stream" => call.stream.clone()).increment(shipped as u64);
+            for (index, reason) in rejected {
+                letters.push(letter(&batch[call.events[index].origin], reason));
+            }
+        }
+        if !letters.is_empty() {
+            metrics::counter!("audit_cloudwatch_dead_letters_total")
+                .increment(letters.len() as u64);
+            let encoded: Vec<(Option<Vec<u8>>, Vec<u8>)> = letters
+                .iter()
+                .map(|l| Ok((l.original_key.clone(), l.encode()?)))
+                .collect::<Result<_, audit_schemas::EncodeError>>()?;
+            let sends = encoded.iter().map(|(key, value)| {
+                let mut record: FutureRecord<[u8], Vec<u8>> =
+                    FutureRecord::to(&self.dlq_topic).payload(value);
+                if let Some(k) = key {
+                    record = record.key(k.as_slice());
+                }
+                self.producer.send(record, Duration::from_secs(60))
+            });
+            for r in join_all(sends).await {
+                r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+//! `audit-sink-cloudwatch` as a process, from the real broker to the real moto server.
+
+use audit_runtime::TopicsConfig;
+use audit_schemas::*;
+use audit_tests::*;
+use aws_sdk_cloudwatchlogs::Client;
+use rdkafka::producer::FutureProducer;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Sink(Child);
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(topics: &TopicsConfig, group: &str, endpoint: &str, extra_toml: &str) -> Sink {
+    let dir = std::env::temp_dir().join(unique("cw"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cloudwatch]\nlog_group = \"{group}\"\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\nbatch_max_wait_ms = 200\nmax_attempts = 40\n{extra_toml}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-sink-cloudwatch"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("AUDIT__KAFKA__BROKERS", kafka_brokers())
+        .env("AUDIT__CLOUDWATCH__GROUP_ID", unique("cw"))
+        .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
+        .env("AUDIT__LOG__LEVEL", "warn")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(Stdio::null());
+    for (role, t) in topics.all() {
+        cmd.env(
+            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
+            &t.name,
+        );
+    }
+    Sink(cmd.spawn().expect("sink starts"))
+}
+
+async fn logs(endpoint: &str) -> Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> EnrichedAuditEvent {
+    EnrichedAuditEvent {
+        event: RawAuditEvent {
+            event_id: Uuid::new_v4(),
+            timestamp,
+            event_type: EventType::new(event_type).unwrap(),
+            source: Source::Server,
+            service: "test".into(),
+            session_id: Some(format!("s{partition_hint}")),
+            user_id: None,
+            username: None,
+            tenant: None,
+            success: true,
+            message: Some(format!("{event_type} at {timestamp}")),
+            entities: vec![],
+            params: Default::default(),
+            response: None,
+            error: None,
+            client: None,
+        },
+        user: None,
+        groups: vec![],
+        session: None,
+        enrichment: Enrichment::SessionUnknown,
+        claimed_user_mismatch: false,
+        pipeline: PipelineMeta {
+            received_at: timestamp,
+            enriched_at: timestamp,
+            raw_partition: 0,
+            raw_offset: 0,
+        },
+    }
+}
+
+async fn publish(p: &FutureProducer, topics: &TopicsConfig, events: &[EnrichedAuditEvent]) {
+    for e in events {
+        produce(
+            p,
+            &topics.enriched.name,
+            &e.event.partition_key(),
+            &e.encode().unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Every event of every stream of the group: stream -> (timestamp, message).
+async fn read_group(
+    client: &Client,
+    group: &str,
+) -> BTreeMap<String, Vec<(i64, serde_json::Value)>> {
+    let mut out = BTreeMap::new();
+    let Ok(streams) = client
+        .describe_log_streams()
+        .log_group_name(group)
+        .send()
+        .await
+    else {
+        return out;
+    };
+    for s in streams.log_streams() {
+        let name = s.log_stream_name().unwrap().to_string();
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(&name)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .unwrap();
+            for e in page.events() {
+                events.push((
+                    e.timestamp().unwrap(),
+                    serde_json::from_str(e.message().unwrap()).unwrap(),
+                ));
+            }
+            let next = page.next_forward_token().map(String::from);
+            if page.events().is_empty() || next == token {
+                break;
+            }
+            token = next;
+        }
+        out.insert(name, events);
+    }
+    out
+}
+
+async fn wait_for(
+    client: &Client,
+    group: &str,
+    total: usize,
+    timeout: Duration,
+) -> BTreeMap<String, Vec<(i64, serde_json::Value)>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got = read_group(client, group).await;
+        let n: usize = got.values().map(Vec::len).sum();
+        if n >= total || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+const STREAMS: &str = "[cloudwatch.streams]\n\"log\" = \"datagrok_log\"\n\"error\" = \"datagrok_errors\"\n\"query-*\" = \"queries\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn globs_default_stream_time_order_across_partitions_and_dead_letters() {
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let now = Timestamp::now().as_micros();
+    let minute = 60_000_000;
+    // Out of time order, spread over partitions by session.
+    let mut events = Vec::new();
+    for i in 0..30i64 {
+        let t = Timestamp::from_micros(now - ((i * 7919) % 30) * minute);
+        let ty = ["log", "error", "query-created", "query-edited", "job-start"][i as usize % 5];
+        events.push(event(ty, t, i as usize));
+    }
+    let too_old = event(
+        "log",
+        Timestamp::from_micros(now - 15 * 24 * 3600 * 1_000_000),
+        1,
+    );
+    let too_new = event("log", Timestamp::from_micros(now + 3 * 3600 * 1_000_000), 2);
+    events.push(too_old.clone());
+    events.push(too_new.clone());
+    publish(&p, &topics, &events).await;
+
+    let group = unique("/audit/test");
+    let _sink = start(
+        &topics,
+        &group,
+        &cloudwatch_url(),
+        &format!("default_stream = \"other\"\n{STREAMS}"),
+    );
+    let client = logs(&cloudwatch_url()).await;
+    let got = wait_for(&client, &group, 30, Duration::from_secs(60)).await;
+
+    let count = |s: &str| got.get(s).map_or(0, Vec::len);
+    assert_eq!(
+        (
+            count("datagrok_log"),
+            count("datagrok_errors"),
+            count("queries"),
+            count("other")
+        ),
+        (6, 6, 12, 6),
+        "{:?}",
+        got.keys()
+    );
+    for (stream, events) in &got {
+        assert!(
+            events.windows(2).all(|w| w[0].0 <= w[1].0),
+            "{stream} is not in time order"
+        );
+        for (ts, body) in events {
+            assert_eq!(
+                *ts,
+                body["event"]["timestamp"].as_i64().unwrap() / 1000,
+                "the event time is the CloudWatch timestamp"
+            );
+        }
+    }
+    assert!(got["queries"].iter().all(|(_, b)| b["event"]["event_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("query-")));
+
+    let letters: Vec<DeadLetter> = consume_n(
+        &topics.dlq.name,
+        topics.dlq.partitions,
+        2,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|m| DeadLetter::decode(payload(m).unwrap()).unwrap())
+    .collect();
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("older than 14 days")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("2 hours in the future")),
+        "{reasons:?}"
+    );
+    assert!(letters.iter().all(|l| l.stage == "sink-cloudwatch"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unmapped_types_are_skipped_and_a_deleted_group_is_recreated() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let group = unique("/audit/test");
+    let _sink = start(
+        &topics,
+        &group,
+        &cloudwatch_url(),
+        &format!("default_stream = \"\"\n{STREAMS}"),
+    );
+    let client = logs(&cloudwatch_url()).await;
+    publish(
+        &p,
+        &topics,
+        &[
+            event("log", Timestamp::now(), 0),
+            event("job-start", Timestamp::now(), 0),
+        ],
+    )
+    .await;
+    let got = wait_for(&client, &group, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.keys()
+            .filter(|k| !got[*k].is_empty())
+            .collect::<Vec<_>>(),
+        vec!["datagrok_log"]
+    );
+
+    // Someone deletes the group: the next events create it again and arrive.
+    client
+        .delete_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    publish(&p, &topics, &[event("error", Timestamp::now(), 0)]).await;
+    let got = wait_for(&client, &group, 1, Duration::from_secs(60)).await;
+    assert_eq!(got.get("datagrok_errors").map(Vec::len), Some(1), "{got:?}");
+}
+
+/// A private moto server, paused with SIGSTOP for 30 s mid-stream (unreachable, its data kept)
+/// and resumed: every event still arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_of_30_seconds_loses_nothing() {
+    let tools = std::env::var("AUDIT_TOOLS_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.local/share/audit-pipeline",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let port = 4500 + (std::process::id() % 60) as u16;
+    let mut moto = Command::new(format!("{tools}/venv-moto/bin/moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server from dev/stack install");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = logs(&endpoint).await;
+    for _ in 0..100 {
+        if client.describe_log_groups().send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let group = unique("/audit/outage");
+    let _sink = start(&topics, &group, &endpoint, STREAMS);
+    let first: Vec<_> = (0..200)
+        .map(|i| event("log", Timestamp::now(), i))
+        .collect();
+    publish(&p, &topics, &first).await;
+    wait_for(&client, &group, 200, Duration::from_secs(30)).await;
+
+    let pid = moto.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let second: Vec<_> = (0..300)
+        .map(|i| event("error", Timestamp::now(), i))
+        .collect();
+    publish(&p, &topics, &second).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let got = wait_for(&client, &group, 500, Duration::from_secs(120)).await;
+    let _ = moto.kill();
+    let _ = moto.wait();
+    let ids: std::collections::HashSet<String> = got
+        .values()
+        .flatten()
+        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    for e in first.iter().chain(&second) {
+        assert!(
+            ids.contains(&e.event.event_id.to_string()),
+            "lost {}",
+            e.event.event_id
+        );
+    }
+}
