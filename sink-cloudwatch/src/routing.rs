@@ -29,7 +29,7 @@ impl Routes {
                 exact.insert(pattern.clone(), stream.clone());
             }
         }
-        globs.sort_by(|a, b| b.0.cmp(&a.0));
+        globs.sort_by_key(|g| std::cmp::Reverse(g.0));
         Ok(Self {
             exact,
             globs: globs.into_iter().map(|(_, m, s)| (m, s)).collect(),
