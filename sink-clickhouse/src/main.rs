@@ -1,21 +1,27 @@
-//! Enriched audit events into ClickHouse for analysts' SQL and per-entity activity history.
-//!
-//! Reads audit.enriched in its own consumer group, runs the table migrations at start, inserts in
-//! batches with the official clickhouse crate and commits offsets only after the insert succeeded;
-//! inserts are deduplicated so that a crash and restart never double-count.
+//! `audit-sink-clickhouse`: enriched audit events into ClickHouse.
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use audit_runtime::consume::{self, BatchOptions};
+use audit_runtime::kafka::GroupContext;
+use audit_runtime::ops::Health;
+use audit_runtime::Shutdown;
+use audit_sink_clickhouse::config::Settings;
+use audit_sink_clickhouse::service::Store;
+use audit_sink_clickhouse::sink::ClickHouseSink;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Enriched audit events into ClickHouse for analysts' SQL and per-entity activity history.
 ///
-/// Reads audit.enriched in its own consumer group, runs the table migrations at start, inserts in
-/// batches with the official clickhouse crate and commits offsets only after the insert succeeded;
-/// inserts are deduplicated so that a crash and restart never double-count.
-///
-/// Settings: built-in defaults, then the TOML file given with --config, then environment
-/// variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092).
+/// Runs the schema migrations at start (database clickhouse.database, default "audit": tables
+/// events and entity_activity, user and session projections), reads audit.enriched in its own
+/// consumer group, inserts in batches (clickhouse.batch_max_rows rows or batch_max_wait_ms) with
+/// RowBinary, and commits offsets only after the insert succeeded. Effectively once: after any
+/// crash, rows already stored are recognised by their topic offsets and not inserted again, so
+/// count() = uniqExact(event_id) holds without FINAL. While ClickHouse is unreachable it retries
+/// with backoff and stops consuming; rows ClickHouse rejects go to audit.dlq with the server's
+/// error. Serves /metrics and /healthz on ops.listen (default 127.0.0.1:9102).
 #[derive(Debug, Parser)]
 #[command(name = "audit-sink-clickhouse", version, about, long_about)]
 struct Cli {
@@ -28,13 +34,62 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service until SIGINT or SIGTERM.
+    /// Run the sink until SIGINT or SIGTERM.
     Run,
+    /// Run the migrations and exit.
+    Migrate,
+    /// Print the effective settings as TOML.
+    Config,
 }
 
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => bail!("audit-sink-clickhouse is not implemented yet (issue #5); only the shared foundation exists"),
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audit-sink-clickhouse: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Config = cli.command {
+        print!("{}", toml::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    audit_runtime::telemetry::init(&settings.log)?;
+    let ch = &settings.clickhouse;
+    // Migrations talk to the server before the database exists.
+    let admin = audit_sink_clickhouse::client(&audit_sink_clickhouse::config::ClickHouseConfig { database: "default".into(), ..ch.clone() });
+    let applied = audit_sink_clickhouse::migrations::migrate(&admin, &ch.database, ch.ttl_days)
+        .await
+        .with_context(|| format!("running migrations on {} (clickhouse.url)", ch.url))?;
+    tracing::info!(?applied, database = %ch.database, "schema up to date");
+    if let Command::Migrate = cli.command {
+        return Ok(());
+    }
+
+    let shutdown = Shutdown::on_signals();
+    let health = Health::default();
+    health.set("clickhouse", true, "migrated");
+    let ops = audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
+    let mut sink = ClickHouseSink {
+        store: Store::new(audit_sink_clickhouse::client(ch), Duration::from_millis(ch.max_backoff_ms), health),
+        producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-clickhouse")?,
+        dlq_topic: settings.topics.dlq.name.clone(),
+    };
+    let consumer = audit_runtime::kafka::consumer(&settings.kafka, "audit-sink-clickhouse", &ch.group_id, GroupContext { group: ch.group_id.clone() })?;
+    let options = BatchOptions {
+        max_records: ch.batch_max_rows,
+        max_wait: Duration::from_millis(ch.batch_max_wait_ms),
+    };
+    let result = consume::run(&consumer, &[&settings.topics.enriched.name], &mut sink, options, &shutdown).await;
+    shutdown.trigger();
+    let _ = ops.await;
+    let stats = result?;
+    tracing::info!(records = stats.records, batches = stats.batches, "sink stopped");
+    Ok(())
 }

@@ -1,0 +1,92 @@
+//! `audit-sink-clickhouse`'s settings.
+
+use audit_runtime::config::{self, ConfigError, Validate};
+use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub log: LogConfig,
+    pub ops: OpsConfig,
+    pub clickhouse: ClickHouseConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            log: LogConfig::default(),
+            ops: OpsConfig::on_port(9102),
+            clickhouse: ClickHouseConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint of the server.
+    pub url: String,
+    /// The database the migrations create and the sink writes to.
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Consumer group of audit.enriched for this sink.
+    pub group_id: String,
+    /// Flush a batch at this many rows...
+    pub batch_max_rows: usize,
+    /// ...or this many milliseconds after its first row.
+    pub batch_max_wait_ms: u64,
+    /// Rows older than this many days (by event time) are removed; unset keeps them forever.
+    pub ttl_days: Option<u32>,
+    /// Longest pause between retries while ClickHouse is unreachable, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_string(),
+            database: "audit".to_string(),
+            user: None,
+            password: None,
+            group_id: "audit-sink-clickhouse".to_string(),
+            batch_max_rows: 50_000,
+            batch_max_wait_ms: 1_000,
+            ttl_days: None,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        let ch = &self.clickhouse;
+        if !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
+            return Err(ConfigError::invalid("clickhouse.url", format!("{:?} is not an http(s) URL", ch.url)));
+        }
+        if ch.database.is_empty() || !ch.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ConfigError::invalid("clickhouse.database", "must be letters, digits and _"));
+        }
+        if ch.batch_max_rows == 0 {
+            return Err(ConfigError::invalid("clickhouse.batch_max_rows", "must be positive"));
+        }
+        if ch.ttl_days == Some(0) {
+            return Err(ConfigError::invalid("clickhouse.ttl_days", "must be positive or unset"));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        config::load(file, &[])
+    }
+}

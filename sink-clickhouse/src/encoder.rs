@@ -1,0 +1,215 @@
+//! One enriched event -> one `events` row (pure), and the resume rule that makes inserts
+//! effectively-once.
+
+use audit_schemas::{EnrichedAuditEvent, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A row of `<db>.events`; field names are the column names.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct EventRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    #[serde(with = "clickhouse::serde::time::datetime64::micros")]
+    pub timestamp: OffsetDateTime,
+    pub event_type: String,
+    pub source: String,
+    pub service: String,
+    pub session_id: Option<String>,
+    pub claimed_user_id: Option<String>,
+    pub username: Option<String>,
+    pub tenant: Option<String>,
+    pub success: bool,
+    pub message: Option<String>,
+    pub entities: Vec<(String, String, Option<String>)>,
+    pub params: Vec<(String, String)>,
+    pub response: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub error_stack_trace: Option<String>,
+    pub client_ip: Option<String>,
+    pub client_user_agent: Option<String>,
+    pub user_id: Option<String>,
+    pub user_login: Option<String>,
+    pub user_name: Option<String>,
+    pub group_ids: Vec<String>,
+    pub group_names: Vec<String>,
+    #[serde(with = "clickhouse::serde::time::datetime64::micros::option")]
+    pub session_started_at: Option<OffsetDateTime>,
+    pub session_ip: Option<String>,
+    pub enrichment: String,
+    pub claimed_user_mismatch: bool,
+    #[serde(with = "clickhouse::serde::time::datetime64::micros")]
+    pub received_at: OffsetDateTime,
+    #[serde(with = "clickhouse::serde::time::datetime64::micros")]
+    pub enriched_at: OffsetDateTime,
+    pub raw_partition: i32,
+    pub raw_offset: i64,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// Where a row was read from: its identity for effectively-once inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// DateTime64 holds years 1900-2299; a time outside (a producer bug) is clamped to that range so
+/// the event is still stored rather than refused.
+fn datetime(t: Timestamp) -> OffsetDateTime {
+    const MIN: i64 = -2_208_988_800_000_000; // 1900-01-01
+    const MAX: i64 = 10_413_791_999_000_000; // 2299-12-31
+    Timestamp::from_micros(t.as_micros().clamp(MIN, MAX)).to_datetime()
+}
+
+pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
+    let raw = e.event;
+    let error = raw.error.unwrap_or_default();
+    let client = raw.client.unwrap_or_default();
+    let (user_id, user_login, user_name) = match e.user {
+        Some(u) => (Some(u.id), Some(u.login), u.name),
+        None => (None, None, None),
+    };
+    let (group_ids, group_names) = e.groups.into_iter().map(|g| (g.id, g.name)).unzip();
+    EventRow {
+        event_id: raw.event_id,
+        timestamp: datetime(raw.timestamp),
+        event_type: raw.event_type.to_string(),
+        source: raw.source.as_str().to_string(),
+        service: raw.service,
+        session_id: raw.session_id,
+        claimed_user_id: raw.user_id,
+        username: raw.username,
+        tenant: raw.tenant,
+        success: raw.success,
+        message: raw.message,
+        entities: raw.entities.into_iter().map(|x| (x.kind, x.id, x.name)).collect(),
+        params: raw.params.into_iter().collect(),
+        response: raw.response,
+        error_code: error.code,
+        error_message: error.message,
+        error_stack_trace: error.stack_trace,
+        client_ip: client.ip,
+        client_user_agent: client.user_agent,
+        user_id,
+        user_login,
+        user_name,
+        group_ids,
+        group_names,
+        session_started_at: e.session.as_ref().map(|s| datetime(s.started_at)),
+        session_ip: e.session.and_then(|s| s.ip),
+        enrichment: e.enrichment.as_str().to_string(),
+        claimed_user_mismatch: e.claimed_user_mismatch,
+        received_at: datetime(e.pipeline.received_at),
+        enriched_at: datetime(e.pipeline.enriched_at),
+        raw_partition: e.pipeline.raw_partition,
+        raw_offset: e.pipeline.raw_offset,
+        source_topic: topic.to_string(),
+        source_partition: origin.partition,
+        source_offset: origin.offset,
+    }
+}
+
+/// The month partition of the events table a row lands in (`toYYYYMM(timestamp)`).
+pub fn month(row: &EventRow) -> u32 {
+    row.timestamp.year() as u32 * 100 + row.timestamp.month() as u32
+}
+
+/// Effectively-once: every insert holds the rows of one Kafka partition and one month (one
+/// table part, so it is atomic) in offset order. Whatever a crash left, the table therefore
+/// holds, per (Kafka partition, month), exactly the rows up to some offset — so a row is already
+/// stored iff its offset is at most the highest stored for its (partition, month).
+pub fn already_stored(row: &EventRow, stored: &HashMap<(i32, u32), i64>) -> bool {
+    stored
+        .get(&(row.source_partition, month(row)))
+        .is_some_and(|max| row.source_offset <= *max)
+}
+
+/// Groups rows into the inserts described at [`already_stored`], each in offset order.
+pub fn insert_groups(rows: Vec<EventRow>) -> Vec<((i32, u32), Vec<EventRow>)> {
+    let mut groups: std::collections::BTreeMap<(i32, u32), Vec<EventRow>> = Default::default();
+    for r in rows {
+        groups.entry((r.source_partition, month(&r))).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|r| r.source_offset);
+            (k, v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_schemas::*;
+
+    fn event(ts: i64) -> EnrichedAuditEvent {
+        EnrichedAuditEvent {
+            event: RawAuditEvent {
+                event_id: Uuid::new_v4(),
+                timestamp: Timestamp::from_micros(ts),
+                event_type: EventType::new("query-created").unwrap(),
+                source: Source::Client,
+                service: "web".into(),
+                session_id: Some("s".into()),
+                user_id: Some("claimed".into()),
+                username: None,
+                tenant: None,
+                success: false,
+                message: None,
+                entities: vec![EntityRef { kind: "query".into(), id: "q1".into(), name: Some("Sales".into()) }],
+                params: [("a".to_string(), "1".to_string())].into(),
+                response: None,
+                error: Some(ErrorInfo { code: Some("E".into()), message: None, stack_trace: None }),
+                client: None,
+            },
+            user: Some(ResolvedUser { id: "u".into(), login: "alice".into(), name: None }),
+            groups: vec![GroupRef { id: "g1".into(), name: "analysts".into() }, GroupRef { id: "g0".into(), name: "all".into() }],
+            session: Some(SessionInfo { id: "s".into(), started_at: Timestamp::from_micros(5), ip: Some("::1".into()) }),
+            enrichment: Enrichment::Enriched,
+            claimed_user_mismatch: true,
+            pipeline: PipelineMeta { received_at: Timestamp::from_micros(6), enriched_at: Timestamp::from_micros(7), raw_partition: 1, raw_offset: 2 },
+        }
+    }
+
+    #[test]
+    fn flattens_every_field() {
+        let r = row(event(1_700_000_000_000_000), "audit.enriched", Origin { partition: 3, offset: 9 });
+        assert_eq!(r.timestamp.unix_timestamp(), 1_700_000_000);
+        assert_eq!((r.claimed_user_id.as_deref(), r.user_id.as_deref(), r.user_login.as_deref()), (Some("claimed"), Some("u"), Some("alice")));
+        assert_eq!(r.group_names, vec!["analysts", "all"]);
+        assert_eq!(r.entities, vec![("query".to_string(), "q1".to_string(), Some("Sales".to_string()))]);
+        assert_eq!(r.error_code.as_deref(), Some("E"));
+        assert_eq!((r.source_partition, r.source_offset, r.raw_offset), (3, 9, 2));
+        assert_eq!(r.session_ip.as_deref(), Some("::1"));
+        assert_eq!(month(&r), 202311);
+    }
+
+    #[test]
+    fn resume_skips_exactly_what_is_stored() {
+        let mk = |partition, offset, ts| row(event(ts), "t", Origin { partition, offset });
+        let nov = 1_700_000_000_000_000;
+        let dec = nov + 30 * 86_400_000_000;
+        let rows = vec![mk(0, 5, dec), mk(0, 1, nov), mk(0, 3, nov), mk(1, 2, nov), mk(0, 4, dec)];
+        let groups = insert_groups(rows);
+        let keys: Vec<_> = groups.iter().map(|(k, v)| (*k, v.iter().map(|r| r.source_offset).collect::<Vec<_>>())).collect();
+        assert_eq!(keys, vec![((0, 202311), vec![1, 3]), ((0, 202312), vec![4, 5]), ((1, 202311), vec![2])]);
+        let stored = HashMap::from([((0, 202311), 3)]);
+        assert!(already_stored(&mk(0, 3, nov), &stored));
+        assert!(!already_stored(&mk(0, 4, dec), &stored), "another month's rows were not stored");
+        assert!(!already_stored(&mk(0, 6, nov), &stored));
+    }
+
+    #[test]
+    fn absurd_times_are_clamped_not_refused() {
+        let r = row(event(i64::MAX), "t", Origin { partition: 0, offset: 0 });
+        assert_eq!(r.timestamp.year(), 2299);
+    }
+}

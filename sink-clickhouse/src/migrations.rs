@@ -1,0 +1,153 @@
+//! Versioned, idempotent schema migrations, run at start.
+//!
+//! Each migration is DDL that is harmless to repeat (`IF NOT EXISTS`); applied versions are
+//! recorded in `<db>.schema_migrations`, so a migration runs once per database and two sinks
+//! starting together do no harm.
+
+use clickhouse::Client;
+
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub statements: &'static [&'static str],
+}
+
+/// The analytics schema. `{db}` is the configured database.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events table",
+        statements: &[r"
+CREATE TABLE IF NOT EXISTS {db}.events
+(
+    event_id              UUID,
+    timestamp             DateTime64(6, 'UTC') COMMENT 'event time',
+    event_type            LowCardinality(String),
+    source                LowCardinality(String) COMMENT 'CLIENT or SERVER',
+    service               LowCardinality(String),
+    session_id            Nullable(String),
+    claimed_user_id       Nullable(String) COMMENT 'user_id as the event claimed it; untrusted for CLIENT events',
+    username              Nullable(String),
+    tenant                LowCardinality(Nullable(String)),
+    success               Bool,
+    message               Nullable(String),
+    entities              Array(Tuple(type LowCardinality(String), id String, name Nullable(String))),
+    params                Map(String, String) COMMENT 'values are JSON text',
+    response              Nullable(String) COMMENT 'JSON text',
+    error_code            Nullable(String),
+    error_message         Nullable(String),
+    error_stack_trace     Nullable(String),
+    client_ip             Nullable(String),
+    client_user_agent     Nullable(String),
+    user_id               Nullable(String) COMMENT 'resolved by the enricher',
+    user_login            Nullable(String),
+    user_name             Nullable(String),
+    group_ids             Array(String),
+    group_names           Array(LowCardinality(String)),
+    session_started_at    Nullable(DateTime64(6, 'UTC')),
+    session_ip            Nullable(String),
+    enrichment            LowCardinality(String),
+    claimed_user_mismatch Bool,
+    received_at           DateTime64(6, 'UTC'),
+    enriched_at           DateTime64(6, 'UTC'),
+    raw_partition         Int32,
+    raw_offset            Int64,
+    source_topic          LowCardinality(String) COMMENT 'the enriched topic the row was read from',
+    source_partition      Int32,
+    source_offset         Int64,
+    inserted_at           DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX idx_source_offset source_offset TYPE minmax GRANULARITY 1,
+    INDEX idx_event_id event_id TYPE bloom_filter GRANULARITY 4
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (event_type, timestamp, event_id)
+"],
+    },
+    Migration {
+        version: 2,
+        name: "entity activity",
+        statements: &[
+            r"
+CREATE TABLE IF NOT EXISTS {db}.entity_activity
+(
+    entity_type LowCardinality(String),
+    entity_id   String,
+    entity_name Nullable(String),
+    timestamp   DateTime64(6, 'UTC'),
+    event_id    UUID,
+    event_type  LowCardinality(String),
+    user_id     Nullable(String),
+    user_login  Nullable(String),
+    session_id  Nullable(String),
+    success     Bool,
+    message     Nullable(String)
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (entity_type, entity_id, timestamp, event_id)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.entity_activity_mv TO {db}.entity_activity AS
+SELECT
+    entity.type AS entity_type,
+    entity.id AS entity_id,
+    entity.name AS entity_name,
+    timestamp, event_id, event_type, user_id, user_login, session_id, success, message
+FROM {db}.events
+ARRAY JOIN entities AS entity
+",
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "user and session projections",
+        statements: &[
+            "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS by_user (SELECT * ORDER BY user_id, timestamp)",
+            "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS by_session (SELECT * ORDER BY session_id, timestamp)",
+            "ALTER TABLE {db}.events MATERIALIZE PROJECTION by_user",
+            "ALTER TABLE {db}.events MATERIALIZE PROJECTION by_session",
+        ],
+    },
+];
+
+/// Applies every migration not yet recorded; returns the versions applied now.
+pub async fn migrate(client: &Client, db: &str, ttl_days: Option<u32>) -> Result<Vec<u32>, clickhouse::error::Error> {
+    client.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute().await?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+        ))
+        .execute()
+        .await?;
+    let applied: Vec<u32> = client
+        .query(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
+        .fetch_all()
+        .await?;
+    let mut now = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        for statement in m.statements {
+            client.query(&statement.replace("{db}", db)).execute().await?;
+        }
+        client
+            .query(&format!("INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        now.push(m.version);
+    }
+    // Retention follows the settings on every start, so changing it needs no migration.
+    let ttl = match ttl_days {
+        Some(days) => format!("ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {days} DAY"),
+        None => format!("ALTER TABLE {db}.events REMOVE TTL"),
+    };
+    if let Err(e) = client.query(&ttl).execute().await {
+        // REMOVE TTL on a table without one is an error on some versions; nothing to do then.
+        if ttl_days.is_some() {
+            return Err(e);
+        }
+    }
+    Ok(now)
+}
