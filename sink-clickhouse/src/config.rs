@@ -70,16 +70,33 @@ impl Validate for Settings {
         self.topics.validate()?;
         let ch = &self.clickhouse;
         if !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
-            return Err(ConfigError::invalid("clickhouse.url", format!("{:?} is not an http(s) URL", ch.url)));
+            return Err(ConfigError::invalid(
+                "clickhouse.url",
+                format!("{:?} is not an http(s) URL", ch.url),
+            ));
         }
-        if ch.database.is_empty() || !ch.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConfigError::invalid("clickhouse.database", "must be letters, digits and _"));
+        if ch.database.is_empty()
+            || !ch
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                "clickhouse.database",
+                "must be letters, digits and _",
+            ));
         }
         if ch.batch_max_rows == 0 {
-            return Err(ConfigError::invalid("clickhouse.batch_max_rows", "must be positive"));
+            return Err(ConfigError::invalid(
+                "clickhouse.batch_max_rows",
+                "must be positive",
+            ));
         }
         if ch.ttl_days == Some(0) {
-            return Err(ConfigError::invalid("clickhouse.ttl_days", "must be positive or unset"));
+            return Err(ConfigError::invalid(
+                "clickhouse.ttl_days",
+                "must be positive or unset",
+            ));
         }
         Ok(())
     }

@@ -88,7 +88,11 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         tenant: raw.tenant,
         success: raw.success,
         message: raw.message,
-        entities: raw.entities.into_iter().map(|x| (x.kind, x.id, x.name)).collect(),
+        entities: raw
+            .entities
+            .into_iter()
+            .map(|x| (x.kind, x.id, x.name))
+            .collect(),
         params: raw.params.into_iter().collect(),
         response: raw.response,
         error_code: error.code,
@@ -134,7 +138,10 @@ pub fn already_stored(row: &EventRow, stored: &HashMap<(i32, u32), i64>) -> bool
 pub fn insert_groups(rows: Vec<EventRow>) -> Vec<((i32, u32), Vec<EventRow>)> {
     let mut groups: std::collections::BTreeMap<(i32, u32), Vec<EventRow>> = Default::default();
     for r in rows {
-        groups.entry((r.source_partition, month(&r))).or_default().push(r);
+        groups
+            .entry((r.source_partition, month(&r)))
+            .or_default()
+            .push(r);
     }
     groups
         .into_iter()
@@ -164,30 +171,84 @@ mod tests {
                 tenant: None,
                 success: false,
                 message: None,
-                entities: vec![EntityRef { kind: "query".into(), id: "q1".into(), name: Some("Sales".into()) }],
+                entities: vec![EntityRef {
+                    kind: "query".into(),
+                    id: "q1".into(),
+                    name: Some("Sales".into()),
+                }],
                 params: [("a".to_string(), "1".to_string())].into(),
                 response: None,
-                error: Some(ErrorInfo { code: Some("E".into()), message: None, stack_trace: None }),
+                error: Some(ErrorInfo {
+                    code: Some("E".into()),
+                    message: None,
+                    stack_trace: None,
+                }),
                 client: None,
             },
-            user: Some(ResolvedUser { id: "u".into(), login: "alice".into(), name: None }),
-            groups: vec![GroupRef { id: "g1".into(), name: "analysts".into() }, GroupRef { id: "g0".into(), name: "all".into() }],
-            session: Some(SessionInfo { id: "s".into(), started_at: Timestamp::from_micros(5), ip: Some("::1".into()) }),
+            user: Some(ResolvedUser {
+                id: "u".into(),
+                login: "alice".into(),
+                name: None,
+            }),
+            groups: vec![
+                GroupRef {
+                    id: "g1".into(),
+                    name: "analysts".into(),
+                },
+                GroupRef {
+                    id: "g0".into(),
+                    name: "all".into(),
+                },
+            ],
+            session: Some(SessionInfo {
+                id: "s".into(),
+                started_at: Timestamp::from_micros(5),
+                ip: Some("::1".into()),
+            }),
             enrichment: Enrichment::Enriched,
             claimed_user_mismatch: true,
-            pipeline: PipelineMeta { received_at: Timestamp::from_micros(6), enriched_at: Timestamp::from_micros(7), raw_partition: 1, raw_offset: 2 },
+            pipeline: PipelineMeta {
+                received_at: Timestamp::from_micros(6),
+                enriched_at: Timestamp::from_micros(7),
+                raw_partition: 1,
+                raw_offset: 2,
+            },
         }
     }
 
     #[test]
     fn flattens_every_field() {
-        let r = row(event(1_700_000_000_000_000), "audit.enriched", Origin { partition: 3, offset: 9 });
+        let r = row(
+            event(1_700_000_000_000_000),
+            "audit.enriched",
+            Origin {
+                partition: 3,
+                offset: 9,
+            },
+        );
         assert_eq!(r.timestamp.unix_timestamp(), 1_700_000_000);
-        assert_eq!((r.claimed_user_id.as_deref(), r.user_id.as_deref(), r.user_login.as_deref()), (Some("claimed"), Some("u"), Some("alice")));
+        assert_eq!(
+            (
+                r.claimed_user_id.as_deref(),
+                r.user_id.as_deref(),
+                r.user_login.as_deref()
+            ),
+            (Some("claimed"), Some("u"), Some("alice"))
+        );
         assert_eq!(r.group_names, vec!["analysts", "all"]);
-        assert_eq!(r.entities, vec![("query".to_string(), "q1".to_string(), Some("Sales".to_string()))]);
+        assert_eq!(
+            r.entities,
+            vec![(
+                "query".to_string(),
+                "q1".to_string(),
+                Some("Sales".to_string())
+            )]
+        );
         assert_eq!(r.error_code.as_deref(), Some("E"));
-        assert_eq!((r.source_partition, r.source_offset, r.raw_offset), (3, 9, 2));
+        assert_eq!(
+            (r.source_partition, r.source_offset, r.raw_offset),
+            (3, 9, 2)
+        );
         assert_eq!(r.session_ip.as_deref(), Some("::1"));
         assert_eq!(month(&r), 202311);
     }
@@ -197,19 +258,45 @@ mod tests {
         let mk = |partition, offset, ts| row(event(ts), "t", Origin { partition, offset });
         let nov = 1_700_000_000_000_000;
         let dec = nov + 30 * 86_400_000_000;
-        let rows = vec![mk(0, 5, dec), mk(0, 1, nov), mk(0, 3, nov), mk(1, 2, nov), mk(0, 4, dec)];
+        let rows = vec![
+            mk(0, 5, dec),
+            mk(0, 1, nov),
+            mk(0, 3, nov),
+            mk(1, 2, nov),
+            mk(0, 4, dec),
+        ];
         let groups = insert_groups(rows);
-        let keys: Vec<_> = groups.iter().map(|(k, v)| (*k, v.iter().map(|r| r.source_offset).collect::<Vec<_>>())).collect();
-        assert_eq!(keys, vec![((0, 202311), vec![1, 3]), ((0, 202312), vec![4, 5]), ((1, 202311), vec![2])]);
+        let keys: Vec<_> = groups
+            .iter()
+            .map(|(k, v)| (*k, v.iter().map(|r| r.source_offset).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ((0, 202311), vec![1, 3]),
+                ((0, 202312), vec![4, 5]),
+                ((1, 202311), vec![2])
+            ]
+        );
         let stored = HashMap::from([((0, 202311), 3)]);
         assert!(already_stored(&mk(0, 3, nov), &stored));
-        assert!(!already_stored(&mk(0, 4, dec), &stored), "another month's rows were not stored");
+        assert!(
+            !already_stored(&mk(0, 4, dec), &stored),
+            "another month's rows were not stored"
+        );
         assert!(!already_stored(&mk(0, 6, nov), &stored));
     }
 
     #[test]
     fn absurd_times_are_clamped_not_refused() {
-        let r = row(event(i64::MAX), "t", Origin { partition: 0, offset: 0 });
+        let r = row(
+            event(i64::MAX),
+            "t",
+            Origin {
+                partition: 0,
+                offset: 0,
+            },
+        );
         assert_eq!(r.timestamp.year(), 2299);
     }
 }

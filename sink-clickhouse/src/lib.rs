@@ -14,7 +14,9 @@ pub mod sink;
 
 /// A client for the configured server and database.
 pub fn client(cfg: &config::ClickHouseConfig) -> clickhouse::Client {
-    let mut client = clickhouse::Client::default().with_url(&cfg.url).with_database(&cfg.database);
+    let mut client = clickhouse::Client::default()
+        .with_url(&cfg.url)
+        .with_database(&cfg.database);
     if let Some(user) = &cfg.user {
         client = client.with_user(user);
     }

@@ -63,7 +63,10 @@ async fn run(cli: Cli) -> Result<()> {
     audit_runtime::telemetry::init(&settings.log)?;
     let ch = &settings.clickhouse;
     // Migrations talk to the server before the database exists.
-    let admin = audit_sink_clickhouse::client(&audit_sink_clickhouse::config::ClickHouseConfig { database: "default".into(), ..ch.clone() });
+    let admin = audit_sink_clickhouse::client(&audit_sink_clickhouse::config::ClickHouseConfig {
+        database: "default".into(),
+        ..ch.clone()
+    });
     let applied = audit_sink_clickhouse::migrations::migrate(&admin, &ch.database, ch.ttl_days)
         .await
         .with_context(|| format!("running migrations on {} (clickhouse.url)", ch.url))?;
@@ -75,21 +78,44 @@ async fn run(cli: Cli) -> Result<()> {
     let shutdown = Shutdown::on_signals();
     let health = Health::default();
     health.set("clickhouse", true, "migrated");
-    let ops = audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
+    let ops =
+        audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
     let mut sink = ClickHouseSink {
-        store: Store::new(audit_sink_clickhouse::client(ch), Duration::from_millis(ch.max_backoff_ms), health),
+        store: Store::new(
+            audit_sink_clickhouse::client(ch),
+            Duration::from_millis(ch.max_backoff_ms),
+            health,
+        ),
         producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-clickhouse")?,
         dlq_topic: settings.topics.dlq.name.clone(),
     };
-    let consumer = audit_runtime::kafka::consumer(&settings.kafka, "audit-sink-clickhouse", &ch.group_id, GroupContext { group: ch.group_id.clone() })?;
+    let consumer = audit_runtime::kafka::consumer(
+        &settings.kafka,
+        "audit-sink-clickhouse",
+        &ch.group_id,
+        GroupContext {
+            group: ch.group_id.clone(),
+        },
+    )?;
     let options = BatchOptions {
         max_records: ch.batch_max_rows,
         max_wait: Duration::from_millis(ch.batch_max_wait_ms),
     };
-    let result = consume::run(&consumer, &[&settings.topics.enriched.name], &mut sink, options, &shutdown).await;
+    let result = consume::run(
+        &consumer,
+        &[&settings.topics.enriched.name],
+        &mut sink,
+        options,
+        &shutdown,
+    )
+    .await;
     shutdown.trigger();
     let _ = ops.await;
     let stats = result?;
-    tracing::info!(records = stats.records, batches = stats.batches, "sink stopped");
+    tracing::info!(
+        records = stats.records,
+        batches = stats.batches,
+        "sink stopped"
+    );
     Ok(())
 }

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS {db}.events
     tenant                LowCardinality(Nullable(String)),
     success               Bool,
     message               Nullable(String),
-    entities              Array(Tuple(type LowCardinality(String), id String, name Nullable(String))),
+    entities              Array(Tuple(LowCardinality(String), String, Nullable(String))) COMMENT '(type, id, name)',
     params                Map(String, String) COMMENT 'values are JSON text',
     response              Nullable(String) COMMENT 'JSON text',
     error_code            Nullable(String),
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS {db}.events
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (event_type, timestamp, event_id)
+SETTINGS non_replicated_deduplication_window = 10000
 "],
     },
     Migration {
@@ -90,9 +91,9 @@ ORDER BY (entity_type, entity_id, timestamp, event_id)
             r"
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.entity_activity_mv TO {db}.entity_activity AS
 SELECT
-    entity.type AS entity_type,
-    entity.id AS entity_id,
-    entity.name AS entity_name,
+    entity.1 AS entity_type,
+    entity.2 AS entity_id,
+    entity.3 AS entity_name,
     timestamp, event_id, event_type, user_id, user_login, session_id, success, message
 FROM {db}.events
 ARRAY JOIN entities AS entity
@@ -112,8 +113,15 @@ ARRAY JOIN entities AS entity
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.
-pub async fn migrate(client: &Client, db: &str, ttl_days: Option<u32>) -> Result<Vec<u32>, clickhouse::error::Error> {
-    client.query(&format!("CREATE DATABASE IF NOT EXISTS {db}")).execute().await?;
+pub async fn migrate(
+    client: &Client,
+    db: &str,
+    ttl_days: Option<u32>,
+) -> Result<Vec<u32>, clickhouse::error::Error> {
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await?;
     client
         .query(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
@@ -121,16 +129,23 @@ pub async fn migrate(client: &Client, db: &str, ttl_days: Option<u32>) -> Result
         .execute()
         .await?;
     let applied: Vec<u32> = client
-        .query(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
+        .query(&format!(
+            "SELECT DISTINCT version FROM {db}.schema_migrations"
+        ))
         .fetch_all()
         .await?;
     let mut now = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         for statement in m.statements {
-            client.query(&statement.replace("{db}", db)).execute().await?;
+            client
+                .query(&statement.replace("{db}", db))
+                .execute()
+                .await?;
         }
         client
-            .query(&format!("INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"))
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name) VALUES (?, ?)"
+            ))
             .bind(m.version)
             .bind(m.name)
             .execute()
@@ -140,7 +155,9 @@ pub async fn migrate(client: &Client, db: &str, ttl_days: Option<u32>) -> Result
     }
     // Retention follows the settings on every start, so changing it needs no migration.
     let ttl = match ttl_days {
-        Some(days) => format!("ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {days} DAY"),
+        Some(days) => format!(
+            "ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {days} DAY"
+        ),
         None => format!("ALTER TABLE {db}.events REMOVE TTL"),
     };
     if let Err(e) = client.query(&ttl).execute().await {

@@ -29,11 +29,17 @@ enum Failure {
     Fatal(String),
 }
 
+/// How long one request may take before it counts as a failure of the server.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn classify(e: clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error as E;
     let text = e.to_string();
     match e {
         E::Network(_) | E::TimedOut => Failure::Transient(text),
+        // Not from the server: the client could not use what it got (e.g. a schema this build
+        // does not understand). Retrying would not help, dropping rows would lose them.
+        _ if !text.contains("Code: ") => Failure::Fatal(text),
         _ => {
             let code = text
                 .split("Code: ")
@@ -44,7 +50,9 @@ fn classify(e: clickhouse::error::Error) -> Failure {
                 // UNKNOWN_TABLE, UNKNOWN_DATABASE, ACCESS_DENIED, AUTHENTICATION_FAILED
                 Some(60 | 81 | 497 | 516) => Failure::Fatal(text),
                 // Overload, timeouts, too many parts, memory: the server will recover.
-                Some(159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 394 | 425) | None => Failure::Transient(text),
+                Some(159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 394 | 425) | None => {
+                    Failure::Transient(text)
+                }
                 Some(_) => Failure::Data(text),
             }
         }
@@ -53,7 +61,11 @@ fn classify(e: clickhouse::error::Error) -> Failure {
 
 impl Store {
     pub fn new(client: Client, max_backoff: Duration, health: Health) -> Self {
-        Self { client, max_backoff, health }
+        Self {
+            client,
+            max_backoff,
+            health,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -63,7 +75,11 @@ impl Store {
     /// Runs `op` until it succeeds or fails for a reason other than the server being away,
     /// with exponential backoff and full jitter. While it waits the consumer does not fetch
     /// more, so memory stays bounded however long the outage.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<Result<T, String>, StoreError>
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+    ) -> Result<Result<T, String>, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
@@ -71,7 +87,13 @@ impl Store {
         let mut delay = Duration::from_millis(100);
         let started = Instant::now();
         loop {
-            match op().await.map_err(classify) {
+            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, op()).await {
+                Ok(result) => result.map_err(classify),
+                Err(_) => Err(Failure::Transient(format!(
+                    "no answer within {REQUEST_TIMEOUT:?}"
+                ))),
+            };
+            match outcome {
                 Ok(v) => {
                     self.health.set("clickhouse", true, "ok");
                     return Ok(Ok(v));
@@ -82,7 +104,8 @@ impl Store {
                     return Err(StoreError::Fatal(msg));
                 }
                 Err(Failure::Transient(msg)) => {
-                    self.health.set("clickhouse", false, format!("retrying: {msg}"));
+                    self.health
+                        .set("clickhouse", false, format!("retrying: {msg}"));
                     metrics::counter!("audit_clickhouse_retries_total").increment(1);
                     tracing::warn!(error = %msg, waited_s = started.elapsed().as_secs(), "{what} failed; retrying");
                     let sleep = rand::rng().random_range(delay / 2..=delay);
@@ -94,7 +117,12 @@ impl Store {
     }
 
     /// The highest stored offset per (Kafka partition, month) at or after `min_offset`.
-    pub async fn stored_offsets(&self, topic: &str, partitions: &[i32], min_offset: i64) -> Result<HashMap<(i32, u32), i64>, StoreError> {
+    pub async fn stored_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        min_offset: i64,
+    ) -> Result<HashMap<(i32, u32), i64>, StoreError> {
         let rows: Result<Vec<(i32, u32, i64)>, String> = self
             .retrying("reading stored offsets", || {
                 self.client
@@ -113,8 +141,25 @@ impl Store {
         Ok(rows.into_iter().map(|(p, m, o)| ((p, m), o)).collect())
     }
 
+    /// One INSERT. Its deduplication token names exactly the rows it holds (topic partition and
+    /// offset range), so when a retry repeats an insert the server did apply — it was only the
+    /// answer that got lost — the server drops the repeat.
     async fn insert_once(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self.client.insert::<EventRow>("events").await?;
+        let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+        let token = format!(
+            "{}:{}:{}:{}:{}",
+            first.source_topic,
+            first.source_partition,
+            crate::encoder::month(first),
+            first.source_offset,
+            last.source_offset
+        );
+        let mut insert = self
+            .client
+            .insert::<EventRow>("events")
+            .await?
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         for r in rows {
             insert.write(r).await?;
         }
@@ -134,8 +179,10 @@ impl Store {
             let started = Instant::now();
             match self.retrying("insert", || self.insert_once(part)).await? {
                 Ok(()) => {
-                    metrics::counter!("audit_clickhouse_rows_inserted_total").increment(part.len() as u64);
-                    metrics::histogram!("audit_clickhouse_insert_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::counter!("audit_clickhouse_rows_inserted_total")
+                        .increment(part.len() as u64);
+                    metrics::histogram!("audit_clickhouse_insert_seconds")
+                        .record(started.elapsed().as_secs_f64());
                 }
                 Err(error) if part.len() == 1 => rejected.push((part[0].clone(), error)),
                 Err(_) => {

@@ -18,7 +18,14 @@ pub struct ClickHouseSink {
     pub dlq_topic: String,
 }
 
-fn letter(key: Option<&[u8]>, value: Option<&[u8]>, topic: &str, partition: i32, offset: i64, reason: String) -> DeadLetter {
+fn letter(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    reason: String,
+) -> DeadLetter {
     DeadLetter {
         original_key: key.map(<[u8]>::to_vec),
         original_value: value.map(<[u8]>::to_vec),
@@ -37,9 +44,13 @@ impl ClickHouseSink {
             return Ok(());
         }
         metrics::counter!("audit_clickhouse_dead_letters_total").increment(letters.len() as u64);
-        let encoded = letters.iter().map(|l| Ok((l.original_key.clone(), l.encode()?))).collect::<Result<Vec<_>, audit_schemas::EncodeError>>()?;
+        let encoded = letters
+            .iter()
+            .map(|l| Ok((l.original_key.clone(), l.encode()?)))
+            .collect::<Result<Vec<_>, audit_schemas::EncodeError>>()?;
         let sends = encoded.iter().map(|(key, value)| {
-            let mut record: FutureRecord<[u8], Vec<u8>> = FutureRecord::to(&self.dlq_topic).payload(value);
+            let mut record: FutureRecord<[u8], Vec<u8>> =
+                FutureRecord::to(&self.dlq_topic).payload(value);
             if let Some(k) = key {
                 record = record.key(k.as_slice());
             }
@@ -63,9 +74,30 @@ impl BatchHandler for ClickHouseSink {
         for m in batch {
             originals.insert((m.partition(), m.offset()), m);
             match m.payload().map(EnrichedAuditEvent::decode) {
-                Some(Ok(e)) => rows.push(row(e, &topic, Origin { partition: m.partition(), offset: m.offset() })),
-                Some(Err(e)) => letters.push(letter(m.key(), m.payload(), &topic, m.partition(), m.offset(), e.to_string())),
-                None => letters.push(letter(m.key(), None, &topic, m.partition(), m.offset(), "record has no value".into())),
+                Some(Ok(e)) => rows.push(row(
+                    e,
+                    &topic,
+                    Origin {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
+                )),
+                Some(Err(e)) => letters.push(letter(
+                    m.key(),
+                    m.payload(),
+                    &topic,
+                    m.partition(),
+                    m.offset(),
+                    e.to_string(),
+                )),
+                None => letters.push(letter(
+                    m.key(),
+                    None,
+                    &topic,
+                    m.partition(),
+                    m.offset(),
+                    "record has no value".into(),
+                )),
             }
         }
         let mut partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
@@ -73,13 +105,20 @@ impl BatchHandler for ClickHouseSink {
         partitions.dedup();
         if !rows.is_empty() {
             let min_offset = rows.iter().map(|r| r.source_offset).min().unwrap_or(0);
-            let stored = self.store.stored_offsets(&topic, &partitions, min_offset).await?;
+            let stored = self
+                .store
+                .stored_offsets(&topic, &partitions, min_offset)
+                .await?;
             let before = rows.len();
             rows.retain(|r| !already_stored(r, &stored));
             let skipped = before - rows.len();
             if skipped > 0 {
-                tracing::info!(skipped, "rows already stored before a restart or rebalance; not inserted again");
-                metrics::counter!("audit_clickhouse_rows_already_stored_total").increment(skipped as u64);
+                tracing::info!(
+                    skipped,
+                    "rows already stored before a restart or rebalance; not inserted again"
+                );
+                metrics::counter!("audit_clickhouse_rows_already_stored_total")
+                    .increment(skipped as u64);
             }
         }
         for (_, group) in insert_groups(rows) {

@@ -33,33 +33,60 @@ fn event(n: usize) -> EnrichedAuditEvent {
             tenant: Some("default".into()),
             success: true,
             message: Some(format!("{ty} #{n}")),
-            entities: vec![EntityRef { kind: "query".into(), id: format!("q{}", n % 500), name: None }],
+            entities: vec![EntityRef {
+                kind: "query".into(),
+                id: format!("q{}", n % 500),
+                name: None,
+            }],
             params: [("rows".to_string(), n.to_string())].into(),
             response: None,
             error: None,
             client: None,
         },
-        user: Some(ResolvedUser { id: format!("u{}", n % 100), login: format!("user{}", n % 100), name: None }),
-        groups: vec![GroupRef { id: "g1".into(), name: "analysts".into() }],
+        user: Some(ResolvedUser {
+            id: format!("u{}", n % 100),
+            login: format!("user{}", n % 100),
+            name: None,
+        }),
+        groups: vec![GroupRef {
+            id: "g1".into(),
+            name: "analysts".into(),
+        }],
         session: None,
         enrichment: Enrichment::Enriched,
         claimed_user_mismatch: false,
-        pipeline: PipelineMeta { received_at: Timestamp::now(), enriched_at: Timestamp::now(), raw_partition: 0, raw_offset: n as i64 },
+        pipeline: PipelineMeta {
+            received_at: Timestamp::now(),
+            enriched_at: Timestamp::now(),
+            raw_partition: 0,
+            raw_offset: n as i64,
+        },
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let total: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let topics = unique_topics(PARTITIONS);
     create_topics(&topics).await?;
     let producer = producer()?;
     for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
-        let records: Vec<(String, Vec<u8>)> = chunk.iter().map(|&n| {
-            let e = event(n);
-            (e.event.partition_key(), e.encode().expect("encodes"))
-        }).collect();
-        let sends = records.iter().map(|(k, v)| producer.send(FutureRecord::to(&topics.enriched.name).key(k).payload(v), Duration::from_secs(60)));
+        let records: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|&n| {
+                let e = event(n);
+                (e.event.partition_key(), e.encode().expect("encodes"))
+            })
+            .collect();
+        let sends = records.iter().map(|(k, v)| {
+            producer.send(
+                FutureRecord::to(&topics.enriched.name).key(k).payload(v),
+                Duration::from_secs(60),
+            )
+        });
         for r in futures::future::join_all(sends).await {
             r.map_err(|(e, _)| e)?;
         }
@@ -72,7 +99,9 @@ async fn main() -> anyhow::Result<()> {
         cloudwatch_url()
     ))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-sink-cloudwatch"));
-    cmd.arg("--config").arg(&config).arg("run")
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("run")
         .env("AUDIT__KAFKA__BROKERS", kafka_brokers())
         .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
         .env("AUDIT__LOG__LEVEL", "warn")
@@ -95,8 +124,17 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut first: Option<(Instant, i64)> = None;
     let rate = loop {
-        let committed = tokio::task::block_in_place(|| watcher.committed_offsets(tpl.clone(), Duration::from_secs(10)))?;
-        let done: i64 = committed.elements().iter().map(|e| match e.offset() { Offset::Offset(o) => o, _ => 0 }).sum();
+        let committed = tokio::task::block_in_place(|| {
+            watcher.committed_offsets(tpl.clone(), Duration::from_secs(10))
+        })?;
+        let done: i64 = committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum();
         if first.is_none() && done > 0 {
             first = Some((Instant::now(), done));
         }
@@ -104,13 +142,19 @@ async fn main() -> anyhow::Result<()> {
             let (t0, d0) = first.unwrap_or((start, 0));
             break (done - d0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(900), "sink did not finish: {done} of {total}");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "sink did not finish: {done} of {total}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = child.kill();
     let _ = child.wait();
     println!("events: {total} over {PARTITIONS} partitions, 3 mapped streams + default");
     println!("delivered to CloudWatch Logs (moto), committed: {rate:>9.0} events/s (from the first committed batch to the last)");
-    println!("wall time including start-up: {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "wall time including start-up: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

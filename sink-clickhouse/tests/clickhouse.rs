@@ -1,0 +1,579 @@
+//! `audit-sink-clickhouse` against the real broker and the real ClickHouse 26.9 server.
+
+use audit_runtime::TopicsConfig;
+use audit_schemas::*;
+use audit_sink_clickhouse::encoder::{row, EventRow, Origin};
+use audit_tests::*;
+use rdkafka::producer::FutureProducer;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Sink(Child);
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cmd(topics: &TopicsConfig, db: &str, url: &str, group: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-sink-clickhouse"));
+    cmd.env("AUDIT__KAFKA__BROKERS", kafka_brokers())
+        .env("AUDIT__CLICKHOUSE__URL", url)
+        .env("AUDIT__CLICKHOUSE__DATABASE", db)
+        .env("AUDIT__CLICKHOUSE__GROUP_ID", group)
+        .env("AUDIT__CLICKHOUSE__BATCH_MAX_WAIT_MS", "200")
+        .env("AUDIT__CLICKHOUSE__BATCH_MAX_ROWS", "2000")
+        .env("AUDIT__CLICKHOUSE__MAX_BACKOFF_MS", "2000")
+        .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
+        .env(
+            "AUDIT__LOG__LEVEL",
+            std::env::var("SINK_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("AUDIT__TOPICS__ENRICHED__NAME", &topics.enriched.name)
+        .env("AUDIT__TOPICS__DLQ__NAME", &topics.dlq.name)
+        .stdout(Stdio::null());
+    cmd
+}
+
+fn start(topics: &TopicsConfig, db: &str, url: &str, group: &str) -> Sink {
+    Sink(
+        cmd(topics, db, url, group)
+            .arg("run")
+            .spawn()
+            .expect("sink starts"),
+    )
+}
+
+fn client(url: &str, db: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_database(db)
+}
+
+fn db() -> String {
+    unique("audit_test").replace('-', "_")
+}
+
+fn event(
+    n: usize,
+    event_type: &str,
+    ts: Timestamp,
+    entities: Vec<EntityRef>,
+) -> EnrichedAuditEvent {
+    EnrichedAuditEvent {
+        event: RawAuditEvent {
+            event_id: Uuid::new_v4(),
+            timestamp: ts,
+            event_type: EventType::new(event_type).unwrap(),
+            source: if n % 2 == 0 {
+                Source::Client
+            } else {
+                Source::Server
+            },
+            service: "web".into(),
+            session_id: Some(format!("s{}", n % 5)),
+            user_id: Some("claimed".into()),
+            username: Some("alice".into()),
+            tenant: Some("default".into()),
+            success: n % 3 != 0,
+            message: Some(format!("event {n} '\"\\ ✓")),
+            entities,
+            params: [
+                ("n".to_string(), n.to_string()),
+                ("nested".to_string(), r#"{"a":[1,2]}"#.to_string()),
+            ]
+            .into(),
+            response: Some(r#"{"ok":true}"#.into()),
+            error: (n % 3 == 0).then(|| ErrorInfo {
+                code: Some("E42".into()),
+                message: Some("boom".into()),
+                stack_trace: Some("at f()\nat g()".into()),
+            }),
+            client: Some(ClientInfo {
+                ip: Some("10.0.0.7".into()),
+                user_agent: Some("Mozilla".into()),
+            }),
+        },
+        user: Some(ResolvedUser {
+            id: "u1".into(),
+            login: "alice@example.com".into(),
+            name: Some("Alice".into()),
+        }),
+        groups: vec![
+            GroupRef {
+                id: "g-data".into(),
+                name: "data".into(),
+            },
+            GroupRef {
+                id: "g-all".into(),
+                name: "everyone".into(),
+            },
+        ],
+        session: Some(SessionInfo {
+            id: format!("s{}", n % 5),
+            started_at: Timestamp::from_micros(1_600_000_000_123_456),
+            ip: Some("10.0.0.8".into()),
+        }),
+        enrichment: Enrichment::Enriched,
+        claimed_user_mismatch: n % 2 == 0,
+        pipeline: PipelineMeta {
+            received_at: Timestamp::from_micros(1_700_000_000_000_001),
+            enriched_at: Timestamp::from_micros(1_700_000_000_000_002),
+            raw_partition: 4,
+            raw_offset: n as i64,
+        },
+    }
+}
+
+async fn publish(
+    p: &FutureProducer,
+    topics: &TopicsConfig,
+    events: &[EnrichedAuditEvent],
+) -> Vec<(i32, i64)> {
+    let mut positions = Vec::new();
+    for chunk in events.chunks(5_000) {
+        let encoded: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|e| (e.event.partition_key(), e.encode().unwrap()))
+            .collect();
+        let sends = encoded
+            .iter()
+            .map(|(k, v)| produce(p, &topics.enriched.name, k, v));
+        for r in futures::future::join_all(sends).await {
+            positions.push(r.unwrap());
+        }
+    }
+    positions
+}
+
+async fn wait_count(c: &clickhouse::Client, n: u64, timeout: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got: u64 = c
+            .query("SELECT count() FROM events")
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        if got >= n || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn counts(c: &clickhouse::Client) -> (u64, u64) {
+    c.query("SELECT count(), uniqExact(event_id) FROM events")
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_twice_are_harmless() {
+    let topics = unique_topics(1);
+    let db = db();
+    for _ in 0..2 {
+        let out = cmd(&topics, &db, &clickhouse_url(), "g")
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let c = client(&clickhouse_url(), &db);
+    let versions: Vec<u32> = c
+        .query("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1, 2, 3]);
+    let tables: Vec<String> = c
+        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(&db)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        tables,
+        vec![
+            "entity_activity",
+            "entity_activity_mv",
+            "events",
+            "schema_migrations"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_field_round_trips_and_entity_activity_is_in_time_order() {
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let base = Timestamp::now().as_micros();
+    let query = |id: &str| EntityRef {
+        kind: "query".into(),
+        id: id.into(),
+        name: Some("Sales".into()),
+    };
+    let events = vec![
+        event(
+            0,
+            "query-created",
+            Timestamp::from_micros(base - 3_000_000),
+            vec![query("q1")],
+        ),
+        event(
+            1,
+            "query-edited",
+            Timestamp::from_micros(base - 2_000_000),
+            vec![
+                query("q1"),
+                EntityRef {
+                    kind: "project".into(),
+                    id: "p1".into(),
+                    name: None,
+                },
+            ],
+        ),
+        event(
+            2,
+            "entity-shared",
+            Timestamp::from_micros(base - 1_000_000),
+            vec![query("q1")],
+        ),
+        event(
+            3,
+            "query-deleted",
+            Timestamp::from_micros(base),
+            vec![query("q1")],
+        ),
+        event(4, "log", Timestamp::from_micros(base), vec![]),
+    ];
+    // Published out of time order.
+    let order = [2, 0, 4, 3, 1];
+    let shuffled: Vec<_> = order.iter().map(|&i| events[i].clone()).collect();
+    let positions = publish(&p, &topics, &shuffled).await;
+    let _sink = start(&topics, &db, &clickhouse_url(), &unique("g"));
+    let c = client(&clickhouse_url(), &db);
+    assert_eq!(wait_count(&c, 5, Duration::from_secs(60)).await, 5);
+
+    let mut stored: Vec<EventRow> = c
+        .query("SELECT ?fields FROM events")
+        .fetch_all()
+        .await
+        .unwrap();
+    stored.sort_by_key(|r| r.event_id);
+    let mut expected: Vec<EventRow> = shuffled
+        .iter()
+        .zip(&positions)
+        .map(|(e, (partition, offset))| {
+            row(
+                e.clone(),
+                &topics.enriched.name,
+                Origin {
+                    partition: *partition,
+                    offset: *offset,
+                },
+            )
+        })
+        .collect();
+    expected.sort_by_key(|r| r.event_id);
+    assert_eq!(stored, expected);
+
+    let activity: Vec<(String, String)> = c
+        .query("SELECT event_type, toString(timestamp) FROM entity_activity WHERE entity_type = 'query' AND entity_id = 'q1' ORDER BY timestamp")
+        .fetch_all()
+        .await
+        .unwrap();
+    let types: Vec<&str> = activity.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "query-created",
+            "query-edited",
+            "entity-shared",
+            "query-deleted"
+        ]
+    );
+    let project: u64 = c
+        .query("SELECT count() FROM entity_activity WHERE entity_type = 'project'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(project, 1);
+}
+
+/// Every analyst query in sink-clickhouse/queries runs against the real schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_analyst_query_runs() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let events: Vec<_> = (0..20)
+        .map(|n| {
+            event(
+                n,
+                ["authenticationFailure", "query-created", "error", "log"][n % 4],
+                Timestamp::now(),
+                vec![EntityRef {
+                    kind: "query".into(),
+                    id: "q1".into(),
+                    name: None,
+                }],
+            )
+        })
+        .collect();
+    publish(&p, &topics, &events).await;
+    let _sink = start(&topics, &db, &clickhouse_url(), &unique("g"));
+    let c = client(&clickhouse_url(), &db);
+    assert_eq!(wait_count(&c, 20, Duration::from_secs(60)).await, 20);
+
+    // A stand-in for the enricher's /metrics, so dropped_by_rules has something to read.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let body = "# TYPE audit_enricher_events_dropped_total counter\naudit_enricher_events_dropped_total{event_type=\"query-created\",group=\"contractors\",rule=\"r1\"} 7\n";
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/queries");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 7);
+    let http = reqwest_free_post;
+    for f in files {
+        let sql = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("audit.", &format!("{db}."));
+        assert!(
+            sql.trim_start().starts_with("--"),
+            "{} must open with a comment saying what it answers",
+            f.display()
+        );
+        let params = [
+            ("entity_type", "query"),
+            ("entity_id", "q1"),
+            ("user_id", "u1"),
+            ("from", "2000-01-01 00:00:00"),
+            ("to", "2100-01-01 00:00:00"),
+            ("metrics_url", metrics_url.as_str()),
+        ];
+        let (status, body) = http(&clickhouse_url(), &sql, &params).await;
+        assert_eq!(status, 200, "{}: {body}", f.display());
+        let rows = body.lines().count();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        match name.as_str() {
+            "entity_activity.sql" | "user_actions.sql" => assert_eq!(rows, 20, "{name}: {body}"),
+            "dropped_by_rules.sql" => assert_eq!(body.trim(), "query-created\tcontractors\tr1\t7"),
+            "failed_logins_per_day.sql"
+            | "sessions_of_user.sql"
+            | "errors_by_type.sql"
+            | "top_event_types_per_group.sql" => assert!(rows > 0, "{name}: {body}"),
+            other => panic!("no expectation for {other}"),
+        }
+    }
+}
+
+/// Runs SQL with query parameters over ClickHouse's HTTP interface, as an analyst's tool would.
+async fn reqwest_free_post(url: &str, sql: &str, params: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let query: String = params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "param_{k}={}",
+                v.bytes()
+                    .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    })
+                    .collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("POST /?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}", sql.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Chunked transfer: strip the chunk sizes.
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body
+    };
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_and_restart_gives_no_loss_and_no_duplicate() {
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let total = 30_000;
+    let now = Timestamp::now().as_micros();
+    // Events spread over two months, so inserts span month partitions.
+    let events: Vec<_> = (0..total)
+        .map(|n| {
+            event(
+                n,
+                "log",
+                Timestamp::from_micros(now - (n as i64 % 2) * 40 * 86_400_000_000),
+                vec![],
+            )
+        })
+        .collect();
+    publish(&p, &topics, &events).await;
+    let group = unique("g");
+    let c = client(&clickhouse_url(), &db);
+    let mut sink = start(&topics, &db, &clickhouse_url(), &group);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while wait_count(&c, 1, Duration::from_secs(1)).await < 3_000
+        && tokio::time::Instant::now() < deadline
+    {}
+    sink.0.kill().unwrap(); // SIGKILL, mid-stream
+    sink.0.wait().unwrap();
+    let at_kill = counts(&c).await.0;
+    assert!(
+        at_kill < total as u64,
+        "killed too late to test anything ({at_kill} rows)"
+    );
+    // Restart once the group has noticed the dead member (session.timeout.ms = 10 s): Tansu
+    // 0.6 hands a member that joins while a dead one is still registered no partitions.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let _again = start(&topics, &db, &clickhouse_url(), &group);
+    assert_eq!(
+        wait_count(&c, total as u64, Duration::from_secs(120)).await,
+        total as u64
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        counts(&c).await,
+        (total as u64, total as u64),
+        "count() = uniqExact(event_id) = events"
+    );
+}
+
+/// A private ClickHouse server paused (SIGSTOP) for 30 s mid-stream, then resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_of_30_seconds_loses_nothing() {
+    let tools = std::env::var("AUDIT_TOOLS_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.local/share/audit-pipeline",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let dir = std::env::temp_dir().join(unique("ch"));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let port = 18_000 + (std::process::id() % 500) as u16;
+    std::fs::write(
+        dir.join("config.xml"),
+        format!("<clickhouse><listen_host>127.0.0.1</listen_host><http_port>{port}</http_port><tcp_port>{}</tcp_port></clickhouse>", port + 1000),
+    )
+    .unwrap();
+    let mut server = Command::new(format!("{tools}/venv-clickhouse/bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../dev/clickhouse-server.py"
+        ))
+        .args(["data", "stop.fifo"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chdb from dev/stack install");
+    let url = format!("http://127.0.0.1:{port}");
+    let probe = clickhouse::Client::default().with_url(&url);
+    for _ in 0..150 {
+        if probe.query("SELECT 1").fetch_one::<u8>().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let _sink = start(&topics, &db, &url, &unique("g"));
+    let first: Vec<_> = (0..1000)
+        .map(|n| event(n, "log", Timestamp::now(), vec![]))
+        .collect();
+    publish(&p, &topics, &first).await;
+    let c = client(&url, &db);
+    assert_eq!(wait_count(&c, 1000, Duration::from_secs(60)).await, 1000);
+
+    let pid = server.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let second: Vec<_> = (1000..3000)
+        .map(|n| event(n, "error", Timestamp::now(), vec![]))
+        .collect();
+    publish(&p, &topics, &second).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let got = wait_count(&c, 3000, Duration::from_secs(120)).await;
+    let (count, unique_ids) = counts(&c).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(got, 3000);
+    assert_eq!((count, unique_ids), (3000, 3000));
+}
