@@ -222,7 +222,7 @@ async fn every_field_round_trips_and_entity_activity_is_in_time_order() {
         id: id.into(),
         name: Some("Sales".into()),
     };
-    let events = vec![
+    let events = [
         event(
             0,
             "query-created",
