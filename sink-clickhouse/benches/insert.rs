@@ -27,35 +27,65 @@ fn event(n: usize) -> EnrichedAuditEvent {
             tenant: Some("default".into()),
             success: n % 50 != 0,
             message: Some(format!("{ty} #{n}")),
-            entities: vec![EntityRef { kind: "query".into(), id: format!("q{}", n % 500), name: None }],
+            entities: vec![EntityRef {
+                kind: "query".into(),
+                id: format!("q{}", n % 500),
+                name: None,
+            }],
             params: [("rows".to_string(), n.to_string())].into(),
             response: None,
             error: None,
             client: None,
         },
-        user: Some(ResolvedUser { id: format!("u{}", n % 100), login: format!("user{}", n % 100), name: None }),
-        groups: vec![GroupRef { id: "g1".into(), name: "analysts".into() }],
+        user: Some(ResolvedUser {
+            id: format!("u{}", n % 100),
+            login: format!("user{}", n % 100),
+            name: None,
+        }),
+        groups: vec![GroupRef {
+            id: "g1".into(),
+            name: "analysts".into(),
+        }],
         session: None,
         enrichment: Enrichment::Enriched,
         claimed_user_mismatch: false,
-        pipeline: PipelineMeta { received_at: Timestamp::now(), enriched_at: Timestamp::now(), raw_partition: 0, raw_offset: n as i64 },
+        pipeline: PipelineMeta {
+            received_at: Timestamp::now(),
+            enriched_at: Timestamp::now(),
+            raw_partition: 0,
+            raw_offset: n as i64,
+        },
     }
 }
 
 async fn count(c: &clickhouse::Client) -> u64 {
-    c.query("SELECT count() FROM events").fetch_one().await.unwrap_or(0)
+    c.query("SELECT count() FROM events")
+        .fetch_one()
+        .await
+        .unwrap_or(0)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let total: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let topics = unique_topics(6);
     create_topics(&topics).await?;
     let producer = producer()?;
     let events: Vec<EnrichedAuditEvent> = (0..total).map(event).collect();
     for chunk in events.chunks(10_000) {
-        let records: Vec<(String, Vec<u8>)> = chunk.iter().map(|e| (e.event.partition_key(), e.encode().expect("encodes"))).collect();
-        let sends = records.iter().map(|(k, v)| producer.send(FutureRecord::to(&topics.enriched.name).key(k).payload(v), Duration::from_secs(60)));
+        let records: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|e| (e.event.partition_key(), e.encode().expect("encodes")))
+            .collect();
+        let sends = records.iter().map(|(k, v)| {
+            producer.send(
+                FutureRecord::to(&topics.enriched.name).key(k).payload(v),
+                Duration::from_secs(60),
+            )
+        });
         for r in futures::future::join_all(sends).await {
             r.map_err(|(e, _)| e)?;
         }
@@ -66,8 +96,23 @@ async fn main() -> anyhow::Result<()> {
     // The ceiling: the same rows, inserted directly in 50,000-row inserts.
     let plain_db = unique("bench_plain").replace('-', "_");
     audit_sink_clickhouse::migrations::migrate(&admin, &plain_db, None).await?;
-    let plain = clickhouse::Client::default().with_url(&url).with_database(&plain_db);
-    let rows: Vec<EventRow> = events.iter().enumerate().map(|(i, e)| row(e.clone(), &topics.enriched.name, Origin { partition: 0, offset: i as i64 })).collect();
+    let plain = clickhouse::Client::default()
+        .with_url(&url)
+        .with_database(&plain_db);
+    let rows: Vec<EventRow> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            row(
+                e.clone(),
+                &topics.enriched.name,
+                Origin {
+                    partition: 0,
+                    offset: i as i64,
+                },
+            )
+        })
+        .collect();
     let start = Instant::now();
     for chunk in rows.chunks(50_000) {
         let mut insert = plain.insert::<EventRow>("events").await?;
@@ -93,7 +138,9 @@ async fn main() -> anyhow::Result<()> {
         .env("AUDIT__TOPICS__DLQ__NAME", &topics.dlq.name)
         .stdout(Stdio::null())
         .spawn()?;
-    let sink = clickhouse::Client::default().with_url(&url).with_database(&sink_db);
+    let sink = clickhouse::Client::default()
+        .with_url(&url)
+        .with_database(&sink_db);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
     let sink_rate = loop {
@@ -105,16 +152,24 @@ async fn main() -> anyhow::Result<()> {
             let (t0, n0) = first.unwrap_or((Instant::now(), 0));
             break (n - n0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
         }
-        anyhow::ensure!(Instant::now() < deadline, "sink did not finish: {n} of {total}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "sink did not finish: {n} of {total}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let _ = child.kill();
     let _ = child.wait();
-    let (rows_in, unique_ids): (u64, u64) = sink.query("SELECT count(), uniqExact(event_id) FROM events").fetch_one().await?;
+    let (rows_in, unique_ids): (u64, u64) = sink
+        .query("SELECT count(), uniqExact(event_id) FROM events")
+        .fetch_one()
+        .await?;
     for db in [&plain_db, &sink_db] {
         let _ = admin.query(&format!("DROP DATABASE {db}")).execute().await;
     }
-    println!("rows: {total} (6 partitions; count() = {rows_in}, uniqExact(event_id) = {unique_ids})");
+    println!(
+        "rows: {total} (6 partitions; count() = {rows_in}, uniqExact(event_id) = {unique_ids})"
+    );
     println!("plain insert, same rows, same crate, 50,000-row inserts: {plain_rate:>9.0} rows/s");
     println!("sink from the topic (consume, decode, dedup check, insert, commit): {sink_rate:>9.0} rows/s");
     println!("ratio sink / plain insert: {:.2}", sink_rate / plain_rate);
