@@ -99,8 +99,13 @@ impl Redactor {
     }
 
     fn redact_json_text(&self, text: &mut String) -> usize {
-        // Cheap pre-check: a text without '{' cannot contain a key.
+        // Cheap pre-checks: a text without '{' cannot contain a key, nor one that does not
+        // mention any secret key's name; most params are skipped without parsing.
         if !text.contains('{') {
+            return 0;
+        }
+        let lower = text.to_ascii_lowercase();
+        if !self.keys.iter().any(|k| lower.contains(k.as_str())) {
             return 0;
         }
         let Ok(mut value) = serde_json::from_str::<Value>(text) else {

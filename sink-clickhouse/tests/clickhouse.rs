@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// A child process that is killed when the test ends, passing or failing.
 struct Sink(Child);
 
 impl Drop for Sink {
@@ -521,17 +522,19 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         format!("<clickhouse><listen_host>127.0.0.1</listen_host><http_port>{port}</http_port><tcp_port>{}</tcp_port></clickhouse>", port + 1000),
     )
     .unwrap();
-    let mut server = Command::new(format!("{tools}/venv-clickhouse/bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../dev/clickhouse-server.py"
-        ))
-        .args(["data", "stop.fifo"])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chdb from dev/stack install");
+    let server = Sink(
+        Command::new(format!("{tools}/venv-clickhouse/bin/python"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../dev/clickhouse-server.py"
+            ))
+            .args(["data", "stop.fifo"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chdb from dev/stack install"),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let probe = clickhouse::Client::default().with_url(&url);
     for _ in 0..150 {
@@ -553,7 +556,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
     let c = client(&url, &db);
     assert_eq!(wait_count(&c, 1000, Duration::from_secs(60)).await, 1000);
 
-    let pid = server.id().to_string();
+    let pid = server.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -572,8 +575,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
 
     let got = wait_count(&c, 3000, Duration::from_secs(120)).await;
     let (count, unique_ids) = counts(&c).await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(got, 3000);
     assert_eq!((count, unique_ids), (3000, 3000));
 }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// A child process that is killed when the test ends, passing or failing.
 struct Sink(Child);
 
 impl Drop for Sink {
@@ -313,12 +314,14 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         )
     });
     let port = 4500 + (std::process::id() % 60) as u16;
-    let mut moto = Command::new(format!("{tools}/venv-moto/bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server from dev/stack install");
+    let moto = Sink(
+        Command::new(format!("{tools}/venv-moto/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server from dev/stack install"),
+    );
     let endpoint = format!("http://127.0.0.1:{port}");
     let client = logs(&endpoint).await;
     for _ in 0..100 {
@@ -339,7 +342,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
     publish(&p, &topics, &first).await;
     wait_for(&client, &group, 200, Duration::from_secs(30)).await;
 
-    let pid = moto.id().to_string();
+    let pid = moto.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -357,8 +360,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         .success());
 
     let got = wait_for(&client, &group, 500, Duration::from_secs(120)).await;
-    let _ = moto.kill();
-    let _ = moto.wait();
+    drop(moto);
     let ids: std::collections::HashSet<String> = got
         .values()
         .flatten()

@@ -202,14 +202,21 @@ fn clear_errors_for_bad_bytes() {
     let wrong = enriched_example().encode().unwrap();
     let e = RawAuditEvent::decode(&wrong).unwrap_err();
     assert!(e.to_string().contains("RawAuditEvent"), "{e}");
+    let truncated = RawAuditEvent::decode(&good[..good.len() - 3]).unwrap_err();
+    assert!(
+        matches!(truncated, DecodeError::Direct { .. }),
+        "{truncated}"
+    );
     assert!(matches!(
-        RawAuditEvent::decode(&good[..good.len() - 3]),
+        RawAuditEvent::schemas().decode::<RawAuditEvent>(&good[..good.len() - 3]),
         Err(DecodeError::Body { .. })
     ));
     let mut trailing = good.clone();
     trailing.push(0);
+    let e = RawAuditEvent::decode(&trailing).unwrap_err();
+    assert!(e.to_string().contains("1 unexpected trailing bytes"), "{e}");
     assert!(matches!(
-        RawAuditEvent::decode(&trailing),
+        RawAuditEvent::schemas().decode::<RawAuditEvent>(&trailing),
         Err(DecodeError::TrailingBytes { count: 1, .. })
     ));
 }
@@ -231,6 +238,10 @@ fn invalid_event_type_in_a_well_formed_body_is_rejected() {
     forged.extend(body);
     assert_ne!(forged.len(), good_len);
     let e = RawAuditEvent::decode(&forged).unwrap_err();
+    assert!(e.to_string().contains("invalid event_type"), "{e}");
+    let e = RawAuditEvent::schemas()
+        .decode::<RawAuditEvent>(&forged)
+        .unwrap_err();
     assert!(matches!(e, DecodeError::Invalid { .. }), "{e}");
 }
 
@@ -369,6 +380,27 @@ proptest! {
     fn raw_round_trips(e in arb_raw()) {
         let bytes = e.encode().unwrap();
         prop_assert_eq!(RawAuditEvent::decode(&bytes).unwrap(), e);
+    }
+
+    /// The direct decoder and the generic resolving decoder agree on every event.
+    #[test]
+    fn direct_and_generic_decoders_agree(e in arb_raw()) {
+        let bytes = e.encode().unwrap();
+        let generic: RawAuditEvent = RawAuditEvent::schemas().decode(&bytes).unwrap();
+        prop_assert_eq!(&generic, &e);
+        prop_assert_eq!(RawAuditEvent::decode(&bytes).unwrap(), generic);
+    }
+
+    /// On garbage both decoders refuse (neither panics), so no record is accepted by one path
+    /// and refused by the other.
+    #[test]
+    fn direct_and_generic_decoders_refuse_alike(body in vec(any::<u8>(), 0..256)) {
+        let mut bytes = RawAuditEvent::schemas().current().fingerprint.0.to_vec();
+        bytes.splice(0..0, MAGIC);
+        bytes.extend(&body);
+        let direct = RawAuditEvent::decode(&bytes);
+        let generic = RawAuditEvent::schemas().decode::<RawAuditEvent>(&bytes);
+        prop_assert_eq!(direct.is_ok(), generic.is_ok(), "direct {:?} generic {:?}", direct, generic);
     }
 
     #[test]
