@@ -138,6 +138,71 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // The parts, to see where the time goes.
+    let raws: Vec<RawAuditEvent> = records
+        .iter()
+        .map(|b| RawAuditEvent::decode(b).unwrap())
+        .collect();
+    group.bench_function("decode_only", |b| {
+        b.iter(|| {
+            for bytes in &records {
+                black_box(RawAuditEvent::decode(black_box(bytes)).unwrap());
+            }
+        })
+    });
+    group.bench_function("join_rules_redact_only", |b| {
+        b.iter(|| {
+            for (i, raw) in raws.iter().enumerate() {
+                let pos = RawPosition {
+                    partition: 0,
+                    offset: i as i64,
+                    received_at: Timestamp::from_micros(0),
+                };
+                black_box(enrich(
+                    raw.clone(),
+                    pos,
+                    &directory,
+                    &rules,
+                    &redactor,
+                    true,
+                    Timestamp::from_micros(1),
+                ));
+            }
+        })
+    });
+    let enriched: Vec<EnrichedAuditEvent> = raws
+        .iter()
+        .filter_map(|raw| {
+            let pos = RawPosition {
+                partition: 0,
+                offset: 0,
+                received_at: Timestamp::from_micros(0),
+            };
+            match enrich(
+                raw.clone(),
+                pos,
+                &directory,
+                &rules,
+                &redactor,
+                true,
+                Timestamp::from_micros(1),
+            ) {
+                Step::Publish { event, .. } => Some(*event),
+                _ => None,
+            }
+        })
+        .collect();
+    group.throughput(Throughput::Elements(enriched.len() as u64));
+    group.bench_function("encode_only", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            for e in &enriched {
+                out.clear();
+                e.encode_into(&mut out).unwrap();
+                black_box(&out);
+            }
+        })
+    });
     group.finish();
 }
 
