@@ -1,7 +1,7 @@
 //! `auditctl consume TOPIC`: decode any pipeline topic to JSON lines.
 
 use crate::settings::Settings;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use audit_runtime::kafka;
 use audit_schemas::codec::AnyRecord;
 use clap::Args;
@@ -31,27 +31,13 @@ pub struct ConsumeArgs {
 
 pub async fn run(args: ConsumeArgs, settings: &Settings) -> Result<()> {
     let consumer = kafka::reader(&settings.kafka, "auditctl")?;
-    let metadata = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10))
-    })
-    .with_context(|| {
-        format!(
-            "reading metadata of {} from {}",
-            args.topic, settings.kafka.brokers
-        )
-    })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == args.topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!(
-            "topic {} does not exist (see `auditctl topics list`)",
-            args.topic
-        );
-    }
+    let partitions = kafka::partitions(consumer.client(), &args.topic, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "reading {} on {} (see `auditctl topics list`)",
+                args.topic, settings.kafka.brokers
+            )
+        })?;
     let start = if args.from_beginning {
         Offset::Beginning
     } else {

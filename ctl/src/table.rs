@@ -28,28 +28,14 @@ pub async fn put(settings: &Settings, topic: &str, key: &str, value: Option<&[u8
 /// ones and tombstones removing keys, as compaction will eventually leave it.
 pub async fn read(settings: &Settings, topic: &str) -> Result<BTreeMap<String, Vec<u8>>> {
     let consumer = kafka::reader(&settings.kafka, "auditctl")?;
-    let (partitions, mut pending) = tokio::task::block_in_place(|| -> Result<_> {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    let timeout = Duration::from_secs(10);
+    let partitions = kafka::partitions(consumer.client(), topic, timeout)?;
+    let mut pending: HashSet<i32> =
+        kafka::watermarks(consumer.client(), topic, &partitions, timeout)?
+            .into_iter()
+            .filter(|(_, low, high)| high > low)
+            .map(|(p, _, _)| p)
             .collect();
-        if partitions.is_empty() {
-            bail!("topic {topic} does not exist (see `auditctl topics create`)");
-        }
-        let mut pending = HashSet::new();
-        for &p in &partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            if high > low {
-                pending.insert(p);
-            }
-        }
-        Ok((partitions, pending))
-    })?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

@@ -2,7 +2,7 @@
 //! group-assigned: every instance needs the whole table), then on for as long as the service
 //! runs. `ready` turns true once the topic was read up to the end it had at start.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use audit_runtime::{KafkaConfig, Shutdown};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -24,29 +24,15 @@ where
     F: FnMut(&[u8], Option<&[u8]>, i32, i64) + Send,
 {
     let consumer = audit_runtime::kafka::reader(kafka, &format!("audit-enricher-{topic}"))?;
-    let (partitions, mut behind) = tokio::task::block_in_place(|| -> Result<_> {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    let timeout = Duration::from_secs(30);
+    let partitions = audit_runtime::kafka::partitions(consumer.client(), topic, timeout)?;
+    // Partition -> the end it had at start; the table is loaded once every one is reached.
+    let mut behind: HashMap<i32, i64> =
+        audit_runtime::kafka::watermarks(consumer.client(), topic, &partitions, timeout)?
+            .into_iter()
+            .filter(|(_, low, high)| high > low)
+            .map(|(p, _, high)| (p, high))
             .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "topic {topic} does not exist (create it with `auditctl topics create`)"
-        );
-        let mut behind = HashMap::new();
-        for &p in &partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
-            if high > low {
-                behind.insert(p, high);
-            }
-        }
-        Ok((partitions, behind))
-    })?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

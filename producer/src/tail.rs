@@ -135,37 +135,26 @@ impl<'a> Tailer<'a> {
 
     fn partitions(&self) -> Result<Vec<i32>> {
         let topic = self.publisher.raw_topic();
-        let metadata = tokio::task::block_in_place(|| {
-            Producer::client(self.publisher.producer())
-                .fetch_metadata(Some(topic), Duration::from_secs(30))
-        })
-        .with_context(|| format!("reading the partitions of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            anyhow::bail!("topic {topic} does not exist (create it with `auditctl topics create`)");
-        }
-        Ok(partitions)
+        let client = Producer::client(self.publisher.producer());
+        Ok(audit_runtime::kafka::partitions(
+            client,
+            topic,
+            Duration::from_secs(30),
+        )?)
     }
 
+    /// The raw topic's high watermark per partition.
     fn watermarks(&self) -> Result<Vec<(i32, i64)>> {
         let topic = self.publisher.raw_topic();
         let client = Producer::client(self.publisher.producer());
-        tokio::task::block_in_place(|| {
-            self.raw_partitions
-                .iter()
-                .map(|&p| {
-                    client
-                        .fetch_watermarks(topic, p, Duration::from_secs(30))
-                        .map(|(_, high)| (p, high))
-                        .with_context(|| format!("reading the end offset of {topic}/{p}"))
-                })
-                .collect()
-        })
+        let marks = audit_runtime::kafka::watermarks(
+            client,
+            topic,
+            &self.raw_partitions,
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("reading the end offsets of {topic}"))?;
+        Ok(marks.into_iter().map(|(p, _, high)| (p, high)).collect())
     }
 
     /// The event ids the broker received since `watermarks`: what of a pending batch arrived.

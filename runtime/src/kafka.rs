@@ -26,6 +26,47 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, reason: String },
     #[error("Kafka request failed: {0}")]
     Request(#[from] KafkaError),
+    #[error("topic {0} does not exist (create it with `auditctl topics create`)")]
+    NoSuchTopic(String),
+}
+
+/// The partition ids of `topic`. Blocks the calling worker thread (metadata is a synchronous
+/// librdkafka call), so it runs under `block_in_place`.
+pub fn partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaSetupError> {
+    let metadata = tokio::task::block_in_place(|| client.fetch_metadata(Some(topic), timeout))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaSetupError::NoSuchTopic(topic.to_string()));
+    }
+    Ok(partitions)
+}
+
+/// `(partition, low, high)` watermarks of each partition: a partition holds offsets
+/// `low..high`, and `high` is where the next record will go.
+pub fn watermarks<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaSetupError> {
+    tokio::task::block_in_place(|| {
+        partitions
+            .iter()
+            .map(|&p| {
+                let (low, high) = client.fetch_watermarks(topic, p, timeout)?;
+                Ok((p, low, high))
+            })
+            .collect()
+    })
 }
 
 fn base(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
