@@ -74,7 +74,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rules(cmd) => rules::run(cmd, &settings).await,
         Command::Directory(cmd) => directory::run(cmd, &settings).await,
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&settings)?);
+            print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
             Ok(())
         }
     }

@@ -9,7 +9,10 @@ use audit_schemas::{
     AvroRecord, DirectoryEntry, DirectoryKey, DirectoryRecord, GroupRef, ResolvedUser, SessionInfo,
     Timestamp,
 };
-use std::collections::{HashMap, HashSet};
+// foldhash: several lookups per event are the join's main cost, and SipHash is slower than
+// needed; foldhash keeps per-process random seeds. Keys are inserted only from the
+// administrator-written directory topic, so hash flooding by event senders is not possible.
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,17 @@ pub struct SessionEntry {
     pub user_id: Arc<str>,
     pub started_at: Timestamp,
     pub ip: Option<Arc<str>>,
+}
+
+impl SessionEntry {
+    /// The session as the enriched record carries it.
+    pub fn info(&self, id: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.to_string(),
+            started_at: self.started_at,
+            ip: self.ip.as_deref().map(str::to_string),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -153,17 +167,13 @@ impl Directory {
         self.sessions.get(id)
     }
 
-    pub fn session_info(&self, id: &str) -> Option<SessionInfo> {
-        self.sessions.get(id).map(|s| SessionInfo {
-            id: id.to_string(),
-            started_at: s.started_at,
-            ip: s.ip.as_deref().map(str::to_string),
-        })
-    }
-
     /// The user, or a user known only by id when the directory has no record of it.
     pub fn user(&self, id: &str) -> ResolvedUser {
-        match self.users.get(id) {
+        Self::resolved(id, self.users.get(id))
+    }
+
+    fn resolved(id: &str, entry: Option<&UserEntry>) -> ResolvedUser {
+        match entry {
             Some(u) => ResolvedUser {
                 id: id.to_string(),
                 login: u.login.to_string(),
@@ -177,26 +187,44 @@ impl Directory {
         }
     }
 
+    /// The user (see [`Self::user`]) and its groups (see [`Self::groups_of`]) with one lookup.
+    pub fn user_and_groups(&self, id: &str) -> (ResolvedUser, Vec<GroupRef>) {
+        let entry = self.users.get(id);
+        (Self::resolved(id, entry), self.closure(entry))
+    }
+
     /// The user's groups and all their ancestors, each once, nearest first.
     pub fn groups_of(&self, user_id: &str) -> Vec<GroupRef> {
-        let Some(user) = self.users.get(user_id) else {
+        self.closure(self.users.get(user_id))
+    }
+
+    fn closure(&self, user: Option<&UserEntry>) -> Vec<GroupRef> {
+        let Some(user) = user else {
             return Vec::new();
         };
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut queue: std::collections::VecDeque<&str> =
-            user.group_ids.iter().map(|g| &**g).collect();
-        let mut out = Vec::new();
-        while let Some(id) = queue.pop_front() {
-            if !seen.insert(id) {
-                continue;
+        // Breadth-first over parents. A user has a handful of groups, so the visit list doubles
+        // as queue and seen-set: a linear scan beats hashing at this size (the hot path).
+        let mut visit: Vec<&str> = Vec::with_capacity(user.group_ids.len() * 4);
+        for g in &user.group_ids {
+            if !visit.contains(&&**g) {
+                visit.push(g);
             }
+        }
+        let mut out = Vec::with_capacity(visit.len() * 2);
+        let mut next = 0;
+        while let Some(&id) = visit.get(next) {
+            next += 1;
             match self.groups.get(id) {
                 Some(g) => {
                     out.push(GroupRef {
                         id: id.to_string(),
                         name: g.name.to_string(),
                     });
-                    queue.extend(g.parent_ids.iter().map(|p| &**p));
+                    for p in &g.parent_ids {
+                        if !visit.contains(&&**p) {
+                            visit.push(p);
+                        }
+                    }
                 }
                 // A membership in a group the directory does not know yet still counts.
                 None => out.push(GroupRef {

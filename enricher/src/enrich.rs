@@ -52,7 +52,7 @@ pub fn enrich(
         Some(sid) => match directory.session(sid) {
             Some(s) => (
                 Enrichment::Enriched,
-                directory.session_info(sid),
+                Some(s.info(sid)),
                 Some(s.user_id.to_string()),
             ),
             None if !give_up_waiting => return Step::AwaitSession(Box::new(raw)),
@@ -71,11 +71,13 @@ pub fn enrich(
     let claimed_user_mismatch = enrichment == Enrichment::Enriched
         && raw.user_id.is_some()
         && raw.user_id.as_deref() != user_id.as_deref();
-    let user = user_id.as_deref().map(|id| directory.user(id));
-    let groups = user_id
-        .as_deref()
-        .map(|id| directory.groups_of(id))
-        .unwrap_or_default();
+    let (user, groups) = match user_id.as_deref() {
+        Some(id) => {
+            let (user, groups) = directory.user_and_groups(id);
+            (Some(user), groups)
+        }
+        None => (None, Vec::new()),
+    };
 
     if let Decision::Drop { rule_id } =
         rules.decide(raw.event_type.as_str(), user.as_ref(), &groups)

@@ -60,17 +60,12 @@ impl CompiledRule {
         })
     }
 
-    fn matches(
-        &self,
-        event_type: &str,
-        user: Option<&ResolvedUser>,
-        groups: &HashSet<&str>,
-    ) -> bool {
+    fn matches(&self, event_type: &str, user: Option<&ResolvedUser>, groups: &[&str]) -> bool {
         // Cheapest first: a few hash lookups before the glob, which most events never reach.
         let user_ok = self.users.is_empty()
             || user.is_some_and(|u| self.users.contains(&u.id) || self.users.contains(&u.login));
         let group_ok = user_ok
-            && (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(g.as_str())));
+            && (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(&g.as_str())));
         group_ok && self.types.as_ref().is_none_or(|t| t.is_match(event_type))
     }
 }
@@ -129,8 +124,9 @@ impl RuleSet {
         if self.rules.is_empty() {
             return Decision::Keep;
         }
-        // The event's group ids and names, once, rather than per rule.
-        let names: HashSet<&str> = groups
+        // The event's group ids and names, once, rather than per rule. A user is in a handful of
+        // groups: a linear scan of this list beats hashing it on every event.
+        let names: Vec<&str> = groups
             .iter()
             .flat_map(|g| [g.id.as_str(), g.name.as_str()])
             .collect();

@@ -241,26 +241,64 @@ impl BatchHandler for Enricher {
             metrics::gauge!("audit_enricher_waiting_for_session").set(0.0);
         }
 
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(outputs.len());
         let mut letters = Vec::new();
         for (m, output) in batch.iter().zip(&outputs) {
-            match output {
-                Output::Enriched(bytes) => {
-                    let mut record = FutureRecord::to(&self.enriched_topic).payload(bytes);
-                    if let Some(key) = m.key() {
-                        record = record.key(key);
-                    }
-                    deliveries.push(send(&self.producer, record).await?);
-                }
-                Output::DeadLetter(letter) => {
-                    tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
-                    metrics::counter!("audit_enricher_dead_letters_total").increment(1);
-                    letters.push((m, letter.encode()?));
-                }
-                Output::Dropped | Output::Waiting(..) => {}
+            if let Output::DeadLetter(letter) = output {
+                tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
+                metrics::counter!("audit_enricher_dead_letters_total").increment(1);
+                letters.push((m, letter.encode()?));
             }
         }
-        for (m, bytes) in &letters {
+
+        // A broker restart or leader move can fail records the producer already retried; the
+        // whole batch is published again (records that did land become duplicates downstream,
+        // never losses), and only a failure that outlasts every attempt stops the service.
+        let mut backoff = PUBLISH_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.publish(batch, &outputs, &letters).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < PUBLISH_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, retry_in = ?backoff, "publishing a batch failed; retrying it whole");
+                    metrics::counter!("audit_enricher_publish_retries_total").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(PUBLISH_MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(e.context(format!("publishing a batch failed {attempt} times")))
+                }
+            }
+        }
+    }
+}
+
+/// How often a batch's publication is tried before the enricher gives up and exits (its
+/// offsets uncommitted, so a restart redoes the batch): about a minute in all.
+const PUBLISH_ATTEMPTS: u32 = 8;
+const PUBLISH_BACKOFF: Duration = Duration::from_millis(500);
+const PUBLISH_MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+impl Enricher {
+    /// Publishes a batch's enriched records, then its dead letters, and waits for every
+    /// acknowledgement.
+    async fn publish(
+        &self,
+        batch: &[OwnedMessage],
+        outputs: &[Output],
+        letters: &[(&OwnedMessage, Vec<u8>)],
+    ) -> anyhow::Result<()> {
+        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(outputs.len());
+        for (m, output) in batch.iter().zip(outputs) {
+            if let Output::Enriched(bytes) = output {
+                let mut record = FutureRecord::to(&self.enriched_topic).payload(bytes);
+                if let Some(key) = m.key() {
+                    record = record.key(key);
+                }
+                deliveries.push(send(&self.producer, record).await?);
+            }
+        }
+        for (m, bytes) in letters {
             let mut record = FutureRecord::to(&self.dlq_topic).payload(bytes);
             if let Some(key) = m.key() {
                 record = record.key(key);

@@ -33,14 +33,8 @@ fn event(n: usize) -> Value {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let singles: usize = std::env::var("BENCH_SINGLE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000);
-    let batches: usize = std::env::var("BENCH_BATCHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let singles = audit_tests::env_count("BENCH_SINGLE", 5_000);
+    let batches = audit_tests::env_count("BENCH_BATCHES", 300);
     let topics = audit_tests::unique_topics(6);
     audit_tests::create_topics(&topics).await?;
     let publisher = Publisher::new(audit_tests::producer()?, &topics, 200_000);

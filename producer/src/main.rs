@@ -96,7 +96,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&settings)?);
+            print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
         }
         Command::Serve => {
             if settings.tokens.is_empty() && !settings.http.allow_anonymous {
@@ -104,7 +104,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let shutdown = Shutdown::on_signals();
             let health = Health::default();
-            let publisher = publisher()?;
+            let publisher = publisher()?.with_health(health.clone());
             let state = Arc::new(http::IngestState {
                 publisher: publisher.clone(),
                 tokens: Tokens::new(

@@ -1,12 +1,15 @@
 //! Publishing to `audit.raw` (and dead letters to `audit.dlq`): the only Kafka I/O of the
 //! producer. A publish returns only when the broker acknowledged every record (`acks=all`).
 
+use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::{AvroRecord, DeadLetter, EncodeError, RawAuditEvent};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +23,19 @@ pub enum PublishError {
     Kafka(#[from] KafkaError),
 }
 
+/// After this many publishes in a row fail, `/healthz` reports the `kafka` check unhealthy, so an
+/// orchestrator restarts a producer whose client cannot recover (Tansu forgetting producer ids is
+/// one such case); one success makes it healthy again.
+pub const FAILURES_BEFORE_UNHEALTHY: u32 = 20;
+
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
     raw_topic: String,
     dlq_topic: String,
     max_in_flight: usize,
+    health: Option<Health>,
+    failures_in_a_row: Arc<AtomicU32>,
 }
 
 impl Publisher {
@@ -35,6 +45,40 @@ impl Publisher {
             raw_topic: topics.raw.name.clone(),
             dlq_topic: topics.dlq.name.clone(),
             max_in_flight,
+            health: None,
+            failures_in_a_row: Arc::default(),
+        }
+    }
+
+    /// Reports publish failures to `/healthz` (check `kafka`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    fn record_outcome(&self, result: &Result<(), PublishError>) {
+        match result {
+            Ok(()) => {
+                if self.failures_in_a_row.swap(0, Ordering::Relaxed) >= FAILURES_BEFORE_UNHEALTHY {
+                    if let Some(h) = &self.health {
+                        h.set("kafka", true, "publishing again");
+                    }
+                }
+            }
+            Err(PublishError::Kafka(e)) => {
+                let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= FAILURES_BEFORE_UNHEALTHY {
+                    if let Some(h) = &self.health {
+                        h.set(
+                            "kafka",
+                            false,
+                            format!("{n} publishes failed in a row; last: {e}"),
+                        );
+                    }
+                }
+            }
+            // Refused before anything was sent: says nothing about the broker.
+            Err(PublishError::Busy { .. } | PublishError::Encode(_)) => {}
         }
     }
 
@@ -51,6 +95,12 @@ impl Publisher {
     /// Encoding and the capacity check happen before the first record is enqueued, so a request
     /// refused as `Busy` or unencodable left nothing behind.
     pub async fn publish(&self, events: &[RawAuditEvent]) -> Result<(), PublishError> {
+        let result = self.publish_all(events).await;
+        self.record_outcome(&result);
+        result
+    }
+
+    async fn publish_all(&self, events: &[RawAuditEvent]) -> Result<(), PublishError> {
         let encoded = events
             .iter()
             .map(|e| Ok((e.partition_key(), e.encode()?)))
@@ -106,5 +156,33 @@ impl Publisher {
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "records still undelivered at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_turns_bad_after_failures_in_a_row_and_recovers_on_success() {
+        let kafka = audit_runtime::KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let producer = audit_runtime::kafka::producer(&kafka, "unit").unwrap();
+        let health = Health::default();
+        health.set("kafka", true, "producer created");
+        let p = Publisher::new(producer, &TopicsConfig::default(), 10).with_health(health.clone());
+        let failure = || Err(PublishError::Kafka(KafkaError::Canceled));
+        for _ in 1..FAILURES_BEFORE_UNHEALTHY {
+            p.record_outcome(&failure());
+        }
+        // A refusal before sending says nothing about the broker.
+        p.record_outcome(&Err(PublishError::Busy { in_flight: 10 }));
+        assert!(health.is_healthy());
+        p.record_outcome(&failure());
+        assert!(!health.is_healthy());
+        p.record_outcome(&Ok(()));
+        assert!(health.is_healthy());
     }
 }

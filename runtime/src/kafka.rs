@@ -79,8 +79,9 @@ fn base(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     cfg
 }
 
-/// An idempotent producer with `acks=all`: a delivery report means every in-sync replica has the
-/// record, and retries never duplicate or reorder within a partition.
+/// A producer with `acks=all`, idempotent unless `kafka.idempotence = false`: a delivery report
+/// means every in-sync replica has the record, and retries never duplicate or reorder within a
+/// partition.
 pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
     let mut cfg = ClientConfig::new();
     cfg.set("linger.ms", "5")
@@ -89,7 +90,8 @@ pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, 
     for (k, v) in base(kafka, client_id).config_map() {
         cfg.set(k, v);
     }
-    cfg.set("enable.idempotence", "true").set("acks", "all");
+    cfg.set("enable.idempotence", kafka.idempotence.to_string())
+        .set("acks", "all");
     cfg.create().map_err(|source| KafkaSetupError::Client {
         role: "producer",
         source,
@@ -144,7 +146,8 @@ impl ConsumerContext for ReaderContext {}
 
 /// Client callbacks for group consumers: librdkafka's periodic statistics become the
 /// `audit_consumer_lag` gauge (records behind the end of each partition), and rebalances are
-/// logged so an operator sees partitions move between instances.
+/// logged and counted (`audit_consumer_assigned_partitions`) so an operator sees partitions move
+/// between instances.
 pub struct GroupContext {
     pub group: String,
 }
@@ -179,10 +182,15 @@ impl ConsumerContext for GroupContext {
     ) {
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
-                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned")
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+                metrics::gauge!("audit_consumer_assigned_partitions", "group" => self.group.clone())
+                    .set(tpl.count() as f64);
             }
             rdkafka::consumer::Rebalance::Revoke(tpl) => {
-                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked")
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+                // The eager protocol revokes everything before the next assignment.
+                metrics::gauge!("audit_consumer_assigned_partitions", "group" => self.group.clone())
+                    .set(0.0);
             }
             rdkafka::consumer::Rebalance::Error(e) => {
                 tracing::warn!(group = %self.group, error = %e, "rebalance failed")

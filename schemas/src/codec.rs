@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 pub mod direct;
+pub mod direct_write;
 
 /// The two marker bytes that open every single-object encoded record.
 pub const MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -265,27 +266,37 @@ pub enum DecodeError {
 }
 
 macro_rules! avro_record {
+    (@schemas $name:literal, [$($file:literal),+]) => {
+        fn schemas() -> &'static SchemaVersions {
+            static VERSIONS: OnceLock<SchemaVersions> = OnceLock::new();
+            VERSIONS.get_or_init(|| {
+                SchemaVersions::parse($name, &[$(include_str!(concat!("../avro/", $file))),+])
+            })
+        }
+    };
     ($ty:ty, $name:literal, [$($file:literal),+ $(,)?]) => {
         impl AvroRecord for $ty {
-            fn schemas() -> &'static SchemaVersions {
-                static VERSIONS: OnceLock<SchemaVersions> = OnceLock::new();
-                VERSIONS.get_or_init(|| {
-                    SchemaVersions::parse($name, &[$(include_str!(concat!("../avro/", $file))),+])
-                })
-            }
+            avro_record!(@schemas $name, [$($file),+]);
         }
     };
     ($ty:ty, $name:literal, [$($file:literal),+ $(,)?], $direct:path) => {
         impl AvroRecord for $ty {
-            fn schemas() -> &'static SchemaVersions {
-                static VERSIONS: OnceLock<SchemaVersions> = OnceLock::new();
-                VERSIONS.get_or_init(|| {
-                    SchemaVersions::parse($name, &[$(include_str!(concat!("../avro/", $file))),+])
-                })
-            }
+            avro_record!(@schemas $name, [$($file),+]);
 
             fn decode_current(body: &[u8]) -> Option<Result<Self, DecodeError>> {
                 Some($direct(body).map_err(|e| DecodeError::Direct { record: $name, source: e }))
+            }
+        }
+    };
+    ($ty:ty, $name:literal, [$($file:literal),+ $(,)?], encode = $direct:path) => {
+        impl AvroRecord for $ty {
+            avro_record!(@schemas $name, [$($file),+]);
+
+            fn encode_into(&self, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
+                buf.extend_from_slice(&MAGIC);
+                buf.extend_from_slice(&Self::schemas().current().fingerprint.0);
+                $direct(self, buf);
+                Ok(())
             }
         }
     };
@@ -300,7 +311,8 @@ avro_record!(
 avro_record!(
     EnrichedAuditEvent,
     "EnrichedAuditEvent",
-    ["enriched_audit_event.v1.avsc"]
+    ["enriched_audit_event.v1.avsc"],
+    encode = direct_write::enriched_audit_event
 );
 avro_record!(
     DirectoryRecord,

@@ -3,6 +3,7 @@
 //! enricher enforces the same rule again in case a producer was misconfigured.
 
 use crate::RawAuditEvent;
+use aho_corasick::AhoCorasick;
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -25,6 +26,10 @@ pub const DEFAULT_SECRET_KEYS: [&str; 8] = [
 #[derive(Debug, Clone)]
 pub struct Redactor {
     keys: HashSet<String>,
+    /// Finds any key's name in a text, case-insensitively, in one pass: most texts mention none
+    /// and are skipped without parsing or allocating. `None` only if the automaton could not be
+    /// built (size limits), and then a slower scan does the same job.
+    mentions: Option<AhoCorasick>,
 }
 
 impl Default for Redactor {
@@ -39,16 +44,29 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Self {
-            keys: keys
-                .into_iter()
-                .map(|k| k.as_ref().to_ascii_lowercase())
-                .collect(),
-        }
+        let keys: HashSet<String> = keys
+            .into_iter()
+            .map(|k| k.as_ref().to_ascii_lowercase())
+            .collect();
+        let mentions = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&keys)
+            .ok();
+        Self { keys, mentions }
     }
 
     pub fn is_secret(&self, key: &str) -> bool {
-        self.keys.contains(&key.to_ascii_lowercase())
+        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    }
+
+    fn mentions_a_key(&self, text: &str) -> bool {
+        match &self.mentions {
+            Some(automaton) => automaton.is_match(text),
+            None => {
+                let lower = text.to_ascii_lowercase();
+                self.keys.iter().any(|k| lower.contains(k.as_str()))
+            }
+        }
     }
 
     /// Redacts in place; returns how many values were changed (values already redacted do not
@@ -104,8 +122,7 @@ impl Redactor {
         if !text.contains('{') {
             return 0;
         }
-        let lower = text.to_ascii_lowercase();
-        if !self.keys.iter().any(|k| lower.contains(k.as_str())) {
+        if !self.mentions_a_key(text) {
             return 0;
         }
         let Ok(mut value) = serde_json::from_str::<Value>(text) else {

@@ -67,10 +67,7 @@ async fn count(c: &clickhouse::Client) -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let total = env_count("BENCH_EVENTS", 200_000);
     let topics = unique_topics(6);
     create_topics(&topics).await?;
     let producer = producer()?;

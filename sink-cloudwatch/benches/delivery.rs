@@ -66,10 +66,7 @@ fn event(n: usize) -> EnrichedAuditEvent {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let total: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let total = env_count("BENCH_EVENTS", 100_000);
     let topics = unique_topics(PARTITIONS);
     create_topics(&topics).await?;
     let producer = producer()?;

@@ -57,7 +57,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     if let Command::Config = cli.command {
-        print!("{}", toml::to_string_pretty(&settings)?);
+        print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
         return Ok(());
     }
     audit_runtime::telemetry::init(&settings.log)?;

@@ -3,9 +3,7 @@
 use audit_runtime::TopicsConfig;
 use audit_schemas::*;
 use audit_tests::*;
-use aws_sdk_cloudwatchlogs::Client;
 use rdkafka::producer::FutureProducer;
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
@@ -49,18 +47,6 @@ fn start(topics: &TopicsConfig, group: &str, endpoint: &str, extra_toml: &str) -
         );
     }
     Sink(cmd.spawn().expect("sink starts"))
-}
-
-async fn logs(endpoint: &str) -> Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .load()
-        .await;
-    Client::new(&config)
 }
 
 fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> EnrichedAuditEvent {
@@ -111,67 +97,6 @@ async fn publish(p: &FutureProducer, topics: &TopicsConfig, events: &[EnrichedAu
 }
 
 /// Every event of every stream of the group: stream -> (timestamp, message).
-async fn read_group(
-    client: &Client,
-    group: &str,
-) -> BTreeMap<String, Vec<(i64, serde_json::Value)>> {
-    let mut out = BTreeMap::new();
-    let Ok(streams) = client
-        .describe_log_streams()
-        .log_group_name(group)
-        .send()
-        .await
-    else {
-        return out;
-    };
-    for s in streams.log_streams() {
-        let name = s.log_stream_name().unwrap().to_string();
-        let mut events = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = client
-                .get_log_events()
-                .log_group_name(group)
-                .log_stream_name(&name)
-                .start_from_head(true)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .unwrap();
-            for e in page.events() {
-                events.push((
-                    e.timestamp().unwrap(),
-                    serde_json::from_str(e.message().unwrap()).unwrap(),
-                ));
-            }
-            let next = page.next_forward_token().map(String::from);
-            if page.events().is_empty() || next == token {
-                break;
-            }
-            token = next;
-        }
-        out.insert(name, events);
-    }
-    out
-}
-
-async fn wait_for(
-    client: &Client,
-    group: &str,
-    total: usize,
-    timeout: Duration,
-) -> BTreeMap<String, Vec<(i64, serde_json::Value)>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let got = read_group(client, group).await;
-        let n: usize = got.values().map(Vec::len).sum();
-        if n >= total || tokio::time::Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 const STREAMS: &str = "[cloudwatch.streams]\n\"log\" = \"datagrok_log\"\n\"error\" = \"datagrok_errors\"\n\"query-*\" = \"queries\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,8 +130,10 @@ async fn globs_default_stream_time_order_across_partitions_and_dead_letters() {
         &cloudwatch_url(),
         &format!("default_stream = \"other\"\n{STREAMS}"),
     );
-    let client = logs(&cloudwatch_url()).await;
-    let got = wait_for(&client, &group, 30, Duration::from_secs(60)).await;
+    let client = logs_client(&cloudwatch_url()).await;
+    let got = wait_for_events(&client, &group, 30, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     let count = |s: &str| got.get(s).map_or(0, Vec::len);
     assert_eq!(
@@ -273,7 +200,7 @@ async fn unmapped_types_are_skipped_and_a_deleted_group_is_recreated() {
         &cloudwatch_url(),
         &format!("default_stream = \"\"\n{STREAMS}"),
     );
-    let client = logs(&cloudwatch_url()).await;
+    let client = logs_client(&cloudwatch_url()).await;
     publish(
         &p,
         &topics,
@@ -283,7 +210,9 @@ async fn unmapped_types_are_skipped_and_a_deleted_group_is_recreated() {
         ],
     )
     .await;
-    let got = wait_for(&client, &group, 1, Duration::from_secs(30)).await;
+    let got = wait_for_events(&client, &group, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(
         got.keys()
             .filter(|k| !got[*k].is_empty())
@@ -299,7 +228,9 @@ async fn unmapped_types_are_skipped_and_a_deleted_group_is_recreated() {
         .await
         .unwrap();
     publish(&p, &topics, &[event("error", Timestamp::now(), 0)]).await;
-    let got = wait_for(&client, &group, 1, Duration::from_secs(60)).await;
+    let got = wait_for_events(&client, &group, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(got.get("datagrok_errors").map(Vec::len), Some(1), "{got:?}");
 }
 
@@ -323,7 +254,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
             .expect("moto_server from dev/stack install"),
     );
     let endpoint = format!("http://127.0.0.1:{port}");
-    let client = logs(&endpoint).await;
+    let client = logs_client(&endpoint).await;
     for _ in 0..100 {
         if client.describe_log_groups().send().await.is_ok() {
             break;
@@ -340,7 +271,9 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         .map(|i| event("log", Timestamp::now(), i))
         .collect();
     publish(&p, &topics, &first).await;
-    wait_for(&client, &group, 200, Duration::from_secs(30)).await;
+    wait_for_events(&client, &group, 200, Duration::from_secs(30))
+        .await
+        .unwrap();
 
     let pid = moto.0.id().to_string();
     assert!(Command::new("kill")
@@ -359,7 +292,9 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         .unwrap()
         .success());
 
-    let got = wait_for(&client, &group, 500, Duration::from_secs(120)).await;
+    let got = wait_for_events(&client, &group, 500, Duration::from_secs(120))
+        .await
+        .unwrap();
     drop(moto);
     let ids: std::collections::HashSet<String> = got
         .values()

@@ -4,6 +4,12 @@
 //!
 //! Tests fail (never skip) when the stack is down: a green run must mean the real parts worked.
 
+pub mod cloudwatch;
+pub mod pipeline;
+
+pub use cloudwatch::{logs_client, read_group, wait_for_events};
+pub use pipeline::{Pipeline, PrivateBroker, Service, Stage};
+
 use anyhow::{bail, Context, Result};
 use audit_runtime::{KafkaConfig, TopicConfig, TopicsConfig};
 use rdkafka::consumer::Consumer;
@@ -95,6 +101,21 @@ pub async fn produce(
     Ok((delivery.partition, delivery.offset))
 }
 
+/// A reader assigned to every partition of `topic` from the beginning, outside any group.
+pub fn reader_from_beginning(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<audit_runtime::kafka::Reader> {
+    let consumer = audit_runtime::kafka::reader(kafka, &unique("audit-tests"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// Reads `count` records from every partition of `topic` from the beginning, or fails after
 /// `timeout`.
 pub async fn consume_n(
@@ -103,12 +124,7 @@ pub async fn consume_n(
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
-    let consumer = audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = reader_from_beginning(&kafka_config(), topic, partitions)?;
     let mut out = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < count {
@@ -132,12 +148,7 @@ pub async fn consume_all(
     partitions: i32,
     idle: Duration,
 ) -> Result<Vec<OwnedMessage>> {
-    let consumer = audit_runtime::kafka::reader(&kafka_config(), &unique("audit-tests"))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = reader_from_beginning(&kafka_config(), topic, partitions)?;
     let mut out = Vec::new();
     loop {
         match tokio::time::timeout(idle, consumer.recv()).await {
@@ -147,6 +158,41 @@ pub async fn consume_all(
             Ok(Err(e)) => bail!("consuming {topic}: {e}"),
         }
     }
+}
+
+/// For benchmarks: reads `count` records of `topic` from the beginning, discarding them, and
+/// returns records per second from the first record's arrival. Fails when no record arrives
+/// for `stall`.
+pub async fn read_rate(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    count: usize,
+    stall: Duration,
+) -> Result<f64> {
+    let consumer = reader_from_beginning(kafka, topic, partitions)?;
+    let mut seen = 0usize;
+    let mut first: Option<std::time::Instant> = None;
+    while seen < count {
+        match tokio::time::timeout(stall, consumer.recv()).await {
+            Err(_) => bail!("stalled: {seen} of {count} records on {topic}"),
+            Ok(Ok(_)) => {
+                first.get_or_insert_with(std::time::Instant::now);
+                seen += 1;
+            }
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Ok(Err(e)) => bail!("consuming {topic}: {e}"),
+        }
+    }
+    Ok(count as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64()))
+}
+
+/// For benchmarks: a count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The payload of a message, or an error naming where it came from.

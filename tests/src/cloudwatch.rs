@@ -1,0 +1,81 @@
+//! Reading back what the CloudWatch sink wrote to moto (or LocalStack).
+
+use aws_sdk_cloudwatchlogs::Client;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A CloudWatch Logs client for the emulator at `endpoint` with fixed test credentials.
+pub async fn logs_client(endpoint: &str) -> Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+/// Every stream of `group` with its events (timestamp, parsed JSON body), in stored order.
+/// A group that does not exist yet reads as empty.
+pub async fn read_group(
+    client: &Client,
+    group: &str,
+) -> anyhow::Result<BTreeMap<String, Vec<(i64, serde_json::Value)>>> {
+    let mut out = BTreeMap::new();
+    let Ok(streams) = client
+        .describe_log_streams()
+        .log_group_name(group)
+        .send()
+        .await
+    else {
+        return Ok(out);
+    };
+    for s in streams.log_streams() {
+        let name = s.log_stream_name().unwrap_or_default().to_string();
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(&name)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await?;
+            for e in page.events() {
+                events.push((
+                    e.timestamp().unwrap_or_default(),
+                    serde_json::from_str(e.message().unwrap_or_default())?,
+                ));
+            }
+            let next = page.next_forward_token().map(String::from);
+            if page.events().is_empty() || next == token {
+                break;
+            }
+            token = next;
+        }
+        out.insert(name, events);
+    }
+    Ok(out)
+}
+
+/// [`read_group`] until it holds at least `total` events or `timeout` passes.
+pub async fn wait_for_events(
+    client: &Client,
+    group: &str,
+    total: usize,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, Vec<(i64, serde_json::Value)>>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got = read_group(client, group).await?;
+        let n: usize = got.values().map(Vec::len).sum();
+        if n >= total || tokio::time::Instant::now() > deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
