@@ -44,6 +44,10 @@ pub struct EnricherConfig {
     pub batch_max_records: usize,
     /// Longest a batch waits to fill up, in milliseconds.
     pub batch_max_wait_ms: u64,
+    /// Batches published and not yet acknowledged while the next ones are prepared; their
+    /// offsets are committed in order, each once it and every earlier batch are acknowledged.
+    /// 1 makes the enricher handle one batch at a time.
+    pub max_in_flight_batches: usize,
 }
 
 impl Default for EnricherConfig {
@@ -54,6 +58,7 @@ impl Default for EnricherConfig {
             unknown_session_ttl_ms: 60_000,
             batch_max_records: 2_000,
             batch_max_wait_ms: 50,
+            max_in_flight_batches: 4,
         }
     }
 }
@@ -87,6 +92,12 @@ impl Validate for Settings {
             return Err(ConfigError::invalid(
                 "enricher.batch_max_records",
                 "must be positive",
+            ));
+        }
+        if !(1..=64).contains(&self.enricher.max_in_flight_batches) {
+            return Err(ConfigError::invalid(
+                "enricher.max_in_flight_batches",
+                "must be between 1 and 64",
             ));
         }
         if self.enricher.session_wait_ms > 600_000 {

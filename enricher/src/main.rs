@@ -127,11 +127,12 @@ async fn run(cli: Cli) -> Result<()> {
         max_wait: Duration::from_millis(settings.enricher.batch_max_wait_ms),
     };
     health.set("kafka", true, "consuming");
-    let result = consume::run(
+    let result = consume::run_pipelined(
         &consumer,
         &[&settings.topics.raw.name],
         &mut enricher,
         options,
+        settings.enricher.max_in_flight_batches,
         &shutdown,
     )
     .await;

@@ -4,10 +4,10 @@
 use crate::directory::Directory;
 use crate::enrich::{enrich, RawPosition, Step};
 use crate::rules::RuleSet;
-use audit_runtime::consume::BatchHandler;
+use audit_runtime::consume::PipelinedHandler;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::collections::HashMap;
@@ -23,9 +23,7 @@ pub struct Tables {
 
 pub struct Enricher {
     pub tables: Arc<Tables>,
-    pub producer: FutureProducer,
-    pub enriched_topic: String,
-    pub dlq_topic: String,
+    publisher: Publisher,
     pub redactor: Redactor,
     pub session_wait: Duration,
     pub unknown_session_ttl: Duration,
@@ -53,9 +51,11 @@ impl Enricher {
     ) -> Self {
         Self {
             tables,
-            producer,
-            enriched_topic,
-            dlq_topic,
+            publisher: Publisher {
+                producer,
+                enriched_topic: enriched_topic.into(),
+                dlq_topic: dlq_topic.into(),
+            },
             redactor,
             session_wait,
             unknown_session_ttl,
@@ -182,8 +182,10 @@ fn position_of(m: &OwnedMessage) -> RawPosition {
     }
 }
 
-impl BatchHandler for Enricher {
-    async fn handle(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+impl PipelinedHandler for Enricher {
+    type Delivery = BoxFuture<'static, anyhow::Result<()>>;
+
+    async fn submit(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Self::Delivery> {
         metrics::counter!("audit_enricher_events_in_total").increment(batch.len() as u64);
         let now = Timestamp::now();
         let mut outputs: Vec<Output> = Vec::with_capacity(batch.len());
@@ -203,73 +205,85 @@ impl BatchHandler for Enricher {
             };
             outputs.push(output);
         }
+        self.wait_for_late_sessions(&mut outputs).await;
 
-        // Late sessions: wait (bounded) for the directory follower to learn them. The batch is
-        // published in order afterwards, so a session's events stay in order.
+        // Enriched events first, then dead letters, each keeping the raw record's key.
+        let mut records = Vec::with_capacity(outputs.len());
+        let mut letters = Vec::new();
+        for (m, output) in batch.iter().zip(outputs) {
+            let key = m.key().map(<[u8]>::to_vec);
+            match output {
+                Output::Enriched(payload) => records.push(OutRecord {
+                    to: Target::Enriched,
+                    key,
+                    payload,
+                }),
+                Output::DeadLetter(letter) => {
+                    tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
+                    metrics::counter!("audit_enricher_dead_letters_total").increment(1);
+                    letters.push(OutRecord {
+                        to: Target::DeadLetters,
+                        key,
+                        payload: letter.encode()?,
+                    });
+                }
+                Output::Dropped | Output::Waiting(..) => {}
+            }
+        }
+        records.append(&mut letters);
+
+        // Enqueued now, so batches reach the broker in order; acknowledged in the background
+        // while the next batch is prepared.
+        let publisher = self.publisher.clone();
+        let first = publisher.enqueue(&records).await;
+        Ok(Box::pin(async move {
+            let first = match first {
+                Ok(deliveries) => acknowledged(deliveries).await,
+                Err(e) => Err(e),
+            };
+            publisher.retry_until_acknowledged(&records, first).await
+        }))
+    }
+}
+
+impl Enricher {
+    /// Late sessions: waits (bounded) for the directory follower to learn them. The batch is
+    /// published in order afterwards, so a session's events stay in order.
+    async fn wait_for_late_sessions(&mut self, outputs: &mut [Output]) {
         let waiting = outputs
             .iter()
             .filter(|o| matches!(o, Output::Waiting(..)))
             .count();
-        if waiting > 0 {
-            metrics::gauge!("audit_enricher_waiting_for_session").set(waiting as f64);
-            let deadline = Instant::now() + self.session_wait;
-            loop {
-                let give_up = Instant::now() >= deadline;
-                let mut still = 0;
-                for output in outputs.iter_mut() {
-                    if let Output::Waiting(..) = output {
-                        let Output::Waiting(raw, position) =
-                            std::mem::replace(output, Output::Dropped)
-                        else {
-                            unreachable!("matched above")
-                        };
-                        let session = raw.session_id.clone();
-                        *output = self.step(*raw, position, give_up, Timestamp::now());
-                        if give_up {
-                            self.remember_unknown(session.as_deref());
-                        }
-                        if matches!(output, Output::Waiting(..)) {
-                            still += 1;
-                        }
+        if waiting == 0 {
+            return;
+        }
+        metrics::gauge!("audit_enricher_waiting_for_session").set(waiting as f64);
+        let deadline = Instant::now() + self.session_wait;
+        loop {
+            let give_up = Instant::now() >= deadline;
+            let mut still = 0;
+            for output in outputs.iter_mut() {
+                if let Output::Waiting(..) = output {
+                    let Output::Waiting(raw, position) = std::mem::replace(output, Output::Dropped)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let session = raw.session_id.clone();
+                    *output = self.step(*raw, position, give_up, Timestamp::now());
+                    if give_up {
+                        self.remember_unknown(session.as_deref());
+                    }
+                    if matches!(output, Output::Waiting(..)) {
+                        still += 1;
                     }
                 }
-                if still == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            metrics::gauge!("audit_enricher_waiting_for_session").set(0.0);
-        }
-
-        let mut letters = Vec::new();
-        for (m, output) in batch.iter().zip(&outputs) {
-            if let Output::DeadLetter(letter) = output {
-                tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
-                metrics::counter!("audit_enricher_dead_letters_total").increment(1);
-                letters.push((m, letter.encode()?));
+            if still == 0 {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-
-        // A broker restart or leader move can fail records the producer already retried; the
-        // whole batch is published again (records that did land become duplicates downstream,
-        // never losses), and only a failure that outlasts every attempt stops the service.
-        let mut backoff = PUBLISH_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            match self.publish(batch, &outputs, &letters).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < PUBLISH_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, retry_in = ?backoff, "publishing a batch failed; retrying it whole");
-                    metrics::counter!("audit_enricher_publish_retries_total").increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(PUBLISH_MAX_BACKOFF);
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(e.context(format!("publishing a batch failed {attempt} times")))
-                }
-            }
-        }
+        metrics::gauge!("audit_enricher_waiting_for_session").set(0.0);
     }
 }
 
@@ -279,51 +293,97 @@ const PUBLISH_ATTEMPTS: u32 = 8;
 const PUBLISH_BACKOFF: Duration = Duration::from_millis(500);
 const PUBLISH_MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-impl Enricher {
-    /// Publishes a batch's enriched records, then its dead letters, and waits for every
-    /// acknowledgement.
-    async fn publish(
-        &self,
-        batch: &[OwnedMessage],
-        outputs: &[Output],
-        letters: &[(&OwnedMessage, Vec<u8>)],
-    ) -> anyhow::Result<()> {
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(outputs.len());
-        for (m, output) in batch.iter().zip(outputs) {
-            if let Output::Enriched(bytes) = output {
-                let mut record = FutureRecord::to(&self.enriched_topic).payload(bytes);
-                if let Some(key) = m.key() {
-                    record = record.key(key);
-                }
-                deliveries.push(send(&self.producer, record).await?);
-            }
-        }
-        for (m, bytes) in letters {
-            let mut record = FutureRecord::to(&self.dlq_topic).payload(bytes);
-            if let Some(key) = m.key() {
+/// Where an output record goes.
+#[derive(Clone, Copy)]
+enum Target {
+    Enriched,
+    DeadLetters,
+}
+
+/// One record to publish, owned so a batch's delivery can outlive the consumer's batch.
+struct OutRecord {
+    to: Target,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// The producer and the topics output goes to; cheap to clone into each batch's delivery.
+#[derive(Clone)]
+struct Publisher {
+    producer: FutureProducer,
+    enriched_topic: Arc<str>,
+    dlq_topic: Arc<str>,
+}
+
+impl Publisher {
+    /// Enqueues every record in order, waiting while the producer's queue is full.
+    async fn enqueue(&self, records: &[OutRecord]) -> anyhow::Result<Vec<DeliveryFuture>> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
+            let topic = match r.to {
+                Target::Enriched => &*self.enriched_topic,
+                Target::DeadLetters => &*self.dlq_topic,
+            };
+            let mut record = FutureRecord::to(topic).payload(&r.payload);
+            if let Some(key) = &r.key {
                 record = record.key(key);
             }
             deliveries.push(send(&self.producer, record).await?);
         }
-        for result in join_all(deliveries).await {
+        Ok(deliveries)
+    }
+
+    /// A broker restart or leader move can fail records the producer already retried; the
+    /// whole batch is published again (records that did land become duplicates downstream,
+    /// never losses, and a retried batch can land after its successors), and only a failure
+    /// that outlasts every attempt fails the batch, which stops the service.
+    async fn retry_until_acknowledged(
+        &self,
+        records: &[OutRecord],
+        mut result: anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut backoff = PUBLISH_BACKOFF;
+        let mut attempt = 1;
+        loop {
             match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    anyhow::bail!("the broker did not acknowledge an output record: {e}")
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < PUBLISH_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, retry_in = ?backoff, "publishing a batch failed; retrying it whole");
+                    metrics::counter!("audit_enricher_publish_retries_total").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(PUBLISH_MAX_BACKOFF);
+                    attempt += 1;
+                    result = match self.enqueue(records).await {
+                        Ok(deliveries) => acknowledged(deliveries).await,
+                        Err(e) => Err(e),
+                    };
                 }
-                Err(_) => {
-                    anyhow::bail!("an output record was cancelled before its acknowledgement")
+                Err(e) => {
+                    return Err(e.context(format!("publishing a batch failed {attempt} times")))
                 }
             }
         }
-        Ok(())
     }
+}
+
+/// Waits for every acknowledgement of a batch's records.
+async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {
+    for result in join_all(deliveries).await {
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                anyhow::bail!("the broker did not acknowledge an output record: {e}")
+            }
+            Err(_) => anyhow::bail!("an output record was cancelled before its acknowledgement"),
+        }
+    }
+    Ok(())
 }
 
 /// Enqueues a record, waiting while the producer's queue is full instead of failing the batch.
 async fn send<'a>(
     producer: &FutureProducer,
-    mut record: FutureRecord<'a, [u8], Vec<u8>>,
+    mut record: FutureRecord<'a, Vec<u8>, Vec<u8>>,
 ) -> anyhow::Result<DeliveryFuture> {
     loop {
         match producer.send_result(record) {

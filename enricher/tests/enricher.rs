@@ -6,26 +6,32 @@ use audit_tests::*;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
 
-struct Enricher(Child);
+struct Enricher {
+    child: Child,
+    /// Where it serves `/metrics`.
+    ops: SocketAddr,
+}
 
 impl Drop for Enricher {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn start(topics: &TopicsConfig, group: &str) -> Enricher {
+    let ops = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-enricher"));
     cmd.arg("run")
         .env("AUDIT__KAFKA__BROKERS", kafka_brokers())
         .env("AUDIT__ENRICHER__GROUP_ID", group)
         .env("AUDIT__ENRICHER__SESSION_WAIT_MS", "1500")
-        .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
+        .env("AUDIT__OPS__LISTEN", ops.to_string())
         .env("AUDIT__LOG__LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -35,7 +41,10 @@ fn start(topics: &TopicsConfig, group: &str) -> Enricher {
             &t.name,
         );
     }
-    Enricher(cmd.spawn().expect("audit-enricher starts"))
+    Enricher {
+        child: cmd.spawn().expect("audit-enricher starts"),
+        ops,
+    }
 }
 
 async fn setup(partitions: i32) -> (TopicsConfig, FutureProducer) {
@@ -273,7 +282,7 @@ async fn joins_user_transitive_groups_and_session_and_distrusts_client_claims() 
 async fn rules_apply_live_and_deleting_restores() {
     let (topics, p) = setup(1).await;
     directory(&p, &topics).await;
-    let _e = start(&topics, &unique("g"));
+    let e = start(&topics, &unique("g"));
     // The enricher is up once a first event comes through.
     send(
         &p,
@@ -295,7 +304,10 @@ async fn rules_apply_live_and_deleting_restores() {
     produce(&p, &topics.rules.name, &rule.id, &rule.encode().unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Rules apply as soon as the enricher has read them; the gauge says when that was.
+    wait_metric(e.ops, "audit_enricher_rules", 1.0, Duration::from_secs(30))
+        .await
+        .unwrap();
     send(
         &p,
         &topics,
@@ -336,7 +348,9 @@ async fn rules_apply_live_and_deleting_restores() {
     produce(&p, &topics.rules.name, &rule.id, b"")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_metric(e.ops, "audit_enricher_rules", 0.0, Duration::from_secs(30))
+        .await
+        .unwrap();
     send(
         &p,
         &topics,
@@ -375,20 +389,22 @@ async fn rules_apply_live_and_deleting_restores() {
 async fn late_sessions_are_waited_for_and_missing_ones_marked() {
     let (topics, p) = setup(1).await;
     directory(&p, &topics).await;
-    let _e = start(&topics, &unique("g"));
+    let e = start(&topics, &unique("g"));
     send(
         &p,
         &topics,
         &raw("log", Source::Client, Some("s-late"), None, "late"),
     )
     .await;
-    send(
-        &p,
-        &topics,
-        &raw("log", Source::Client, Some("s-never"), None, "never"),
+    // The session arrives only once the enricher holds the event back waiting for it.
+    wait_metric(
+        e.ops,
+        "audit_enricher_waiting_for_session",
+        1.0,
+        Duration::from_secs(30),
     )
-    .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    .await
+    .unwrap();
     put(
         &p,
         &topics,
@@ -399,6 +415,12 @@ async fn late_sessions_are_waited_for_and_missing_ones_marked() {
             ip: None,
             user_agent: None,
         }),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some("s-never"), None, "never"),
     )
     .await;
     let got = by_message(enriched(&topics, 2).await);
@@ -500,8 +522,8 @@ async fn two_instances_one_killed_still_deliver_every_event() {
     let (first, rest) = events.split_at(total / 2);
     futures::future::join_all(first.iter().map(|e| send(&p, &topics, e))).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    a.0.kill().unwrap(); // SIGKILL
-    a.0.wait().unwrap();
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
     futures::future::join_all(rest.iter().map(|e| send(&p, &topics, e))).await;
     // A replacement joins once the group has expired the dead member (10 s session timeout):
     // Tansu 0.6 sometimes leaves the survivor without partitions after a member dies, and

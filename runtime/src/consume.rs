@@ -8,14 +8,20 @@
 //! Handlers deal with bad records themselves (dead letters) and retry transient failures
 //! internally, returning `Err` only when they must give up. A failed commit (a rebalance moved
 //! the partition) is logged and counted, not fatal: the partition's new owner re-reads the batch.
+//!
+//! A stage whose output is itself a Kafka produce spends most of a batch waiting for the
+//! broker's acknowledgements. [`run_pipelined`] lets a [`PipelinedHandler`] start the next batch
+//! while earlier ones are still being acknowledged; offsets are still committed strictly in
+//! batch order, each only after its own batch and every earlier one are durable.
 
 use crate::Shutdown;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 /// How records are grouped before they are handled.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +44,20 @@ pub trait BatchHandler {
     /// Returns `Ok` only once everything derived from `batch` is durable.
     fn handle(&mut self, batch: &[OwnedMessage])
         -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// What a stage does with a batch when batches may overlap.
+pub trait PipelinedHandler {
+    /// Resolves once everything derived from its batch is durable; it runs as its own task, so
+    /// it owns what it needs (retries included).
+    type Delivery: Future<Output = anyhow::Result<()>> + Send + 'static;
+
+    /// Does the batch's work and starts its delivery, in batch order: whatever `submit` enqueues
+    /// is enqueued before anything the next call enqueues.
+    fn submit(
+        &mut self,
+        batch: &[OwnedMessage],
+    ) -> impl Future<Output = anyhow::Result<Self::Delivery>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +101,17 @@ where
         })?;
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
+    let mut none_in_flight = VecDeque::new();
     while !shutdown.is_triggered() {
-        fill_batch(consumer, &mut batch, options, shutdown).await;
+        fill_batch(
+            consumer,
+            &mut batch,
+            options,
+            shutdown,
+            &mut none_in_flight,
+            &mut stats,
+        )
+        .await?;
         if batch.is_empty() {
             continue;
         }
@@ -90,26 +119,153 @@ where
             .handle(&batch)
             .await
             .map_err(ConsumeError::Handler)?;
-        if let Err(e) = commit(consumer, &batch) {
-            // Commits are cumulative per partition: the next batch's commit covers this one, and
-            // if the partition moved, its new owner re-reads the batch (duplicates, never loss).
-            tracing::warn!(error = %e, records = batch.len(), "offsets not committed; the next commit covers them");
-            metrics::counter!("audit_consumer_commit_failures_total").increment(1);
-        }
-        stats.records += batch.len() as u64;
-        stats.batches += 1;
-        metrics::counter!("audit_consumer_records_committed_total").increment(batch.len() as u64);
+        committed(consumer, offsets_to_commit(&batch), batch.len(), &mut stats);
         batch.clear();
     }
     Ok(stats)
 }
 
+/// Like [`run`], with up to `max_in_flight` batches submitted and not yet durable. When
+/// shutdown comes, every submitted batch is awaited and committed before returning; when one
+/// fails, the batches before it are still committed and none after it.
+pub async fn run_pipelined<C, H>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+    handler: &mut H,
+    options: BatchOptions,
+    max_in_flight: usize,
+    shutdown: &Shutdown,
+) -> Result<RunStats, ConsumeError>
+where
+    C: ConsumerContext + 'static,
+    H: PipelinedHandler,
+{
+    consumer
+        .subscribe(topics)
+        .map_err(|source| ConsumeError::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            source,
+        })?;
+    let max_in_flight = max_in_flight.max(1);
+    let mut stats = RunStats::default();
+    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(max_in_flight);
+    let result = async {
+        while !shutdown.is_triggered() {
+            while in_flight.len() >= max_in_flight {
+                finish_head(consumer, &mut in_flight, &mut stats).await?;
+            }
+            fill_batch(
+                consumer,
+                &mut batch,
+                options,
+                shutdown,
+                &mut in_flight,
+                &mut stats,
+            )
+            .await?;
+            if batch.is_empty() {
+                continue;
+            }
+            let delivery = handler
+                .submit(&batch)
+                .await
+                .map_err(ConsumeError::Handler)?;
+            in_flight.push_back(InFlight {
+                offsets: offsets_to_commit(&batch),
+                records: batch.len(),
+                delivery: tokio::spawn(delivery),
+            });
+            metrics::gauge!("audit_consumer_batches_in_flight").set(in_flight.len() as f64);
+            batch.clear();
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever was submitted before a stop or a failure is still awaited, and committed in
+    // order up to the first batch that fails.
+    while !in_flight.is_empty() {
+        if let Err(e) = finish_head(consumer, &mut in_flight, &mut stats).await {
+            in_flight.clear();
+            result?;
+            return Err(e);
+        }
+    }
+    metrics::gauge!("audit_consumer_batches_in_flight").set(0.0);
+    result.map(|()| stats)
+}
+
+/// A submitted batch: what to commit once its delivery succeeds.
+struct InFlight {
+    offsets: BTreeMap<(String, i32), i64>,
+    records: usize,
+    delivery: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Waits for the oldest batch in flight (pending forever when there is none).
+async fn head_delivered(in_flight: &mut VecDeque<InFlight>) -> anyhow::Result<()> {
+    match in_flight.front_mut() {
+        Some(head) => match (&mut head.delivery).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the delivery task of a batch failed: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the oldest batch in flight and commits it.
+async fn finish_head<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    in_flight: &mut VecDeque<InFlight>,
+    stats: &mut RunStats,
+) -> Result<(), ConsumeError> {
+    let delivered = head_delivered(in_flight).await;
+    head_finished(consumer, in_flight, delivered, stats)
+}
+
+/// Commits the oldest batch in flight once `delivered` says it is durable.
+fn head_finished<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    in_flight: &mut VecDeque<InFlight>,
+    delivered: anyhow::Result<()>,
+    stats: &mut RunStats,
+) -> Result<(), ConsumeError> {
+    delivered.map_err(ConsumeError::Handler)?;
+    if let Some(head) = in_flight.pop_front() {
+        committed(consumer, head.offsets, head.records, stats);
+    }
+    metrics::gauge!("audit_consumer_batches_in_flight").set(in_flight.len() as f64);
+    Ok(())
+}
+
+/// Commits a durable batch's offsets and counts it.
+fn committed<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    offsets: BTreeMap<(String, i32), i64>,
+    records: usize,
+    stats: &mut RunStats,
+) {
+    if let Err(e) = commit(consumer, offsets) {
+        // Commits are cumulative per partition: the next batch's commit covers this one, and
+        // if the partition moved, its new owner re-reads the batch (duplicates, never loss).
+        tracing::warn!(error = %e, records, "offsets not committed; the next commit covers them");
+        metrics::counter!("audit_consumer_commit_failures_total").increment(1);
+    }
+    stats.records += records as u64;
+    stats.batches += 1;
+    metrics::counter!("audit_consumer_records_committed_total").increment(records as u64);
+}
+
+/// Gathers the next batch; batches in flight that finish meanwhile are committed on the way,
+/// so an idle topic does not hold their commits back.
 async fn fill_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     batch: &mut Vec<OwnedMessage>,
     options: BatchOptions,
     shutdown: &Shutdown,
-) {
+    in_flight: &mut VecDeque<InFlight>,
+    stats: &mut RunStats,
+) -> Result<(), ConsumeError> {
     let mut deadline: Option<tokio::time::Instant> = None;
     while batch.len() < options.max_records {
         let wait = async {
@@ -120,8 +276,11 @@ async fn fill_batch<C: ConsumerContext + 'static>(
         };
         tokio::select! {
             biased;
-            _ = shutdown.requested() => return,
-            _ = wait => return,
+            _ = shutdown.requested() => return Ok(()),
+            _ = wait => return Ok(()),
+            delivered = head_delivered(in_flight) => {
+                head_finished(consumer, in_flight, delivered, stats)?;
+            }
             received = consumer.recv() => match received {
                 Ok(message) => {
                     batch.push(message.detach());
@@ -136,6 +295,7 @@ async fn fill_batch<C: ConsumerContext + 'static>(
             },
         }
     }
+    Ok(())
 }
 
 /// The offsets to commit for a batch: per partition, one past the highest offset handled.
@@ -152,10 +312,10 @@ pub fn offsets_to_commit(batch: &[OwnedMessage]) -> BTreeMap<(String, i32), i64>
 
 fn commit<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
-    batch: &[OwnedMessage],
+    offsets: BTreeMap<(String, i32), i64>,
 ) -> Result<(), ConsumeError> {
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in offsets_to_commit(batch) {
+    for ((topic, partition), offset) in offsets {
         tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
             .map_err(ConsumeError::Commit)?;
     }

@@ -101,24 +101,12 @@ impl Service {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> Result<String> {
-        Ok(reqwest::get(format!("http://{}/metrics", self.ops))
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+        metrics_text(self.ops).await
     }
 
     /// The sum of every series of `name` in `/metrics` (0 when absent).
     pub async fn metric_sum(&self, name: &str) -> Result<f64> {
-        let text = self.metrics().await?;
-        Ok(text
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        metric_sum(self.ops, name).await
     }
 
     /// Waits until this consumer holds at least one partition of its group.
@@ -166,6 +154,44 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// The Prometheus text a service serves on `ops`.
+pub async fn metrics_text(ops: SocketAddr) -> Result<String> {
+    Ok(reqwest::get(format!("http://{ops}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The sum of every series of `name` a service serves on `ops` (0 when absent).
+pub async fn metric_sum(ops: SocketAddr, name: &str) -> Result<f64> {
+    let text = metrics_text(ops).await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until the metric `name` on `ops` sums to `want`: how a test knows that a service has
+/// applied something it can only observe from outside (a rule, a directory entry).
+pub async fn wait_metric(ops: SocketAddr, name: &str, want: f64, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got = metric_sum(ops, name).await.ok();
+        if got == Some(want) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{name} on {ops} is {got:?}, not {want}, after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
