@@ -182,11 +182,10 @@ where
         Ok(())
     }
     .await;
-    // Whatever was submitted before a stop or a failure is still awaited, and committed in
-    // order up to the first batch that fails.
+    // Whatever was submitted before a stop or a failed `submit` is still awaited, and committed
+    // in order up to the first batch that fails (a failed delivery already emptied the queue).
     while !in_flight.is_empty() {
         if let Err(e) = finish_head(consumer, &mut in_flight, &mut stats).await {
-            in_flight.clear();
             result?;
             return Err(e);
         }
@@ -223,18 +222,28 @@ async fn finish_head<C: ConsumerContext + 'static>(
     head_finished(consumer, in_flight, delivered, stats)
 }
 
-/// Commits the oldest batch in flight once `delivered` says it is durable.
+/// Takes the oldest batch off the queue and commits it if `delivered` says it is durable; if
+/// not, abandons every batch after it.
 fn head_finished<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     in_flight: &mut VecDeque<InFlight>,
     delivered: anyhow::Result<()>,
     stats: &mut RunStats,
 ) -> Result<(), ConsumeError> {
-    delivered.map_err(ConsumeError::Handler)?;
-    if let Some(head) = in_flight.pop_front() {
-        committed(consumer, head.offsets, head.records, stats);
+    let head = in_flight.pop_front();
+    if let Err(e) = delivered {
+        // Nothing after a failed batch may be committed: the later batches are abandoned
+        // (a restart re-reads them from the failed batch on).
+        for later in in_flight.drain(..) {
+            later.delivery.abort();
+        }
+        metrics::gauge!("audit_consumer_batches_in_flight").set(0.0);
+        return Err(ConsumeError::Handler(e));
     }
     metrics::gauge!("audit_consumer_batches_in_flight").set(in_flight.len() as f64);
+    if let Some(head) = head {
+        committed(consumer, head.offsets, head.records, stats);
+    }
     Ok(())
 }
 
