@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// jemalloc for Rust and librdkafka alike: under glibc malloc, arena lock contention across the
+/// Kafka client threads cost a large share of the CPU.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Raw audit events in, enriched audit events out.
 ///
 /// Reads audit.raw as a member of a consumer group (run more instances to scale out), joins each

@@ -16,6 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc for Rust and librdkafka alike: under glibc malloc, arena lock contention across the
+/// Kafka client threads cost a large share of the CPU.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Publish audit events to the pipeline's raw topic (audit.raw), validated and with secrets
 /// redacted, keyed by session so a session's events stay in order.
 ///

@@ -12,6 +12,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// jemalloc for Rust and librdkafka alike: under glibc malloc, arena lock contention across the
+/// Kafka client threads cost a large share of the CPU.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Enriched audit events into ClickHouse for analysts' SQL and per-entity activity history.
 ///
 /// Runs the schema migrations at start (database clickhouse.database, default "audit": tables

@@ -13,6 +13,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// jemalloc for Rust and librdkafka alike: under glibc malloc, arena lock contention across the
+/// Kafka client threads cost a large share of the CPU.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Enriched audit events into AWS CloudWatch Logs, the event type choosing the log stream.
 ///
 /// Reads audit.enriched in its own consumer group, maps each event type to a log stream
