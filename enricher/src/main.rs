@@ -109,7 +109,7 @@ async fn run(cli: Cli) -> Result<()> {
         "directory loaded; enriching"
     );
 
-    let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-enricher")?;
+    let producer = audit_runtime::publish::BatchProducer::new(&settings.kafka, "audit-enricher")?;
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,
         "audit-enricher",

@@ -5,11 +5,11 @@ use crate::directory::Directory;
 use crate::enrich::{enrich, RawPosition, Step};
 use crate::rules::RuleSet;
 use audit_runtime::consume::PipelinedHandler;
+use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record};
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
-use futures::future::{join_all, BoxFuture};
+use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ enum Output {
 impl Enricher {
     pub fn new(
         tables: Arc<Tables>,
-        producer: FutureProducer,
+        producer: BatchProducer,
         enriched_topic: String,
         dlq_topic: String,
         redactor: Redactor,
@@ -238,8 +238,8 @@ impl PipelinedHandler for Enricher {
         let first = publisher.enqueue(&records).await;
         Ok(Box::pin(async move {
             let first = match first {
-                Ok(deliveries) => acknowledged(deliveries).await,
-                Err(e) => Err(e),
+                Ok(acks) => acks.acknowledged().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
             };
             publisher.retry_until_acknowledged(&records, first).await
         }))
@@ -310,27 +310,29 @@ struct OutRecord {
 /// The producer and the topics output goes to; cheap to clone into each batch's delivery.
 #[derive(Clone)]
 struct Publisher {
-    producer: FutureProducer,
+    producer: BatchProducer,
     enriched_topic: Arc<str>,
     dlq_topic: Arc<str>,
 }
 
 impl Publisher {
+    /// Enqueues every record in order and waits for all their acknowledgements.
+    async fn publish(&self, records: &[OutRecord]) -> anyhow::Result<()> {
+        Ok(self.enqueue(records).await?.acknowledged().await?)
+    }
+
     /// Enqueues every record in order, waiting while the producer's queue is full.
-    async fn enqueue(&self, records: &[OutRecord]) -> anyhow::Result<Vec<DeliveryFuture>> {
-        let mut deliveries = Vec::with_capacity(records.len());
-        for r in records {
-            let topic = match r.to {
-                Target::Enriched => &*self.enriched_topic,
-                Target::DeadLetters => &*self.dlq_topic,
-            };
-            let mut record = FutureRecord::to(topic).payload(&r.payload);
-            if let Some(key) = &r.key {
-                record = record.key(key);
-            }
-            deliveries.push(send(&self.producer, record).await?);
-        }
-        Ok(deliveries)
+    async fn enqueue(&self, records: &[OutRecord]) -> Result<Arc<Acks>, PublishError> {
+        self.producer
+            .publish(records.iter().map(|r| Record {
+                topic: match r.to {
+                    Target::Enriched => &self.enriched_topic,
+                    Target::DeadLetters => &self.dlq_topic,
+                },
+                key: r.key.as_deref(),
+                payload: &r.payload,
+            }))
+            .await
     }
 
     /// A broker restart or leader move can fail records the producer already retried; the
@@ -353,51 +355,12 @@ impl Publisher {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(PUBLISH_MAX_BACKOFF);
                     attempt += 1;
-                    result = match self.enqueue(records).await {
-                        Ok(deliveries) => acknowledged(deliveries).await,
-                        Err(e) => Err(e),
-                    };
+                    result = self.publish(records).await;
                 }
                 Err(e) => {
                     return Err(e.context(format!("publishing a batch failed {attempt} times")))
                 }
             }
-        }
-    }
-}
-
-/// Waits for every acknowledgement of a batch's records.
-async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {
-    for result in join_all(deliveries).await {
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                anyhow::bail!("the broker did not acknowledge an output record: {e}")
-            }
-            Err(_) => anyhow::bail!("an output record was cancelled before its acknowledgement"),
-        }
-    }
-    Ok(())
-}
-
-/// Enqueues a record, waiting while the producer's queue is full instead of failing the batch.
-async fn send<'a>(
-    producer: &FutureProducer,
-    mut record: FutureRecord<'a, Vec<u8>, Vec<u8>>,
-) -> anyhow::Result<DeliveryFuture> {
-    loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err((e, _)) => anyhow::bail!("cannot enqueue an output record: {e}"),
         }
     }
 }

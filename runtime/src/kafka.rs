@@ -83,6 +83,17 @@ fn base(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
 /// means every in-sync replica has the record, and retries never duplicate or reorder within a
 /// partition.
 pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaSetupError> {
+    producer_config(kafka, client_id)
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            role: "producer",
+            source,
+        })
+}
+
+/// The settings of every producer: role defaults, then the user's properties, then what the
+/// delivery guarantees depend on.
+pub(crate) fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("linger.ms", "5")
         .set("compression.type", "lz4")
@@ -92,10 +103,7 @@ pub fn producer(kafka: &KafkaConfig, client_id: &str) -> Result<FutureProducer, 
     }
     cfg.set("enable.idempotence", kafka.idempotence.to_string())
         .set("acks", "all");
-    cfg.create().map_err(|source| KafkaSetupError::Client {
-        role: "producer",
-        source,
-    })
+    cfg
 }
 
 /// A group consumer that never commits on its own: offsets are committed by

@@ -4,6 +4,7 @@
 //!   environment), validated at start with errors that name the setting.
 //! - [`kafka`]: client construction with any librdkafka property passed through, and the
 //!   pipeline's topic settings.
+//! - [`publish`]: a producer that reports when a whole batch is acknowledged.
 //! - [`consume`]: the consume -> process -> commit loop that commits an offset only after the
 //!   caller says everything derived from it is durable.
 //! - [`telemetry`]: tracing setup (human or JSON logs).
@@ -14,6 +15,7 @@ pub mod config;
 pub mod consume;
 pub mod kafka;
 pub mod ops;
+pub mod publish;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,0 +1,209 @@
+//! Publishing a batch of records and learning when every one of them is acknowledged.
+//!
+//! rdkafka's `FutureProducer` gives each record its own future (a oneshot channel and a waker),
+//! which a stage that only needs "is the whole batch durable?" pays for on every record. Here
+//! each record carries an `Arc` of its batch's [`Acks`] as librdkafka's delivery opaque, and the
+//! producer's polling thread counts the reports down: one atomic decrement per record, one
+//! wake-up per batch.
+
+use crate::config::KafkaConfig;
+use crate::kafka::{producer_config, KafkaSetupError};
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A producer whose records report to their batch's [`Acks`]; cheap to clone.
+#[derive(Clone)]
+pub struct BatchProducer {
+    inner: Arc<ThreadedProducer<AckContext>>,
+}
+
+/// One record to publish.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// The acknowledgements still owed for one batch, and the first failure among them.
+pub struct Acks {
+    pending: AtomicUsize,
+    failure: Mutex<Option<String>>,
+    done: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot enqueue a record for {topic}: {source}")]
+    Enqueue { topic: String, source: KafkaError },
+    #[error("the broker did not acknowledge a record: {0}")]
+    NotAcknowledged(String),
+}
+
+impl BatchProducer {
+    /// A producer with the same settings as [`crate::kafka::producer`] (`acks=all`, idempotent
+    /// unless `kafka.idempotence = false`).
+    pub fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self, KafkaSetupError> {
+        let producer = producer_config(kafka, client_id)
+            .create_with_context(AckContext)
+            .map_err(|source| KafkaSetupError::Client {
+                role: "producer",
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(producer),
+        })
+    }
+
+    /// Enqueues `records` in order, waiting while the producer's queue is full, and returns the
+    /// batch's acknowledgements to await.
+    pub async fn publish<'a>(
+        &self,
+        records: impl ExactSizeIterator<Item = Record<'a>>,
+    ) -> Result<Arc<Acks>, PublishError> {
+        let acks = Arc::new(Acks::new(records.len()));
+        for r in records {
+            let mut record = BaseRecord::with_opaque_to(r.topic, acks.clone()).payload(r.payload);
+            if let Some(key) = r.key {
+                record = record.key(key);
+            }
+            loop {
+                match self.inner.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((source, _)) => {
+                        return Err(PublishError::Enqueue {
+                            topic: r.topic.to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(acks)
+    }
+
+    /// Waits up to `timeout` for everything enqueued to be delivered or to fail.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+}
+
+impl Acks {
+    fn new(records: usize) -> Self {
+        Self {
+            pending: AtomicUsize::new(records),
+            failure: Mutex::new(None),
+            done: Notify::new(),
+        }
+    }
+
+    /// Resolves once every record of the batch is acknowledged, or with the first failure once
+    /// every record has reported.
+    pub async fn acknowledged(&self) -> Result<(), PublishError> {
+        loop {
+            // Registered before the check, so a report landing in between is not missed.
+            let notified = self.done.notified();
+            if self.pending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(reason) => Err(PublishError::NotAcknowledged(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn report(&self, failure: Option<String>) {
+        if let Some(reason) = failure {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(reason);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+            // A waiter that registers after this still sees `pending == 0` first.
+        }
+    }
+}
+
+/// Routes librdkafka's delivery reports to each record's batch.
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        acks.report(
+            result
+                .as_ref()
+                .err()
+                .map(|(e, m)| format!("{e} (topic {}, partition {})", m.topic(), m.partition())),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_batch_is_acknowledged_at_once() {
+        Acks::new(0).acknowledged().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolves_after_the_last_report_with_the_first_failure() {
+        let acks = Arc::new(Acks::new(3));
+        let waiter = tokio::spawn({
+            let acks = acks.clone();
+            async move { acks.acknowledged().await }
+        });
+        acks.report(None);
+        acks.report(Some("first".into()));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one record is still out");
+        acks.report(Some("second".into()));
+        let err = waiter.await.unwrap().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the broker did not acknowledge a record: first"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_racing_the_waiter_are_never_missed() {
+        for _ in 0..1_000 {
+            let acks = Arc::new(Acks::new(2));
+            let reporter = std::thread::spawn({
+                let acks = acks.clone();
+                move || {
+                    acks.report(None);
+                    acks.report(None);
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(5), acks.acknowledged())
+                .await
+                .expect("no lost wake-up")
+                .unwrap();
+            reporter.join().unwrap();
+        }
+    }
+}
