@@ -46,6 +46,11 @@ pub struct ClickHouseConfig {
     pub ttl_days: Option<u32>,
     /// Longest pause between retries while ClickHouse is unreachable, in milliseconds.
     pub max_backoff_ms: u64,
+    /// Per partition, how many recently stored event ids are remembered to recognise events an
+    /// enricher published again after a crash (they arrive soon after the originals). It must
+    /// cover what reaches one partition between an enricher's crash and its partitions' takeover
+    /// (its session timeout plus its batches in flight); ~40 bytes each.
+    pub replay_window: usize,
 }
 
 impl Default for ClickHouseConfig {
@@ -60,6 +65,7 @@ impl Default for ClickHouseConfig {
             batch_max_wait_ms: 1_000,
             ttl_days: None,
             max_backoff_ms: 10_000,
+            replay_window: 200_000,
         }
     }
 }
@@ -69,6 +75,12 @@ impl Validate for Settings {
         self.kafka.validate()?;
         self.topics.validate()?;
         let ch = &self.clickhouse;
+        if ch.replay_window == 0 {
+            return Err(ConfigError::invalid(
+                "clickhouse.replay_window",
+                "must be positive: without it an enricher's crash duplicates rows",
+            ));
+        }
         if !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 "clickhouse.url",

@@ -153,11 +153,12 @@ pub fn insert_groups(rows: Vec<EventRow>) -> Vec<((i32, u32), Vec<EventRow>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use audit_schemas::*;
 
-    fn event(ts: i64) -> EnrichedAuditEvent {
+    /// A full event (every optional field set) at `ts`, with a fresh id.
+    pub(crate) fn event(ts: i64) -> EnrichedAuditEvent {
         EnrichedAuditEvent {
             event: RawAuditEvent {
                 event_id: Uuid::new_v4(),

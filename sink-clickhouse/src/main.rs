@@ -6,6 +6,7 @@ use audit_runtime::kafka::GroupContext;
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
 use audit_sink_clickhouse::config::Settings;
+use audit_sink_clickhouse::replays::RecentIds;
 use audit_sink_clickhouse::service::Store;
 use audit_sink_clickhouse::sink::ClickHouseSink;
 use clap::{Parser, Subcommand};
@@ -93,6 +94,7 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-clickhouse")?,
         dlq_topic: settings.topics.dlq.name.clone(),
+        recent: RecentIds::new(ch.replay_window),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

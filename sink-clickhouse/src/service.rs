@@ -141,6 +141,42 @@ impl Store {
         Ok(rows.into_iter().map(|(p, m, o)| ((p, m), o)).collect())
     }
 
+    /// The event ids stored for a topic partition between two offsets, in offset order: what
+    /// [`crate::replays::RecentIds`] is reloaded with.
+    pub async fn stored_ids(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_offset: i64,
+        before_offset: i64,
+    ) -> Result<Vec<uuid::Uuid>, StoreError> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Id {
+            #[serde(with = "clickhouse::serde::uuid")]
+            event_id: uuid::Uuid,
+        }
+        let rows: Result<Vec<Id>, String> = self
+            .retrying("reading recently stored event ids", || {
+                self.client
+                    .query(
+                        "SELECT event_id FROM events \
+                         WHERE source_topic = ? AND source_partition = ? \
+                         AND source_offset >= ? AND source_offset < ? ORDER BY source_offset",
+                    )
+                    .bind(topic)
+                    .bind(partition)
+                    .bind(from_offset)
+                    .bind(before_offset)
+                    .fetch_all()
+            })
+            .await?;
+        Ok(rows
+            .map_err(StoreError::Fatal)?
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect())
+    }
+
     /// One INSERT. Its deduplication token names exactly the rows it holds (topic partition and
     /// offset range), so when a retry repeats an insert the server did apply — it was only the
     /// answer that got lost — the server drops the repeat.

@@ -3,6 +3,7 @@
 //! the offsets are committed only after everything is durable.
 
 use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin};
+use crate::replays::RecentIds;
 use crate::service::Store;
 use audit_runtime::consume::BatchHandler;
 use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
@@ -16,6 +17,7 @@ pub struct ClickHouseSink {
     pub store: Store,
     pub producer: FutureProducer,
     pub dlq_topic: String,
+    pub recent: RecentIds,
 }
 
 fn letter(
@@ -60,6 +62,46 @@ impl ClickHouseSink {
             r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl ClickHouseSink {
+    /// Drops rows an enricher published again (same event id, new offset), after reloading the
+    /// recent ids of every partition whose batch does not follow on from the last one seen here.
+    async fn without_replays(
+        &mut self,
+        topic: &str,
+        batch: &[OwnedMessage],
+        mut rows: Vec<EventRow>,
+    ) -> anyhow::Result<Vec<EventRow>> {
+        let mut spans: HashMap<i32, (i64, i64)> = HashMap::new();
+        for m in batch {
+            let span = spans
+                .entry(m.partition())
+                .or_insert((m.offset(), m.offset()));
+            span.0 = span.0.min(m.offset());
+            span.1 = span.1.max(m.offset());
+        }
+        for (&partition, &(first, _)) in &spans {
+            if !self.recent.follows_on(partition, first) {
+                let from = first.saturating_sub(self.recent.window() as i64);
+                let ids = self.store.stored_ids(topic, partition, from, first).await?;
+                self.recent.load(partition, first, ids);
+            }
+        }
+        rows.sort_by_key(|r| (r.source_partition, r.source_offset));
+        let replays = self.recent.drop_replays(&mut rows);
+        if replays > 0 {
+            tracing::info!(
+                replays,
+                "events published again by an enricher (same event id); not inserted again"
+            );
+            metrics::counter!("audit_clickhouse_replays_skipped_total").increment(replays as u64);
+        }
+        for (&partition, &(_, last)) in &spans {
+            self.recent.handled(partition, last);
+        }
+        Ok(rows)
     }
 }
 
@@ -121,7 +163,8 @@ impl BatchHandler for ClickHouseSink {
                     .increment(skipped as u64);
             }
         }
-        for (_, group) in insert_groups(rows) {
+        let mut rows = self.without_replays(&topic, batch, rows).await?;
+        for (_, group) in insert_groups(std::mem::take(&mut rows)) {
             let rejected = self.store.insert(&group).await?;
             // Dead-letter before the next insert: a crash after it must not leave a rejected
             // row neither stored nor dead-lettered.

@@ -505,6 +505,49 @@ async fn kill_9_mid_stream_and_restart_gives_no_loss_and_no_duplicate() {
     );
 }
 
+/// An enricher that crashed after publishing and before committing publishes the same events
+/// again at new offsets: they are not stored twice, whether the sink meets them in the batch
+/// after the originals, after its own restart (the window is reloaded from ClickHouse), or in
+/// the same batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_an_enricher_published_again_are_stored_once() {
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let c = client(&clickhouse_url(), &db);
+    let now = Timestamp::now().as_micros();
+    let events: Vec<_> = (0..600)
+        .map(|n| event(n, "log", Timestamp::from_micros(now - n as i64), vec![]))
+        .collect();
+    let group = unique("g");
+
+    // Originals, then the replay of the last 100 while the sink runs.
+    publish(&p, &topics, &events[..300]).await;
+    let mut sink = start(&topics, &db, &clickhouse_url(), &group);
+    assert_eq!(wait_count(&c, 300, Duration::from_secs(60)).await, 300);
+    publish(&p, &topics, &events[200..400]).await;
+    assert_eq!(wait_count(&c, 400, Duration::from_secs(60)).await, 400);
+
+    // Stopped; a replay and new events wait in the topic; a new instance starts cold.
+    sink.0.kill().unwrap();
+    sink.0.wait().unwrap();
+    publish(&p, &topics, &events[350..500]).await;
+    // Originals and their replay in one batch.
+    publish(&p, &topics, &events[500..600]).await;
+    publish(&p, &topics, &events[500..600]).await;
+    tokio::time::sleep(Duration::from_secs(12)).await; // Tansu's session timeout, as above
+    let _again = start(&topics, &db, &clickhouse_url(), &group);
+    assert_eq!(wait_count(&c, 600, Duration::from_secs(60)).await, 600);
+    // Give any duplicate time to land before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        counts(&c).await,
+        (600, 600),
+        "count() = uniqExact(event_id) = distinct events"
+    );
+}
+
 /// A private ClickHouse server paused (SIGSTOP) for 30 s mid-stream, then resumed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_of_30_seconds_loses_nothing() {

@@ -1,0 +1,175 @@
+//! Catching the enricher's replays.
+//!
+//! The resume rule of [`crate::encoder::already_stored`] makes this sink's own restarts
+//! harmless, but an enricher that crashes after publishing and before committing publishes the
+//! same events again, at new offsets of the same partition (same key), shortly after the
+//! originals. They carry the same `event_id`, so the sink keeps, per partition, the ids of the
+//! last `window` rows it handled and skips a row whose id is among them. The window is reloaded
+//! from ClickHouse whenever a partition's batch does not follow on from the last one this
+//! instance handled (start, restart, a rebalance), so rows another instance stored count too.
+//! Pure logic; the loading query is in [`crate::service`].
+
+use crate::encoder::EventRow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use uuid::Uuid;
+
+/// The recent event ids of every partition this instance handles.
+pub struct RecentIds {
+    window: usize,
+    partitions: HashMap<i32, Window>,
+}
+
+struct Window {
+    /// The offset the next batch must start at to follow on from what this window holds.
+    next_offset: i64,
+    order: VecDeque<Uuid>,
+    ids: HashSet<Uuid>,
+}
+
+impl Window {
+    fn remember(&mut self, id: Uuid, window: usize) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > window {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+impl RecentIds {
+    pub fn new(window: usize) -> Self {
+        Self {
+            window,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// How many rows before `first_offset` a reload reads.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Whether a batch of `partition` starting at `first_offset` follows on from the window
+    /// held; if not, the caller reloads it with [`RecentIds::load`].
+    pub fn follows_on(&self, partition: i32, first_offset: i64) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|w| w.next_offset == first_offset)
+    }
+
+    /// Replaces a partition's window with the ids stored before `first_offset`, oldest first.
+    pub fn load(&mut self, partition: i32, first_offset: i64, ids: impl IntoIterator<Item = Uuid>) {
+        let mut w = Window {
+            next_offset: first_offset,
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+        };
+        for id in ids {
+            w.remember(id, self.window);
+        }
+        self.partitions.insert(partition, w);
+    }
+
+    /// Drops rows whose event id is in their partition's window or earlier in `rows` (rows in
+    /// offset order), remembers the ids of those kept, and returns how many were dropped.
+    pub fn drop_replays(&mut self, rows: &mut Vec<EventRow>) -> usize {
+        let before = rows.len();
+        let window = self.window;
+        rows.retain(|r| match self.partitions.get_mut(&r.source_partition) {
+            Some(w) if w.ids.contains(&r.event_id) => false,
+            Some(w) => {
+                w.remember(r.event_id, window);
+                true
+            }
+            // Not loaded: nothing known to compare with (the caller loads every partition
+            // first); keep the row.
+            None => true,
+        });
+        before - rows.len()
+    }
+
+    /// Records that a partition's batch was handled up to `last_offset`.
+    pub fn handled(&mut self, partition: i32, last_offset: i64) {
+        if let Some(w) = self.partitions.get_mut(&partition) {
+            w.next_offset = w.next_offset.max(last_offset + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::{row, tests::event, Origin};
+
+    fn event_row(partition: i32, offset: i64, id: u128) -> EventRow {
+        let mut e = event(1_000_000);
+        e.event.event_id = Uuid::from_u128(id);
+        row(e, "t", Origin { partition, offset })
+    }
+
+    fn ids(rows: &[EventRow]) -> Vec<u128> {
+        rows.iter().map(|r| r.event_id.as_u128()).collect()
+    }
+
+    #[test]
+    fn a_replay_within_the_window_is_dropped_and_new_ids_kept() {
+        let mut recent = RecentIds::new(100);
+        recent.load(0, 0, []);
+        let mut first = vec![event_row(0, 0, 1), event_row(0, 1, 2)];
+        assert_eq!(recent.drop_replays(&mut first), 0);
+        recent.handled(0, 1);
+        assert!(recent.follows_on(0, 2));
+        // The enricher replays 2 and 1, then goes on with 3.
+        let mut second = vec![event_row(0, 2, 2), event_row(0, 3, 1), event_row(0, 4, 3)];
+        assert_eq!(recent.drop_replays(&mut second), 2);
+        assert_eq!(ids(&second), vec![3]);
+    }
+
+    #[test]
+    fn duplicates_inside_one_batch_keep_the_first() {
+        let mut recent = RecentIds::new(100);
+        recent.load(3, 10, []);
+        let mut rows = vec![
+            event_row(3, 10, 7),
+            event_row(3, 11, 8),
+            event_row(3, 12, 7),
+        ];
+        assert_eq!(recent.drop_replays(&mut rows), 1);
+        assert_eq!(
+            rows.iter().map(|r| r.source_offset).collect::<Vec<_>>(),
+            vec![10, 11]
+        );
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_ids() {
+        let mut recent = RecentIds::new(2);
+        recent.load(0, 3, [1, 2, 3].map(Uuid::from_u128));
+        // 1 fell out of a window of two; 2 and 3 are in it.
+        let mut rows = vec![event_row(0, 3, 2), event_row(0, 4, 3), event_row(0, 5, 1)];
+        assert_eq!(recent.drop_replays(&mut rows), 2);
+        assert_eq!(ids(&rows), vec![1]);
+    }
+
+    #[test]
+    fn a_gap_or_an_unknown_partition_asks_for_a_reload() {
+        let mut recent = RecentIds::new(10);
+        assert!(!recent.follows_on(0, 0));
+        recent.load(0, 5, []);
+        assert!(recent.follows_on(0, 5));
+        assert!(!recent.follows_on(0, 9), "another instance handled 5..9");
+        assert!(!recent.follows_on(1, 5));
+    }
+
+    #[test]
+    fn partitions_are_separate() {
+        let mut recent = RecentIds::new(10);
+        recent.load(0, 0, [Uuid::from_u128(1)]);
+        recent.load(1, 0, []);
+        let mut rows = vec![event_row(1, 0, 1)];
+        assert_eq!(recent.drop_replays(&mut rows), 0);
+    }
+}
