@@ -298,7 +298,8 @@ async fn kill_9_of_each_service_in_turn_then_restart_loses_nothing() {
     for stage in Stage::ALL {
         tokio::time::sleep(Duration::from_secs(3)).await;
         // The producer dies between requests: a request cut off mid-way is retried by its
-        // client with the same ids, which ClickHouse would store twice (see the note in README).
+        // client with the same ids, which only the ClickHouse sink's replay window would catch
+        // (see README); this test is about crashes, not client retries.
         let held = if stage == Stage::Producer {
             Some(gate.lock().await)
         } else {
