@@ -93,12 +93,7 @@ where
     C: ConsumerContext + 'static,
     H: BatchHandler,
 {
-    consumer
-        .subscribe(topics)
-        .map_err(|source| ConsumeError::Subscribe {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            source,
-        })?;
+    subscribe(consumer, topics)?;
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
     let mut none_in_flight = VecDeque::new();
@@ -140,12 +135,7 @@ where
     C: ConsumerContext + 'static,
     H: PipelinedHandler,
 {
-    consumer
-        .subscribe(topics)
-        .map_err(|source| ConsumeError::Subscribe {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            source,
-        })?;
+    subscribe(consumer, topics)?;
     let max_in_flight = max_in_flight.max(1);
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
@@ -192,6 +182,18 @@ where
     }
     metrics::gauge!("audit_consumer_batches_in_flight").set(0.0);
     result.map(|()| stats)
+}
+
+fn subscribe<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+) -> Result<(), ConsumeError> {
+    consumer
+        .subscribe(topics)
+        .map_err(|source| ConsumeError::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            source,
+        })
 }
 
 /// A submitted batch: what to commit once its delivery succeeds.
