@@ -120,7 +120,7 @@ async fn run(cli: Cli) -> Result<()> {
     )?;
     let mut enricher = Enricher::new(
         tables,
-        producer.clone(),
+        producer,
         settings.topics.enriched.name.clone(),
         settings.topics.dlq.name.clone(),
         Redactor::new(&settings.redaction.keys),

@@ -11,7 +11,7 @@ use crate::kafka::{producer_config, KafkaSetupError};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,11 +89,6 @@ impl BatchProducer {
             }
         }
         Ok(acks)
-    }
-
-    /// Waits up to `timeout` for everything enqueued to be delivered or to fail.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
     }
 }
 
