@@ -8,7 +8,10 @@
 //!
 //! 1. publishes the generator's directory and BENCH_EVENTS raw events to fresh topics;
 //! 2. reads the raw topic with a plain rdkafka consumer that discards records (the ceiling);
-//! 3. starts one `audit-enricher` and times it from its first enriched record to its last.
+//! 3. starts one `audit-enricher` and times it from the first record it takes in to the last
+//!    one acknowledged downstream (its own metrics), then reads the enriched topic back to check
+//!    that all of them are there. Nothing else reads meanwhile: on a small machine a concurrent
+//!    reader of the enriched topic took a core from the enricher and the broker.
 
 use audit_producer::gen;
 use audit_schemas::AvroRecord;
@@ -63,13 +66,19 @@ async fn main() -> anyhow::Result<()> {
     let stall = Duration::from_secs(60);
     let raw_rate = read_rate(&kafka_config(), &topics.raw.name, PARTITIONS, total, stall).await?;
 
-    // The enricher, as a process.
+    // The enricher, as a process, alone on the machine with the broker: timed from the first
+    // record it takes in to the moment every record's output is acknowledged and its offset
+    // stored (`audit_consumer_records_committed_total`), read from its /metrics.
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-enricher"));
     cmd.arg("run")
         .env("AUDIT__KAFKA__BROKERS", kafka_brokers())
         .env("AUDIT__ENRICHER__GROUP_ID", unique("bench"))
-        .env("AUDIT__OPS__LISTEN", "127.0.0.1:0")
-        .env("AUDIT__LOG__LEVEL", "warn")
+        .env("AUDIT__OPS__LISTEN", ops.to_string())
+        .env(
+            "AUDIT__LOG__LEVEL",
+            std::env::var("BENCH_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::null());
     for (role, t) in topics.all() {
         cmd.env(
@@ -78,18 +87,57 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let mut child = cmd.spawn()?;
-    // Counted by reading the enriched topic as it fills: Tansu's watermarks on memory storage do
-    // not equal record counts, and reading proves the records are there, not only acknowledged.
-    let enricher_rate = read_rate(
+    let timed = async {
+        let poll = Duration::from_millis(10);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // What it took in before the first look is left out of the count.
+        let (started, taken_in) = loop {
+            let seen = metric_sum(ops, "audit_enricher_events_in_total")
+                .await
+                .unwrap_or(0.0);
+            if seen > 0.0 {
+                break (Instant::now(), seen);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the enricher took in nothing");
+            tokio::time::sleep(poll).await;
+        };
+        // BENCH_TIMELINE=1 prints the progress every 100 ms, to see stalls.
+        let timeline = std::env::var_os("BENCH_TIMELINE").is_some();
+        let mut next_line = Duration::ZERO;
+        loop {
+            let stored = metric_sum(ops, "audit_consumer_records_committed_total")
+                .await
+                .unwrap_or(0.0);
+            if stored >= total as f64 {
+                break;
+            }
+            if timeline && started.elapsed() >= next_line {
+                let taken = metric_sum(ops, "audit_enricher_events_in_total").await?;
+                println!(
+                    "{:>6} ms: taken in {taken:>8}, acknowledged {stored:>8}",
+                    started.elapsed().as_millis()
+                );
+                next_line += Duration::from_millis(100);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the enricher did not finish");
+            tokio::time::sleep(poll).await;
+        }
+        Ok((total as f64 - taken_in) / started.elapsed().as_secs_f64())
+    };
+    let enricher_rate = timed.await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let enricher_rate = enricher_rate?;
+    // Proof that the records are there, not only acknowledged: read the enriched topic back
+    // (Tansu's watermarks on memory storage do not equal record counts, so it is counted).
+    read_rate(
         &kafka_config(),
         &topics.enriched.name,
         PARTITIONS,
         total,
-        Duration::from_secs(120),
+        Duration::from_secs(60),
     )
     .await?;
-    let _ = child.kill();
-    let _ = child.wait();
 
     println!("events: {total} over {PARTITIONS} partitions (produce rate {produce_rate:.0}/s)");
     println!("raw consume rate (plain rdkafka consumer, discarding): {raw_rate:>9.0} events/s");

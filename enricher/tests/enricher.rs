@@ -344,6 +344,17 @@ async fn rules_apply_live_and_deleting_restores() {
         ),
     )
     .await;
+    // The rule must stay until carl's query went through the enricher: its table follower can
+    // read the tombstone below before the main consumer has even fetched the events. A drop is
+    // counted once per group of the user's: contractors and, through it, everyone.
+    wait_metric(
+        e.ops,
+        "audit_enricher_events_dropped_total",
+        2.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
 
     produce(&p, &topics.rules.name, &rule.id, b"")
         .await

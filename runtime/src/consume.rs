@@ -3,11 +3,18 @@
 //! Records are gathered into a batch (up to `max_records`, or whatever arrived within `max_wait`
 //! of the batch's first record) and handed to a [`BatchHandler`]. Only when the handler returns
 //! `Ok` — meaning everything derived from the batch is durable downstream (published and
-//! acknowledged, inserted, shipped) — are the batch's offsets committed. A handler error stops the
-//! loop without committing, so a restart re-reads the batch: at-least-once, never at-most-once.
-//! Handlers deal with bad records themselves (dead letters) and retry transient failures
-//! internally, returning `Err` only when they must give up. A failed commit (a rebalance moved
-//! the partition) is logged and counted, not fatal: the partition's new owner re-reads the batch.
+//! acknowledged, inserted, shipped) — are the batch's offsets stored for commit. A handler error
+//! stops the loop without storing, so a restart re-reads the batch: at-least-once, never
+//! at-most-once. Handlers deal with bad records themselves (dead letters) and retry transient
+//! failures internally, returning `Err` only when they must give up.
+//!
+//! Storing is librdkafka's offset store (`enable.auto.offset.store=false` plus an explicit store):
+//! its auto-commit sends what was stored every `auto.commit.interval.ms` (500 ms by default here)
+//! and on revocation, and the loop commits what is stored synchronously before it returns. A
+//! synchronous commit per batch cost a broker round trip during which nothing was consumed. A
+//! crash loses at most one interval of commits: those records are read again (duplicates, never
+//! loss). A store refused because a rebalance moved the partition is logged and counted, not
+//! fatal: the partition's new owner re-reads the batch.
 //!
 //! A stage whose output is itself a Kafka produce spends most of a batch waiting for the
 //! broker's acknowledgements. [`run_pipelined`] lets a [`PipelinedHandler`] start the next batch
@@ -17,6 +24,7 @@
 use crate::Shutdown;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -64,7 +72,7 @@ pub trait PipelinedHandler {
 pub enum ConsumeError {
     #[error("handler failed; offsets of the failed batch were not committed: {0:#}")]
     Handler(anyhow::Error),
-    #[error("cannot commit offsets: {0}")]
+    #[error("cannot store offsets for commit: {0}")]
     Commit(rdkafka::error::KafkaError),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -81,7 +89,7 @@ pub struct RunStats {
 }
 
 /// Subscribes and runs until shutdown; the batch in hand when shutdown comes is finished and
-/// committed before returning.
+/// committed before returning, as is every batch finished before a handler error.
 pub async fn run<C, H>(
     consumer: &StreamConsumer<C>,
     topics: &[&str],
@@ -97,27 +105,32 @@ where
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
     let mut none_in_flight = VecDeque::new();
-    while !shutdown.is_triggered() {
-        fill_batch(
-            consumer,
-            &mut batch,
-            options,
-            shutdown,
-            &mut none_in_flight,
-            &mut stats,
-        )
-        .await?;
-        if batch.is_empty() {
-            continue;
+    let result = async {
+        while !shutdown.is_triggered() {
+            fill_batch(
+                consumer,
+                &mut batch,
+                options,
+                shutdown,
+                &mut none_in_flight,
+                &mut stats,
+            )
+            .await?;
+            if batch.is_empty() {
+                continue;
+            }
+            handler
+                .handle(&batch)
+                .await
+                .map_err(ConsumeError::Handler)?;
+            committed(consumer, offsets_to_commit(&batch), batch.len(), &mut stats);
+            batch.clear();
         }
-        handler
-            .handle(&batch)
-            .await
-            .map_err(ConsumeError::Handler)?;
-        committed(consumer, offsets_to_commit(&batch), batch.len(), &mut stats);
-        batch.clear();
+        Ok(())
     }
-    Ok(stats)
+    .await;
+    commit_stored(consumer);
+    result.map(|()| stats)
 }
 
 /// Like [`run`], with up to `max_in_flight` batches submitted and not yet durable. When
@@ -174,14 +187,17 @@ where
     .await;
     // Whatever was submitted before a stop or a failed `submit` is still awaited, and committed
     // in order up to the first batch that fails (a failed delivery already emptied the queue).
+    let mut drained = Ok(());
     while !in_flight.is_empty() {
         if let Err(e) = finish_head(consumer, &mut in_flight, &mut stats).await {
-            result?;
-            return Err(e);
+            drained = Err(e);
+            break;
         }
     }
     metrics::gauge!("audit_consumer_batches_in_flight").set(0.0);
-    result.map(|()| stats)
+    commit_stored(consumer);
+    // The first failure is the one to report.
+    result.and(drained).map(|()| stats)
 }
 
 fn subscribe<C: ConsumerContext + 'static>(
@@ -256,10 +272,10 @@ fn committed<C: ConsumerContext + 'static>(
     records: usize,
     stats: &mut RunStats,
 ) {
-    if let Err(e) = commit(consumer, offsets) {
+    if let Err(e) = store(consumer, offsets) {
         // Commits are cumulative per partition: the next batch's commit covers this one, and
         // if the partition moved, its new owner re-reads the batch (duplicates, never loss).
-        tracing::warn!(error = %e, records, "offsets not committed; the next commit covers them");
+        tracing::warn!(error = %e, records, "offsets not stored for commit; the next batch's cover them");
         metrics::counter!("audit_consumer_commit_failures_total").increment(1);
     }
     stats.records += records as u64;
@@ -312,16 +328,43 @@ async fn fill_batch<C: ConsumerContext + 'static>(
 /// The offsets to commit for a batch: per partition, one past the highest offset handled.
 pub fn offsets_to_commit(batch: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    // Batches come from one or a few partitions, in offset order: remember the last entry
+    // instead of building a key (a String) per record.
+    let mut last: Option<(&str, i32, i64)> = None;
     for m in batch {
-        let entry = next
-            .entry((m.topic().to_string(), m.partition()))
-            .or_insert(0);
-        *entry = (*entry).max(m.offset() + 1);
+        let offset = m.offset() + 1;
+        match &mut last {
+            Some((topic, partition, highest))
+                if *topic == m.topic() && *partition == m.partition() =>
+            {
+                *highest = (*highest).max(offset);
+            }
+            _ => {
+                if let Some((topic, partition, highest)) = last {
+                    merge_highest(&mut next, topic, partition, highest);
+                }
+                last = Some((m.topic(), m.partition(), offset));
+            }
+        }
+    }
+    if let Some((topic, partition, highest)) = last {
+        merge_highest(&mut next, topic, partition, highest);
     }
     next
 }
 
-fn commit<C: ConsumerContext + 'static>(
+fn merge_highest(
+    next: &mut BTreeMap<(String, i32), i64>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let entry = next.entry((topic.to_string(), partition)).or_insert(0);
+    *entry = (*entry).max(offset);
+}
+
+/// Hands a durable batch's offsets to librdkafka's offset store, which auto-commit sends on.
+fn store<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     offsets: BTreeMap<(String, i32), i64>,
 ) -> Result<(), ConsumeError> {
@@ -330,8 +373,21 @@ fn commit<C: ConsumerContext + 'static>(
         tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
             .map_err(ConsumeError::Commit)?;
     }
-    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))
-        .map_err(ConsumeError::Commit)
+    consumer.store_offsets(&tpl).map_err(ConsumeError::Commit)
+}
+
+/// Commits whatever is stored and not yet committed, waiting for the broker: the last step of a
+/// run, so that a clean stop leaves nothing to read again.
+fn commit_stored<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>) {
+    match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
+        Ok(()) => {}
+        // Nothing stored since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final offset commit failed; those records will be read again");
+            metrics::counter!("audit_consumer_commit_failures_total").increment(1);
+        }
+    }
 }
 
 #[cfg(test)]

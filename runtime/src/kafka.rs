@@ -9,9 +9,9 @@ use crate::config::{KafkaConfig, TopicConfig, TopicsConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +106,9 @@ pub(crate) fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientCon
     cfg
 }
 
-/// A group consumer that never commits on its own: offsets are committed by
-/// [`crate::consume`] only after the caller's output is durable.
+/// A group consumer that commits only offsets [`crate::consume`] stored, which it does once the
+/// caller's output is durable; librdkafka's auto-commit sends the stored ones
+/// (`auto.commit.interval.ms`, 500 by default here, can be set through `kafka.properties`).
 pub fn consumer<C>(
     kafka: &KafkaConfig,
     client_id: &str,
@@ -120,12 +121,18 @@ where
     let mut cfg = ClientConfig::new();
     cfg.set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("auto.commit.interval.ms", "500")
+        // librdkafka stops fetching a partition whose prefetch queue is over its limits
+        // (queued.max.messages.kbytes, 64 MiB) and looks again only after this backoff, 1 s by
+        // default: a stage slower than its fetches stalled for a second at a time.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in base(kafka, client_id).config_map() {
         cfg.set(k, v);
     }
+    // Auto-commit commits the offset store only; nothing is stored before it is durable.
     cfg.set("group.id", group_id)
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false");
     cfg.create_with_context(context)
         .map_err(|source| KafkaSetupError::Client {
@@ -183,6 +190,20 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            // Auto-commit found nothing new to commit.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                // Cumulative: the next commit covers these; if the partitions moved, their
+                // new owner reads the records again (duplicates, never loss).
+                tracing::warn!(group = %self.group, error = %e, partitions = offsets.count(), "offset commit failed");
+                metrics::counter!("audit_consumer_commit_failures_total", "group" => self.group.clone())
+                    .increment(1);
+            }
+        }
+    }
+
     fn post_rebalance(
         &self,
         _: &rdkafka::consumer::BaseConsumer<Self>,
