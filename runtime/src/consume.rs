@@ -8,13 +8,14 @@
 //! at-most-once. Handlers deal with bad records themselves (dead letters) and retry transient
 //! failures internally, returning `Err` only when they must give up.
 //!
-//! Storing is librdkafka's offset store (`enable.auto.offset.store=false` plus an explicit store):
-//! its auto-commit sends what was stored every `auto.commit.interval.ms` (500 ms by default here)
-//! and on revocation, and the loop commits what is stored synchronously before it returns. A
-//! synchronous commit per batch cost a broker round trip during which nothing was consumed. A
-//! crash loses at most one interval of commits: those records are read again (duplicates, never
-//! loss). A store refused because a rebalance moved the partition is logged and counted, not
-//! fatal: the partition's new owner re-reads the batch.
+//! A durable batch's offsets go to librdkafka's offset store (`enable.auto.offset.store=false`
+//! plus an explicit store) and are committed from there asynchronously: the loop goes on with
+//! the next batch instead of waiting a broker round trip. Commits are cumulative per partition,
+//! so a failed one (reported through the consumer context) is covered by the next; the loop
+//! commits what is stored synchronously before it returns. A crash loses at most the commits
+//! still in flight: those records are read again (duplicates, never loss). A store refused
+//! because a rebalance moved the partition is logged and counted, not fatal: the partition's new
+//! owner re-reads the batch.
 //!
 //! A stage whose output is itself a Kafka produce spends most of a batch waiting for the
 //! broker's acknowledgements. [`run_pipelined`] lets a [`PipelinedHandler`] start the next batch
@@ -72,7 +73,7 @@ pub trait PipelinedHandler {
 pub enum ConsumeError {
     #[error("handler failed; offsets of the failed batch were not committed: {0:#}")]
     Handler(anyhow::Error),
-    #[error("cannot store offsets for commit: {0}")]
+    #[error("cannot commit offsets: {0}")]
     Commit(rdkafka::error::KafkaError),
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -272,10 +273,15 @@ fn committed<C: ConsumerContext + 'static>(
     records: usize,
     stats: &mut RunStats,
 ) {
-    if let Err(e) = store(consumer, offsets) {
+    let stored = store(consumer, offsets).and_then(|()| {
+        consumer
+            .commit_consumer_state(CommitMode::Async)
+            .map_err(ConsumeError::Commit)
+    });
+    if let Err(e) = stored {
         // Commits are cumulative per partition: the next batch's commit covers this one, and
         // if the partition moved, its new owner re-reads the batch (duplicates, never loss).
-        tracing::warn!(error = %e, records, "offsets not stored for commit; the next batch's cover them");
+        tracing::warn!(error = %e, records, "offsets not committed; the next batch's commit covers them");
         metrics::counter!("audit_consumer_commit_failures_total").increment(1);
     }
     stats.records += records as u64;
@@ -363,7 +369,7 @@ fn merge_highest(
     *entry = (*entry).max(offset);
 }
 
-/// Hands a durable batch's offsets to librdkafka's offset store, which auto-commit sends on.
+/// Hands a durable batch's offsets to librdkafka's offset store, where commits take them from.
 fn store<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     offsets: BTreeMap<(String, i32), i64>,

@@ -106,9 +106,8 @@ pub(crate) fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientCon
     cfg
 }
 
-/// A group consumer that commits only offsets [`crate::consume`] stored, which it does once the
-/// caller's output is durable; librdkafka's auto-commit sends the stored ones
-/// (`auto.commit.interval.ms`, 500 by default here, can be set through `kafka.properties`).
+/// A group consumer that never commits on its own: [`crate::consume`] stores and commits offsets
+/// only after the caller's output is durable.
 pub fn consumer<C>(
     kafka: &KafkaConfig,
     client_id: &str,
@@ -122,7 +121,6 @@ where
     cfg.set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("statistics.interval.ms", "5000")
-        .set("auto.commit.interval.ms", "500")
         // librdkafka stops fetching a partition whose prefetch queue is over its limits
         // (queued.max.messages.kbytes, 64 MiB) and looks again only after this backoff, 1 s by
         // default: a stage slower than its fetches stalled for a second at a time.
@@ -130,9 +128,8 @@ where
     for (k, v) in base(kafka, client_id).config_map() {
         cfg.set(k, v);
     }
-    // Auto-commit commits the offset store only; nothing is stored before it is durable.
     cfg.set("group.id", group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     cfg.create_with_context(context)
         .map_err(|source| KafkaSetupError::Client {
@@ -192,7 +189,7 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            // Auto-commit found nothing new to commit.
+            // Nothing new was stored since the last commit.
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 // Cumulative: the next commit covers these; if the partitions moved, their
