@@ -6,6 +6,9 @@
 //! cargo bench -p audit-enricher --bench throughput      # BENCH_EVENTS=200000 by default
 //! ```
 //!
+//! `BENCH_TIMELINE=1` prints the enricher's progress every 100 ms (how the 1 s fetch stalls were
+//! found); `BENCH_LOG=info` shows its log.
+//!
 //! 1. publishes the generator's directory and BENCH_EVENTS raw events to fresh topics;
 //! 2. reads the raw topic with a plain rdkafka consumer that discards records (the ceiling);
 //! 3. starts one `audit-enricher` and times it from the first record it takes in to the last
