@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> Result<()> {
         routes,
         producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-cloudwatch")?,
         dlq_topic: settings.topics.dlq.name.clone(),
+        continuity: Default::default(),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

@@ -1,11 +1,13 @@
-//! The CloudWatch Logs I/O: PutLogEvents with creation of a missing group or stream and
-//! retries with backoff and jitter for throttling, server errors and an unreachable endpoint.
+//! The CloudWatch Logs I/O: PutLogEvents with creation of a missing group or stream, the ids a
+//! stream already holds (GetLogEvents), and retries with backoff and jitter for throttling,
+//! server errors and an unreachable endpoint.
 
 use crate::batcher::Call;
 use aws_sdk_cloudwatchlogs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_cloudwatchlogs::Client;
 use rand::Rng;
+use std::collections::HashSet;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,9 @@ pub enum ShipError {
     #[error("CloudWatch still failing after {attempts} attempts: {last}")]
     GaveUp { attempts: u32, last: String },
 }
+
+/// Pages of up to 10,000 events each that [`CloudWatch::event_ids_between`] reads.
+pub const MAX_ID_PAGES: usize = 20;
 
 pub struct CloudWatch {
     client: Client,
@@ -184,6 +189,76 @@ impl CloudWatch {
             rejected.dedup_by_key(|(i, _)| *i);
         }
         Ok(rejected)
+    }
+
+    /// The event ids of the events `stream` holds with timestamps in `start_ms..=end_ms`; empty
+    /// when the stream does not exist. Messages that are not this sink's JSON are ignored. At
+    /// most [`MAX_ID_PAGES`] pages are read: a busy stream over a wide span gives a partial set
+    /// (some duplicates then go through) rather than a long stall.
+    pub async fn event_ids_between(
+        &self,
+        stream: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<HashSet<String>, ShipError> {
+        /// The one field of a shipped message this needs.
+        #[derive(serde::Deserialize)]
+        struct Shipped {
+            event: ShippedEvent,
+        }
+        #[derive(serde::Deserialize)]
+        struct ShippedEvent {
+            event_id: String,
+        }
+        let mut ids = HashSet::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_ID_PAGES {
+            let page = self
+                .with_retries("GetLogEvents", || async {
+                    match self
+                        .client
+                        .get_log_events()
+                        .log_group_name(&self.group)
+                        .log_stream_name(stream)
+                        .start_from_head(true)
+                        .start_time(start_ms)
+                        // The end is exclusive.
+                        .end_time(end_ms + 1)
+                        .set_next_token(token.clone())
+                        .send()
+                        .await
+                    {
+                        Ok(out) => Ok(Some(out)),
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+                        {
+                            Ok(None)
+                        }
+                        Err(e) => Err(classify(e)),
+                    }
+                })
+                .await?;
+            let Some(page) = page else { return Ok(ids) };
+            ids.extend(
+                page.events()
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<Shipped>(e.message()?).ok())
+                    .map(|s| s.event.event_id),
+            );
+            // The last page hands back the token it was asked with.
+            let next = page.next_forward_token().map(str::to_string);
+            if page.events().is_empty() || next.is_none() || next == token {
+                return Ok(ids);
+            }
+            token = next;
+        }
+        tracing::warn!(
+            stream,
+            pages = MAX_ID_PAGES,
+            "stopped reading the ids a stream holds; duplicates beyond them can go through"
+        );
+        Ok(ids)
     }
 
     async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, ShipError>

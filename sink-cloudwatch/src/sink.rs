@@ -2,6 +2,7 @@
 //! CloudWatch, with every record that cannot go dead-lettered, and `Ok` only when all is durable.
 
 use crate::batcher::{plan, LogEvent};
+use crate::resumes::Continuity;
 use crate::routing::Routes;
 use crate::service::CloudWatch;
 use audit_runtime::consume::BatchHandler;
@@ -9,6 +10,7 @@ use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
 use futures::future::join_all;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 pub struct CloudWatchSink {
@@ -16,6 +18,8 @@ pub struct CloudWatchSink {
     pub routes: Routes,
     pub producer: FutureProducer,
     pub dlq_topic: String,
+    /// Where this instance's reading of each partition left off.
+    pub continuity: Continuity,
 }
 
 /// The log message: the enriched event as compact JSON.
@@ -57,17 +61,25 @@ impl BatchHandler for CloudWatchSink {
                 continue;
             };
             match message(&decoded) {
-                Ok(text) => events.push((
-                    stream.to_string(),
-                    LogEvent {
+                Ok(text) => events.push(Rendered {
+                    stream: stream.to_string(),
+                    event_id: decoded.event.event_id.hyphenated().to_string(),
+                    event: LogEvent {
                         timestamp_ms: decoded.event.timestamp.as_millis(),
                         message: text,
                         origin,
                     },
-                )),
+                }),
                 Err(e) => letters.push(letter(m, format!("cannot render the event as JSON: {e}"))),
             }
         }
+        let resumed = self
+            .continuity
+            .resumed(batch.iter().map(|m| (m.partition(), m.offset())));
+        if !resumed.is_empty() {
+            self.drop_shipped(batch, &mut events, &resumed).await?;
+        }
+        let events = events.into_iter().map(|r| (r.stream, r.event)).collect();
         let planned = plan(events, Timestamp::now().as_millis());
         for (origin, reason) in planned.rejected {
             letters.push(letter(&batch[origin], reason));
@@ -98,6 +110,57 @@ impl BatchHandler for CloudWatchSink {
             for r in join_all(sends).await {
                 r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
             }
+        }
+        self.continuity
+            .handled(batch.iter().map(|m| (m.partition(), m.offset())));
+        Ok(())
+    }
+}
+
+/// A log event on its way, with what recognising it again takes.
+struct Rendered {
+    stream: String,
+    event_id: String,
+    event: LogEvent,
+}
+
+impl CloudWatchSink {
+    /// Records of `resumed` partitions may have been shipped before a crash or by the
+    /// partition's previous owner: those CloudWatch already holds (same stream, same event id,
+    /// within the batch's time span) are skipped and counted as the duplicates they would be.
+    async fn drop_shipped(
+        &self,
+        batch: &[OwnedMessage],
+        events: &mut Vec<Rendered>,
+        resumed: &HashSet<i32>,
+    ) -> anyhow::Result<()> {
+        let mut spans: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for r in events.iter() {
+            if resumed.contains(&batch[r.event.origin].partition()) {
+                let t = r.event.timestamp_ms;
+                let span = spans.entry(r.stream.as_str()).or_insert((t, t));
+                *span = (span.0.min(t), span.1.max(t));
+            }
+        }
+        let mut shipped: HashMap<String, HashSet<String>> = HashMap::new();
+        for (stream, (start, end)) in spans {
+            let ids = self
+                .cloudwatch
+                .event_ids_between(stream, start, end)
+                .await?;
+            shipped.insert(stream.to_string(), ids);
+        }
+        let before = events.len();
+        events.retain(|r| {
+            !shipped
+                .get(&r.stream)
+                .is_some_and(|ids| ids.contains(&r.event_id))
+        });
+        let skipped = before - events.len();
+        if skipped > 0 {
+            tracing::info!(skipped, partitions = ?resumed, "records read again were already in CloudWatch; skipped");
+            metrics::counter!("audit_cloudwatch_duplicates_skipped_total")
+                .increment(skipped as u64);
         }
         Ok(())
     }

@@ -309,3 +309,42 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_read_again_are_not_shipped_twice() {
+    // One partition, so a later record is handled only after every earlier one.
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let group = unique("/audit/reread");
+    let types = ["log", "error", "query-created"];
+    let first: Vec<_> = (0..60)
+        .map(|i| event(types[i % 3], Timestamp::now(), i))
+        .collect();
+    publish(&p, &topics, &first).await;
+    let client = logs_client(&cloudwatch_url()).await;
+    {
+        let _sink = start(&topics, &group, &cloudwatch_url(), STREAMS);
+        wait_for_events(&client, &group, 60, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    // A second instance in a new consumer group reads everything again, as the partition's next
+    // owner does after a crash that lost the commits.
+    let _again = start(&topics, &group, &cloudwatch_url(), STREAMS);
+    let marker = event("log", Timestamp::now(), 0);
+    publish(&p, &topics, std::slice::from_ref(&marker)).await;
+    let got = wait_for_events(&client, &group, 61, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<String> = got
+        .values()
+        .flatten()
+        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&marker.event.event_id.to_string()),
+        "the new record arrived"
+    );
+    assert_eq!(ids.len(), 61, "no record shipped twice");
+}
