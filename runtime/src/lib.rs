@@ -7,6 +7,7 @@
 //! - [`publish`]: a producer that reports when a whole batch is acknowledged.
 //! - [`consume`]: the consume -> process -> commit loop that commits an offset only after the
 //!   caller says everything derived from it is durable.
+//! - [`replays`]: recognising events published again (same id, new offset) in a sink.
 //! - [`telemetry`]: tracing setup (human or JSON logs).
 //! - [`ops`]: the `/metrics` (Prometheus text) and `/healthz` endpoint.
 //! - [`shutdown`]: SIGINT/SIGTERM handling that lets in-flight work finish.
@@ -16,6 +17,7 @@ pub mod consume;
 pub mod kafka;
 pub mod ops;
 pub mod publish;
+pub mod replays;
 pub mod shutdown;
 pub mod telemetry;
 

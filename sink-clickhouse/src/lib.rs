@@ -3,14 +3,12 @@
 //! - [`config`]: the settings.
 //! - [`migrations`]: the versioned schema (events, entity activity, user/session projections).
 //! - [`encoder`]: event -> row, and the effectively-once resume rule (pure).
-//! - [`replays`]: the recent event ids that catch an enricher's replays (pure).
 //! - [`service`]: the ClickHouse I/O: retries, bisection of rejected rows, stored offsets.
 //! - [`sink`]: the batch handler wiring it together.
 
 pub mod config;
 pub mod encoder;
 pub mod migrations;
-pub mod replays;
 pub mod service;
 pub mod sink;
 

@@ -142,7 +142,7 @@ impl Store {
     }
 
     /// The event ids stored for a topic partition between two offsets, in offset order: what
-    /// [`crate::replays::RecentIds`] is reloaded with.
+    /// [`audit_runtime::replays::RecentIds`] is reloaded with.
     pub async fn stored_ids(
         &self,
         topic: &str,

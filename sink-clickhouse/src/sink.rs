@@ -3,9 +3,9 @@
 //! the offsets are committed only after everything is durable.
 
 use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin};
-use crate::replays::RecentIds;
 use crate::service::Store;
 use audit_runtime::consume::BatchHandler;
+use audit_runtime::replays::RecentIds;
 use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
 use futures::future::join_all;
 use rdkafka::message::{Message, OwnedMessage};
@@ -90,7 +90,9 @@ impl ClickHouseSink {
             }
         }
         rows.sort_by_key(|r| (r.source_partition, r.source_offset));
-        let replays = self.recent.drop_replays(&mut rows);
+        let replays = self
+            .recent
+            .drop_replays(&mut rows, |r| (r.source_partition, r.event_id));
         if replays > 0 {
             tracing::info!(
                 replays,

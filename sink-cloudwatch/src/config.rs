@@ -54,6 +54,9 @@ pub struct CloudWatchConfig {
     /// Attempts per PutLogEvents call on throttling and server errors before the sink stops
     /// (it restarts from the last committed offset, losing nothing).
     pub max_attempts: u32,
+    /// Per partition, how many recent event ids are remembered to recognise events an enricher
+    /// published again (same id, new offset, soon after the originals); ~40 bytes each.
+    pub replay_window: usize,
 }
 
 impl Default for CloudWatchConfig {
@@ -72,6 +75,7 @@ impl Default for CloudWatchConfig {
             batch_max_records: 10_000,
             batch_max_wait_ms: 1_000,
             max_attempts: 30,
+            replay_window: 100_000,
         }
     }
 }
@@ -113,6 +117,12 @@ impl Validate for Settings {
                     format!("{days} is not a retention CloudWatch offers ({ALLOWED:?})"),
                 ));
             }
+        }
+        if cw.replay_window == 0 {
+            return Err(ConfigError::invalid(
+                "cloudwatch.replay_window",
+                "must be positive: without it an enricher's republished events are shipped twice",
+            ));
         }
         if cw.batch_max_records == 0 || cw.max_attempts == 0 {
             return Err(ConfigError::invalid(

@@ -3,13 +3,11 @@
 //! - [`config`]: the settings.
 //! - [`routing`]: event type -> log stream (pure).
 //! - [`batcher`]: PutLogEvents calls under every CloudWatch limit (pure).
-//! - [`resumes`]: which partitions of a batch may hold records shipped already (pure).
 //! - [`service`]: the CloudWatch I/O with retries.
 //! - [`sink`]: the batch handler wiring it together.
 
 pub mod batcher;
 pub mod config;
-pub mod resumes;
 pub mod routing;
 pub mod service;
 pub mod sink;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use audit_runtime::consume::{self, BatchOptions};
 use audit_runtime::kafka::GroupContext;
 use audit_runtime::ops::Health;
+use audit_runtime::replays::RecentIds;
 use audit_runtime::Shutdown;
 use audit_sink_cloudwatch::config::Settings;
 use audit_sink_cloudwatch::routing::Routes;
@@ -90,7 +91,7 @@ async fn run(cli: Cli) -> Result<()> {
         routes,
         producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-cloudwatch")?,
         dlq_topic: settings.topics.dlq.name.clone(),
-        continuity: Default::default(),
+        recent: RecentIds::new(settings.cloudwatch.replay_window),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

@@ -9,6 +9,7 @@ use aws_sdk_cloudwatchlogs::Client;
 use rand::Rng;
 use std::collections::HashSet;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -200,7 +201,7 @@ impl CloudWatch {
         stream: &str,
         start_ms: i64,
         end_ms: i64,
-    ) -> Result<HashSet<String>, ShipError> {
+    ) -> Result<HashSet<Uuid>, ShipError> {
         /// The one field of a shipped message this needs.
         #[derive(serde::Deserialize)]
         struct Shipped {
@@ -208,7 +209,7 @@ impl CloudWatch {
         }
         #[derive(serde::Deserialize)]
         struct ShippedEvent {
-            event_id: String,
+            event_id: Uuid,
         }
         let mut ids = HashSet::new();
         let mut token: Option<String> = None;

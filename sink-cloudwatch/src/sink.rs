@@ -2,24 +2,25 @@
 //! CloudWatch, with every record that cannot go dead-lettered, and `Ok` only when all is durable.
 
 use crate::batcher::{plan, LogEvent};
-use crate::resumes::Continuity;
 use crate::routing::Routes;
 use crate::service::CloudWatch;
 use audit_runtime::consume::BatchHandler;
+use audit_runtime::replays::RecentIds;
 use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
 use futures::future::join_all;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+use uuid::Uuid;
 
 pub struct CloudWatchSink {
     pub cloudwatch: CloudWatch,
     pub routes: Routes,
     pub producer: FutureProducer,
     pub dlq_topic: String,
-    /// Where this instance's reading of each partition left off.
-    pub continuity: Continuity,
+    /// Per partition, the ids shipped lately and where this instance's reading left off.
+    pub recent: RecentIds,
 }
 
 /// The log message: the enriched event as compact JSON.
@@ -63,7 +64,7 @@ impl BatchHandler for CloudWatchSink {
             match message(&decoded) {
                 Ok(text) => events.push(Rendered {
                     stream: stream.to_string(),
-                    event_id: decoded.event.event_id.hyphenated().to_string(),
+                    event_id: decoded.event.event_id,
                     event: LogEvent {
                         timestamp_ms: decoded.event.timestamp.as_millis(),
                         message: text,
@@ -73,11 +74,28 @@ impl BatchHandler for CloudWatchSink {
                 Err(e) => letters.push(letter(m, format!("cannot render the event as JSON: {e}"))),
             }
         }
-        let resumed = self
-            .continuity
-            .resumed(batch.iter().map(|m| (m.partition(), m.offset())));
+        let spans = partition_spans(batch);
+        let resumed: HashSet<i32> = spans
+            .iter()
+            .filter(|(&partition, &(first, _))| !self.recent.follows_on(partition, first))
+            .map(|(&partition, _)| partition)
+            .collect();
         if !resumed.is_empty() {
             self.drop_shipped(batch, &mut events, &resumed).await?;
+            for &partition in &resumed {
+                self.recent.load(partition, spans[&partition].0, []);
+            }
+        }
+        let replays = self.recent.drop_replays(&mut events, |r| {
+            (batch[r.event.origin].partition(), r.event_id)
+        });
+        if replays > 0 {
+            tracing::info!(
+                replays,
+                "events published again by an enricher (same event id); not shipped again"
+            );
+            metrics::counter!("audit_cloudwatch_duplicates_skipped_total")
+                .increment(replays as u64);
         }
         let events = events.into_iter().map(|r| (r.stream, r.event)).collect();
         let planned = plan(events, Timestamp::now().as_millis());
@@ -111,8 +129,9 @@ impl BatchHandler for CloudWatchSink {
                 r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
             }
         }
-        self.continuity
-            .handled(batch.iter().map(|m| (m.partition(), m.offset())));
+        for (partition, (_, last)) in spans {
+            self.recent.handled(partition, last);
+        }
         Ok(())
     }
 }
@@ -120,8 +139,20 @@ impl BatchHandler for CloudWatchSink {
 /// A log event on its way, with what recognising it again takes.
 struct Rendered {
     stream: String,
-    event_id: String,
+    event_id: Uuid,
     event: LogEvent,
+}
+
+/// Per partition of a batch, its first and last offsets.
+fn partition_spans(batch: &[OwnedMessage]) -> HashMap<i32, (i64, i64)> {
+    let mut spans: HashMap<i32, (i64, i64)> = HashMap::new();
+    for m in batch {
+        let span = spans
+            .entry(m.partition())
+            .or_insert((m.offset(), m.offset()));
+        *span = (span.0.min(m.offset()), span.1.max(m.offset()));
+    }
+    spans
 }
 
 impl CloudWatchSink {
@@ -142,7 +173,7 @@ impl CloudWatchSink {
                 *span = (span.0.min(t), span.1.max(t));
             }
         }
-        let mut shipped: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut shipped: HashMap<String, HashSet<Uuid>> = HashMap::new();
         for (stream, (start, end)) in spans {
             let ids = self
                 .cloudwatch

@@ -348,3 +348,34 @@ async fn records_read_again_are_not_shipped_twice() {
     );
     assert_eq!(ids.len(), 61, "no record shipped twice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_an_enricher_published_again_are_shipped_once() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let group = unique("/audit/replay");
+    let first: Vec<_> = (0..30)
+        .map(|i| event(["log", "error"][i % 2], Timestamp::now(), i))
+        .collect();
+    publish(&p, &topics, &first).await;
+    let _sink = start(&topics, &group, &cloudwatch_url(), STREAMS);
+    let client = logs_client(&cloudwatch_url()).await;
+    wait_for_events(&client, &group, 30, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The same events at new offsets, as an enricher publishes them after a crash, then a new one.
+    let marker = event("log", Timestamp::now(), 0);
+    publish(&p, &topics, &first).await;
+    publish(&p, &topics, std::slice::from_ref(&marker)).await;
+    let got = wait_for_events(&client, &group, 31, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ids: Vec<String> = got
+        .values()
+        .flatten()
+        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&marker.event.event_id.to_string()));
+    assert_eq!(ids.len(), 31, "no event shipped twice");
+}

@@ -1,15 +1,14 @@
-//! Catching the enricher's replays.
+//! Catching events published again.
 //!
-//! The resume rule of [`crate::encoder::already_stored`] makes this sink's own restarts
-//! harmless, but an enricher that crashes after publishing and before committing publishes the
-//! same events again, at new offsets of the same partition (same key), shortly after the
-//! originals. They carry the same `event_id`, so the sink keeps, per partition, the ids of the
-//! last `window` rows it handled and skips a row whose id is among them. The window is reloaded
-//! from ClickHouse whenever a partition's batch does not follow on from the last one this
-//! instance handled (start, restart, a rebalance), so rows another instance stored count too.
-//! Pure logic; the loading query is in [`crate::service`].
+//! An enricher that crashes after publishing and before committing, or retries a batch after a
+//! broker failure, publishes the same events again at new offsets of the same partition (same
+//! key), shortly after the originals. They carry the same `event_id`. A sink keeps, per
+//! partition, the ids of the last `window` records it handled and skips a record whose id is
+//! among them. Whenever a partition's batch does not follow on from the last one this instance
+//! handled (start, restart, a rebalance), the sink reloads that partition's window from what its
+//! destination holds, so records another instance wrote count too. Pure logic; loading is the
+//! sink's.
 
-use crate::encoder::EventRow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
 
@@ -73,22 +72,30 @@ impl RecentIds {
         self.partitions.insert(partition, w);
     }
 
-    /// Drops rows whose event id is in their partition's window or earlier in `rows` (rows in
-    /// offset order), remembers the ids of those kept, and returns how many were dropped.
-    pub fn drop_replays(&mut self, rows: &mut Vec<EventRow>) -> usize {
-        let before = rows.len();
+    /// Drops records whose event id is in their partition's window or earlier in `records`
+    /// (in offset order per partition), remembers the ids of those kept, and returns how many
+    /// were dropped. `key` gives a record's partition and event id.
+    pub fn drop_replays<T>(
+        &mut self,
+        records: &mut Vec<T>,
+        key: impl Fn(&T) -> (i32, Uuid),
+    ) -> usize {
+        let before = records.len();
         let window = self.window;
-        rows.retain(|r| match self.partitions.get_mut(&r.source_partition) {
-            Some(w) if w.ids.contains(&r.event_id) => false,
-            Some(w) => {
-                w.remember(r.event_id, window);
-                true
+        records.retain(|r| {
+            let (partition, id) = key(r);
+            match self.partitions.get_mut(&partition) {
+                Some(w) if w.ids.contains(&id) => false,
+                Some(w) => {
+                    w.remember(id, window);
+                    true
+                }
+                // Not loaded: nothing known to compare with (the caller loads every partition
+                // first); keep the record.
+                None => true,
             }
-            // Not loaded: nothing known to compare with (the caller loads every partition
-            // first); keep the row.
-            None => true,
         });
-        before - rows.len()
+        before - records.len()
     }
 
     /// Records that a partition's batch was handled up to `last_offset`.
@@ -102,16 +109,20 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoder::{row, tests::event, Origin};
 
-    fn event_row(partition: i32, offset: i64, id: u128) -> EventRow {
-        let mut e = event(1_000_000);
-        e.event.event_id = Uuid::from_u128(id);
-        row(e, "t", Origin { partition, offset })
+    /// (partition, offset, id)
+    type Rec = (i32, i64, u128);
+
+    fn key(r: &Rec) -> (i32, Uuid) {
+        (r.0, Uuid::from_u128(r.2))
     }
 
-    fn ids(rows: &[EventRow]) -> Vec<u128> {
-        rows.iter().map(|r| r.event_id.as_u128()).collect()
+    fn event_row(partition: i32, offset: i64, id: u128) -> Rec {
+        (partition, offset, id)
+    }
+
+    fn ids(rows: &[Rec]) -> Vec<u128> {
+        rows.iter().map(|r| r.2).collect()
     }
 
     #[test]
@@ -119,12 +130,12 @@ mod tests {
         let mut recent = RecentIds::new(100);
         recent.load(0, 0, []);
         let mut first = vec![event_row(0, 0, 1), event_row(0, 1, 2)];
-        assert_eq!(recent.drop_replays(&mut first), 0);
+        assert_eq!(recent.drop_replays(&mut first, key), 0);
         recent.handled(0, 1);
         assert!(recent.follows_on(0, 2));
         // The enricher replays 2 and 1, then goes on with 3.
         let mut second = vec![event_row(0, 2, 2), event_row(0, 3, 1), event_row(0, 4, 3)];
-        assert_eq!(recent.drop_replays(&mut second), 2);
+        assert_eq!(recent.drop_replays(&mut second, key), 2);
         assert_eq!(ids(&second), vec![3]);
     }
 
@@ -137,11 +148,8 @@ mod tests {
             event_row(3, 11, 8),
             event_row(3, 12, 7),
         ];
-        assert_eq!(recent.drop_replays(&mut rows), 1);
-        assert_eq!(
-            rows.iter().map(|r| r.source_offset).collect::<Vec<_>>(),
-            vec![10, 11]
-        );
+        assert_eq!(recent.drop_replays(&mut rows, key), 1);
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![10, 11]);
     }
 
     #[test]
@@ -150,7 +158,7 @@ mod tests {
         recent.load(0, 3, [1, 2, 3].map(Uuid::from_u128));
         // 1 fell out of a window of two; 2 and 3 are in it.
         let mut rows = vec![event_row(0, 3, 2), event_row(0, 4, 3), event_row(0, 5, 1)];
-        assert_eq!(recent.drop_replays(&mut rows), 2);
+        assert_eq!(recent.drop_replays(&mut rows, key), 2);
         assert_eq!(ids(&rows), vec![1]);
     }
 
@@ -170,6 +178,6 @@ mod tests {
         recent.load(0, 0, [Uuid::from_u128(1)]);
         recent.load(1, 0, []);
         let mut rows = vec![event_row(1, 0, 1)];
-        assert_eq!(recent.drop_replays(&mut rows), 0);
+        assert_eq!(recent.drop_replays(&mut rows, key), 0);
     }
 }
