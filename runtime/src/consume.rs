@@ -331,6 +331,19 @@ async fn fill_batch<C: ConsumerContext + 'static>(
     Ok(())
 }
 
+/// Per partition of a batch, its first and last offsets: where a sink checks whether the batch
+/// follows on from what it handled before.
+pub fn partition_spans(batch: &[OwnedMessage]) -> std::collections::HashMap<i32, (i64, i64)> {
+    let mut spans = std::collections::HashMap::new();
+    for m in batch {
+        let span = spans
+            .entry(m.partition())
+            .or_insert((m.offset(), m.offset()));
+        *span = (m.offset().min(span.0), m.offset().max(span.1));
+    }
+    spans
+}
+
 /// The offsets to commit for a batch: per partition, one past the highest offset handled.
 pub fn offsets_to_commit(batch: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();

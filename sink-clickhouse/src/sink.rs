@@ -4,7 +4,7 @@
 
 use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin};
 use crate::service::Store;
-use audit_runtime::consume::BatchHandler;
+use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::replays::RecentIds;
 use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
 use futures::future::join_all;
@@ -74,14 +74,7 @@ impl ClickHouseSink {
         batch: &[OwnedMessage],
         mut rows: Vec<EventRow>,
     ) -> anyhow::Result<Vec<EventRow>> {
-        let mut spans: HashMap<i32, (i64, i64)> = HashMap::new();
-        for m in batch {
-            let span = spans
-                .entry(m.partition())
-                .or_insert((m.offset(), m.offset()));
-            span.0 = span.0.min(m.offset());
-            span.1 = span.1.max(m.offset());
-        }
+        let spans = partition_spans(batch);
         for (&partition, &(first, _)) in &spans {
             if !self.recent.follows_on(partition, first) {
                 let from = first.saturating_sub(self.recent.window() as i64);

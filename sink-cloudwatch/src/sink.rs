@@ -4,7 +4,7 @@
 use crate::batcher::{plan, LogEvent};
 use crate::routing::Routes;
 use crate::service::CloudWatch;
-use audit_runtime::consume::BatchHandler;
+use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::replays::RecentIds;
 use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
 use futures::future::join_all;
@@ -141,18 +141,6 @@ struct Rendered {
     stream: String,
     event_id: Uuid,
     event: LogEvent,
-}
-
-/// Per partition of a batch, its first and last offsets.
-fn partition_spans(batch: &[OwnedMessage]) -> HashMap<i32, (i64, i64)> {
-    let mut spans: HashMap<i32, (i64, i64)> = HashMap::new();
-    for m in batch {
-        let span = spans
-            .entry(m.partition())
-            .or_insert((m.offset(), m.offset()));
-        *span = (span.0.min(m.offset()), span.1.max(m.offset()));
-    }
-    spans
 }
 
 impl CloudWatchSink {

@@ -4,6 +4,7 @@ use audit_runtime::TopicsConfig;
 use audit_schemas::*;
 use audit_tests::*;
 use rdkafka::producer::FutureProducer;
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
@@ -94,6 +95,14 @@ async fn publish(p: &FutureProducer, topics: &TopicsConfig, events: &[EnrichedAu
         .await
         .unwrap();
     }
+}
+
+/// The event id of every message `wait_for_events` read, repeats included.
+fn event_ids(got: &BTreeMap<String, Vec<(i64, serde_json::Value)>>) -> Vec<String> {
+    got.values()
+        .flatten()
+        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Every event of every stream of the group: stream -> (timestamp, message).
@@ -296,11 +305,7 @@ async fn an_outage_of_30_seconds_loses_nothing() {
         .await
         .unwrap();
     drop(moto);
-    let ids: std::collections::HashSet<String> = got
-        .values()
-        .flatten()
-        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids: std::collections::HashSet<String> = event_ids(&got).into_iter().collect();
     for e in first.iter().chain(&second) {
         assert!(
             ids.contains(&e.event.event_id.to_string()),
@@ -337,11 +342,7 @@ async fn records_read_again_are_not_shipped_twice() {
     let got = wait_for_events(&client, &group, 61, Duration::from_secs(60))
         .await
         .unwrap();
-    let ids: Vec<String> = got
-        .values()
-        .flatten()
-        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = event_ids(&got);
     assert!(
         ids.contains(&marker.event.event_id.to_string()),
         "the new record arrived"
@@ -371,11 +372,7 @@ async fn events_an_enricher_published_again_are_shipped_once() {
     let got = wait_for_events(&client, &group, 31, Duration::from_secs(60))
         .await
         .unwrap();
-    let ids: Vec<String> = got
-        .values()
-        .flatten()
-        .map(|(_, b)| b["event"]["event_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = event_ids(&got);
     assert!(ids.contains(&marker.event.event_id.to_string()));
     assert_eq!(ids.len(), 31, "no event shipped twice");
 }
