@@ -102,6 +102,12 @@ fn render(m: &BorrowedMessage<'_>) -> Value {
                 line["record"] = json!(record.record_name());
                 line["value"] = serde_json::to_value(&record)
                     .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+                if let AnyRecord::DeadLetter(dl) = &record {
+                    // Readable originals: text when UTF-8, base64 otherwise (serde would give
+                    // an array of byte numbers).
+                    line["value"]["original_key"] = readable(dl.original_key.as_deref());
+                    line["value"]["original_value"] = readable(dl.original_value.as_deref());
+                }
             }
             Err(e) => {
                 line["error"] = json!(e.to_string());
@@ -110,4 +116,31 @@ fn render(m: &BorrowedMessage<'_>) -> Value {
         },
     }
     line
+}
+
+/// Bytes as `{"text": ...}` when they are UTF-8, else `{"base64": ...}`; null when absent.
+pub fn readable(bytes: Option<&[u8]>) -> Value {
+    use base64::Engine;
+    match bytes {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(text) => json!({ "text": text }),
+            Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn originals_read_as_text_or_base64() {
+        assert_eq!(readable(Some(b"{\"a\":1}")), json!({"text": "{\"a\":1}"}));
+        assert_eq!(
+            readable(Some(&[0xC3, 0x01, 0xff])),
+            json!({"base64": "wwH/"})
+        );
+        assert_eq!(readable(None), Value::Null);
+    }
 }

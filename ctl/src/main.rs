@@ -5,6 +5,7 @@
 
 mod consume;
 mod directory;
+mod dlq;
 mod rules;
 mod settings;
 mod table;
@@ -49,6 +50,9 @@ enum Command {
     /// Store or delete sessions, users and groups the enricher joins events with.
     #[command(subcommand)]
     Directory(directory::DirectoryCommand),
+    /// Inspect and replay dead letters (audit.dlq).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Print the effective settings (defaults, file and environment layered) as TOML.
     Config,
 }
@@ -73,6 +77,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(args, &settings).await,
         Command::Rules(cmd) => rules::run(cmd, &settings).await,
         Command::Directory(cmd) => directory::run(cmd, &settings).await,
+        Command::Dlq(cmd) => dlq::run(cmd, &settings).await,
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
             Ok(())

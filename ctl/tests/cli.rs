@@ -91,6 +91,10 @@ async fn consume_prints_decoded_records_and_reports_bad_ones() {
         source_partition: Some(0),
         source_offset: Some(7),
         failed_at: Timestamp::now(),
+        cause: "undecodable".into(),
+        original_size: Some(7),
+        original_sha256: None,
+        original_truncated: false,
     };
     produce(
         &producer,
@@ -138,6 +142,7 @@ async fn consume_prints_decoded_records_and_reports_bad_ones() {
     let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["record"], "DeadLetter");
     assert_eq!(line["value"]["reason"], "undecodable");
+    assert_eq!(line["value"]["original_value"]["text"], "garbage");
     assert_eq!(line["key"], event_id.to_string());
 }
 

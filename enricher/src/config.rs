@@ -40,6 +40,11 @@ pub struct EnricherConfig {
     pub session_wait_ms: u64,
     /// A session that was waited for in vain is not waited for again for this long.
     pub unknown_session_ttl_ms: u64,
+    /// Most sessions remembered as waited for in vain (the oldest is forgotten first).
+    pub max_unknown_sessions: usize,
+    /// Most records held back for late sessions at once; when full, the session waiting
+    /// longest goes on as SESSION_UNKNOWN early. Held records never hold back other records.
+    pub max_waiting_records: usize,
     /// Most raw records handled (and their offsets committed) together.
     pub batch_max_records: usize,
     /// Longest a batch waits to fill up, in milliseconds.
@@ -56,6 +61,8 @@ impl Default for EnricherConfig {
             group_id: "audit-enricher".to_string(),
             session_wait_ms: 2_000,
             unknown_session_ttl_ms: 60_000,
+            max_unknown_sessions: 100_000,
+            max_waiting_records: 100_000,
             batch_max_records: 2_000,
             batch_max_wait_ms: 50,
             max_in_flight_batches: 4,
@@ -103,7 +110,19 @@ impl Validate for Settings {
         if self.enricher.session_wait_ms > 600_000 {
             return Err(ConfigError::invalid(
                 "enricher.session_wait_ms",
-                "at most 600000 (10 minutes): a waiting event holds back its batch",
+                "at most 600000 (10 minutes): waiting records hold back their partitions' commits",
+            ));
+        }
+        if self.enricher.max_waiting_records == 0 {
+            return Err(ConfigError::invalid(
+                "enricher.max_waiting_records",
+                "must be positive",
+            ));
+        }
+        if self.enricher.max_unknown_sessions == 0 {
+            return Err(ConfigError::invalid(
+                "enricher.max_unknown_sessions",
+                "must be positive",
             ));
         }
         Ok(())

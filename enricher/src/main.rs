@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use audit_enricher::config::Settings;
 use audit_enricher::follow::follow;
-use audit_enricher::service::{Enricher, Tables};
+use audit_enricher::service::{Enricher, Options, Tables};
+use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::{self, BatchOptions};
 use audit_runtime::kafka::GroupContext;
 use audit_runtime::ops::Health;
@@ -121,11 +122,17 @@ async fn run(cli: Cli) -> Result<()> {
     let mut enricher = Enricher::new(
         tables,
         producer,
-        settings.topics.enriched.name.clone(),
-        settings.topics.dlq.name.clone(),
         Redactor::new(&settings.redaction.keys),
-        Duration::from_millis(settings.enricher.session_wait_ms),
-        Duration::from_millis(settings.enricher.unknown_session_ttl_ms),
+        Options {
+            raw_topic: settings.topics.raw.name.clone(),
+            enriched_topic: settings.topics.enriched.name.clone(),
+            dlq_topic: settings.topics.dlq.name.clone(),
+            budget: SizeBudget::from(&settings.kafka),
+            session_wait: Duration::from_millis(settings.enricher.session_wait_ms),
+            unknown_session_ttl: Duration::from_millis(settings.enricher.unknown_session_ttl_ms),
+            max_waiting: settings.enricher.max_waiting_records,
+            max_unknown_sessions: settings.enricher.max_unknown_sessions,
+        },
     );
     let options = BatchOptions {
         max_records: settings.enricher.batch_max_records,
@@ -176,6 +183,10 @@ fn spawn_follower(
                 Table::Directory => {
                     let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
                     let r = d.apply_bytes(key, value).map_err(|e| e.to_string());
+                    let arrived = value.is_some_and(|v| !v.is_empty()) && r.is_ok();
+                    if let Some(session) = key.strip_prefix(b"session:").filter(|_| arrived) {
+                        tables.session_arrived(&String::from_utf8_lossy(session));
+                    }
                     let size = d.size();
                     metrics::gauge!("audit_enricher_directory_entries", "kind" => "session")
                         .set(size.sessions as f64);

@@ -153,6 +153,12 @@ impl RuleSet {
     pub fn rules(&self) -> impl Iterator<Item = &AuditRule> {
         self.rules.iter().map(|r| &r.rule)
     }
+
+    /// Whether some rule names this group: such names may label metrics (an operator chose
+    /// them), other group names may not.
+    pub fn names_group(&self, group: &str) -> bool {
+        self.rules.iter().any(|r| r.groups.contains(group))
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,32 @@
-//! The enricher's I/O: decoding raw records, waiting for late sessions, publishing enriched
-//! events and dead letters, and saying when a batch is durable so its offsets can be committed.
+//! The enricher's I/O: decoding raw records, holding back the ones whose session is late,
+//! publishing enriched events and dead letters, and saying when a batch is durable so its
+//! offsets can be committed.
+//!
+//! What each failure does:
+//!
+//! | failure | what happens |
+//! |---|---|
+//! | a raw record does not decode | dead letter (`undecodable`, `no_value`); the batch goes on |
+//! | its enriched form exceeds `kafka.message_max_bytes` | dead letter (`too_large`) with the raw record |
+//! | the broker refuses one enriched record | dead letter (`rejected`) with the enriched record |
+//! | the broker is away (any other produce error) | the batch is published again with backoff; after `PUBLISH_ATTEMPTS` the service stops uncommitted |
+//! | the session is not in the directory yet | that record (and later ones of its session) wait in the [`ParkingLot`], up to `enricher.session_wait_ms`; the rest of the batch goes on |
 
 use crate::directory::Directory;
 use crate::enrich::{enrich, RawPosition, Step};
+use crate::parking::{Held, ParkingLot, Release, UnknownSessions};
 use crate::rules::RuleSet;
+use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::PipelinedHandler;
+use audit_runtime::dead_letter::{self, DeadLetters, Origin};
 use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record};
+use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
+use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
 use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The tables the followers keep current and every batch reads.
@@ -19,57 +34,110 @@ use std::time::{Duration, Instant};
 pub struct Tables {
     pub directory: RwLock<Directory>,
     pub rules: RwLock<RuleSet>,
+    /// Session ids the directory follower applied since the enricher last looked: the sessions
+    /// whose held records can go on.
+    pub arrived_sessions: Mutex<Arrivals>,
+}
+
+/// Sessions that arrived in the directory, bounded: past the bound the enricher re-checks every
+/// waiting session instead.
+#[derive(Default)]
+pub struct Arrivals {
+    pub sessions: Vec<String>,
+    pub overflowed: bool,
+}
+
+const MAX_ARRIVALS: usize = 100_000;
+
+impl Tables {
+    /// Called by the directory follower for each session record it applies.
+    pub fn session_arrived(&self, id: &str) {
+        let mut a = self
+            .arrived_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if a.sessions.len() >= MAX_ARRIVALS {
+            a.overflowed = true;
+            a.sessions.clear();
+        }
+        if !a.overflowed {
+            a.sessions.push(id.to_string());
+        }
+    }
+}
+
+/// The enricher's settings that shape one batch's work.
+pub struct Options {
+    pub raw_topic: String,
+    pub enriched_topic: String,
+    pub dlq_topic: String,
+    pub budget: SizeBudget,
+    pub session_wait: Duration,
+    pub unknown_session_ttl: Duration,
+    /// Most records held back for late sessions at once.
+    pub max_waiting: usize,
+    /// Most sessions remembered as waited for in vain.
+    pub max_unknown_sessions: usize,
 }
 
 pub struct Enricher {
     pub tables: Arc<Tables>,
     publisher: Publisher,
+    letters: DeadLetters,
     pub redactor: Redactor,
-    pub session_wait: Duration,
-    pub unknown_session_ttl: Duration,
-    /// Sessions recently waited for in vain, so their next events do not wait again.
-    unknown_sessions: HashMap<String, Instant>,
+    raw_topic: String,
+    session_wait: Duration,
+    waiting: ParkingLot<Parked>,
+    unknown: UnknownSessions,
 }
 
-/// What one raw record turns into.
-enum Output {
-    Enriched(Vec<u8>),
-    DeadLetter(DeadLetter),
-    Dropped,
-    Waiting(Box<RawAuditEvent>, RawPosition),
+/// A raw record held back for its session: decoded again when released (rare), so nothing is
+/// held twice.
+#[derive(Debug)]
+struct Parked {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    received_at: Timestamp,
 }
+
+/// How often a held session is looked up again while records wait.
+const WAITING_POLL: Duration = Duration::from_millis(20);
 
 impl Enricher {
     pub fn new(
         tables: Arc<Tables>,
         producer: BatchProducer,
-        enriched_topic: String,
-        dlq_topic: String,
         redactor: Redactor,
-        session_wait: Duration,
-        unknown_session_ttl: Duration,
+        options: Options,
     ) -> Self {
+        let letters = DeadLetters::new(
+            producer.clone(),
+            &options.dlq_topic,
+            dead_letter::Stage::Enricher,
+            options.budget,
+        );
         Self {
             tables,
             publisher: Publisher {
                 producer,
-                enriched_topic: enriched_topic.into(),
-                dlq_topic: dlq_topic.into(),
+                enriched_topic: options.enriched_topic.into(),
+                dlq_topic: options.dlq_topic.into(),
+                budget: options.budget,
             },
+            letters,
             redactor,
-            session_wait,
-            unknown_session_ttl,
-            unknown_sessions: HashMap::new(),
+            raw_topic: options.raw_topic,
+            session_wait: options.session_wait,
+            waiting: ParkingLot::new(options.max_waiting),
+            unknown: UnknownSessions::new(
+                options.max_unknown_sessions,
+                options.unknown_session_ttl,
+            ),
         }
     }
 
-    fn step(
-        &self,
-        raw: RawAuditEvent,
-        position: RawPosition,
-        give_up: bool,
-        now: Timestamp,
-    ) -> Output {
+    /// Join, rules and redaction for one event, with metrics.
+    fn step(&self, raw: RawAuditEvent, position: RawPosition, give_up: bool) -> Step {
         let step = {
             let directory = self
                 .tables
@@ -84,89 +152,230 @@ impl Enricher {
                 &rules,
                 &self.redactor,
                 give_up,
-                now,
+                Timestamp::now(),
             )
         };
-        match step {
+        match &step {
             Step::Publish { event, redacted } => {
-                if redacted > 0 {
+                if *redacted > 0 {
                     metrics::counter!("audit_enricher_secrets_redacted_total")
-                        .increment(redacted as u64);
+                        .increment(*redacted as u64);
                 }
                 if event.claimed_user_mismatch {
                     metrics::counter!("audit_enricher_claimed_user_mismatch_total").increment(1);
                 }
                 metrics::counter!("audit_enricher_events_out_total", "enrichment" => event.enrichment.as_str())
                     .increment(1);
-                match event.encode() {
-                    Ok(bytes) => Output::Enriched(bytes),
-                    Err(e) => Output::DeadLetter(dead_letter(
-                        None,
-                        &position,
-                        format!("cannot encode the enriched event: {e}"),
-                    )),
-                }
             }
             Step::Dropped {
                 rule_id,
                 event_type,
                 groups,
             } => {
-                if groups.is_empty() {
-                    metrics::counter!("audit_enricher_events_dropped_total", "event_type" => event_type, "group" => "", "rule" => rule_id)
-                        .increment(1);
-                } else {
-                    for group in groups {
-                        metrics::counter!("audit_enricher_events_dropped_total", "event_type" => event_type.clone(), "group" => group, "rule" => rule_id.clone())
-                            .increment(1);
-                    }
+                // Labels from closed sets only: catalog types, rule ids and the groups rules
+                // name; a sender's invented types or groups count as "other".
+                let event_type = audit_runtime::labels::event_type(event_type);
+                let rules = self.tables.rules.read().unwrap_or_else(|p| p.into_inner());
+                let mut labels: Vec<String> = groups
+                    .iter()
+                    .map(|g| audit_runtime::labels::configured(g, |g| rules.names_group(g)))
+                    .collect();
+                labels.sort_unstable();
+                labels.dedup();
+                if labels.is_empty() {
+                    labels.push(String::new());
                 }
-                Output::Dropped
+                for group in labels {
+                    metrics::counter!("audit_enricher_events_dropped_total", "event_type" => event_type, "group" => group, "rule" => rule_id.clone())
+                        .increment(1);
+                }
             }
-            Step::AwaitSession(raw) => Output::Waiting(raw, position),
+            Step::AwaitSession(_) => {}
+        }
+        step
+    }
+
+    /// What one raw record becomes: an enriched record or a dead letter to publish, nothing
+    /// (dropped by a rule), or `Err(event)` when it must wait for its session.
+    fn process(
+        &self,
+        raw: RawAuditEvent,
+        key: Option<&[u8]>,
+        value: &[u8],
+        position: RawPosition,
+        give_up: bool,
+    ) -> Result<Option<Out>, Box<RawAuditEvent>> {
+        let origin = Origin {
+            topic: &self.raw_topic,
+            partition: position.partition,
+            offset: position.offset,
+        };
+        match self.step(raw, position, give_up) {
+            Step::AwaitSession(raw) => Err(raw),
+            Step::Dropped { .. } => Ok(None),
+            Step::Publish { event, .. } => {
+                let payload = match event.encode() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Ok(Some(Out::Letter(self.letters.letter(
+                            Cause::Invalid,
+                            &format!("cannot encode the enriched event: {e}"),
+                            key,
+                            Some(value),
+                            Some(origin),
+                        ))))
+                    }
+                };
+                let key_len = key.map_or(0, <[u8]>::len);
+                if !self.publisher.budget.fits(key_len, payload.len()) {
+                    return Ok(Some(Out::Letter(self.letters.letter(
+                        Cause::TooLarge,
+                        &format!(
+                            "the enriched event is {} bytes, over kafka.message_max_bytes ({})",
+                            payload.len() + key_len,
+                            self.publisher.budget.message_max_bytes()
+                        ),
+                        key,
+                        Some(value),
+                        Some(origin),
+                    ))));
+                }
+                Ok(Some(Out::Record(OutRecord {
+                    to: Target::Enriched,
+                    key: key.map(<[u8]>::to_vec),
+                    payload,
+                    origin: (position.partition, position.offset),
+                })))
+            }
         }
     }
 
-    fn recently_unknown(&mut self, session: Option<&str>) -> bool {
-        let Some(session) = session else { return false };
-        match self.unknown_sessions.get(session) {
-            Some(since) if since.elapsed() < self.unknown_session_ttl => true,
-            Some(_) => {
-                self.unknown_sessions.remove(session);
-                false
+    fn hold(&mut self, session: &str, m: &OwnedMessage, position: RawPosition, out: &mut Vec<Out>) {
+        let held = Held {
+            partition: position.partition,
+            offset: position.offset,
+            item: Parked {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                received_at: position.received_at,
+            },
+        };
+        let pushed_out = self
+            .waiting
+            .park(session, held, Instant::now() + self.session_wait);
+        if !pushed_out.is_empty() {
+            metrics::counter!("audit_enricher_waiting_released_early_total")
+                .increment(pushed_out.len() as u64);
+        }
+        self.released(pushed_out, out);
+    }
+
+    /// Processes released records, in the order they were held.
+    fn released(&mut self, released: Vec<(Held<Parked>, Release)>, out: &mut Vec<Out>) {
+        let now = Instant::now();
+        for (held, why) in released {
+            let position = RawPosition {
+                partition: held.partition,
+                offset: held.offset,
+                received_at: held.item.received_at,
+            };
+            let key = held.item.key.as_deref();
+            let value = &held.item.value;
+            let raw = match RawAuditEvent::decode(value) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    out.push(Out::Letter(self.letters.letter(
+                        Cause::Undecodable,
+                        &e.to_string(),
+                        key,
+                        Some(value),
+                        Some(Origin {
+                            topic: &self.raw_topic,
+                            partition: held.partition,
+                            offset: held.offset,
+                        }),
+                    )));
+                    continue;
+                }
+            };
+            let session = raw.session_id.clone();
+            let give_up = why == Release::GaveUp;
+            let result = match self.process(raw, key, value, position, give_up) {
+                // The session went away again between arrival and now: it is unknown.
+                Err(raw) => self
+                    .process(*raw, key, value, position, true)
+                    .unwrap_or(None),
+                Ok(o) => o,
+            };
+            if give_up {
+                if let Some(s) = session.as_deref() {
+                    self.unknown.remember(s, now);
+                }
             }
-            None => false,
+            out.extend(result);
         }
     }
 
-    fn remember_unknown(&mut self, session: Option<&str>) {
-        if let Some(session) = session {
-            if self.unknown_sessions.len() >= 100_000 {
-                let ttl = self.unknown_session_ttl;
-                self.unknown_sessions
-                    .retain(|_, since| since.elapsed() < ttl);
-            }
-            self.unknown_sessions
-                .insert(session.to_string(), Instant::now());
+    /// Releases what waits for sessions that arrived or whose wait ran out.
+    fn release_ready(&mut self, out: &mut Vec<Out>) {
+        if self.waiting.is_empty() {
+            // Nothing waits: arrivals matter to no one.
+            let mut a = self
+                .tables
+                .arrived_sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            a.sessions.clear();
+            a.overflowed = false;
+            return;
         }
+        let arrivals = std::mem::take(
+            &mut *self
+                .tables
+                .arrived_sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut released = Vec::new();
+        if arrivals.overflowed {
+            tracing::debug!("many sessions arrived at once; checking every waiting session");
+        }
+        for s in &arrivals.sessions {
+            self.unknown.forget(s);
+            released.extend(self.waiting.release(s, Release::Arrived));
+        }
+        if arrivals.overflowed {
+            let known: Vec<String> = {
+                let d = self
+                    .tables
+                    .directory
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
+                self.waiting_sessions()
+                    .filter(|s| d.session(s).is_some())
+                    .collect()
+            };
+            for s in known {
+                released.extend(self.waiting.release(&s, Release::Arrived));
+            }
+        }
+        for (_, r) in self.waiting.release_expired(Instant::now()) {
+            metrics::counter!("audit_enricher_session_wait_expired_total")
+                .increment(r.len() as u64);
+            released.extend(r);
+        }
+        self.released(released, out);
+    }
+
+    fn waiting_sessions(&self) -> impl Iterator<Item = String> + '_ {
+        self.waiting.sessions().map(str::to_string)
     }
 }
 
-fn dead_letter(
-    message: Option<&OwnedMessage>,
-    position: &RawPosition,
-    reason: String,
-) -> DeadLetter {
-    DeadLetter {
-        original_key: message.and_then(|m| m.key().map(<[u8]>::to_vec)),
-        original_value: message.and_then(|m| m.payload().map(<[u8]>::to_vec)),
-        stage: "enricher".to_string(),
-        reason,
-        source_topic: message.map(|m| m.topic().to_string()),
-        source_partition: Some(position.partition),
-        source_offset: Some(position.offset),
-        failed_at: Timestamp::now(),
-    }
+/// What one record turns into.
+enum Out {
+    Record(OutRecord),
+    Letter(DeadLetter),
 }
 
 fn position_of(m: &OwnedMessage) -> RawPosition {
@@ -187,111 +396,121 @@ impl PipelinedHandler for Enricher {
 
     async fn submit(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Self::Delivery> {
         metrics::counter!("audit_enricher_events_in_total").increment(batch.len() as u64);
-        let now = Timestamp::now();
-        let mut outputs: Vec<Output> = Vec::with_capacity(batch.len());
+        let mut outs: Vec<Out> = Vec::with_capacity(batch.len());
+        // Released records are older than this batch's: they go first.
+        self.release_ready(&mut outs);
+        let now = Instant::now();
         for m in batch {
             let position = position_of(m);
-            let output = match m.payload().map(RawAuditEvent::decode) {
-                None => Output::DeadLetter(dead_letter(
-                    Some(m),
-                    &position,
-                    "record has no value".into(),
-                )),
-                Some(Err(e)) => Output::DeadLetter(dead_letter(Some(m), &position, e.to_string())),
-                Some(Ok(raw)) => {
-                    let give_up = self.recently_unknown(raw.session_id.as_deref());
-                    self.step(raw, position, give_up, now)
+            let raw = match dead_letter::decode::<RawAuditEvent, _>(m) {
+                Ok(raw) => raw,
+                Err((cause, reason)) => {
+                    outs.push(Out::Letter(self.letters.for_message(m, cause, &reason)));
+                    continue;
                 }
             };
-            outputs.push(output);
-        }
-        self.wait_for_late_sessions(&mut outputs).await;
-
-        // Enriched events first, then dead letters, each keeping the raw record's key.
-        let mut records = Vec::with_capacity(outputs.len());
-        let mut letters = Vec::new();
-        for (m, output) in batch.iter().zip(outputs) {
-            let key = m.key().map(<[u8]>::to_vec);
-            match output {
-                Output::Enriched(payload) => records.push(OutRecord {
-                    to: Target::Enriched,
-                    key,
-                    payload,
-                }),
-                Output::DeadLetter(letter) => {
-                    tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %letter.reason, "raw record dead-lettered");
-                    metrics::counter!("audit_enricher_dead_letters_total").increment(1);
-                    letters.push(OutRecord {
-                        to: Target::DeadLetters,
-                        key,
-                        payload: letter.encode()?,
-                    });
+            let session = raw.session_id.clone();
+            if let Some(s) = session.as_deref() {
+                if self.waiting.is_waiting(s) {
+                    // Behind an earlier event of its session: keeps the session's order.
+                    self.hold(s, m, position, &mut outs);
+                    continue;
                 }
-                Output::Dropped | Output::Waiting(..) => {}
+            }
+            let give_up = session
+                .as_deref()
+                .is_some_and(|s| self.unknown.contains(s, now));
+            let value = m.payload().unwrap_or_default();
+            match self.process(raw, m.key(), value, position, give_up) {
+                Ok(out) => outs.extend(out),
+                Err(raw) => {
+                    let s = raw.session_id.as_deref().unwrap_or_default().to_string();
+                    self.hold(&s, m, position, &mut outs);
+                }
             }
         }
-        records.append(&mut letters);
+        metrics::gauge!("audit_enricher_waiting_for_session").set(self.waiting.len() as f64);
+        metrics::gauge!("audit_enricher_unknown_sessions_remembered")
+            .set(self.unknown.len() as f64);
+
+        // Enriched events first, then dead letters, each keeping the raw record's key.
+        let mut records = Vec::with_capacity(outs.len());
+        let mut letters = Vec::new();
+        for out in outs {
+            match out {
+                Out::Record(r) => records.push(r),
+                Out::Letter(l) => letters.push(l),
+            }
+        }
+        for l in &letters {
+            records.push(OutRecord {
+                to: Target::DeadLetters,
+                key: l.original_key.clone(),
+                payload: l.encode()?,
+                origin: (
+                    l.source_partition.unwrap_or(-1),
+                    l.source_offset.unwrap_or(-1),
+                ),
+            });
+        }
 
         // Enqueued now, so batches reach the broker in order; acknowledged in the background
         // while the next batch is prepared.
         let publisher = self.publisher.clone();
+        let dead_letters = self.letters.clone();
+        let raw_topic = self.raw_topic.clone();
         let first = publisher.enqueue(&records).await;
         Ok(Box::pin(async move {
             let first = match first {
-                Ok(acks) => acks.acknowledged().await.map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
+                Ok(acks) => acks.acknowledged().await,
+                Err(e) => Err(e),
             };
-            publisher.retry_until_acknowledged(&records, first).await
+            let rejected = publisher.retry_until_acknowledged(&records, first).await?;
+            dead_letters.published(&letters);
+            // Records the broker refused one by one: dead letters, then the batch is done.
+            let mut refused = Vec::new();
+            for r in rejected {
+                let Some(record) = records.get(r.index) else {
+                    continue;
+                };
+                if let Target::DeadLetters = record.to {
+                    anyhow::bail!("the broker refused a dead letter ({}); check audit.dlq's max.message.bytes against kafka.message_max_bytes", r.error);
+                }
+                refused.push(dead_letters.letter(
+                    Cause::Rejected,
+                    &format!("the broker refused the enriched event: {}", r.error),
+                    record.key.as_deref(),
+                    Some(&record.payload),
+                    Some(Origin {
+                        topic: &raw_topic,
+                        partition: record.origin.0,
+                        offset: record.origin.1,
+                    }),
+                ));
+            }
+            dead_letters.publish(&refused).await?;
+            Ok(())
         }))
     }
-}
 
-impl Enricher {
-    /// Late sessions: waits (bounded) for the directory follower to learn them. The batch is
-    /// published in order afterwards, so a session's events stay in order.
-    async fn wait_for_late_sessions(&mut self, outputs: &mut [Output]) {
-        let waiting = outputs
-            .iter()
-            .filter(|o| matches!(o, Output::Waiting(..)))
-            .count();
-        if waiting == 0 {
-            return;
-        }
-        metrics::gauge!("audit_enricher_waiting_for_session").set(waiting as f64);
-        let deadline = Instant::now() + self.session_wait;
-        loop {
-            let give_up = Instant::now() >= deadline;
-            let mut still = 0;
-            for output in outputs.iter_mut() {
-                if let Output::Waiting(..) = output {
-                    let Output::Waiting(raw, position) = std::mem::replace(output, Output::Dropped)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    let session = raw.session_id.clone();
-                    *output = self.step(*raw, position, give_up, Timestamp::now());
-                    if give_up {
-                        self.remember_unknown(session.as_deref());
-                    }
-                    if matches!(output, Output::Waiting(..)) {
-                        still += 1;
-                    }
-                }
-            }
-            if still == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        metrics::gauge!("audit_enricher_waiting_for_session").set(0.0);
+    fn held_back(&self) -> Vec<(i32, i64)> {
+        self.waiting.floors().collect()
+    }
+
+    fn wake_at(&mut self) -> Option<tokio::time::Instant> {
+        let deadline = self.waiting.next_deadline()?;
+        let poll = Instant::now() + WAITING_POLL;
+        Some(tokio::time::Instant::from_std(deadline.min(poll)))
     }
 }
 
 /// How often a batch's publication is tried before the enricher gives up and exits (its
 /// offsets uncommitted, so a restart redoes the batch): about a minute in all.
-const PUBLISH_ATTEMPTS: u32 = 8;
-const PUBLISH_BACKOFF: Duration = Duration::from_millis(500);
-const PUBLISH_MAX_BACKOFF: Duration = Duration::from_secs(15);
+const PUBLISH_RETRY: RetryPolicy = RetryPolicy {
+    initial: Duration::from_millis(500),
+    max_backoff: Duration::from_secs(15),
+    max_attempts: Some(8),
+};
 
 /// Where an output record goes.
 #[derive(Clone, Copy)]
@@ -305,6 +524,8 @@ struct OutRecord {
     to: Target,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// The raw record's partition and offset.
+    origin: (i32, i64),
 }
 
 /// The producer and the topics output goes to; cheap to clone into each batch's delivery.
@@ -313,14 +534,10 @@ struct Publisher {
     producer: BatchProducer,
     enriched_topic: Arc<str>,
     dlq_topic: Arc<str>,
+    budget: SizeBudget,
 }
 
 impl Publisher {
-    /// Enqueues every record in order and waits for all their acknowledgements.
-    async fn publish(&self, records: &[OutRecord]) -> anyhow::Result<()> {
-        Ok(self.enqueue(records).await?.acknowledged().await?)
-    }
-
     /// Enqueues every record in order, waiting while the producer's queue is full.
     async fn enqueue(&self, records: &[OutRecord]) -> Result<Arc<Acks>, PublishError> {
         self.producer
@@ -338,29 +555,40 @@ impl Publisher {
     /// A broker restart or leader move can fail records the producer already retried; the
     /// whole batch is published again (records that did land become duplicates downstream,
     /// never losses, and a retried batch can land after its successors), and only a failure
-    /// that outlasts every attempt fails the batch, which stops the service.
+    /// that outlasts every attempt fails the batch, which stops the service. Records refused
+    /// one by one are returned, not retried.
     async fn retry_until_acknowledged(
         &self,
         records: &[OutRecord],
-        mut result: anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut backoff = PUBLISH_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < PUBLISH_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, retry_in = ?backoff, "publishing a batch failed; retrying it whole");
-                    metrics::counter!("audit_enricher_publish_retries_total").increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(PUBLISH_MAX_BACKOFF);
-                    attempt += 1;
-                    result = self.publish(records).await;
-                }
-                Err(e) => {
-                    return Err(e.context(format!("publishing a batch failed {attempt} times")))
-                }
+        first: Result<Vec<audit_runtime::publish::Rejected>, PublishError>,
+    ) -> anyhow::Result<Vec<audit_runtime::publish::Rejected>> {
+        let mut first = Some(first);
+        let result = PUBLISH_RETRY
+            .run(
+                "publishing a batch",
+                |e: &PublishError| match e {
+                    PublishError::Enqueue { source, .. } => {
+                        audit_runtime::publish::classify(source)
+                    }
+                    PublishError::NotAcknowledged(_) => ErrorClass::Retryable,
+                },
+                |_| metrics::counter!("audit_enricher_publish_retries_total").increment(1),
+                || {
+                    let taken = first.take();
+                    async move {
+                        match taken {
+                            Some(result) => result,
+                            None => self.enqueue(records).await?.acknowledged().await,
+                        }
+                    }
+                },
+            )
+            .await;
+        result.map_err(|e| match e {
+            GaveUp::Exhausted { attempts, last } => {
+                anyhow::anyhow!("publishing a batch failed {attempts} times: {last}")
             }
-        }
+            GaveUp::PerRecord(e) | GaveUp::Fatal(e) => anyhow::anyhow!("publishing a batch: {e}"),
+        })
     }
 }

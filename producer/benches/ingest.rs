@@ -10,7 +10,7 @@
 
 use audit_producer::auth::Tokens;
 use audit_producer::config::TokenConfig;
-use audit_producer::http::{router, IngestState};
+use audit_producer::http::{router, IngestState, Limits};
 use audit_producer::publish::Publisher;
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
@@ -37,7 +37,12 @@ async fn main() -> anyhow::Result<()> {
     let batches = audit_tests::env_count("BENCH_BATCHES", 300);
     let topics = audit_tests::unique_topics(6);
     audit_tests::create_topics(&topics).await?;
-    let publisher = Publisher::new(audit_tests::producer()?, &topics, 200_000);
+    let publisher = Publisher::new(
+        audit_tests::producer()?,
+        &topics,
+        200_000,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    );
     let state = Arc::new(IngestState {
         publisher: publisher.clone(),
         tokens: Tokens::new(
@@ -49,9 +54,9 @@ async fn main() -> anyhow::Result<()> {
             None,
         ),
         redactor: Redactor::default(),
-        max_events: 1_000,
+        limits: Limits::default(),
     });
-    let app = router(state, 1 << 20, Health::default())?;
+    let app = router(state, Health::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/events", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -34,6 +34,14 @@ pub struct HttpConfig {
     /// Events allowed in the producer's queue before requests get 503 with Retry-After instead
     /// of growing memory.
     pub max_in_flight: usize,
+    /// Requests handled at once; more get 503 with Retry-After at once instead of queueing.
+    pub max_in_flight_requests: usize,
+    /// Connections open at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A request body must arrive within this many milliseconds, else 408.
+    pub body_timeout_ms: u64,
+    /// Most event errors a 422 lists (it also says how many there were).
+    pub max_errors_listed: usize,
     /// Accept requests without a token. Only for local development.
     pub allow_anonymous: bool,
     /// The service name given to anonymous events that name none.
@@ -47,6 +55,10 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_events: 1_000,
             max_in_flight: 50_000,
+            max_in_flight_requests: 256,
+            max_connections: 1_024,
+            body_timeout_ms: 10_000,
+            max_errors_listed: 100,
             allow_anonymous: false,
             anonymous_service: "anonymous".to_string(),
         }
@@ -121,6 +133,19 @@ impl Validate for Settings {
         }
         if self.http.max_events == 0 {
             return Err(ConfigError::invalid("http.max_events", "must be positive"));
+        }
+        for (setting, value) in [
+            (
+                "http.max_in_flight_requests",
+                self.http.max_in_flight_requests as u64,
+            ),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.max_errors_listed", self.http.max_errors_listed as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(setting, "must be positive"));
+            }
         }
         if self.http.max_in_flight < self.http.max_events {
             return Err(ConfigError::invalid(

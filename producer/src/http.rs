@@ -1,68 +1,176 @@
 //! The ingest API: `POST /v1/events`, plus `/metrics` and `/healthz`.
 //!
 //! The handler answers 202 only after the broker acknowledged every event of the request; see
-//! [`crate::body`] for the statuses of bad requests.
+//! [`crate::body`] for the statuses of bad requests. No sender can stall it for others:
+//!
+//! - the bearer token is checked before a byte of the body is read (401 at once);
+//! - at most `http.max_in_flight_requests` requests are handled at once (503 with
+//!   `Retry-After` past that: real capacity, the only 503 besides a broker outage);
+//! - a body must arrive within `http.body_timeout_ms` (408) and within `http.max_body_bytes`
+//!   (413);
+//! - at most `http.max_connections` connections are open at once; further ones wait in the
+//!   kernel's accept queue;
+//! - a 422 lists at most `http.max_errors_listed` errors (and says how many there were).
+//!
+//! A client's fault (4xx) never touches `/healthz`.
 
 use crate::auth::Tokens;
-use crate::body::{self, BodyError};
+use crate::body::{self, BodyError, Caller};
 use crate::publish::{PublishError, Publisher};
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
-use bytes::Bytes;
+use axum::{Extension, Json, Router};
 use serde_json::json;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct IngestState {
     pub publisher: Publisher,
     pub tokens: Tokens,
     pub redactor: Redactor,
+    pub limits: Limits,
+}
+
+/// What one request may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
     pub max_events: usize,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub max_errors_listed: usize,
+    pub max_in_flight_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000,
+            max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_errors_listed: 100,
+            max_in_flight_requests: 256,
+        }
+    }
 }
 
 /// The full router: ingest plus the ops routes.
-pub fn router(
-    state: Arc<IngestState>,
-    max_body_bytes: usize,
-    health: Health,
-) -> anyhow::Result<Router> {
+pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router> {
+    let capacity = Arc::new(Semaphore::new(state.limits.max_in_flight_requests.max(1)));
     let ingest = Router::new()
         .route("/v1/events", post(post_events))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Runs innermost: only requests with a valid token take a slot.
+        .layer(middleware::from_fn_with_state(capacity, within_capacity))
+        .layer(middleware::from_fn_with_state(state.clone(), authorized))
         .with_state(state);
     Ok(ingest.merge(audit_runtime::ops::router(health)?))
 }
 
-async fn post_events(
+/// Checks the bearer token before anything reads the body.
+async fn authorized(
     State(state): State<Arc<IngestState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    mut request: Request,
+    next: Next,
 ) -> Response {
-    let auth = headers
+    let auth = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(caller) = state.tokens.authorize(auth) else {
-        metrics::counter!("audit_producer_requests_total", "outcome" => "unauthorized")
-            .increment(1);
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "a valid bearer token is required"})),
-        )
-            .into_response();
+    match state.tokens.authorize(auth) {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
+            metrics::counter!("audit_producer_requests_total", "outcome" => "401").increment(1);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Refuses requests past the in-flight limit instead of queueing them.
+async fn within_capacity(
+    State(capacity): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = capacity.try_acquire() else {
+        metrics::counter!("audit_producer_requests_total", "outcome" => "busy").increment(1);
+        return busy("the ingest API is handling as many requests as it may; retry after 1 second");
     };
+    next.run(request).await
+}
+
+fn busy(message: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// Reads the body within the size and time limits.
+async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(
+        limits.body_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(client_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("the body is larger than {} bytes (http.max_body_bytes) or was cut off", limits.max_body_bytes)}),
+        )),
+        Err(_) => Err(client_error(
+            StatusCode::REQUEST_TIMEOUT,
+            json!({"error": format!("the body did not arrive within {} ms (http.body_timeout_ms)", limits.body_timeout.as_millis())}),
+        )),
+    }
+}
+
+fn client_error(status: StatusCode, body: serde_json::Value) -> Response {
+    metrics::counter!("audit_producer_requests_total", "outcome" => status.as_str().to_string())
+        .increment(1);
+    (status, Json(body)).into_response()
+}
+
+async fn post_events(
+    State(state): State<Arc<IngestState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let events = match body::parse(content_type, &body, state.max_events)
+    let limits = &state.limits;
+    let body = match read_body(request.into_body(), limits).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let events = match body::parse(content_type, &body, limits.max_events)
         .and_then(|values| body::validate(values, &caller, &state.redactor))
     {
         Ok(events) => events,
-        Err(e) => return reject(e),
+        Err(e) => return reject(e, limits.max_errors_listed),
     };
     match state.publisher.publish(&events).await {
         Ok(()) => {
@@ -77,15 +185,14 @@ async fn post_events(
             )
                 .into_response()
         }
+        Err(e @ PublishError::TooLarge { index, limit, .. }) => client_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("{e}; none of the request was accepted"), "index": index, "limit": limit}),
+        ),
         Err(PublishError::Busy { in_flight }) => {
             metrics::counter!("audit_producer_requests_total", "outcome" => "busy").increment(1);
             tracing::warn!(in_flight, "ingest refused: producer queue full");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                Json(json!({"error": "the producer is at capacity; retry after 1 second"})),
-            )
-                .into_response()
+            busy("the producer is at capacity; retry after 1 second")
         }
         Err(e) => {
             metrics::counter!("audit_producer_requests_total", "outcome" => "failed").increment(1);
@@ -100,13 +207,113 @@ async fn post_events(
     }
 }
 
-fn reject(e: BodyError) -> Response {
+fn reject(e: BodyError, max_listed: usize) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    metrics::counter!("audit_producer_requests_total", "outcome" => status.as_str().to_string())
-        .increment(1);
     let body = match &e {
-        BodyError::Invalid(errors) => json!({"error": e.to_string(), "errors": errors}),
+        BodyError::Invalid(errors) => json!({
+            "error": e.to_string(),
+            "errors": &errors[..errors.len().min(max_listed)],
+            "errors_total": errors.len(),
+            "errors_truncated": errors.len() > max_listed,
+        }),
         _ => json!({"error": e.to_string()}),
     };
-    (status, Json(body)).into_response()
+    client_error(status, body)
+}
+
+/// A TCP listener that keeps at most a fixed number of connections open: past it, `accept`
+/// waits until one closes, so an open-and-idle flood cannot exhaust the process's sockets.
+pub struct LimitedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl LimitedListener {
+    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = match self.slots.clone().acquire_owned().await {
+            Ok(p) => Some(p),
+            // Never closed; a closed semaphore would only lift the limit.
+            Err(_) => None,
+        };
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        LimitedStream {
+                            stream,
+                            _slot: permit,
+                        },
+                        addr,
+                    )
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection holding one of the listener's slots until it closes.
+pub struct LimitedStream {
+    stream: TcpStream,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }

@@ -7,6 +7,7 @@ use audit_producer::config::Settings;
 use audit_producer::publish::Publisher;
 use audit_producer::tail::{TailOptions, Tailer};
 use audit_producer::{gen, http, send};
+use audit_runtime::budget::SizeBudget;
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
 use audit_schemas::redaction::Redactor;
@@ -97,6 +98,7 @@ async fn run(cli: Cli) -> Result<()> {
             producer,
             &settings.topics,
             settings.http.max_in_flight,
+            SizeBudget::from(&settings.kafka),
         ))
     };
     match cli.command {
@@ -120,9 +122,15 @@ async fn run(cli: Cli) -> Result<()> {
                         .then_some(settings.http.anonymous_service.as_str()),
                 ),
                 redactor,
-                max_events: settings.http.max_events,
+                limits: http::Limits {
+                    max_events: settings.http.max_events,
+                    max_body_bytes: settings.http.max_body_bytes,
+                    body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+                    max_errors_listed: settings.http.max_errors_listed,
+                    max_in_flight_requests: settings.http.max_in_flight_requests,
+                },
             });
-            let app = http::router(state, settings.http.max_body_bytes, health.clone())?;
+            let app = http::router(state, health.clone())?;
             let listener = tokio::net::TcpListener::bind(settings.http.listen)
                 .await
                 .with_context(|| {
@@ -134,6 +142,7 @@ async fn run(cli: Cli) -> Result<()> {
             health.set("kafka", true, "producer created");
             tracing::info!(listen = %settings.http.listen, topic = publisher.raw_topic(), "ingest API ready");
             let stop = shutdown.clone();
+            let listener = http::LimitedListener::new(listener, settings.http.max_connections);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.requested().await })
                 .await?;

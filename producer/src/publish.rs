@@ -1,6 +1,7 @@
 //! Publishing to `audit.raw` (and dead letters to `audit.dlq`): the only Kafka I/O of the
 //! producer. A publish returns only when the broker acknowledged every record (`acks=all`).
 
+use audit_runtime::budget::SizeBudget;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::{AvroRecord, DeadLetter, EncodeError, RawAuditEvent};
@@ -21,6 +22,13 @@ pub enum PublishError {
     Busy { in_flight: usize },
     #[error("Kafka did not acknowledge a record: {0}")]
     Kafka(#[from] KafkaError),
+    /// The client's fault: nothing of the request was enqueued.
+    #[error("event {index} is {size} bytes encoded; at most {limit} are accepted (kafka.message_max_bytes less room for enrichment)")]
+    TooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// After this many publishes in a row fail, `/healthz` reports the `kafka` check unhealthy, so an
@@ -34,20 +42,36 @@ pub struct Publisher {
     raw_topic: String,
     dlq_topic: String,
     max_in_flight: usize,
+    budget: SizeBudget,
     health: Option<Health>,
     failures_in_a_row: Arc<AtomicU32>,
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, topics: &TopicsConfig, max_in_flight: usize) -> Self {
+    pub fn new(
+        producer: FutureProducer,
+        topics: &TopicsConfig,
+        max_in_flight: usize,
+        budget: SizeBudget,
+    ) -> Self {
         Self {
             producer,
             raw_topic: topics.raw.name.clone(),
             dlq_topic: topics.dlq.name.clone(),
             max_in_flight,
+            budget,
             health: None,
             failures_in_a_row: Arc::default(),
         }
+    }
+
+    pub fn budget(&self) -> &SizeBudget {
+        &self.budget
+    }
+
+    /// Key plus encoded value: what counts against [`SizeBudget::raw_record_max`].
+    pub fn encoded_len(event: &RawAuditEvent) -> Result<usize, EncodeError> {
+        Ok(event.partition_key().len() + event.encode()?.len())
     }
 
     /// Reports publish failures to `/healthz` (check `kafka`).
@@ -78,7 +102,9 @@ impl Publisher {
                 }
             }
             // Refused before anything was sent: says nothing about the broker.
-            Err(PublishError::Busy { .. } | PublishError::Encode(_)) => {}
+            Err(
+                PublishError::Busy { .. } | PublishError::Encode(_) | PublishError::TooLarge { .. },
+            ) => {}
         }
     }
 
@@ -92,8 +118,8 @@ impl Publisher {
 
     /// Publishes every event keyed by its partition key and waits for all acknowledgements.
     ///
-    /// Encoding and the capacity check happen before the first record is enqueued, so a request
-    /// refused as `Busy` or unencodable left nothing behind.
+    /// Encoding, the size budget and the capacity check happen before the first record is
+    /// enqueued, so a request refused as too large, `Busy` or unencodable left nothing behind.
     pub async fn publish(&self, events: &[RawAuditEvent]) -> Result<(), PublishError> {
         let result = self.publish_all(events).await;
         self.record_outcome(&result);
@@ -105,6 +131,15 @@ impl Publisher {
             .iter()
             .map(|e| Ok((e.partition_key(), e.encode()?)))
             .collect::<Result<Vec<_>, EncodeError>>()?;
+        let limit = self.budget.raw_record_max();
+        if let Some((index, size)) = encoded
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .enumerate()
+            .find(|(_, size)| *size > limit)
+        {
+            return Err(PublishError::TooLarge { index, size, limit });
+        }
         let in_flight = self.producer.in_flight_count().max(0) as usize;
         if in_flight + encoded.len() > self.max_in_flight {
             return Err(PublishError::Busy { in_flight });
@@ -146,7 +181,14 @@ impl Publisher {
             .send(record, Duration::from_secs(60))
             .await
             .map_err(|(e, _)| PublishError::Kafka(e))?;
-        metrics::counter!("audit_producer_dead_letters_total", "stage" => letter.stage.clone())
+        let cause = audit_schemas::dead_letter::Cause::parse(&letter.cause)
+            .map_or("unknown", |c| c.as_str());
+        let stage = match letter.stage.as_str() {
+            "tailer" => "tailer",
+            "send" => "send",
+            _ => "producer",
+        };
+        metrics::counter!("audit_dead_letters_total", "stage" => stage, "cause" => cause)
             .increment(1);
         Ok(())
     }
@@ -172,7 +214,13 @@ mod tests {
         let producer = audit_runtime::kafka::producer(&kafka, "unit").unwrap();
         let health = Health::default();
         health.set("kafka", true, "producer created");
-        let p = Publisher::new(producer, &TopicsConfig::default(), 10).with_health(health.clone());
+        let p = Publisher::new(
+            producer,
+            &TopicsConfig::default(),
+            10,
+            SizeBudget::new(1_000_000),
+        )
+        .with_health(health.clone());
         let failure = || Err(PublishError::Kafka(KafkaError::Canceled));
         for _ in 1..FAILURES_BEFORE_UNHEALTHY {
             p.record_outcome(&failure());

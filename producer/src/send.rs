@@ -1,10 +1,14 @@
 //! `audit-producer send [FILE|-]`: JSON or NDJSON from a file or stdin, validated exactly like
-//! the HTTP API and published in one all-or-nothing batch.
+//! the HTTP API: nothing is published unless every event is valid. An event over the size budget
+//! is not invalid, only unpublishable: it becomes a dead letter and the others are published.
 
 use crate::body::{self, Caller};
 use crate::publish::Publisher;
 use anyhow::{bail, Context, Result};
+use audit_runtime::dead_letter::Stage;
+use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
+use audit_schemas::AvroRecord;
 use std::io::Read;
 use std::path::Path;
 
@@ -55,6 +59,36 @@ pub async fn send(
         }
         Err(e) => bail!("{e}; nothing was published"),
     };
+    // Events over the size budget cannot be published: each becomes a dead letter (capped,
+    // with the whole event's hash) and the others go on.
+    let limit = publisher.budget().raw_record_max();
+    let mut fitting = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        let encoded = event.encode().context("encoding an event")?;
+        let size = encoded.len() + event.partition_key().len();
+        if size <= limit {
+            fitting.push(event);
+            continue;
+        }
+        let reason = format!(
+            "event {index} is {size} bytes encoded; at most {limit} are accepted (kafka.message_max_bytes less room for enrichment)"
+        );
+        eprintln!("{reason}; dead-lettered");
+        let letter = audit_runtime::dead_letter::build(
+            publisher.budget(),
+            Stage::Send,
+            Cause::TooLarge,
+            &reason,
+            Some(event.partition_key().as_bytes()),
+            Some(&encoded),
+            None,
+        );
+        publisher
+            .dead_letter(letter.original_key.as_deref(), &letter)
+            .await
+            .context("publishing a dead letter")?;
+    }
+    let events = fitting;
     for (i, part) in events.chunks(chunk.max(1)).enumerate() {
         publisher.publish(part).await.with_context(|| {
             format!("publishing (the first {} events were published)", i * chunk)

@@ -18,11 +18,13 @@ mod position;
 
 use crate::publish::Publisher;
 use anyhow::{Context, Result};
+use audit_runtime::dead_letter::Stage;
 use audit_runtime::KafkaConfig;
 use audit_runtime::Shutdown;
 use audit_schemas::audit_log::convert_line;
+use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
+use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent};
 pub use position::{FileId, Pending, Position};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
@@ -309,6 +311,7 @@ impl<'a> Tailer<'a> {
         batch: &[(usize, usize)],
     ) -> Result<()> {
         let mut events: Vec<RawAuditEvent> = Vec::with_capacity(batch.len());
+        let mut sources: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         for &(start, end) in batch {
             let raw = trim_line(&buf[start..end]);
@@ -330,10 +333,39 @@ impl<'a> Tailer<'a> {
                 Ok(event) if self.already_published.contains(&event.event_id) => {
                     self.stats.skipped += 1;
                 }
-                Ok(event) => events.push(event),
-                Err(reason) => letters.push(self.dead_letter(current, offset, raw, &reason)),
+                Ok(event) => {
+                    events.push(event);
+                    sources.push((offset, raw));
+                }
+                Err(reason) => {
+                    letters.push(self.dead_letter(current, offset, raw, Cause::Invalid, &reason))
+                }
             }
         }
+        // A line that converts to an event over the size budget cannot be published: it is a
+        // dead letter (capped, with the whole line's hash), and the lines after it go on.
+        let limit = self.publisher.budget().raw_record_max();
+        let mut fitting = Vec::with_capacity(events.len());
+        for (event, (offset, raw)) in events.into_iter().zip(sources) {
+            match Publisher::encoded_len(&event) {
+                Ok(size) if size <= limit => fitting.push(event),
+                Ok(size) => letters.push(self.dead_letter(
+                    current,
+                    offset,
+                    raw,
+                    Cause::TooLarge,
+                    &format!("the line converts to an event of {size} bytes; at most {limit} are accepted (kafka.message_max_bytes less room for enrichment)"),
+                )),
+                Err(e) => letters.push(self.dead_letter(
+                    current,
+                    offset,
+                    raw,
+                    Cause::Invalid,
+                    &format!("cannot encode the event: {e}"),
+                )),
+            }
+        }
+        let events = fitting;
         self.publisher
             .publish(&events)
             .await
@@ -369,7 +401,7 @@ impl<'a> Tailer<'a> {
             "line is longer than {MAX_LINE_BYTES} bytes; its first {} bytes are kept",
             head.len()
         );
-        let letter = self.dead_letter(current, current.offset, head, &reason);
+        let letter = self.dead_letter(current, current.offset, head, Cause::TooLarge, &reason);
         self.publisher
             .dead_letter(None, &letter)
             .await
@@ -378,18 +410,26 @@ impl<'a> Tailer<'a> {
         Ok(end)
     }
 
-    fn dead_letter(&self, current: &Current, offset: u64, raw: &[u8], reason: &str) -> DeadLetter {
-        tracing::warn!(path = %current.path.display(), offset, reason, "log line dead-lettered");
-        DeadLetter {
-            original_key: None,
-            original_value: Some(raw.to_vec()),
-            stage: "tailer".to_string(),
-            reason: format!("{} at byte {offset}: {reason}", current.path.display()),
-            source_topic: None,
-            source_partition: None,
-            source_offset: Some(offset as i64),
-            failed_at: Timestamp::now(),
-        }
+    fn dead_letter(
+        &self,
+        current: &Current,
+        offset: u64,
+        raw: &[u8],
+        cause: Cause,
+        reason: &str,
+    ) -> DeadLetter {
+        tracing::warn!(path = %current.path.display(), offset, %cause, "log line dead-lettered");
+        let mut letter = audit_runtime::dead_letter::build(
+            self.publisher.budget(),
+            Stage::Tailer,
+            cause,
+            &format!("{} at byte {offset}: {reason}", current.path.display()),
+            None,
+            Some(raw),
+            None,
+        );
+        letter.source_offset = Some(offset as i64);
+        letter
     }
 
     fn save(&self, current: &Current) -> Result<()> {

@@ -3,7 +3,7 @@
 use audit_producer::auth::Tokens;
 use audit_producer::client::{Logger, Transport};
 use audit_producer::config::TokenConfig;
-use audit_producer::http::{router, IngestState};
+use audit_producer::http::{router, IngestState, Limits};
 use audit_producer::publish::Publisher;
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
@@ -26,7 +26,12 @@ fn decode_all(messages: &[rdkafka::message::OwnedMessage]) -> Vec<RawAuditEvent>
 async fn logger_over_kafka_with_defaults_hook_types_and_stack_traces() {
     let topics = unique_topics(1);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(producer().unwrap(), &topics, 10_000);
+    let publisher = Publisher::new(
+        producer().unwrap(),
+        &topics,
+        10_000,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    );
     let logger = Logger::builder(Transport::Kafka(publisher), "my-service")
         .defaults(|r| {
             r.params.insert("persistent".into(), json!("value"));
@@ -80,7 +85,12 @@ async fn logger_over_http() {
     create_topics(&topics).await.unwrap();
     let token = "client-lib-token-0123456789";
     let state = Arc::new(IngestState {
-        publisher: Publisher::new(producer().unwrap(), &topics, 10_000),
+        publisher: Publisher::new(
+            producer().unwrap(),
+            &topics,
+            10_000,
+            audit_runtime::budget::SizeBudget::new(1_000_000),
+        ),
         tokens: Tokens::new(
             &[TokenConfig {
                 token: token.into(),
@@ -90,9 +100,9 @@ async fn logger_over_http() {
             None,
         ),
         redactor: Redactor::default(),
-        max_events: 1000,
+        limits: Limits::default(),
     });
-    let app = router(state, 1 << 20, Health::default()).unwrap();
+    let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

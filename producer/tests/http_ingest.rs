@@ -2,7 +2,7 @@
 
 use audit_producer::auth::Tokens;
 use audit_producer::config::TokenConfig;
-use audit_producer::http::{router, IngestState};
+use audit_producer::http::{router, IngestState, Limits};
 use audit_producer::publish::Publisher;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
@@ -25,7 +25,12 @@ struct Api {
 async fn start() -> Api {
     let topics = unique_topics(3);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(producer().unwrap(), &topics, 50_000);
+    let publisher = Publisher::new(
+        producer().unwrap(),
+        &topics,
+        50_000,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    );
     let state = Arc::new(IngestState {
         publisher,
         tokens: Tokens::new(
@@ -44,9 +49,9 @@ async fn start() -> Api {
             None,
         ),
         redactor: Redactor::default(),
-        max_events: 1_000,
+        limits: Limits::default(),
     });
-    let app = router(state, 1024 * 1024, Health::default()).unwrap();
+    let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

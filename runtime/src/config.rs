@@ -112,12 +112,39 @@ where
             environment = environment.with_list_parse_key(key);
         }
     }
-    if let Some(env) = env {
-        environment = environment.source(Some(env));
-    }
+    // One environment file is often shared by every service (compose, Kubernetes): variables of
+    // sections this binary does not have belong to another binary and are left alone; unknown
+    // keys inside its own sections are still refused.
+    let env = env.unwrap_or_else(|| std::env::vars().collect());
+    environment = environment.source(Some(own_sections(env, &T::default())?));
     let settings: T = builder.add_source(environment).build()?.try_deserialize()?;
     settings.validate()?;
     Ok(settings)
+}
+
+/// The variables of `env` that name one of the top-level sections of `defaults` (or any
+/// variable that is not `AUDIT__...` at all, which the environment source ignores anyway).
+fn own_sections<T: Serialize>(
+    env: std::collections::HashMap<String, String>,
+    defaults: &T,
+) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let sections: std::collections::HashSet<String> = match toml::Value::try_from(defaults) {
+        Ok(toml::Value::Table(t)) => t.keys().map(|k| k.to_ascii_lowercase()).collect(),
+        _ => std::collections::HashSet::new(),
+    };
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    Ok(env
+        .into_iter()
+        .filter(|(k, _)| {
+            let Some(rest) = k.strip_prefix(&prefix) else {
+                return false;
+            };
+            let section = rest.split(ENV_SEPARATOR).next().unwrap_or("");
+            // Sections some settings lack but whose TOML form omits them (an unset Option)
+            // still need to reach the deserializer to be refused or taken.
+            sections.is_empty() || sections.contains(&section.to_ascii_lowercase())
+        })
+        .collect())
 }
 
 /// How to reach the Kafka cluster.
@@ -133,6 +160,12 @@ pub struct KafkaConfig {
     /// for brokers that forget producer ids on restart, such as Tansu 0.6: there a long-lived
     /// idempotent producer fails every record after the broker restarts.
     pub idempotence: bool,
+    /// The largest record any producer of the pipeline sends (librdkafka's `message.max.bytes`,
+    /// set explicitly on every producer). Every stage checks its output against it before
+    /// producing: what would not fit becomes a dead letter, and dead letters are capped below
+    /// it. Keep it at or under the topics' `max.message.bytes` (checked at start where the
+    /// broker describes topic settings).
+    pub message_max_bytes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -141,6 +174,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".to_string(),
             properties: BTreeMap::new(),
             idempotence: true,
+            message_max_bytes: 1_000_000,
         }
     }
 }
@@ -164,6 +198,28 @@ impl Validate for KafkaConfig {
                     format!("{broker:?} is not host:port"),
                 ));
             }
+        }
+        if !(crate::budget::MIN_MESSAGE_BYTES..=crate::budget::MAX_MESSAGE_BYTES)
+            .contains(&self.message_max_bytes)
+        {
+            return Err(ConfigError::invalid(
+                "kafka.message_max_bytes",
+                format!(
+                    "must be between {} and {} bytes",
+                    crate::budget::MIN_MESSAGE_BYTES,
+                    crate::budget::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        if self
+            .properties
+            .keys()
+            .any(|k| k.replace('_', ".") == "message.max.bytes")
+        {
+            return Err(ConfigError::invalid(
+                "kafka.properties.message.max.bytes",
+                "set kafka.message_max_bytes instead: every stage sizes its output by it",
+            ));
         }
         Ok(())
     }
@@ -459,6 +515,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("topics.rules.name"), "{e}");
+    }
+
+    #[test]
+    fn other_binaries_sections_are_left_alone_and_own_typos_refused() {
+        let s: Settings = load_from_env(
+            None,
+            &[],
+            env(&[
+                ("AUDIT__CLICKHOUSE__URL", "http://ch:8123"),
+                ("AUDIT__HTTP__LISTEN", "0.0.0.0:1"),
+                ("AUDIT__KAFKA__BROKERS", "k:9092"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "k:9092");
+        let e = load_from_env::<Settings>(None, &[], env(&[("AUDIT__KAFKA__BROKRES", "k:1")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("brokres"), "{e}");
     }
 
     #[test]

@@ -63,10 +63,24 @@ pub trait PipelinedHandler {
 
     /// Does the batch's work and starts its delivery, in batch order: whatever `submit` enqueues
     /// is enqueued before anything the next call enqueues.
+    /// `batch` may be empty when [`PipelinedHandler::wake_at`] asked for a call.
     fn submit(
         &mut self,
         batch: &[OwnedMessage],
     ) -> impl Future<Output = anyhow::Result<Self::Delivery>> + Send;
+
+    /// Records the handler holds outside every submitted batch (waiting for something), as the
+    /// lowest held offset per partition: a batch's commit stops there, so a crash re-reads
+    /// them instead of skipping them. Asked right after each `submit`.
+    fn held_back(&self) -> Vec<(i32, i64)> {
+        Vec::new()
+    }
+
+    /// When the handler wants `submit` called even if no record arrives (to release what it
+    /// holds).
+    fn wake_at(&mut self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +129,10 @@ where
                 shutdown,
                 &mut none_in_flight,
                 &mut stats,
+                None,
             )
             .await?;
+            retain_assigned(consumer, &mut batch);
             if batch.is_empty() {
                 continue;
             }
@@ -159,6 +175,7 @@ where
             while in_flight.len() >= max_in_flight {
                 finish_head(consumer, &mut in_flight, &mut stats).await?;
             }
+            let wake = handler.wake_at();
             fill_batch(
                 consumer,
                 &mut batch,
@@ -166,17 +183,22 @@ where
                 shutdown,
                 &mut in_flight,
                 &mut stats,
+                wake,
             )
             .await?;
-            if batch.is_empty() {
+            retain_assigned(consumer, &mut batch);
+            let woken = wake.is_some_and(|w| tokio::time::Instant::now() >= w);
+            if batch.is_empty() && !woken {
                 continue;
             }
             let delivery = handler
                 .submit(&batch)
                 .await
                 .map_err(ConsumeError::Handler)?;
+            let mut offsets = offsets_to_commit(&batch);
+            cap_at_held(&mut offsets, &handler.held_back());
             in_flight.push_back(InFlight {
-                offsets: offsets_to_commit(&batch),
+                offsets,
                 records: batch.len(),
                 delivery: tokio::spawn(delivery),
             });
@@ -211,6 +233,51 @@ fn subscribe<C: ConsumerContext + 'static>(
             topics: topics.iter().map(|t| t.to_string()).collect(),
             source,
         })
+}
+
+/// Fences a rebalance: records of partitions this consumer no longer owns (revoked while the
+/// batch was being gathered) are dropped unhandled. Their new owner reads them from the last
+/// commit; handling them here too would race it (two instances inserting the same rows).
+fn retain_assigned<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    batch: &mut Vec<OwnedMessage>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the consumer's assignment; keeping the batch");
+            return;
+        }
+    };
+    let owned: std::collections::HashSet<(String, i32)> = assignment
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let before = batch.len();
+    batch.retain(|m| owned.contains(&(m.topic().to_string(), m.partition())));
+    let dropped = before - batch.len();
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "records of partitions revoked while the batch was gathered; left to their new owner"
+        );
+        metrics::counter!("audit_consumer_revoked_records_dropped_total").increment(dropped as u64);
+    }
+}
+
+/// Lowers each partition's commit to the lowest offset the handler still holds there.
+fn cap_at_held(offsets: &mut BTreeMap<(String, i32), i64>, held: &[(i32, i64)]) {
+    for &(partition, floor) in held {
+        for ((_, p), next) in offsets.iter_mut() {
+            if *p == partition {
+                *next = (*next).min(floor);
+            }
+        }
+    }
 }
 
 /// A submitted batch: what to commit once its delivery succeeds.
@@ -273,6 +340,11 @@ fn committed<C: ConsumerContext + 'static>(
     records: usize,
     stats: &mut RunStats,
 ) {
+    if offsets.is_empty() {
+        // A wake-up batch: what it released is covered by the commits of the batches around it.
+        stats.batches += 1;
+        return;
+    }
     let stored = store(consumer, offsets).and_then(|()| {
         consumer
             .commit_consumer_state(CommitMode::Async)
@@ -298,6 +370,7 @@ async fn fill_batch<C: ConsumerContext + 'static>(
     shutdown: &Shutdown,
     in_flight: &mut VecDeque<InFlight>,
     stats: &mut RunStats,
+    wake: Option<tokio::time::Instant>,
 ) -> Result<(), ConsumeError> {
     let mut deadline: Option<tokio::time::Instant> = None;
     while batch.len() < options.max_records {
@@ -307,10 +380,17 @@ async fn fill_batch<C: ConsumerContext + 'static>(
                 None => std::future::pending().await,
             }
         };
+        let woken = async {
+            match wake {
+                Some(w) => tokio::time::sleep_until(w).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.requested() => return Ok(()),
             _ = wait => return Ok(()),
+            _ = woken => return Ok(()),
             delivered = head_delivered(in_flight) => {
                 head_finished(consumer, in_flight, delivered, stats)?;
             }
@@ -387,6 +467,9 @@ fn store<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     offsets: BTreeMap<(String, i32), i64>,
 ) -> Result<(), ConsumeError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))
@@ -424,6 +507,16 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    #[test]
+    fn commits_stop_at_records_the_handler_still_holds() {
+        let batch = [msg("a", 0, 5), msg("a", 1, 9)];
+        let mut next = offsets_to_commit(&batch);
+        cap_at_held(&mut next, &[(0, 3), (2, 1)]);
+        assert_eq!(next[&("a".to_string(), 0)], 3);
+        assert_eq!(next[&("a".to_string(), 1)], 10);
+        assert_eq!(next.len(), 2);
     }
 
     #[test]

@@ -102,7 +102,9 @@ pub(crate) fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientCon
         cfg.set(k, v);
     }
     cfg.set("enable.idempotence", kafka.idempotence.to_string())
-        .set("acks", "all");
+        .set("acks", "all")
+        // Set explicitly, from the one size budget every stage checks its output against.
+        .set("message.max.bytes", kafka.message_max_bytes.to_string());
     cfg
 }
 

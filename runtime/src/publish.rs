@@ -5,9 +5,15 @@
 //! each record carries an `Arc` of its batch's [`Acks`] as librdkafka's delivery opaque, and the
 //! producer's polling thread counts the reports down: one atomic decrement per record, one
 //! wake-up per batch.
+//!
+//! A record the broker (or librdkafka's own checks) refuses for what it is — too large, invalid —
+//! is a per-record failure: it is reported back by index ([`Rejected`]) for the caller to
+//! dead-letter, and the rest of the batch counts as delivered. Any other failure (broker away,
+//! timeouts) fails the batch, which the caller retries whole.
 
 use crate::config::KafkaConfig;
 use crate::kafka::{producer_config, KafkaSetupError};
+use crate::retry::ErrorClass;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
@@ -30,11 +36,46 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
-/// The acknowledgements still owed for one batch, and the first failure among them.
+/// The acknowledgements still owed for one batch, the first batch-wide failure among them and
+/// the records refused one by one.
 pub struct Acks {
     pending: AtomicUsize,
     failure: Mutex<Option<String>>,
+    rejected: Mutex<Vec<Rejected>>,
     done: Notify,
+}
+
+/// A record of a batch refused for what it is (by its index in the batch): the caller
+/// dead-letters it; retrying would fail the same way.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub index: usize,
+    pub error: KafkaError,
+}
+
+/// What a produce error means for the record: refused for its content or size (per record), a
+/// setting or permission (fatal), or anything else, which a retry may cure.
+pub fn classify(error: &KafkaError) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    let code = match error {
+        KafkaError::MessageProduction(c) => *c,
+        _ => return ErrorClass::Retryable,
+    };
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::MessageBatchTooLarge
+        | C::PolicyViolation
+        | C::InvalidRequiredAcks
+        | C::InvalidArgument => ErrorClass::PerRecord,
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => ErrorClass::Fatal,
+        _ => ErrorClass::Retryable,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +108,12 @@ impl BatchProducer {
         records: impl ExactSizeIterator<Item = Record<'a>>,
     ) -> Result<Arc<Acks>, PublishError> {
         let acks = Arc::new(Acks::new(records.len()));
-        for r in records {
-            let mut record = BaseRecord::with_opaque_to(r.topic, acks.clone()).payload(r.payload);
+        for (index, r) in records.enumerate() {
+            let tag = Box::new(Tag {
+                acks: acks.clone(),
+                index,
+            });
+            let mut record = BaseRecord::with_opaque_to(r.topic, tag).payload(r.payload);
             if let Some(key) = r.key {
                 record = record.key(key);
             }
@@ -79,11 +124,17 @@ impl BatchProducer {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    Err((source, _)) if classify(&source) == ErrorClass::PerRecord => {
+                        acks.reject(index, source);
+                        break;
+                    }
                     Err((source, _)) => {
+                        // Records enqueued before this one still report to `acks`; the caller
+                        // retries the batch.
                         return Err(PublishError::Enqueue {
                             topic: r.topic.to_string(),
                             source,
-                        })
+                        });
                     }
                 }
             }
@@ -97,13 +148,14 @@ impl Acks {
         Self {
             pending: AtomicUsize::new(records),
             failure: Mutex::new(None),
+            rejected: Mutex::new(Vec::new()),
             done: Notify::new(),
         }
     }
 
-    /// Resolves once every record of the batch is acknowledged, or with the first failure once
-    /// every record has reported.
-    pub async fn acknowledged(&self) -> Result<(), PublishError> {
+    /// Resolves once every record of the batch has reported: with the records refused one by
+    /// one (empty when all were acknowledged), or with the first batch-wide failure.
+    pub async fn acknowledged(&self) -> Result<Vec<Rejected>, PublishError> {
         loop {
             // Registered before the check, so a report landing in between is not missed.
             let notified = self.done.notified();
@@ -119,8 +171,18 @@ impl Acks {
             .take()
         {
             Some(reason) => Err(PublishError::NotAcknowledged(reason)),
-            None => Ok(()),
+            None => Ok(std::mem::take(
+                &mut *self.rejected.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
         }
+    }
+
+    fn reject(&self, index: usize, error: KafkaError) {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Rejected { index, error });
+        self.report(None);
     }
 
     fn report(&self, failure: Option<String>) {
@@ -142,16 +204,27 @@ pub struct AckContext;
 
 impl ClientContext for AckContext {}
 
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = Arc<Acks>;
+/// What each record carries to its delivery report.
+pub struct Tag {
+    acks: Arc<Acks>,
+    index: usize,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
-        acks.report(
-            result
-                .as_ref()
-                .err()
-                .map(|(e, m)| format!("{e} (topic {}, partition {})", m.topic(), m.partition())),
-        );
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<Tag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+        match result {
+            Ok(_) => tag.acks.report(None),
+            Err((e, _)) if classify(e) == ErrorClass::PerRecord => {
+                tag.acks.reject(tag.index, e.clone())
+            }
+            Err((e, m)) => tag.acks.report(Some(format!(
+                "{e} (topic {}, partition {})",
+                m.topic(),
+                m.partition()
+            ))),
+        }
     }
 }
 
@@ -161,7 +234,27 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_batch_is_acknowledged_at_once() {
-        Acks::new(0).acknowledged().await.unwrap();
+        assert!(Acks::new(0).acknowledged().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_refused_one_by_one_are_returned_and_do_not_fail_the_batch() {
+        let acks = Acks::new(3);
+        acks.report(None);
+        acks.reject(
+            1,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        );
+        acks.report(None);
+        let rejected = acks.acknowledged().await.unwrap();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].index, 1);
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::BrokerTransportFailure
+            )),
+            ErrorClass::Retryable
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,7 +320,11 @@ avro_record!(
     ["directory_record.v1.avsc"]
 );
 avro_record!(AuditRule, "AuditRule", ["audit_rule.v1.avsc"]);
-avro_record!(DeadLetter, "DeadLetter", ["dead_letter.v1.avsc"]);
+avro_record!(
+    DeadLetter,
+    "DeadLetter",
+    ["dead_letter.v1.avsc", "dead_letter.v2.avsc"]
+);
 
 /// Any record of the pipeline, recognised by its fingerprint alone; what operator tools use to
 /// read a topic without being told its record type.

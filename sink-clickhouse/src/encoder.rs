@@ -124,14 +124,53 @@ pub fn month(row: &EventRow) -> u32 {
     row.timestamp.year() as u32 * 100 + row.timestamp.month() as u32
 }
 
-/// Effectively-once: every insert holds the rows of one Kafka partition and one month (one
-/// table part, so it is atomic) in offset order. Whatever a crash left, the table therefore
-/// holds, per (Kafka partition, month), exactly the rows up to some offset — so a row is already
-/// stored iff its offset is at most the highest stored for its (partition, month).
-pub fn already_stored(row: &EventRow, stored: &HashMap<(i32, u32), i64>) -> bool {
-    stored
-        .get(&(row.source_partition, month(row)))
-        .is_some_and(|max| row.source_offset <= *max)
+/// What the table holds at a row's topic partition and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Nothing: insert it.
+    No,
+    /// This very event: a restart, a rebalance or a retried batch read it again; skip it.
+    Yes,
+    /// Another event: the topic was deleted and re-created, so offsets started again. The row
+    /// is new and is inserted; offsets alone never make it "already stored".
+    OffsetReused,
+}
+
+/// Effectively-once: a row is already stored iff the table holds the same event id at the same
+/// topic partition and offset. `stored` maps (partition, offset) to the event id stored there.
+pub fn already_stored(row: &EventRow, stored: &HashMap<(i32, i64), Uuid>) -> Stored {
+    match stored.get(&(row.source_partition, row.source_offset)) {
+        None => Stored::No,
+        Some(id) if *id == row.event_id => Stored::Yes,
+        Some(_) => Stored::OffsetReused,
+    }
+}
+
+/// The deduplication token of one insert: topic partition, month, offset range and a digest of
+/// the event ids, so a retry of the same insert is dropped by the server while the same offsets
+/// of a re-created topic (other events) are not.
+pub fn dedup_token(rows: &[EventRow]) -> String {
+    use sha2::{Digest, Sha256};
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return String::new();
+    };
+    let mut ids = Sha256::new();
+    for r in rows {
+        ids.update(r.event_id.as_bytes());
+    }
+    let digest = ids.finalize();
+    format!(
+        "{}:{}:{}:{}:{}:{}",
+        first.source_topic,
+        first.source_partition,
+        month(first),
+        first.source_offset,
+        last.source_offset,
+        digest[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 /// Groups rows into the inserts described at [`already_stored`], each in offset order.
@@ -279,13 +318,20 @@ pub(crate) mod tests {
                 ((1, 202311), vec![2])
             ]
         );
-        let stored = HashMap::from([((0, 202311), 3)]);
-        assert!(already_stored(&mk(0, 3, nov), &stored));
-        assert!(
-            !already_stored(&mk(0, 4, dec), &stored),
-            "another month's rows were not stored"
+        let stored_row = mk(0, 3, nov);
+        let stored = HashMap::from([((0, 3), stored_row.event_id)]);
+        assert_eq!(already_stored(&stored_row, &stored), Stored::Yes);
+        assert_eq!(already_stored(&mk(0, 4, dec), &stored), Stored::No);
+        assert_eq!(
+            already_stored(&mk(0, 3, nov), &stored),
+            Stored::OffsetReused,
+            "another event at the same offset: the topic was re-created"
         );
-        assert!(!already_stored(&mk(0, 6, nov), &stored));
+        let a = vec![mk(0, 1, nov), mk(0, 2, nov)];
+        let mut b = a.clone();
+        assert_eq!(dedup_token(&a), dedup_token(&b));
+        b[1].event_id = Uuid::new_v4();
+        assert_ne!(dedup_token(&a), dedup_token(&b));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! `audit-sink-clickhouse`: enriched audit events into ClickHouse.
 
 use anyhow::{Context, Result};
+use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::{self, BatchOptions};
+use audit_runtime::dead_letter::{DeadLetters, Stage};
 use audit_runtime::kafka::GroupContext;
 use audit_runtime::ops::Health;
+use audit_runtime::publish::BatchProducer;
 use audit_runtime::replays::RecentIds;
 use audit_runtime::Shutdown;
 use audit_sink_clickhouse::config::Settings;
@@ -92,8 +95,12 @@ async fn run(cli: Cli) -> Result<()> {
             Duration::from_millis(ch.max_backoff_ms),
             health,
         ),
-        producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-clickhouse")?,
-        dlq_topic: settings.topics.dlq.name.clone(),
+        letters: DeadLetters::new(
+            BatchProducer::new(&settings.kafka, "audit-sink-clickhouse")?,
+            &settings.topics.dlq.name,
+            Stage::SinkClickHouse,
+            SizeBudget::from(&settings.kafka),
+        ),
         recent: RecentIds::new(ch.replay_window),
     };
     let consumer = audit_runtime::kafka::consumer(

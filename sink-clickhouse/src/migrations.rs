@@ -156,7 +156,9 @@ pub async fn migrate(
     // Retention follows the settings on every start, so changing it needs no migration.
     let ttl = match ttl_days {
         Some(days) => format!(
-            "ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {days} DAY"
+            // By the time the pipeline received an event, not its claimed time: a backdated
+            // claim must not delete a just-received event.
+            "ALTER TABLE {db}.events MODIFY TTL toDateTime(received_at) + INTERVAL {days} DAY"
         ),
         None => format!("ALTER TABLE {db}.events REMOVE TTL"),
     };

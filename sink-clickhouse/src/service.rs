@@ -1,10 +1,11 @@
-//! The ClickHouse I/O: inserts with retries while the server is unreachable, bisection to find
-//! the rows it rejects, and the query that tells which rows are already stored.
+//! The ClickHouse I/O: inserts with retries while the server is away or refuses service as a
+//! whole, bisection to find the rows it rejects, and the query that tells which rows are
+//! already stored.
 
 use crate::encoder::EventRow;
 use audit_runtime::ops::Health;
+use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use clickhouse::Client;
-use rand::Rng;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -17,53 +18,99 @@ pub enum StoreError {
 
 pub struct Store {
     client: Client,
-    max_backoff: Duration,
+    retry: RetryPolicy,
     health: Health,
 }
 
-enum Failure {
-    /// The server is unreachable or overloaded: wait and try again.
-    Transient(String),
-    /// The data: some row of the insert is unacceptable.
-    Data(String),
-    Fatal(String),
+/// A failed request, with what it means.
+#[derive(Debug)]
+struct Failure {
+    class: ErrorClass,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// How long one request may take before it counts as a failure of the server.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Server error codes that are about the rows of an insert (their values, types or
+/// constraints): bisection finds the rows and they are dead-lettered. Every other server error
+/// concerns the server as a whole (read-only, disk full, too many parts, memory, a missing
+/// table, overload) and is waited out: rows are never dead-lettered for those.
+const ROW_ERRORS: &[u32] = &[
+    6,    // CANNOT_PARSE_TEXT
+    26,   // CANNOT_PARSE_QUOTED_STRING
+    27,   // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,   // ATTEMPT_TO_READ_AFTER_EOF
+    33,   // CANNOT_READ_ALL_DATA
+    38,   // CANNOT_PARSE_DATE
+    41,   // CANNOT_PARSE_DATETIME
+    53,   // TYPE_MISMATCH
+    69,   // ARGUMENT_OUT_OF_BOUND
+    70,   // CANNOT_CONVERT_TYPE
+    72,   // CANNOT_PARSE_NUMBER
+    117,  // INCORRECT_DATA
+    128,  // TOO_LARGE_ARRAY_SIZE
+    131,  // TOO_LARGE_STRING_SIZE
+    190,  // SIZES_OF_ARRAYS_DONT_MATCH
+    321,  // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    395,  // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    469,  // VIOLATED_CONSTRAINT
+    1001, // STD_EXCEPTION (bad UTF-8 and the like, raised while reading a row)
+];
+
+/// Errors a retry cannot cure: credentials and permissions.
+const FATAL_ERRORS: &[u32] = &[
+    192, // UNKNOWN_USER
+    193, // WRONG_PASSWORD
+    194, // REQUIRED_PASSWORD
+    497, // ACCESS_DENIED
+    516, // AUTHENTICATION_FAILED
+];
+
+/// What a ClickHouse error means for the sink.
+pub fn classify_code(code: Option<u32>) -> ErrorClass {
+    match code {
+        Some(c) if ROW_ERRORS.contains(&c) => ErrorClass::PerRecord,
+        Some(c) if FATAL_ERRORS.contains(&c) => ErrorClass::Fatal,
+        _ => ErrorClass::Retryable,
+    }
+}
+
 fn classify(e: clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error as E;
-    let text = e.to_string();
-    match e {
-        E::Network(_) | E::TimedOut => Failure::Transient(text),
+    let message = e.to_string();
+    let class = match e {
+        E::Network(_) | E::TimedOut => ErrorClass::Retryable,
         // Not from the server: the client could not use what it got (e.g. a schema this build
         // does not understand). Retrying would not help, dropping rows would lose them.
-        _ if !text.contains("Code: ") => Failure::Fatal(text),
-        _ => {
-            let code = text
+        _ if !message.contains("Code: ") => ErrorClass::Fatal,
+        _ => classify_code(
+            message
                 .split("Code: ")
                 .nth(1)
                 .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|c| c.parse::<u32>().ok());
-            match code {
-                // UNKNOWN_TABLE, UNKNOWN_DATABASE, ACCESS_DENIED, AUTHENTICATION_FAILED
-                Some(60 | 81 | 497 | 516) => Failure::Fatal(text),
-                // Overload, timeouts, too many parts, memory: the server will recover.
-                Some(159 | 164 | 202 | 209 | 210 | 241 | 242 | 252 | 394 | 425) | None => {
-                    Failure::Transient(text)
-                }
-                Some(_) => Failure::Data(text),
-            }
-        }
-    }
+                .and_then(|c| c.parse::<u32>().ok()),
+        ),
+    };
+    Failure { class, message }
 }
 
 impl Store {
     pub fn new(client: Client, max_backoff: Duration, health: Health) -> Self {
         Self {
             client,
-            max_backoff,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(100),
+                max_backoff,
+                max_attempts: None,
+            },
             health,
         }
     }
@@ -72,9 +119,10 @@ impl Store {
         &self.client
     }
 
-    /// Runs `op` until it succeeds or fails for a reason other than the server being away,
-    /// with exponential backoff and full jitter. While it waits the consumer does not fetch
-    /// more, so memory stays bounded however long the outage.
+    /// Runs `op` until it succeeds or fails for a reason other than the server being away
+    /// (the runtime's retry policy: backoff with jitter, no attempt limit). While it waits the
+    /// consumer does not fetch more, so memory stays bounded however long the outage.
+    /// `Ok(Err(reason))` is a row error.
     async fn retrying<T, F, Fut>(
         &self,
         what: &str,
@@ -84,61 +132,78 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
     {
-        let mut delay = Duration::from_millis(100);
-        let started = Instant::now();
-        loop {
-            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, op()).await {
-                Ok(result) => result.map_err(classify),
-                Err(_) => Err(Failure::Transient(format!(
-                    "no answer within {REQUEST_TIMEOUT:?}"
-                ))),
-            };
-            match outcome {
-                Ok(v) => {
-                    self.health.set("clickhouse", true, "ok");
-                    return Ok(Ok(v));
-                }
-                Err(Failure::Data(msg)) => return Ok(Err(msg)),
-                Err(Failure::Fatal(msg)) => {
-                    self.health.set("clickhouse", false, msg.clone());
-                    return Err(StoreError::Fatal(msg));
-                }
-                Err(Failure::Transient(msg)) => {
+        let result = self
+            .retry
+            .run(
+                what,
+                |f: &Failure| f.class,
+                |f| {
                     self.health
-                        .set("clickhouse", false, format!("retrying: {msg}"));
+                        .set("clickhouse", false, format!("retrying: {}", f.message));
                     metrics::counter!("audit_clickhouse_retries_total").increment(1);
-                    tracing::warn!(error = %msg, waited_s = started.elapsed().as_secs(), "{what} failed; retrying");
-                    let sleep = rand::rng().random_range(delay / 2..=delay);
-                    tokio::time::sleep(sleep).await;
-                    delay = (delay * 2).min(self.max_backoff);
-                }
+                },
+                || {
+                    let attempt = op();
+                    async move {
+                        match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+                            Ok(result) => result.map_err(classify),
+                            Err(_) => Err(Failure {
+                                class: ErrorClass::Retryable,
+                                message: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                            }),
+                        }
+                    }
+                },
+            )
+            .await;
+        match result {
+            Ok(v) => {
+                self.health.set("clickhouse", true, "ok");
+                Ok(Ok(v))
+            }
+            Err(GaveUp::PerRecord(f)) => Ok(Err(f.message)),
+            Err(GaveUp::Fatal(f) | GaveUp::Exhausted { last: f, .. }) => {
+                self.health.set("clickhouse", false, f.message.clone());
+                Err(StoreError::Fatal(f.message))
             }
         }
     }
 
-    /// The highest stored offset per (Kafka partition, month) at or after `min_offset`.
-    pub async fn stored_offsets(
+    /// The event id stored at each (Kafka partition, offset) of `topic` in the offset range.
+    pub async fn stored_at(
         &self,
         topic: &str,
         partitions: &[i32],
         min_offset: i64,
-    ) -> Result<HashMap<(i32, u32), i64>, StoreError> {
-        let rows: Result<Vec<(i32, u32, i64)>, String> = self
+        max_offset: i64,
+    ) -> Result<HashMap<(i32, i64), uuid::Uuid>, StoreError> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct At {
+            source_partition: i32,
+            source_offset: i64,
+            #[serde(with = "clickhouse::serde::uuid")]
+            event_id: uuid::Uuid,
+        }
+        let rows: Result<Vec<At>, String> = self
             .retrying("reading stored offsets", || {
                 self.client
                     .query(
-                        "SELECT source_partition, toYYYYMM(timestamp) AS month, max(source_offset) FROM events \
-                         WHERE source_topic = ? AND source_partition IN ? AND source_offset >= ? \
-                         GROUP BY source_partition, month",
+                        "SELECT source_partition, source_offset, event_id FROM events \
+                         WHERE source_topic = ? AND source_partition IN ? \
+                         AND source_offset BETWEEN ? AND ?",
                     )
                     .bind(topic)
                     .bind(partitions)
                     .bind(min_offset)
+                    .bind(max_offset)
                     .fetch_all()
             })
             .await?;
         let rows = rows.map_err(StoreError::Fatal)?;
-        Ok(rows.into_iter().map(|(p, m, o)| ((p, m), o)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| ((r.source_partition, r.source_offset), r.event_id))
+            .collect())
     }
 
     /// The event ids stored for a topic partition between two offsets, in offset order: what
@@ -181,15 +246,7 @@ impl Store {
     /// offset range), so when a retry repeats an insert the server did apply — it was only the
     /// answer that got lost — the server drops the repeat.
     async fn insert_once(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
-        let (first, last) = (&rows[0], &rows[rows.len() - 1]);
-        let token = format!(
-            "{}:{}:{}:{}:{}",
-            first.source_topic,
-            first.source_partition,
-            crate::encoder::month(first),
-            first.source_offset,
-            last.source_offset
-        );
+        let token = crate::encoder::dedup_token(rows);
         let mut insert = self
             .client
             .insert::<EventRow>("events")
@@ -202,16 +259,24 @@ impl Store {
         insert.end().await
     }
 
-    /// Inserts `rows` (one insert group, in offset order). Rows the server rejects are found by
-    /// bisection and returned with the server's error; all others are inserted, in order.
-    pub async fn insert(&self, rows: &[EventRow]) -> Result<Vec<(EventRow, String)>, StoreError> {
-        let mut rejected = Vec::new();
-        let mut stack: Vec<&[EventRow]> = vec![rows];
-        // Depth-first, left half first, so rows go in offset order.
-        while let Some(part) = stack.pop() {
-            if part.is_empty() {
-                continue;
-            }
+    /// Inserts `rows` (one insert group, in offset order) up to the first row the server
+    /// rejects, found by bisection: returns its index and the server's error, with every row
+    /// before it inserted and none after it. The caller dead-letters it before inserting the
+    /// rest, so no later offset of the partition is stored while a rejected one is neither
+    /// stored nor dead-lettered (a crash in between would otherwise skip it for good).
+    pub async fn insert_until_rejected(
+        &self,
+        rows: &[EventRow],
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        let mut start = 0;
+        // When set, rows[start..hi] hold a row the server rejected.
+        let mut bad_until: Option<usize> = None;
+        while start < rows.len() {
+            let end = match bad_until {
+                None => rows.len(),
+                Some(hi) => start + ((hi - start) / 2).max(1),
+            };
+            let part = &rows[start..end];
             let started = Instant::now();
             match self.retrying("insert", || self.insert_once(part)).await? {
                 Ok(()) => {
@@ -219,15 +284,16 @@ impl Store {
                         .increment(part.len() as u64);
                     metrics::histogram!("audit_clickhouse_insert_seconds")
                         .record(started.elapsed().as_secs_f64());
+                    start = end;
+                    if bad_until == Some(start) {
+                        // The part that failed went in piece by piece after all.
+                        bad_until = None;
+                    }
                 }
-                Err(error) if part.len() == 1 => rejected.push((part[0].clone(), error)),
-                Err(_) => {
-                    let (left, right) = part.split_at(part.len() / 2);
-                    stack.push(right);
-                    stack.push(left);
-                }
+                Err(error) if part.len() == 1 => return Ok(Some((start, error))),
+                Err(_) => bad_until = Some(end),
             }
         }
-        Ok(rejected)
+        Ok(None)
     }
 }

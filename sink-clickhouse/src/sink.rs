@@ -1,68 +1,29 @@
 //! Wiring: a consumed batch of enriched records -> rows -> the rows not yet stored -> one
 //! insert per (Kafka partition, month) -> dead letters for what ClickHouse rejects -> `Ok`, so
 //! the offsets are committed only after everything is durable.
+//!
+//! | failure | what happens |
+//! |---|---|
+//! | a record does not decode | dead letter (`undecodable`, `no_value`) |
+//! | ClickHouse rejects a row (its values, a constraint) | found by bisection; dead letter (`rejected`) before any later row of its partition is inserted |
+//! | ClickHouse is away, read-only, out of disk or memory, the table missing, too many parts | the insert is retried with backoff and jitter, as long as it takes; nothing is dead-lettered |
+//! | wrong credentials or permissions | the sink stops, uncommitted, saying which setting to check |
+//! | a partition was revoked while its batch was in hand | its records are not inserted (the runtime drops them; the new owner reads them) |
 
-use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin};
+use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin, Stored};
 use crate::service::Store;
 use audit_runtime::consume::{partition_spans, BatchHandler};
+use audit_runtime::dead_letter::{self, DeadLetters};
 use audit_runtime::replays::RecentIds;
-use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
-use futures::future::join_all;
+use audit_schemas::dead_letter::Cause;
+use audit_schemas::EnrichedAuditEvent;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
-use std::time::Duration;
 
 pub struct ClickHouseSink {
     pub store: Store,
-    pub producer: FutureProducer,
-    pub dlq_topic: String,
+    pub letters: DeadLetters,
     pub recent: RecentIds,
-}
-
-fn letter(
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    reason: String,
-) -> DeadLetter {
-    DeadLetter {
-        original_key: key.map(<[u8]>::to_vec),
-        original_value: value.map(<[u8]>::to_vec),
-        stage: "sink-clickhouse".to_string(),
-        reason,
-        source_topic: Some(topic.to_string()),
-        source_partition: Some(partition),
-        source_offset: Some(offset),
-        failed_at: Timestamp::now(),
-    }
-}
-
-impl ClickHouseSink {
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        metrics::counter!("audit_clickhouse_dead_letters_total").increment(letters.len() as u64);
-        let encoded = letters
-            .iter()
-            .map(|l| Ok((l.original_key.clone(), l.encode()?)))
-            .collect::<Result<Vec<_>, audit_schemas::EncodeError>>()?;
-        let sends = encoded.iter().map(|(key, value)| {
-            let mut record: FutureRecord<[u8], Vec<u8>> =
-                FutureRecord::to(&self.dlq_topic).payload(value);
-            if let Some(k) = key {
-                record = record.key(k.as_slice());
-            }
-            self.producer.send(record, Duration::from_secs(60))
-        });
-        for r in join_all(sends).await {
-            r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
-        }
-        Ok(())
-    }
 }
 
 impl ClickHouseSink {
@@ -110,8 +71,8 @@ impl BatchHandler for ClickHouseSink {
         let mut originals: HashMap<(i32, i64), &OwnedMessage> = HashMap::with_capacity(batch.len());
         for m in batch {
             originals.insert((m.partition(), m.offset()), m);
-            match m.payload().map(EnrichedAuditEvent::decode) {
-                Some(Ok(e)) => rows.push(row(
+            match dead_letter::decode::<EnrichedAuditEvent, _>(m) {
+                Ok(e) => rows.push(row(
                     e,
                     &topic,
                     Origin {
@@ -119,35 +80,31 @@ impl BatchHandler for ClickHouseSink {
                         offset: m.offset(),
                     },
                 )),
-                Some(Err(e)) => letters.push(letter(
-                    m.key(),
-                    m.payload(),
-                    &topic,
-                    m.partition(),
-                    m.offset(),
-                    e.to_string(),
-                )),
-                None => letters.push(letter(
-                    m.key(),
-                    None,
-                    &topic,
-                    m.partition(),
-                    m.offset(),
-                    "record has no value".into(),
-                )),
+                Err((cause, reason)) => letters.push(self.letters.for_message(m, cause, &reason)),
             }
         }
+        // Undecodable records first: nothing of theirs can be skipped by a later crash then.
+        self.letters.publish(&letters).await?;
         let mut partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
         partitions.sort_unstable();
         partitions.dedup();
         if !rows.is_empty() {
             let min_offset = rows.iter().map(|r| r.source_offset).min().unwrap_or(0);
+            let max_offset = rows.iter().map(|r| r.source_offset).max().unwrap_or(0);
             let stored = self
                 .store
-                .stored_offsets(&topic, &partitions, min_offset)
+                .stored_at(&topic, &partitions, min_offset, max_offset)
                 .await?;
             let before = rows.len();
-            rows.retain(|r| !already_stored(r, &stored));
+            let mut reused = 0u64;
+            rows.retain(|r| match already_stored(r, &stored) {
+                Stored::Yes => false,
+                Stored::No => true,
+                Stored::OffsetReused => {
+                    reused += 1;
+                    true
+                }
+            });
             let skipped = before - rows.len();
             if skipped > 0 {
                 tracing::info!(
@@ -157,29 +114,38 @@ impl BatchHandler for ClickHouseSink {
                 metrics::counter!("audit_clickhouse_rows_already_stored_total")
                     .increment(skipped as u64);
             }
+            if reused > 0 {
+                tracing::warn!(
+                    rows = reused,
+                    topic = %topic,
+                    "offsets already stored hold other events: the topic was re-created; storing the new events"
+                );
+                metrics::counter!("audit_clickhouse_offsets_reused_total").increment(reused);
+            }
         }
-        let mut rows = self.without_replays(&topic, batch, rows).await?;
-        for (_, group) in insert_groups(std::mem::take(&mut rows)) {
-            let rejected = self.store.insert(&group).await?;
-            // Dead-letter before the next insert: a crash after it must not leave a rejected
-            // row neither stored nor dead-lettered.
-            let group_letters: Vec<DeadLetter> = rejected
-                .into_iter()
-                .map(|(r, error)| {
-                    let m = originals.get(&(r.source_partition, r.source_offset));
-                    letter(
-                        m.and_then(|m| m.key()),
-                        m.and_then(|m| m.payload()),
-                        &topic,
-                        r.source_partition,
-                        r.source_offset,
-                        format!("ClickHouse rejected the row: {error}"),
-                    )
-                })
-                .collect();
-            self.dead_letter(&group_letters).await?;
+        let rows = self.without_replays(&topic, batch, rows).await?;
+        for (_, group) in insert_groups(rows) {
+            let mut rest: &[EventRow] = &group;
+            while let Some((index, error)) = self.store.insert_until_rejected(rest).await? {
+                // Dead-lettered before any later row of the partition is inserted: a crash
+                // now can neither skip it nor lose it.
+                let r = &rest[index];
+                let m = originals.get(&(r.source_partition, r.source_offset));
+                let letter = self.letters.letter(
+                    Cause::Rejected,
+                    &format!("ClickHouse rejected the row: {error}"),
+                    m.and_then(|m| m.key()),
+                    m.and_then(|m| m.payload()),
+                    Some(dead_letter::Origin {
+                        topic: &topic,
+                        partition: r.source_partition,
+                        offset: r.source_offset,
+                    }),
+                );
+                self.letters.publish(std::slice::from_ref(&letter)).await?;
+                rest = &rest[index + 1..];
+            }
         }
-        self.dead_letter(&letters).await?;
         Ok(())
     }
 }

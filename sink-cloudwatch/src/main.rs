@@ -89,8 +89,12 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sink = CloudWatchSink {
         cloudwatch,
         routes,
-        producer: audit_runtime::kafka::producer(&settings.kafka, "audit-sink-cloudwatch")?,
-        dlq_topic: settings.topics.dlq.name.clone(),
+        letters: audit_runtime::dead_letter::DeadLetters::new(
+            audit_runtime::publish::BatchProducer::new(&settings.kafka, "audit-sink-cloudwatch")?,
+            &settings.topics.dlq.name,
+            audit_runtime::dead_letter::Stage::SinkCloudWatch,
+            audit_runtime::budget::SizeBudget::from(&settings.kafka),
+        ),
         recent: RecentIds::new(settings.cloudwatch.replay_window),
     };
     let consumer = audit_runtime::kafka::consumer(

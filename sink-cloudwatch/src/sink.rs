@@ -5,20 +5,18 @@ use crate::batcher::{plan, LogEvent};
 use crate::routing::Routes;
 use crate::service::CloudWatch;
 use audit_runtime::consume::{partition_spans, BatchHandler};
+use audit_runtime::dead_letter::{self, DeadLetters};
 use audit_runtime::replays::RecentIds;
-use audit_schemas::{AvroRecord, DeadLetter, EnrichedAuditEvent, Timestamp};
-use futures::future::join_all;
+use audit_schemas::dead_letter::Cause;
+use audit_schemas::{DeadLetter, EnrichedAuditEvent, Timestamp};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
 use uuid::Uuid;
 
 pub struct CloudWatchSink {
     pub cloudwatch: CloudWatch,
     pub routes: Routes,
-    pub producer: FutureProducer,
-    pub dlq_topic: String,
+    pub letters: DeadLetters,
     /// Per partition, the ids shipped lately and where this instance's reading left off.
     pub recent: RecentIds,
 }
@@ -28,16 +26,20 @@ pub fn message(event: &EnrichedAuditEvent) -> Result<String, serde_json::Error> 
     serde_json::to_string(event)
 }
 
-fn letter(m: &OwnedMessage, reason: String) -> DeadLetter {
-    DeadLetter {
-        original_key: m.key().map(<[u8]>::to_vec),
-        original_value: m.payload().map(<[u8]>::to_vec),
-        stage: "sink-cloudwatch".to_string(),
-        reason,
-        source_topic: Some(m.topic().to_string()),
-        source_partition: Some(m.partition()),
-        source_offset: Some(m.offset()),
-        failed_at: Timestamp::now(),
+/// The time CloudWatch files an event under. The claimed event time when CloudWatch would take
+/// it; when the claim is outside CloudWatch's window (older than 14 days, more than 2 hours
+/// ahead) the time the pipeline received it, so an implausible claim can neither get a
+/// just-received event refused nor filed where retention deletes it at once. The message keeps
+/// the claim either way.
+pub fn placement_ms(event: &EnrichedAuditEvent, now_ms: i64) -> i64 {
+    const MARGIN_MS: i64 = 10 * 60 * 1000;
+    let oldest = now_ms - crate::batcher::MAX_AGE_MS + MARGIN_MS;
+    let newest = now_ms + crate::batcher::MAX_AHEAD_MS - MARGIN_MS;
+    let claimed = event.event.timestamp.as_millis();
+    if (oldest..=newest).contains(&claimed) {
+        claimed
+    } else {
+        event.pipeline.received_at.as_millis()
     }
 }
 
@@ -45,20 +47,17 @@ impl BatchHandler for CloudWatchSink {
     async fn handle(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
+        let now_ms = Timestamp::now().as_millis();
         for (origin, m) in batch.iter().enumerate() {
-            let decoded = match m.payload().map(EnrichedAuditEvent::decode) {
-                Some(Ok(e)) => e,
-                Some(Err(e)) => {
-                    letters.push(letter(m, e.to_string()));
-                    continue;
-                }
-                None => {
-                    letters.push(letter(m, "record has no value".into()));
+            let decoded = match dead_letter::decode::<EnrichedAuditEvent, _>(m) {
+                Ok(e) => e,
+                Err((cause, reason)) => {
+                    letters.push(self.letters.for_message(m, cause, &reason));
                     continue;
                 }
             };
             let Some(stream) = self.routes.stream_for(decoded.event.event_type.as_str()) else {
-                metrics::counter!("audit_cloudwatch_skipped_total", "event_type" => decoded.event.event_type.to_string()).increment(1);
+                metrics::counter!("audit_cloudwatch_skipped_total", "event_type" => audit_runtime::labels::event_type(decoded.event.event_type.as_str())).increment(1);
                 continue;
             };
             match message(&decoded) {
@@ -66,12 +65,16 @@ impl BatchHandler for CloudWatchSink {
                     stream: stream.to_string(),
                     event_id: decoded.event.event_id,
                     event: LogEvent {
-                        timestamp_ms: decoded.event.timestamp.as_millis(),
+                        timestamp_ms: placement_ms(&decoded, now_ms),
                         message: text,
                         origin,
                     },
                 }),
-                Err(e) => letters.push(letter(m, format!("cannot render the event as JSON: {e}"))),
+                Err(e) => letters.push(self.letters.for_message(
+                    m,
+                    Cause::Invalid,
+                    &format!("cannot render the event as JSON: {e}"),
+                )),
             }
         }
         let spans = partition_spans(batch);
@@ -98,37 +101,28 @@ impl BatchHandler for CloudWatchSink {
                 .increment(replays as u64);
         }
         let events = events.into_iter().map(|r| (r.stream, r.event)).collect();
-        let planned = plan(events, Timestamp::now().as_millis());
+        let planned = plan(events, now_ms);
         for (origin, reason) in planned.rejected {
-            letters.push(letter(&batch[origin], reason));
+            let cause = if reason.contains("bytes") {
+                Cause::TooLarge
+            } else {
+                Cause::Unroutable
+            };
+            letters.push(self.letters.for_message(&batch[origin], cause, &reason));
         }
         for call in &planned.calls {
             let rejected = self.cloudwatch.put(call).await?;
             let shipped = call.events.len() - rejected.len();
             metrics::counter!("audit_cloudwatch_events_shipped_total", "stream" => call.stream.clone()).increment(shipped as u64);
             for (index, reason) in rejected {
-                letters.push(letter(&batch[call.events[index].origin], reason));
+                letters.push(self.letters.for_message(
+                    &batch[call.events[index].origin],
+                    Cause::Rejected,
+                    &reason,
+                ));
             }
         }
-        if !letters.is_empty() {
-            metrics::counter!("audit_cloudwatch_dead_letters_total")
-                .increment(letters.len() as u64);
-            let encoded: Vec<(Option<Vec<u8>>, Vec<u8>)> = letters
-                .iter()
-                .map(|l| Ok((l.original_key.clone(), l.encode()?)))
-                .collect::<Result<_, audit_schemas::EncodeError>>()?;
-            let sends = encoded.iter().map(|(key, value)| {
-                let mut record: FutureRecord<[u8], Vec<u8>> =
-                    FutureRecord::to(&self.dlq_topic).payload(value);
-                if let Some(k) = key {
-                    record = record.key(k.as_slice());
-                }
-                self.producer.send(record, Duration::from_secs(60))
-            });
-            for r in join_all(sends).await {
-                r.map_err(|(e, _)| anyhow::anyhow!("dead letter not acknowledged: {e}"))?;
-            }
-        }
+        self.letters.publish(&letters).await?;
         for (partition, (_, last)) in spans {
             self.recent.handled(partition, last);
         }

@@ -115,6 +115,10 @@ fn every_record_round_trips() {
         source_partition: Some(1),
         source_offset: Some(2),
         failed_at: Timestamp::from_micros(9),
+        cause: "too_large".into(),
+        original_size: Some(4),
+        original_sha256: Some("ab".into()),
+        original_truncated: true,
     };
     assert_eq!(DeadLetter::decode(&dl.encode().unwrap()).unwrap(), dl);
 }
@@ -434,4 +438,46 @@ proptest! {
         let at = cut.index(bytes.len());
         prop_assert!(RawAuditEvent::decode(&bytes[..at]).is_err());
     }
+}
+
+/// Dead letters written before v2 (no cause, size or hash) still decode.
+#[test]
+fn dead_letters_of_v1_still_decode() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        #[serde(with = "apache_avro::serde_avro_bytes_opt")]
+        original_key: Option<Vec<u8>>,
+        #[serde(with = "apache_avro::serde_avro_bytes_opt")]
+        original_value: Option<Vec<u8>>,
+        stage: &'static str,
+        reason: &'static str,
+        source_topic: Option<&'static str>,
+        source_partition: Option<i32>,
+        source_offset: Option<i64>,
+        failed_at: i64,
+    }
+    let v1 = SchemaVersions::parse(
+        "DeadLetter",
+        &[include_str!("../../avro/dead_letter.v1.avsc")],
+    );
+    let mut bytes = Vec::new();
+    v1.encode_into(
+        &V1 {
+            original_key: None,
+            original_value: Some(b"x".to_vec()),
+            stage: "enricher",
+            reason: "bad",
+            source_topic: Some("audit.raw"),
+            source_partition: Some(0),
+            source_offset: Some(7),
+            failed_at: 5,
+        },
+        &mut bytes,
+    )
+    .unwrap();
+    let dl = DeadLetter::decode(&bytes).unwrap();
+    assert_eq!(dl.original_value.as_deref(), Some(&b"x"[..]));
+    assert_eq!(dl.cause, "unknown");
+    assert_eq!(dl.original_size, None);
+    assert!(!dl.original_truncated);
 }
