@@ -25,6 +25,10 @@ impl Drop for Enricher {
 }
 
 fn start(topics: &TopicsConfig, group: &str) -> Enricher {
+    start_with(topics, group, &[])
+}
+
+fn start_with(topics: &TopicsConfig, group: &str, env: &[(&str, &str)]) -> Enricher {
     let ops = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-enricher"));
     cmd.arg("run")
@@ -40,6 +44,9 @@ fn start(topics: &TopicsConfig, group: &str) -> Enricher {
             format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
             &t.name,
         );
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     Enricher {
         child: cmd.spawn().expect("audit-enricher starts"),
@@ -575,4 +582,149 @@ async fn two_instances_one_killed_still_deliver_every_event() {
         messages.len() - total
     );
     drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_too_large_once_enriched_is_dead_lettered_and_the_rest_flow() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let budget = audit_runtime::budget::MIN_MESSAGE_BYTES;
+    let mut e = start_with(
+        &topics,
+        &unique("g"),
+        &[("AUDIT__KAFKA__MESSAGE_MAX_BYTES", &budget.to_string())],
+    );
+    // Fits the broker and the raw topic, but not the enricher's output budget once enriched.
+    let big = raw(
+        "log",
+        Source::Server,
+        Some("s-erin"),
+        Some(&"u".repeat(250)),
+        &"x".repeat(budget - 1_000),
+    );
+    send(&p, &topics, &big).await;
+    for i in 0..20 {
+        send(
+            &p,
+            &topics,
+            &raw(
+                "log",
+                Source::Server,
+                Some("s-erin"),
+                None,
+                &format!("after {i}"),
+            ),
+        )
+        .await;
+    }
+    let got = by_message(enriched(&topics, 20).await);
+    assert!((0..20).all(|i| got.contains_key(&format!("after {i}"))));
+    let letters: Vec<DeadLetter> = consume_n(&topics.dlq.name, 1, 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| DeadLetter::decode(payload(m).unwrap()).unwrap())
+        .collect();
+    assert_eq!(letters[0].cause, "too_large", "{}", letters[0].reason);
+    assert_eq!(letters[0].stage, "enricher");
+    // This raw record is over what ingest would take under this budget (it was produced
+    // directly), so the letter keeps its head, with the size and hash of the whole.
+    let whole = big.encode().unwrap();
+    assert!(letters[0].original_truncated);
+    assert_eq!(letters[0].original_size, Some(whole.len() as i64));
+    assert_eq!(
+        letters[0].original_sha256.as_deref(),
+        Some(audit_runtime::dead_letter::sha256_hex(&whole).as_str())
+    );
+    assert!(whole.starts_with(letters[0].original_value.as_deref().unwrap()));
+    assert!(
+        e.child.try_wait().unwrap().is_none(),
+        "the enricher runs on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_sessions_hold_back_only_their_own_records() {
+    let (topics, p) = setup(2).await;
+    directory(&p, &topics).await;
+    // A long wait: the known sessions' events must not wait for it.
+    let e = start_with(
+        &topics,
+        &unique("g"),
+        &[("AUDIT__ENRICHER__SESSION_WAIT_MS", "15000")],
+    );
+    let mut unknown = Vec::new();
+    for i in 0..40 {
+        if i % 4 == 0 {
+            let session = format!("random-{}", Uuid::new_v4());
+            send(
+                &p,
+                &topics,
+                &raw(
+                    "log",
+                    Source::Client,
+                    Some(&session),
+                    None,
+                    &format!("unknown {i}"),
+                ),
+            )
+            .await;
+            unknown.push(i);
+        } else {
+            send(
+                &p,
+                &topics,
+                &raw(
+                    "log",
+                    Source::Server,
+                    Some("s-erin"),
+                    None,
+                    &format!("known {i}"),
+                ),
+            )
+            .await;
+        }
+    }
+    // A second event of one waiting session waits behind the first (its order is kept).
+    let behind = format!("random-{}", Uuid::new_v4());
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some(&behind), None, "first"),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some(&behind), None, "second"),
+    )
+    .await;
+
+    let known = enriched(&topics, 30).await;
+    assert!(
+        known
+            .iter()
+            .all(|e| e.event.message.as_deref().unwrap().starts_with("known")),
+        "only known sessions' events went on"
+    );
+    // Every unknown-session record still waits while the known ones are all out.
+    let waiting = metric_sum(e.ops, "audit_enricher_waiting_for_session")
+        .await
+        .unwrap();
+    assert_eq!(waiting, 12.0);
+    // Then they go on, marked, in their session's order.
+    let all = enriched(&topics, 42).await;
+    let messages: Vec<&str> = all
+        .iter()
+        .filter_map(|e| e.event.message.as_deref())
+        .collect();
+    let first = messages.iter().position(|m| *m == "first").unwrap();
+    let second = messages.iter().position(|m| *m == "second").unwrap();
+    assert!(first < second, "{messages:?}");
+    for e in all
+        .iter()
+        .filter(|e| e.event.message.as_deref().unwrap().starts_with("unknown"))
+    {
+        assert_eq!(e.enrichment, Enrichment::SessionUnknown);
+    }
 }

@@ -49,7 +49,11 @@ async fn start() -> Api {
             None,
         ),
         redactor: Redactor::default(),
-        limits: Limits::default(),
+        limits: Limits {
+            body_timeout: Duration::from_secs(1),
+            max_errors_listed: 50,
+            ..Limits::default()
+        },
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -287,4 +291,101 @@ async fn secrets_never_reach_the_topic() {
     assert!(got
         .iter()
         .any(|(_, e)| e.params.values().any(|v| v.contains("[NOT OUTPUT]"))));
+}
+
+/// Key plus encoded value of the event the API would build from `value`, near the budget.
+fn big_event(bytes: usize, user: &str) -> Value {
+    // `response` is JSON of any size; the per-field limits do not bound it.
+    json!({"event_type": "log", "source": "SERVER", "user_id": user,
+           "response": {"blob": "m".repeat(bytes)}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_the_size_budget_is_refused_with_its_index_and_nothing_is_published() {
+    let api = start().await;
+    let limit = audit_runtime::budget::SizeBudget::new(1_000_000).raw_record_max();
+    // Under the body limit (1 MiB) but over the event budget once a long user id is added.
+    let body = json!([event(0), big_event(limit - 200, &"u".repeat(250)), event(2)]);
+    assert!(body.to_string().len() < 1024 * 1024);
+    let (status, answer) = api.post_json(&body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["index"], 1, "{answer}");
+    assert_eq!(answer["limit"], limit, "{answer}");
+    // The next request goes through, and is all the raw topic holds.
+    let (status, answer) = api.post_json(&json!([event(3)])).await;
+    assert_eq!(status, 202, "{answer}");
+    let events = api.raw_events(1).await;
+    assert_eq!(events.len(), 1);
+    let all = consume_all(&api.topics.raw.name, 3, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1, "nothing of the refused request was published");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_422_lists_a_bounded_number_of_errors() {
+    let api = start().await;
+    let bad: Vec<Value> = (0..400)
+        .map(|_| json!({"event_type": "no spaces"}))
+        .collect();
+    let (status, answer) = api.post_json(&Value::Array(bad)).await;
+    assert_eq!(status, 422);
+    assert_eq!(answer["errors"].as_array().unwrap().len(), 50, "{answer}");
+    assert!(
+        answer["errors_total"].as_u64().unwrap() >= 400,
+        "{}",
+        answer["errors_total"]
+    );
+    assert_eq!(answer["errors_truncated"], true);
+}
+
+/// Opens a raw connection and sends `head` (request line and headers) and then `body`.
+async fn raw_request(api: &Api, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = api.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s
+}
+
+async fn status_line(mut s: tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .expect("an answer without the body being sent")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_checked_before_the_body_is_read_and_slow_bodies_time_out() {
+    let api = start().await;
+    // A bad token with a promised 900 kB body that never comes: refused at once.
+    let s = raw_request(
+        &api,
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong-token-0123456789\r\ncontent-type: application/json\r\ncontent-length: 900000\r\n\r\n",
+        b"[",
+    )
+    .await;
+    let line = status_line(s, Duration::from_secs(5)).await;
+    assert!(line.contains("401"), "{line}");
+
+    // A good token whose body trickles: 408 after the body timeout (1 s here), and the
+    // service answers others meanwhile.
+    let s = raw_request(
+        &api,
+        &format!("POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n"),
+        b"[{\"event_type\":",
+    )
+    .await;
+    let (status, answer) = api.post_json(&json!([event(1)])).await;
+    assert_eq!(status, 202, "{answer}");
+    let line = status_line(s, Duration::from_secs(10)).await;
+    assert!(line.contains("408"), "{line}");
 }

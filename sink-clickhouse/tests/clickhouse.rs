@@ -622,3 +622,136 @@ async fn an_outage_of_30_seconds_loses_nothing() {
     assert_eq!(got, 3000);
     assert_eq!((count, unique_ids), (3000, 3000));
 }
+
+async fn letters(topics: &TopicsConfig, n: usize) -> Vec<DeadLetter> {
+    consume_n(&topics.dlq.name, 1, n, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| DeadLetter::decode(payload(m).unwrap()).unwrap())
+        .collect()
+}
+
+async fn wait_table(c: &clickhouse::Client) {
+    for _ in 0..300 {
+        if c.query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the sink did not create the events table");
+}
+
+/// A row ClickHouse rejects (a table constraint here) is found, dead-lettered before any later
+/// row of its partition counts as stored, and a kill -9 right after it neither loses it nor
+/// duplicates anything. A server-wide failure (the table detached: "does not exist") is waited
+/// out and sends nothing to the dead-letter topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_rows_are_dead_lettered_and_server_wide_errors_are_waited_out() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let group = unique("g");
+    let c = client(&clickhouse_url(), &db);
+    let mut sink = start(&topics, &db, &clickhouse_url(), &group);
+    wait_table(&c).await;
+    c.query("ALTER TABLE events ADD CONSTRAINT no_poison CHECK event_type != 'poison'")
+        .execute()
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..50)
+        .map(|n| {
+            let t = if n == 20 { "poison" } else { "log" };
+            event(n, t, Timestamp::now(), vec![])
+        })
+        .collect();
+    let positions = publish(&p, &topics, &events).await;
+    let got = letters(&topics, 1).await;
+    sink.0.kill().unwrap(); // SIGKILL right after the rejection
+    sink.0.wait().unwrap();
+    assert_eq!(got[0].cause, "rejected", "{}", got[0].reason);
+    assert!(got[0].reason.contains("no_poison"), "{}", got[0].reason);
+    assert_eq!(got[0].source_offset, Some(positions[20].1));
+    assert_eq!(
+        EnrichedAuditEvent::decode(got[0].original_value.as_deref().unwrap())
+            .unwrap()
+            .event
+            .event_id,
+        events[20].event.event_id
+    );
+
+    // The table goes away for a while (server-wide: retried, never dead-lettered), then back.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    c.query("DETACH TABLE events").execute().await.unwrap();
+    let _again = start(&topics, &db, &clickhouse_url(), &group);
+    let more: Vec<_> = (50..80)
+        .map(|n| event(n, "log", Timestamp::now(), vec![]))
+        .collect();
+    publish(&p, &topics, &more).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.query("ATTACH TABLE events").execute().await.unwrap();
+    assert_eq!(wait_count(&c, 79, Duration::from_secs(90)).await, 79);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(counts(&c).await, (79, 79));
+    let all = consume_all(&topics.dlq.name, 1, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let all: Vec<DeadLetter> = all
+        .iter()
+        .map(|m| DeadLetter::decode(payload(m).unwrap()).unwrap())
+        .collect();
+    assert!(
+        all.iter().all(|l| l.source_offset == Some(positions[20].1)),
+        "only the poisoned row was dead-lettered: {all:?}"
+    );
+}
+
+/// A topic deleted and created again starts its offsets over. (Tansu 0.6 breaks on topic
+/// deletion, so the old incarnation's rows are written straight into the table here: same topic,
+/// partition and offsets, other events.) The new events are stored, never skipped as "already
+/// stored" because their offsets were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_topic_is_not_mistaken_for_stored_rows() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let c = client(&clickhouse_url(), &db);
+    let group = unique("g");
+    {
+        let _sink = start(&topics, &db, &clickhouse_url(), &group);
+        wait_table(&c).await;
+    }
+    // The old incarnation: offsets 0..30 of the same topic partition, stored.
+    let mut insert = c.insert::<EventRow>("events").await.unwrap();
+    for n in 0..30 {
+        let old = event(n, "log", Timestamp::now(), vec![]);
+        insert
+            .write(&row(
+                old,
+                &topics.enriched.name,
+                Origin {
+                    partition: 0,
+                    offset: n as i64,
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    insert.end().await.unwrap();
+    let new: Vec<_> = (30..50)
+        .map(|n| event(n, "log", Timestamp::now(), vec![]))
+        .collect();
+    let positions = publish(&p, &topics, &new).await;
+    assert_eq!(positions[0], (0, 0), "the new events take the old offsets");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let _sink = start(&topics, &db, &clickhouse_url(), &group);
+    assert_eq!(wait_count(&c, 50, Duration::from_secs(60)).await, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(counts(&c).await, (50, 50));
+}
