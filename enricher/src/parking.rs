@@ -22,6 +22,9 @@ pub struct Held<T> {
     pub item: T,
 }
 
+/// Records released together, in the order they were held.
+pub type Released<T> = Vec<(Held<T>, Release)>;
+
 /// Why a session's records were released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
@@ -137,7 +140,7 @@ impl<T> ParkingLot<T> {
     }
 
     /// Releases every session whose first record's deadline has passed, oldest first.
-    pub fn release_expired(&mut self, now: Instant) -> Vec<(String, Vec<(Held<T>, Release)>)> {
+    pub fn release_expired(&mut self, now: Instant) -> Vec<(String, Released<T>)> {
         let mut out = Vec::new();
         while let Some((deadline, _, _)) = self.deadlines.front() {
             if *deadline > now {

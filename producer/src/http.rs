@@ -242,11 +242,8 @@ impl axum::serve::Listener for LimitedListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = match self.slots.clone().acquire_owned().await {
-            Ok(p) => Some(p),
-            // Never closed; a closed semaphore would only lift the limit.
-            Err(_) => None,
-        };
+        // Never closed; a closed semaphore would only lift the limit.
+        let permit = self.slots.clone().acquire_owned().await.ok();
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
