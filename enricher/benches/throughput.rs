@@ -6,6 +6,11 @@
 //! cargo bench -p audit-enricher --bench throughput      # BENCH_EVENTS=200000 by default
 //! ```
 //!
+//! `BENCH_UNKNOWN_SESSIONS=0.1` makes that share of the events name a random session the
+//! directory never learns: they wait `enricher.session_wait_ms` apart from the others, and the
+//! rate shows whether the others are held up (timed as before, to every record's commit; the
+//! waiting ones are let out before the read-back, untimed).
+//!
 //! `BENCH_TIMELINE=1` prints the enricher's progress every 100 ms (how the 1 s fetch stalls were
 //! found); `BENCH_LOG=info` shows its log.
 //!
@@ -44,12 +49,19 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let unknown: f64 = std::env::var("BENCH_UNKNOWN_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     let start = Instant::now();
     for chunk in (0..total as u64).collect::<Vec<_>>().chunks(10_000) {
         let records: Vec<(String, Vec<u8>)> = chunk
             .iter()
             .map(|&n| {
-                let e = gen::event(&mut rng, &population.sessions, n);
+                let mut e = gen::event(&mut rng, &population.sessions, n);
+                if unknown > 0.0 && rand::Rng::random_bool(&mut rng, unknown.min(1.0)) {
+                    e.session_id = Some(format!("unknown-{}", uuid::Uuid::new_v4()));
+                }
                 (e.partition_key(), e.encode().expect("encodes"))
             })
             .collect();
@@ -128,6 +140,18 @@ async fn main() -> anyhow::Result<()> {
         Ok((total as f64 - taken_in) / started.elapsed().as_secs_f64())
     };
     let enricher_rate = timed.await;
+    // Records still waiting for their (never coming) session go on after the wait: let them
+    // out before stopping the enricher, so the read-back finds every record.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric_sum(ops, "audit_enricher_events_out_total")
+        .await
+        .unwrap_or(0.0)
+        < total as f64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = child.kill();
     let _ = child.wait();
     let enricher_rate = enricher_rate?;
@@ -142,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    println!("events: {total} over {PARTITIONS} partitions (produce rate {produce_rate:.0}/s)");
+    println!("events: {total} over {PARTITIONS} partitions (produce rate {produce_rate:.0}/s), share naming unknown sessions: {unknown}");
     println!("raw consume rate (plain rdkafka consumer, discarding): {raw_rate:>9.0} events/s");
     println!("enricher throughput (decode, join, rules, encode, produce, commit): {enricher_rate:>9.0} events/s");
     println!(
