@@ -108,6 +108,12 @@ pub struct TailConfig {
     pub poll_ms: u64,
     /// Most lines published (and acknowledged) before the position is saved.
     pub batch_lines: usize,
+    /// A renamed (rotated) file is read until it has not grown for this many milliseconds, so
+    /// lines the writer appends just after the rename are not lost.
+    pub rotation_grace_ms: u64,
+    /// On a first start (no position file), read the rotated files beside the log (oldest
+    /// first) before the live one.
+    pub backfill: bool,
 }
 
 impl Default for TailConfig {
@@ -117,6 +123,8 @@ impl Default for TailConfig {
             position_file: None,
             poll_ms: 250,
             batch_lines: 500,
+            rotation_grace_ms: 1_000,
+            backfill: false,
         }
     }
 }

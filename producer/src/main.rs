@@ -162,6 +162,8 @@ async fn run(cli: Cli) -> Result<()> {
                 position_file,
                 batch_lines: settings.tail.batch_lines,
                 poll: Duration::from_millis(settings.tail.poll_ms),
+                rotation_grace: Duration::from_millis(settings.tail.rotation_grace_ms),
+                backfill: settings.tail.backfill,
                 once,
             };
             let stats = Tailer::new(path, options, &publisher, &settings.kafka, &redactor)

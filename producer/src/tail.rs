@@ -13,6 +13,25 @@
 //! pending batch reads the raw topic from those watermarks and re-publishes only the lines whose
 //! ids are not there: a `kill -9` at any moment neither loses nor repeats a line. Lines that do
 //! not convert become dead letters with the file, offset and reason; the tail goes on.
+//!
+//! What else the tailer survives:
+//!
+//! - **copytruncate** (the log copied to its dated name, then emptied in place): the tailer notices
+//!   the file shrank or its first bytes changed, reads what it had not yet read from the copy, and
+//!   starts the emptied file over under a new generation (part of each line's id, so the new
+//!   lines at old offsets are new events);
+//! - **several rotations while it was down**: after the file of its saved position it reads every
+//!   rotated file written after it, oldest first, then the live one;
+//! - **lines written after the rename**: it keeps reading a renamed file until it has not grown
+//!   for `tail.rotation_grace_ms`, then takes its unterminated last line too and moves on; a
+//!   partial last line of the live file is published only once its newline arrives;
+//! - **a first start with dated files beside the log** (`tail.backfill = true`): it reads them,
+//!   oldest first, before the live file;
+//! - **a broker outage of any length**: publishing retries with backoff (checking what of the
+//!   batch already arrived, as after a restart) instead of giving up.
+//!
+//! The position file is written through a new temporary file (never through an existing one or
+//! a symlink) and refused when it is a symlink.
 
 mod position;
 
@@ -49,6 +68,10 @@ pub struct TailOptions {
     pub position_file: PathBuf,
     pub batch_lines: usize,
     pub poll: Duration,
+    /// How long a renamed file must stay unchanged before the tailer moves on.
+    pub rotation_grace: Duration,
+    /// On a first start (no position), read the rotated files beside the log first.
+    pub backfill: bool,
     /// Stop once the file is read to its end instead of following it.
     pub once: bool,
 }
@@ -67,7 +90,15 @@ struct Current {
     path: PathBuf,
     id: FileId,
     offset: u64,
+    /// How often the file was emptied in place (copytruncate) since the tailer met it: part of
+    /// each line's id.
+    generation: u64,
+    /// The file's first bytes as last seen, to notice it was emptied and refilled.
+    head: Vec<u8>,
 }
+
+/// How many of a file's first bytes identify its content.
+const HEAD_BYTES: usize = 256;
 
 pub struct Tailer<'a> {
     path: PathBuf,
@@ -102,28 +133,46 @@ impl<'a> Tailer<'a> {
     }
 
     pub async fn run(mut self, shutdown: &Shutdown) -> Result<TailStats> {
-        self.raw_partitions = self.partitions()?;
+        self.raw_partitions = self
+            .until_broker_answers("reading the raw topic's partitions", |t| t.partitions())
+            .await?;
         let mut current = self.resume().await?;
         let progress = self.progress_bar(&current);
+        let mut renamed_since: Option<(std::time::Instant, u64)> = None;
         loop {
+            // Before every read: reading on from the old offset of a file emptied and refilled
+            // would start mid-line and skip its new first lines.
+            if self.emptied_in_place(&mut current).await? {
+                renamed_since = None;
+                continue;
+            }
             let advanced = self.read_available(&mut current, false).await?;
             progress.set_position(current.offset);
             if advanced {
                 continue;
             }
             // At the end of the file: has it been rotated away?
-            if let Some(next) = self.rotated(&current)? {
-                // Read what was written between our last read and the rename, including a last
-                // line the writer never terminated.
-                self.read_available(&mut current, true).await?;
-                tracing::info!(from = %current.path.display(), to = %next.path.display(), "log rotated; following the new file");
-                current = next;
-                self.save(&current)?;
-                progress.set_length(current.file.metadata().map(|m| m.len()).unwrap_or(0));
-                progress.set_position(0);
-                continue;
+            if let Some(next) = self.next_file(&current)? {
+                // The writer may append to the renamed file for a moment: move on once it has
+                // not grown for the grace period.
+                let len = current.file.metadata().map(|m| m.len()).unwrap_or(0);
+                let (since, seen_len) =
+                    *renamed_since.get_or_insert((std::time::Instant::now(), len));
+                if len != seen_len {
+                    renamed_since = Some((std::time::Instant::now(), len));
+                } else if self.options.once || since.elapsed() >= self.options.rotation_grace {
+                    // Including a last line the writer never terminated.
+                    self.read_available(&mut current, true).await?;
+                    tracing::info!(from = %current.path.display(), to = %next.path.display(), "log rotated; following the next file");
+                    current = next;
+                    renamed_since = None;
+                    self.save(&current)?;
+                    progress.set_length(current.file.metadata().map(|m| m.len()).unwrap_or(0));
+                    progress.set_position(0);
+                    continue;
+                }
             }
-            if self.options.once || shutdown.is_triggered() {
+            if (self.options.once && renamed_since.is_none()) || shutdown.is_triggered() {
                 break;
             }
             tokio::select! {
@@ -133,6 +182,122 @@ impl<'a> Tailer<'a> {
         }
         progress.finish_and_clear();
         Ok(self.stats)
+    }
+
+    /// Runs a broker request until it succeeds: an outage of any length is waited out.
+    async fn until_broker_answers<T>(
+        &self,
+        what: &str,
+        op: impl Fn(&Self) -> Result<T>,
+    ) -> Result<T> {
+        let policy = audit_runtime::retry::RetryPolicy::default();
+        let mut attempt = 1;
+        loop {
+            match op(self) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let delay = policy.delay(attempt);
+                    tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// copytruncate: the file was copied to its dated name and emptied in place (it is shorter
+    /// than what was read, or its first bytes changed). Reads what was not yet read from the
+    /// copy, then starts the file over under a new generation.
+    async fn emptied_in_place(&mut self, current: &mut Current) -> Result<bool> {
+        let len = current.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let head = read_head(&mut current.file)?;
+        let changed = !current.head.is_empty()
+            && !head.starts_with(&current.head[..current.head.len().min(head.len())]);
+        if len >= current.offset && !changed {
+            if head.len() > current.head.len() {
+                current.head = head;
+            }
+            return Ok(false);
+        }
+        tracing::warn!(path = %current.path.display(), offset = current.offset, len, "the log was emptied in place (copytruncate)");
+        if let Some(mut copy) = self.copy_of(current)? {
+            tracing::info!(copy = %copy.path.display(), from = current.offset, "reading the lines not yet read from the copy");
+            copy.offset = current.offset;
+            self.read_available(&mut copy, true).await?;
+        } else {
+            tracing::warn!(path = %current.path.display(), "no copy of the emptied log found; lines written just before it was emptied may be missing");
+        }
+        current.offset = 0;
+        current.generation += 1;
+        current.head = head;
+        self.save(current)?;
+        Ok(true)
+    }
+
+    /// The rotated sibling whose first bytes are the emptied file's and that is at least as long
+    /// as what was read of it.
+    fn copy_of(&self, current: &Current) -> Result<Option<Current>> {
+        for candidate in self.rotated_files()? {
+            if candidate.id == current.id {
+                continue;
+            }
+            let mut c = candidate;
+            let len = c.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len >= current.offset
+                && !current.head.is_empty()
+                && read_head(&mut c.file)?.starts_with(&current.head)
+            {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rotated files beside the log (`<name>.<suffix>`, not compressed, not the position file),
+    /// oldest first (by modification time, then name).
+    fn rotated_files(&self) -> Result<Vec<Current>> {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> =
+            rotated_paths(&self.path, &self.options.position_file)?
+                .into_iter()
+                .filter_map(|p| {
+                    std::fs::metadata(&p)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .map(|t| (t, p))
+                })
+                .collect();
+        files.sort();
+        files.into_iter().map(|(_, p)| open(&p)).collect()
+    }
+
+    /// What to read after `current` once it is finished: the oldest rotated file modified after
+    /// it, else the live file when `current` is not it; `None` while `current` is the live file.
+    fn next_file(&self, current: &Current) -> Result<Option<Current>> {
+        let live = match FileId::of_path(&self.path) {
+            Ok(id) => Some(id),
+            // Between the rename and the creation of the new file: wait for it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("checking {}", self.path.display())),
+        };
+        if live == Some(current.id) {
+            return Ok(None);
+        }
+        let key = |c: &Current| {
+            (
+                c.file.metadata().and_then(|m| m.modified()).ok(),
+                c.path.clone(),
+            )
+        };
+        let here = key(current);
+        for f in self.rotated_files()? {
+            if f.id != current.id && Some(f.id) != live && key(&f) > here {
+                return Ok(Some(f));
+            }
+        }
+        match live {
+            Some(_) => Ok(Some(open(&self.path)?)),
+            None => Ok(None),
+        }
     }
 
     fn partitions(&self) -> Result<Vec<i32>> {
@@ -212,7 +377,7 @@ impl<'a> Tailer<'a> {
     async fn resume(&mut self) -> Result<Current> {
         let saved = position::load(&self.options.position_file)?;
         if let Some(pending) = saved.as_ref().and_then(|s| s.pending.as_ref()) {
-            self.already_published = self.published_since(&pending.watermarks).await?;
+            self.already_published = self.recover_pending(&pending.watermarks).await;
             tracing::info!(
                 found = self.already_published.len(),
                 "a batch was in flight when the tailer stopped; its lines already on the broker will not be sent again"
@@ -220,15 +385,24 @@ impl<'a> Tailer<'a> {
         }
         let live = open(&self.path)?;
         let Some(saved) = saved else {
+            if self.options.backfill {
+                if let Some(oldest) = self.rotated_files()?.into_iter().find(|f| f.id != live.id) {
+                    tracing::info!(path = %oldest.path.display(), "no saved position; backfilling the rotated files, oldest first");
+                    return Ok(oldest);
+                }
+            }
             tracing::info!(path = %self.path.display(), "no saved position; reading the log from its beginning");
             return Ok(live);
         };
         if saved.file == live.id {
+            let mut live = live;
+            live.generation = saved.generation;
             return Ok(self.at_offset(live, saved.offset));
         }
         // Rotated while we were down: finish the old file first.
-        if let Some(old) = find_rotated(&self.path, saved.file)? {
+        if let Some(mut old) = find_rotated(&self.path, saved.file)? {
             tracing::info!(path = %old.path.display(), offset = saved.offset, "resuming in the rotated file");
+            old.generation = saved.generation;
             return Ok(self.at_offset(old, saved.offset));
         }
         tracing::warn!(
@@ -236,6 +410,23 @@ impl<'a> Tailer<'a> {
             "the file of the saved position is gone; reading the current file from its beginning"
         );
         Ok(live)
+    }
+
+    /// The ids of a pending batch's lines that reached the broker, waiting out an outage.
+    async fn recover_pending(&self, watermarks: &[(i32, i64)]) -> HashSet<Uuid> {
+        let policy = audit_runtime::retry::RetryPolicy::default();
+        let mut attempt = 1;
+        loop {
+            match self.published_since(watermarks).await {
+                Ok(ids) => return ids,
+                Err(e) => {
+                    let delay = policy.delay(attempt);
+                    tracing::warn!(error = %format!("{e:#}"), attempt, "checking what of the pending batch reached the broker failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     fn at_offset(&self, mut current: Current, offset: u64) -> Current {
@@ -247,17 +438,6 @@ impl<'a> Tailer<'a> {
             current.offset = offset;
         }
         current
-    }
-
-    /// The new file at the tailed path, if the current one is no longer there.
-    fn rotated(&self, current: &Current) -> Result<Option<Current>> {
-        match FileId::of_path(&self.path) {
-            Ok(id) if id == current.id => Ok(None),
-            Ok(_) => Ok(Some(open(&self.path)?)),
-            // Between the rename and the creation of the new file: wait for it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("checking {}", self.path.display())),
-        }
     }
 
     /// Publishes the complete lines after the current offset; `final_read` also takes a last
@@ -290,12 +470,25 @@ impl<'a> Tailer<'a> {
             }
             for batch in lines.chunks(self.options.batch_lines) {
                 let end = base + batch[batch.len() - 1].1 as u64;
+                let watermarks = self
+                    .until_broker_answers("reading the raw topic's end offsets", |t| t.watermarks())
+                    .await?;
                 let pending = Pending {
                     end,
-                    watermarks: self.watermarks()?,
+                    watermarks: watermarks.clone(),
                 };
                 self.save_pending(current, Some(pending))?;
-                self.publish_batch(current, base, &buf, batch).await?;
+                let mut attempt = 1;
+                while let Err(e) = self.publish_batch(current, base, &buf, batch).await {
+                    // A broker outage: wait, learn what of the batch arrived (as after a
+                    // restart) and send the rest; never give up on a line.
+                    let delay = audit_runtime::retry::RetryPolicy::default().delay(attempt);
+                    tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "publishing log lines failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    self.already_published = self.recover_pending(&watermarks).await;
+                    attempt += 1;
+                }
+                self.already_published.clear();
                 current.offset = end;
                 self.save(current)?;
             }
@@ -319,10 +512,7 @@ impl<'a> Tailer<'a> {
                 continue;
             }
             let offset = base + start as u64;
-            let id = Uuid::new_v5(
-                &LINE_ID_NAMESPACE,
-                format!("{}:{}:{offset}", current.id.dev, current.id.ino).as_bytes(),
-            );
+            let id = line_id(current, offset);
             let converted = std::str::from_utf8(raw)
                 .map_err(|e| format!("line is not valid UTF-8 (bad byte at {})", e.valid_up_to()))
                 .and_then(|line| {
@@ -443,6 +633,7 @@ impl<'a> Tailer<'a> {
                 path: current.path.clone(),
                 file: current.id,
                 offset: current.offset,
+                generation: current.generation,
                 pending,
             },
         )
@@ -466,16 +657,78 @@ impl<'a> Tailer<'a> {
     }
 }
 
+/// A line's event id: the same line always gets the same id (so a resend is recognised), and a
+/// file emptied in place gives its new lines new ids.
+fn line_id(current: &Current, offset: u64) -> Uuid {
+    let name = if current.generation == 0 {
+        format!("{}:{}:{offset}", current.id.dev, current.id.ino)
+    } else {
+        format!(
+            "{}:{}:{}:{offset}",
+            current.id.dev, current.id.ino, current.generation
+        )
+    };
+    Uuid::new_v5(&LINE_ID_NAMESPACE, name.as_bytes())
+}
+
+fn read_head(file: &mut File) -> Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    file.take(HEAD_BYTES as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
 fn open(path: &Path) -> Result<Current> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let id = FileId::of_file(&file)
         .with_context(|| format!("reading metadata of {}", path.display()))?;
+    let head = read_head(&mut file)?;
     Ok(Current {
         file,
         path: path.to_path_buf(),
         id,
         offset: 0,
+        generation: 0,
+        head,
     })
+}
+
+/// Paths beside `path` named `<name>.<suffix>`: its rotated files, less compressed ones and the
+/// position file (and its temporary file).
+fn rotated_paths(path: &Path, position_file: &Path) -> Result<Vec<PathBuf>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let skip = [
+        position_file.to_path_buf(),
+        position::temporary(position_file),
+    ];
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let Some(n) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let rotated =
+            n.len() > name.len() + 1 && n.starts_with(name) && n.as_bytes()[name.len()] == b'.';
+        let compressed = [".gz", ".bz2", ".xz", ".zst", ".zip"]
+            .iter()
+            .any(|ext| n.ends_with(ext));
+        let candidate = entry.path();
+        let is_skipped = skip.iter().any(|s| {
+            s == &candidate
+                || s.file_name() == Some(std::ffi::OsStr::new(&n))
+                    && s.parent() == candidate.parent()
+        });
+        if rotated && !compressed && !is_skipped && entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(candidate);
+        }
+    }
+    Ok(out)
 }
 
 /// Looks beside `path` for a rotated file (`<name>.<suffix>`) with the given identity.

@@ -14,6 +14,15 @@ use std::time::Duration;
 const SEED_003: &str = include_str!("../../schemas/testdata/seed-003-server-audit-log.txt");
 
 fn tail(topics: &audit_runtime::TopicsConfig, log: &Path, once: bool) -> Child {
+    tail_with(topics, log, once, &[])
+}
+
+fn tail_with(
+    topics: &audit_runtime::TopicsConfig,
+    log: &Path,
+    once: bool,
+    env: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-producer"));
     cmd.arg("tail").arg(log);
     if once {
@@ -24,6 +33,7 @@ fn tail(topics: &audit_runtime::TopicsConfig, log: &Path, once: bool) -> Child {
         .env("AUDIT__TOPICS__DLQ__NAME", &topics.dlq.name)
         .env("AUDIT__TAIL__BATCH_LINES", "50")
         .env("AUDIT__TAIL__POLL_MS", "50")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -177,4 +187,149 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     // ...and none repeated: nothing beyond the lines.
     let more = consume_n(&topics.raw.name, 3, total + 1, Duration::from_secs(3)).await;
     assert!(more.is_err(), "a line was published twice");
+}
+
+/// Every distinct line id on the raw topic, after waiting for `count` records; fails if more
+/// than `count` records arrive.
+async fn exactly(topics: &audit_runtime::TopicsConfig, count: usize) -> Vec<RawAuditEvent> {
+    let events = raw_events(topics, count).await;
+    let ids: HashSet<_> = events.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), count, "every line once");
+    assert!(
+        consume_n(
+            &topics.raw.name,
+            topics.raw.partitions,
+            count + 1,
+            Duration::from_secs(2)
+        )
+        .await
+        .is_err(),
+        "a line was published twice"
+    );
+    events
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copytruncate_while_running_loses_nothing() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lae-audit.log");
+    let lines = sample_lines(SEED_003);
+    append(&log, &lines[..20]);
+    let _tail = Killed(tail(&topics, &log, false));
+    raw_events(&topics, 20).await;
+    // Lines written just before the copy, then the copy and the truncation in place.
+    append(&log, &lines[20..25]);
+    std::fs::copy(&log, dir.path().join("lae-audit.log.2018-11-06")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&log, &lines[25..40]);
+    exactly(&topics, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotations_missed_while_down_are_read_in_order_then_the_live_file() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lae-audit.log");
+    let lines = sample_lines(SEED_003);
+    append(&log, &lines[..10]);
+    wait_ok(tail(&topics, &log, true));
+    append(&log, &lines[10..15]); // written after the tailer stopped
+    std::fs::rename(&log, dir.path().join("lae-audit.log.2018-11-01")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    append(&log, &lines[15..25]);
+    std::fs::rename(&log, dir.path().join("lae-audit.log.2018-11-02")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    append(&log, &lines[25..35]);
+    wait_ok(tail(&topics, &log, true));
+    let events = exactly(&topics, 35).await;
+    // One partition (keys differ, but one partition keeps the order): files in order.
+    let messages: Vec<String> = events.iter().map(|e| e.event_type.to_string()).collect();
+    let expected: Vec<String> = lines[..35]
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["auditCode"].as_str().map(|c| c.trim().to_string()))
+                .unwrap_or_else(|| "resolutionFailed".to_string())
+        })
+        .collect();
+    assert_eq!(messages, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_after_the_rename_and_partial_lines_are_published_once_complete() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lae-audit.log");
+    let lines = sample_lines(SEED_003);
+    append(&log, &lines[..5]);
+    // Half a line, no newline yet.
+    let (head, rest) = lines[5].split_at(lines[5].len() / 2);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(head.as_bytes())
+        .unwrap();
+    let _tail = Killed(tail_with(
+        &topics,
+        &log,
+        false,
+        &[("AUDIT__TAIL__ROTATION_GRACE_MS", "1500")],
+    ));
+    raw_events(&topics, 5).await;
+    assert!(
+        consume_n(&topics.raw.name, 1, 6, Duration::from_secs(2))
+            .await
+            .is_err(),
+        "the partial line waits for its newline"
+    );
+    // Rotation, and the writer still finishing the renamed file.
+    let old = dir.path().join("lae-audit.log.2018-11-07");
+    std::fs::rename(&log, &old).unwrap();
+    append(&log, &lines[8..11]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&old).unwrap();
+    writeln!(f, "{rest}").unwrap();
+    append(&old, &lines[6..8]);
+    exactly(&topics, 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_reads_the_dated_files_first() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lae-audit.log");
+    let lines = sample_lines(SEED_003);
+    append(&dir.path().join("lae-audit.log.2018-11-01"), &lines[..4]);
+    std::thread::sleep(Duration::from_millis(20));
+    append(&dir.path().join("lae-audit.log.2018-11-02"), &lines[4..8]);
+    std::fs::write(dir.path().join("lae-audit.log.2018-10-31.gz"), b"\x1f\x8b").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    append(&log, &lines[8..12]);
+    wait_ok(tail_with(
+        &topics,
+        &log,
+        true,
+        &[("AUDIT__TAIL__BACKFILL", "true")],
+    ));
+    exactly(&topics, 12).await;
 }

@@ -40,6 +40,9 @@ pub struct Position {
     pub file: FileId,
     /// Bytes of the file already published.
     pub offset: u64,
+    /// How often the file was emptied in place (copytruncate); part of its lines' ids.
+    #[serde(default)]
+    pub generation: u64,
     /// A batch being published when this was saved: whether the broker got it is unknown until
     /// the raw topic is checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,7 +57,20 @@ pub struct Pending {
     pub watermarks: Vec<(i32, i64)>,
 }
 
+/// The temporary file a new position is written to before it replaces the old one.
+pub fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
 pub fn load(path: &Path) -> Result<Option<Position>> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        anyhow::bail!(
+            "position file {} is a symlink; refusing to follow it (replace it with a regular file or point tail.position_file elsewhere)",
+            path.display()
+        );
+    }
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
             format!(
@@ -67,9 +83,21 @@ pub fn load(path: &Path) -> Result<Option<Position>> {
     }
 }
 
+/// Writes through a temporary file created new (`O_CREAT | O_EXCL`, which never follows a
+/// symlink), then renames it over the position file (a rename replaces a symlink, never its
+/// target): nobody can redirect the write.
 pub fn save(path: &Path, position: &Position) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let tmp = temporary(path);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     serde_json::to_writer(&mut file, position)?;
     file.write_all(b"\n")?;
     file.sync_all()?;
@@ -90,6 +118,7 @@ mod tests {
             path: "x".into(),
             file: FileId { dev: 1, ino: 2 },
             offset: 3,
+            generation: 0,
             pending: Some(Pending {
                 end: 9,
                 watermarks: vec![(0, 5)],
@@ -99,5 +128,31 @@ mod tests {
         assert_eq!(load(&p).unwrap(), Some(pos));
         std::fs::write(&p, b"{").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
+    }
+
+    #[test]
+    fn symlinks_are_neither_followed_nor_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let p = dir.path().join("pos");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("symlink"));
+        // A planted temporary file pointing elsewhere is removed, not written through.
+        std::os::unix::fs::symlink(&victim, temporary(&p)).unwrap();
+        let pos = Position {
+            path: "x".into(),
+            file: FileId { dev: 1, ino: 2 },
+            offset: 3,
+            generation: 0,
+            pending: None,
+        };
+        save(&p, &pos).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&p).unwrap(), Some(pos));
     }
 }
