@@ -42,6 +42,12 @@ pub struct EnricherConfig {
     pub unknown_session_ttl_ms: u64,
     /// Most sessions remembered as waited for in vain (the oldest is forgotten first).
     pub max_unknown_sessions: usize,
+    /// An event whose claimed time is more than this many milliseconds before the pipeline
+    /// received it is flagged `event_time = TOO_OLD` (kept, never refused).
+    pub max_event_age_ms: u64,
+    /// An event whose claimed time is more than this many milliseconds after the pipeline
+    /// received it is flagged `event_time = AHEAD`.
+    pub max_event_lead_ms: u64,
     /// Most records held back for late sessions at once; when full, the session waiting
     /// longest goes on as SESSION_UNKNOWN early. Held records never hold back other records.
     pub max_waiting_records: usize,
@@ -62,6 +68,8 @@ impl Default for EnricherConfig {
             session_wait_ms: 2_000,
             unknown_session_ttl_ms: 60_000,
             max_unknown_sessions: 100_000,
+            max_event_age_ms: 7 * 24 * 3_600_000,
+            max_event_lead_ms: 5 * 60_000,
             max_waiting_records: 100_000,
             batch_max_records: 2_000,
             batch_max_wait_ms: 50,

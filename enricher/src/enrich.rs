@@ -103,6 +103,8 @@ pub fn enrich(
                 raw_partition: position.partition,
                 raw_offset: position.offset,
             },
+            // Checked by the service, which holds the configured limits.
+            event_time: Default::default(),
         }),
         redacted,
     }

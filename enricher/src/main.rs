@@ -132,6 +132,8 @@ async fn run(cli: Cli) -> Result<()> {
             unknown_session_ttl: Duration::from_millis(settings.enricher.unknown_session_ttl_ms),
             max_waiting: settings.enricher.max_waiting_records,
             max_unknown_sessions: settings.enricher.max_unknown_sessions,
+            max_event_age: Duration::from_millis(settings.enricher.max_event_age_ms),
+            max_event_lead: Duration::from_millis(settings.enricher.max_event_lead_ms),
         },
     );
     let options = BatchOptions {

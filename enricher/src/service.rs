@@ -23,7 +23,7 @@ use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record};
 use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent, Timestamp};
+use audit_schemas::{AvroRecord, DeadLetter, EventTimeCheck, RawAuditEvent, Timestamp};
 use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
 use std::sync::{Arc, Mutex, RwLock};
@@ -78,6 +78,10 @@ pub struct Options {
     pub max_waiting: usize,
     /// Most sessions remembered as waited for in vain.
     pub max_unknown_sessions: usize,
+    /// An event time further before its receipt than this is flagged TOO_OLD.
+    pub max_event_age: Duration,
+    /// An event time further after its receipt than this is flagged AHEAD.
+    pub max_event_lead: Duration,
 }
 
 pub struct Enricher {
@@ -89,6 +93,8 @@ pub struct Enricher {
     session_wait: Duration,
     waiting: ParkingLot<Parked>,
     unknown: UnknownSessions,
+    max_event_age_us: i64,
+    max_event_lead_us: i64,
 }
 
 /// A raw record held back for its session: decoded again when released (rare), so nothing is
@@ -133,12 +139,14 @@ impl Enricher {
                 options.max_unknown_sessions,
                 options.unknown_session_ttl,
             ),
+            max_event_age_us: options.max_event_age.as_micros().min(i64::MAX as u128) as i64,
+            max_event_lead_us: options.max_event_lead.as_micros().min(i64::MAX as u128) as i64,
         }
     }
 
     /// Join, rules and redaction for one event, with metrics.
     fn step(&self, raw: RawAuditEvent, position: RawPosition, give_up: bool) -> Step {
-        let step = {
+        let mut step = {
             let directory = self
                 .tables
                 .directory
@@ -155,6 +163,19 @@ impl Enricher {
                 Timestamp::now(),
             )
         };
+        if let Step::Publish { event, .. } = &mut step {
+            // The claimed time is kept; the flag tells analysts not to trust it.
+            event.event_time = EventTimeCheck::of(
+                event.event.timestamp,
+                event.pipeline.received_at,
+                self.max_event_age_us,
+                self.max_event_lead_us,
+            );
+            if event.event_time != EventTimeCheck::Plausible {
+                metrics::counter!("audit_enricher_implausible_event_time_total", "check" => event.event_time.as_str())
+                    .increment(1);
+            }
+        }
         match &step {
             Step::Publish { event, redacted } => {
                 if *redacted > 0 {

@@ -728,3 +728,27 @@ async fn unknown_sessions_hold_back_only_their_own_records() {
         assert_eq!(e.enrichment, Enrichment::SessionUnknown);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn implausible_event_times_are_flagged_and_kept() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let _e = start(&topics, &unique("g"));
+    let day = 24 * 3600 * 1_000_000;
+    let mut old = raw("log", Source::Server, None, Some("u-erin"), "backdated");
+    old.timestamp = Timestamp::from_micros(Timestamp::now().as_micros() - 400 * day);
+    let mut ahead = raw("log", Source::Server, None, Some("u-erin"), "ahead");
+    ahead.timestamp = Timestamp::from_micros(Timestamp::now().as_micros() + day);
+    let fine = raw("log", Source::Server, None, Some("u-erin"), "now");
+    for e in [&old, &ahead, &fine] {
+        send(&p, &topics, e).await;
+    }
+    let got = by_message(enriched(&topics, 3).await);
+    assert_eq!(got["backdated"].event_time, EventTimeCheck::TooOld);
+    assert_eq!(
+        got["backdated"].event.timestamp, old.timestamp,
+        "the claim is kept"
+    );
+    assert_eq!(got["ahead"].event_time, EventTimeCheck::Ahead);
+    assert_eq!(got["now"].event_time, EventTimeCheck::Plausible);
+}

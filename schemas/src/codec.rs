@@ -311,7 +311,10 @@ avro_record!(
 avro_record!(
     EnrichedAuditEvent,
     "EnrichedAuditEvent",
-    ["enriched_audit_event.v1.avsc"],
+    [
+        "enriched_audit_event.v1.avsc",
+        "enriched_audit_event.v2.avsc"
+    ],
     encode = direct_write::enriched_audit_event
 );
 avro_record!(

@@ -144,6 +144,44 @@ pub struct EnrichedAuditEvent {
     pub enrichment: Enrichment,
     pub claimed_user_mismatch: bool,
     pub pipeline: PipelineMeta,
+    /// Whether the claimed event time is plausible next to `pipeline.received_at`.
+    #[serde(default)]
+    pub event_time: EventTimeCheck,
+}
+
+/// The event time is the sender's claim; the enricher checks it against the time the pipeline
+/// received the event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventTimeCheck {
+    #[default]
+    Plausible,
+    /// Older than the limit before it was received.
+    TooOld,
+    /// Further ahead of its receipt than the limit.
+    Ahead,
+}
+
+impl EventTimeCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventTimeCheck::Plausible => "PLAUSIBLE",
+            EventTimeCheck::TooOld => "TOO_OLD",
+            EventTimeCheck::Ahead => "AHEAD",
+        }
+    }
+
+    /// `claimed` against `received`, with the allowed age and lead in microseconds.
+    pub fn of(claimed: Timestamp, received: Timestamp, max_age_us: i64, max_lead_us: i64) -> Self {
+        let (c, r) = (claimed.as_micros(), received.as_micros());
+        if r.saturating_sub(c) > max_age_us {
+            EventTimeCheck::TooOld
+        } else if c.saturating_sub(r) > max_lead_us {
+            EventTimeCheck::Ahead
+        } else {
+            EventTimeCheck::Plausible
+        }
+    }
 }
 
 /// UUIDs as their hyphenated text in every format: the Avro schema says `string`, and
@@ -161,5 +199,25 @@ mod uuid_text {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         Uuid::parse_str(&text)
             .map_err(|e| D::Error::custom(format!("event_id {text:?} is not a UUID: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_times_are_checked_against_receipt() {
+        let r = Timestamp::from_micros(1_000_000_000);
+        let check = |c: i64| EventTimeCheck::of(Timestamp::from_micros(c), r, 100, 10);
+        assert_eq!(check(1_000_000_000), EventTimeCheck::Plausible);
+        assert_eq!(check(1_000_000_000 - 100), EventTimeCheck::Plausible);
+        assert_eq!(check(1_000_000_000 - 101), EventTimeCheck::TooOld);
+        assert_eq!(check(1_000_000_010), EventTimeCheck::Plausible);
+        assert_eq!(check(1_000_000_011), EventTimeCheck::Ahead);
+        assert_eq!(
+            EventTimeCheck::of(Timestamp::from_micros(i64::MIN), r, 100, 10),
+            EventTimeCheck::TooOld
+        );
     }
 }

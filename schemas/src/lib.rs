@@ -33,8 +33,8 @@ pub use codec::{AvroRecord, DecodeError, EncodeError};
 pub use dead_letter::DeadLetter;
 pub use directory::{DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Session, User};
 pub use event::{
-    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, GroupRef, PipelineMeta,
-    RawAuditEvent, ResolvedUser, SessionInfo, Source,
+    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck, GroupRef,
+    PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,
 };
 pub use rule::{AuditRule, RuleAction};
 pub use timestamp::Timestamp;

@@ -50,6 +50,7 @@ pub struct EventRow {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    pub event_time_check: String,
 }
 
 /// Where a row was read from: its identity for effectively-once inserts.
@@ -116,6 +117,7 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         source_topic: topic.to_string(),
         source_partition: origin.partition,
         source_offset: origin.offset,
+        event_time_check: e.event_time.as_str().to_string(),
     }
 }
 
@@ -253,6 +255,7 @@ pub(crate) mod tests {
                 raw_partition: 1,
                 raw_offset: 2,
             },
+            event_time: Default::default(),
         }
     }
 

@@ -110,6 +110,13 @@ ARRAY JOIN entities AS entity
             "ALTER TABLE {db}.events MATERIALIZE PROJECTION by_session",
         ],
     },
+    Migration {
+        version: 4,
+        name: "event time check",
+        statements: &[
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS event_time_check LowCardinality(String) DEFAULT 'PLAUSIBLE' COMMENT 'PLAUSIBLE, TOO_OLD or AHEAD: the claimed timestamp next to received_at'",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

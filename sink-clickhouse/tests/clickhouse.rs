@@ -126,6 +126,7 @@ fn event(
             raw_partition: 4,
             raw_offset: n as i64,
         },
+        event_time: Default::default(),
     }
 }
 
@@ -193,7 +194,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -723,10 +724,11 @@ async fn a_recreated_topic_is_not_mistaken_for_stored_rows() {
     let db = db();
     let c = client(&clickhouse_url(), &db);
     let group = unique("g");
-    {
-        let _sink = start(&topics, &db, &clickhouse_url(), &group);
-        wait_table(&c).await;
-    }
+    let migrated = cmd(&topics, &db, &clickhouse_url(), &group)
+        .arg("migrate")
+        .status()
+        .unwrap();
+    assert!(migrated.success());
     // The old incarnation: offsets 0..30 of the same topic partition, stored.
     let mut insert = c.insert::<EventRow>("events").await.unwrap();
     for n in 0..30 {

@@ -61,6 +61,7 @@ fn event(n: usize) -> EnrichedAuditEvent {
             raw_partition: 0,
             raw_offset: n as i64,
         },
+        event_time: Default::default(),
     }
 }
 

@@ -81,6 +81,7 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
             raw_partition: 0,
             raw_offset: 0,
         },
+        event_time: Default::default(),
     }
 }
 
@@ -375,4 +376,44 @@ async fn events_an_enricher_published_again_are_shipped_once() {
     let ids = event_ids(&got);
     assert!(ids.contains(&marker.event.event_id.to_string()));
     assert_eq!(ids.len(), 31, "no event shipped twice");
+}
+
+/// An event time is the sender's claim: one claimed 30 days back or a day ahead, but received
+/// now, is filed at the time it was received (CloudWatch would refuse the claim), and the
+/// message keeps the claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn implausible_claimed_times_are_filed_at_the_received_time() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let now = Timestamp::now();
+    let day = 24 * 3600 * 1_000_000;
+    let mut backdated = event("log", Timestamp::from_micros(now.as_micros() - 30 * day), 0);
+    backdated.pipeline.received_at = now;
+    let mut ahead = event("log", Timestamp::from_micros(now.as_micros() + day), 0);
+    ahead.pipeline.received_at = now;
+    publish(&p, &topics, &[backdated.clone(), ahead.clone()]).await;
+    let group = unique("/audit/test");
+    let _sink = start(&topics, &group, &cloudwatch_url(), STREAMS);
+    let client = logs_client(&cloudwatch_url()).await;
+    let got = wait_for_events(&client, &group, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let logged = &got["datagrok_log"];
+    assert_eq!(logged.len(), 2);
+    for (ts, body) in logged {
+        assert_eq!(*ts, now.as_millis(), "filed at the received time");
+        let claimed = body["event"]["timestamp"].as_i64().unwrap();
+        assert!(
+            claimed == backdated.event.timestamp.as_micros()
+                || claimed == ahead.event.timestamp.as_micros(),
+            "the claim is kept: {body}"
+        );
+    }
+    assert!(
+        consume_n(&topics.dlq.name, 1, 1, Duration::from_secs(2))
+            .await
+            .is_err(),
+        "nothing dead-lettered"
+    );
 }

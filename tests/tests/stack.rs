@@ -70,6 +70,7 @@ async fn raw_and_enriched_events_survive_the_real_broker() {
             raw_partition: 1,
             raw_offset: 42,
         },
+        event_time: Default::default(),
     };
     produce(
         &producer,

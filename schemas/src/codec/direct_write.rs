@@ -4,7 +4,8 @@
 //! bytes equal apache-avro's for arbitrary events.
 
 use crate::{
-    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, RawAuditEvent, Source,
+    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck,
+    RawAuditEvent, Source,
 };
 
 struct Writer<'a> {
@@ -137,4 +138,9 @@ pub fn enriched_audit_event(e: &EnrichedAuditEvent, buf: &mut Vec<u8>) {
     w.long(e.pipeline.enriched_at.as_micros());
     w.long(i64::from(e.pipeline.raw_partition));
     w.long(e.pipeline.raw_offset);
+    w.long(match e.event_time {
+        EventTimeCheck::Plausible => 0,
+        EventTimeCheck::TooOld => 1,
+        EventTimeCheck::Ahead => 2,
+    });
 }

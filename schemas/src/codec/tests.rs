@@ -58,6 +58,7 @@ fn enriched_example() -> EnrichedAuditEvent {
             raw_partition: 7,
             raw_offset: 1 << 40,
         },
+        event_time: EventTimeCheck::TooOld,
     }
 }
 
@@ -359,6 +360,7 @@ prop_compose! {
         enrichment in prop_oneof![Just(Enrichment::Enriched), Just(Enrichment::SessionUnknown), Just(Enrichment::NoSession)],
         mismatch in any::<bool>(),
         meta in (any::<i64>(), any::<i64>(), any::<i32>(), any::<i64>()),
+        event_time in prop_oneof![Just(EventTimeCheck::Plausible), Just(EventTimeCheck::TooOld), Just(EventTimeCheck::Ahead)],
     ) -> EnrichedAuditEvent {
         EnrichedAuditEvent {
             event,
@@ -373,6 +375,7 @@ prop_compose! {
                 raw_partition: meta.2,
                 raw_offset: meta.3,
             },
+            event_time,
         }
     }
 }
