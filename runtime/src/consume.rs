@@ -252,13 +252,18 @@ fn retain_assigned<C: ConsumerContext + 'static>(
             return;
         }
     };
-    let owned: std::collections::HashSet<(String, i32)> = assignment
-        .elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect();
+    let elements = assignment.elements();
+    // A consumer holds few partitions: a scan per record, no allocation on this hot path.
+    let owned = |m: &OwnedMessage| {
+        elements
+            .iter()
+            .any(|e| e.partition() == m.partition() && e.topic() == m.topic())
+    };
+    if batch.iter().all(owned) {
+        return;
+    }
     let before = batch.len();
-    batch.retain(|m| owned.contains(&(m.topic().to_string(), m.partition())));
+    batch.retain(owned);
     let dropped = before - batch.len();
     if dropped > 0 {
         tracing::info!(
