@@ -110,6 +110,12 @@ async fn run(cli: Cli) -> Result<()> {
         "directory loaded; enriching"
     );
 
+    audit_runtime::kafka::check_message_size(
+        &settings.kafka,
+        "audit-enricher",
+        &[&settings.topics.enriched.name, &settings.topics.dlq.name],
+    )
+    .await?;
     let producer = audit_runtime::publish::BatchProducer::new(&settings.kafka, "audit-enricher")?;
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

@@ -162,6 +162,28 @@ impl<T> ParkingLot<T> {
         self.deadlines.front().map(|(d, _, _)| *d)
     }
 
+    /// Lets go of every record held for the given partitions (revoked: their new owner reads
+    /// them again); returns how many. O(records held), and rare.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) -> usize {
+        let mut dropped = 0;
+        self.by_session.retain(|session, queue| {
+            let before = queue.len();
+            queue.retain(|h| !partitions.contains(&h.partition));
+            dropped += before - queue.len();
+            if queue.is_empty() {
+                self.generations.remove(session);
+                false
+            } else {
+                true
+            }
+        });
+        for p in partitions {
+            self.offsets.remove(p);
+        }
+        self.len -= dropped;
+        dropped
+    }
+
     /// The sessions records wait for.
     pub fn sessions(&self) -> impl Iterator<Item = &str> {
         self.by_session.keys().map(String::as_str)
@@ -288,6 +310,23 @@ mod tests {
         assert_eq!(expired[0].1[0].1, Release::GaveUp);
         assert_eq!(lot.len(), 1);
         assert_eq!(lot.floors().collect::<Vec<_>>(), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn revoked_partitions_are_let_go() {
+        let t0 = Instant::now();
+        let mut lot = ParkingLot::new(10);
+        lot.park("a", held(0, 1), t0);
+        lot.park("b", held(1, 2), t0);
+        lot.park("a", held(0, 3), t0);
+        assert_eq!(lot.forget_partitions(&[0]), 2);
+        assert!(!lot.is_waiting("a"));
+        assert!(lot.is_waiting("b"));
+        assert_eq!(lot.len(), 1);
+        assert_eq!(lot.floors().collect::<Vec<_>>(), vec![(1, 2)]);
+        // a's stale deadline is skipped.
+        assert_eq!(lot.release_expired(t0).len(), 1);
+        assert!(lot.is_empty());
     }
 
     #[test]

@@ -518,6 +518,12 @@ impl PipelinedHandler for Enricher {
         self.waiting.floors().collect()
     }
 
+    fn revoked(&mut self, partitions: &[i32]) {
+        let dropped = self.waiting.forget_partitions(partitions);
+        metrics::counter!("audit_enricher_waiting_left_on_revoke_total").increment(dropped as u64);
+        metrics::gauge!("audit_enricher_waiting_for_session").set(self.waiting.len() as f64);
+    }
+
     fn wake_at(&mut self) -> Option<tokio::time::Instant> {
         let deadline = self.waiting.next_deadline()?;
         let poll = Instant::now() + WAITING_POLL;

@@ -109,6 +109,12 @@ async fn run(cli: Cli) -> Result<()> {
             if settings.tokens.is_empty() && !settings.http.allow_anonymous {
                 anyhow::bail!("no API tokens configured: add [[tokens]] entries to the settings file (or set http.allow_anonymous = true for local development)");
             }
+            audit_runtime::kafka::check_message_size(
+                &settings.kafka,
+                "audit-producer",
+                &[&settings.topics.raw.name, &settings.topics.dlq.name],
+            )
+            .await?;
             let shutdown = Shutdown::on_signals();
             let health = Health::default();
             let publisher = publisher()?.with_health(health.clone());

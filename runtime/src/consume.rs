@@ -81,6 +81,10 @@ pub trait PipelinedHandler {
     fn wake_at(&mut self) -> Option<tokio::time::Instant> {
         None
     }
+
+    /// Partitions the handler holds records of (see `held_back`) were revoked: their new owner
+    /// reads those records from the last commit, so the handler must let them go unhandled.
+    fn revoked(&mut self, _partitions: &[i32]) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,7 @@ where
             )
             .await?;
             retain_assigned(consumer, &mut batch);
+            release_revoked(consumer, handler);
             let woken = wake.is_some_and(|w| tokio::time::Instant::now() >= w);
             if batch.is_empty() && !woken {
                 continue;
@@ -271,6 +276,33 @@ fn retain_assigned<C: ConsumerContext + 'static>(
             "records of partitions revoked while the batch was gathered; left to their new owner"
         );
         metrics::counter!("audit_consumer_revoked_records_dropped_total").increment(dropped as u64);
+    }
+}
+
+/// Tells the handler which of the partitions it holds records of are no longer assigned.
+fn release_revoked<C: ConsumerContext + 'static, H: PipelinedHandler>(
+    consumer: &StreamConsumer<C>,
+    handler: &mut H,
+) {
+    let held = handler.held_back();
+    if held.is_empty() {
+        return;
+    }
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let elements = assignment.elements();
+    let revoked: Vec<i32> = held
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !elements.iter().any(|e| e.partition() == *p))
+        .collect();
+    if !revoked.is_empty() {
+        tracing::info!(
+            ?revoked,
+            "partitions with held records were revoked; leaving them to their new owner"
+        );
+        handler.revoked(&revoked);
     }
 }
 

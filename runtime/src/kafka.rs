@@ -28,6 +28,12 @@ pub enum KafkaSetupError {
     Request(#[from] KafkaError),
     #[error("topic {0} does not exist (create it with `auditctl topics create`)")]
     NoSuchTopic(String),
+    #[error("topic {topic} takes records of at most {limit} bytes (max.message.bytes), less than kafka.message_max_bytes = {budget}: lower the setting or raise the topic's limit")]
+    TooSmall {
+        topic: String,
+        limit: usize,
+        budget: usize,
+    },
 }
 
 /// The partition ids of `topic`. Blocks the calling worker thread (metadata is a synchronous
@@ -362,6 +368,48 @@ pub async fn describe_topics(
         }
     }
     Ok(out)
+}
+
+/// Checks that every topic a stage writes takes records as large as `kafka.message_max_bytes`
+/// (its `max.message.bytes`), so the size budget every stage checks against is the broker's too.
+/// A topic whose limit is lower stops the stage at start with both numbers; a broker that does
+/// not describe topic settings (Tansu 0.6) is logged and trusted.
+pub async fn check_message_size(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topics: &[&str],
+) -> Result<(), KafkaSetupError> {
+    let admin = admin(kafka, client_id)?;
+    let specifiers: Vec<_> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let configs = match admin.describe_configs(specifiers.iter(), &opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "the broker does not describe topic settings; max.message.bytes not checked");
+            return Ok(());
+        }
+    };
+    for (topic, config) in topics.iter().zip(configs) {
+        let limit = config
+            .ok()
+            .and_then(|c| c.get("max.message.bytes").and_then(|e| e.value.clone()))
+            .and_then(|v| v.parse::<usize>().ok());
+        match limit {
+            Some(limit) if limit < kafka.message_max_bytes => {
+                return Err(KafkaSetupError::TooSmall {
+                    topic: topic.to_string(),
+                    limit,
+                    budget: kafka.message_max_bytes,
+                })
+            }
+            Some(_) => {}
+            None => tracing::info!(
+                topic,
+                "max.message.bytes not reported by the broker; not checked"
+            ),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

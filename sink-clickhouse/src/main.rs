@@ -89,6 +89,12 @@ async fn run(cli: Cli) -> Result<()> {
     health.set("clickhouse", true, "migrated");
     let ops =
         audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
+    audit_runtime::kafka::check_message_size(
+        &settings.kafka,
+        "audit-sink-clickhouse",
+        &[&settings.topics.dlq.name],
+    )
+    .await?;
     let mut sink = ClickHouseSink {
         store: Store::new(
             audit_sink_clickhouse::client(ch),

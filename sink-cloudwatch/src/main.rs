@@ -86,6 +86,12 @@ async fn run(cli: Cli) -> Result<()> {
     health.set("cloudwatch", true, "log group and streams ready");
     tracing::info!(group = %cw.log_group, streams = streams.len(), "shipping to CloudWatch Logs");
 
+    audit_runtime::kafka::check_message_size(
+        &settings.kafka,
+        "audit-sink-cloudwatch",
+        &[&settings.topics.dlq.name],
+    )
+    .await?;
     let mut sink = CloudWatchSink {
         cloudwatch,
         routes,
