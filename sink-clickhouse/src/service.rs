@@ -297,3 +297,26 @@ impl Store {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_row_errors_dead_letter_and_server_wide_ones_are_waited_out() {
+        // READONLY, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE, MEMORY_LIMIT_EXCEEDED, TOO_MANY_PARTS,
+        // UNKNOWN_TABLE, UNKNOWN_DATABASE, TIMEOUT_EXCEEDED, no code at all.
+        for code in [164, 242, 243, 241, 252, 60, 81, 159] {
+            assert_eq!(classify_code(Some(code)), ErrorClass::Retryable, "{code}");
+        }
+        assert_eq!(classify_code(None), ErrorClass::Retryable);
+        // VIOLATED_CONSTRAINT, TYPE_MISMATCH, CANNOT_PARSE_TEXT.
+        for code in [469, 53, 6] {
+            assert_eq!(classify_code(Some(code)), ErrorClass::PerRecord, "{code}");
+        }
+        // AUTHENTICATION_FAILED, ACCESS_DENIED.
+        for code in [516, 497] {
+            assert_eq!(classify_code(Some(code)), ErrorClass::Fatal, "{code}");
+        }
+    }
+}
