@@ -2,7 +2,7 @@
 
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
-use audit_schemas::redaction::DEFAULT_SECRET_KEYS;
+use audit_schemas::redaction::RedactionSettings;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -14,7 +14,7 @@ pub struct Settings {
     pub log: LogConfig,
     pub ops: OpsConfig,
     pub enricher: EnricherConfig,
-    pub redaction: RedactionConfig,
+    pub redaction: RedactionSettings,
 }
 
 impl Default for Settings {
@@ -25,7 +25,7 @@ impl Default for Settings {
             log: LogConfig::default(),
             ops: OpsConfig::on_port(9101),
             enricher: EnricherConfig::default(),
-            redaction: RedactionConfig::default(),
+            redaction: RedactionSettings::default(),
         }
     }
 }
@@ -78,21 +78,6 @@ impl Default for EnricherConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedactionConfig {
-    /// Keys whose values are replaced by "[NOT OUTPUT]" again, in case a producer let one through.
-    pub keys: Vec<String>,
-}
-
-impl Default for RedactionConfig {
-    fn default() -> Self {
-        Self {
-            keys: DEFAULT_SECRET_KEYS.iter().map(|k| k.to_string()).collect(),
-        }
-    }
-}
-
 impl Validate for Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
@@ -139,6 +124,6 @@ impl Validate for Settings {
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        config::load(file, &["redaction.keys"])
+        config::load(file, &["redaction.keys", "redaction.keep"])
     }
 }

@@ -9,7 +9,6 @@ use audit_runtime::consume::{self, BatchOptions};
 use audit_runtime::kafka::GroupContext;
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
-use audit_schemas::redaction::Redactor;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,7 +127,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut enricher = Enricher::new(
         tables,
         producer,
-        Redactor::new(&settings.redaction.keys),
+        settings.redaction.redactor(),
         Options {
             raw_topic: settings.topics.raw.name.clone(),
             enriched_topic: settings.topics.enriched.name.clone(),

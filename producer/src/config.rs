@@ -2,7 +2,7 @@
 
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, TopicsConfig};
-use audit_schemas::redaction::DEFAULT_SECRET_KEYS;
+use audit_schemas::redaction::RedactionSettings;
 use audit_schemas::Source;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ pub struct Settings {
     pub topics: TopicsConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
-    pub redaction: RedactionConfig,
+    pub redaction: RedactionSettings,
     pub tail: TailConfig,
     /// API tokens; each is bound to one service and the sources it may claim.
     pub tokens: Vec<TokenConfig>,
@@ -79,21 +79,6 @@ pub struct TokenConfig {
 
 fn server_only() -> Vec<Source> {
     vec![Source::Server]
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedactionConfig {
-    /// Keys whose values are replaced by "[NOT OUTPUT]" at any depth, case-insensitively.
-    pub keys: Vec<String>,
-}
-
-impl Default for RedactionConfig {
-    fn default() -> Self {
-        Self {
-            keys: DEFAULT_SECRET_KEYS.iter().map(|k| k.to_string()).collect(),
-        }
-    }
 }
 
 /// The audit-log tailer.
@@ -193,6 +178,6 @@ impl Validate for Settings {
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        config::load(file, &["redaction.keys"])
+        config::load(file, &["redaction.keys", "redaction.keep"])
     }
 }

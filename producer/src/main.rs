@@ -10,7 +10,6 @@ use audit_producer::{gen, http, send};
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
-use audit_schemas::redaction::Redactor;
 use audit_schemas::Source;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -91,7 +90,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     audit_runtime::telemetry::init(&settings.log)?;
-    let redactor = Redactor::new(&settings.redaction.keys);
+    let redactor = settings.redaction.redactor();
     let publisher = || -> Result<Publisher> {
         let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-producer")?;
         Ok(Publisher::new(

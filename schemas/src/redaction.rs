@@ -10,7 +10,10 @@ use std::collections::HashSet;
 /// What a redacted value becomes.
 pub const REDACTED: &str = "[NOT OUTPUT]";
 
-/// The keys redacted when configuration names none.
+pub mod keys;
+
+/// The keys configuration adds by default. Every one of them is secret by the built-in rule
+/// ([`keys`]) as well; the list stays so settings written for earlier versions mean the same.
 pub const DEFAULT_SECRET_KEYS: [&str; 8] = [
     "password",
     "oldPassword",
@@ -22,14 +25,61 @@ pub const DEFAULT_SECRET_KEYS: [&str; 8] = [
     "credentials",
 ];
 
-/// Replaces the values of secret keys, at any depth, case-insensitively.
+/// The `[redaction]` settings of the binaries that redact (producer, enricher).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionSettings {
+    /// Keys redacted in addition to the built-in rule (keys naming a password, secret, token,
+    /// key, credential, authorization, cookie, signature or connection string by their words;
+    /// see the README). Compared as normalised keys: `badge number` matches `badgeNumber`.
+    pub keys: Vec<String>,
+    /// Keys never redacted although the rule calls them secret.
+    pub keep: Vec<String>,
+}
+
+impl Default for RedactionSettings {
+    fn default() -> Self {
+        Self {
+            keys: DEFAULT_SECRET_KEYS.iter().map(|k| k.to_string()).collect(),
+            keep: Vec::new(),
+        }
+    }
+}
+
+impl RedactionSettings {
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(&self.keys).with_exceptions(&self.keep)
+    }
+}
+
+/// Substrings one of which every secret key holds (case-insensitively): a key or a text with
+/// none of them is passed over without splitting or parsing it.
+const HINTS: &[&str] = &[
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "cred",
+    "auth",
+    "cookie",
+    "signature",
+    "key",
+    "conn",
+    "jwt",
+    "bearer",
+];
+
+/// Replaces the values of secret keys, at any depth: keys secret by meaning ([`keys`]), plus
+/// configured additions, less configured exceptions (both compared as normalised keys).
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    keys: HashSet<String>,
-    /// Finds any key's name in a text, case-insensitively, in one pass: most texts mention none
-    /// and are skipped without parsing or allocating. `None` only if the automaton could not be
-    /// built (size limits), and then a slower scan does the same job.
+    additions: HashSet<String>,
+    exceptions: HashSet<String>,
+    /// Finds any hint (or word of an added key) in a text, case-insensitively, in one pass.
+    /// `None` only if the automaton could not be built (size limits), and then a slower scan
+    /// does the same job.
     mentions: Option<AhoCorasick>,
+    patterns: Vec<String>,
 }
 
 impl Default for Redactor {
@@ -39,24 +89,58 @@ impl Default for Redactor {
 }
 
 impl Redactor {
+    /// The built-in rule plus `keys`.
     pub fn new<I, S>(keys: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let keys: HashSet<String> = keys
+        let additions: HashSet<String> = keys
             .into_iter()
-            .map(|k| k.as_ref().to_ascii_lowercase())
+            .map(|k| keys::normalised(k.as_ref()))
+            .filter(|k| !k.is_empty())
             .collect();
+        let mut patterns: Vec<String> = HINTS.iter().map(|h| h.to_string()).collect();
+        for k in &additions {
+            patterns.extend(k.split('_').map(str::to_string));
+        }
+        patterns.sort();
+        patterns.dedup();
         let mentions = AhoCorasick::builder()
             .ascii_case_insensitive(true)
-            .build(&keys)
+            .build(&patterns)
             .ok();
-        Self { keys, mentions }
+        Self {
+            additions,
+            exceptions: HashSet::new(),
+            mentions,
+            patterns,
+        }
+    }
+
+    /// Keys never redacted even though the rule calls them secret (e.g. a `session_token_hint`
+    /// that a platform uses for something public).
+    pub fn with_exceptions<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.exceptions = keys
+            .into_iter()
+            .map(|k| keys::normalised(k.as_ref()))
+            .collect();
+        self
     }
 
     pub fn is_secret(&self, key: &str) -> bool {
-        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+        if !self.mentions_a_key(key) {
+            return false;
+        }
+        let normalised = keys::normalised(key);
+        if self.exceptions.contains(&normalised) {
+            return false;
+        }
+        self.additions.contains(&normalised) || keys::names_a_secret(key)
     }
 
     fn mentions_a_key(&self, text: &str) -> bool {
@@ -64,7 +148,7 @@ impl Redactor {
             Some(automaton) => automaton.is_match(text),
             None => {
                 let lower = text.to_ascii_lowercase();
-                self.keys.iter().any(|k| lower.contains(k.as_str()))
+                self.patterns.iter().any(|k| lower.contains(k.as_str()))
             }
         }
     }
@@ -176,10 +260,25 @@ mod tests {
     }
 
     #[test]
-    fn custom_keys_replace_defaults() {
-        let r = Redactor::new(["pin"]);
-        let mut v = json!({"pin": "1234", "password": "kept"});
-        assert_eq!(r.redact_value(&mut v), 1);
-        assert_eq!(v["password"], "kept");
+    fn configured_keys_add_to_the_rule_and_exceptions_keep() {
+        let r = Redactor::new(["pin", "badge number"]).with_exceptions(["session_token_hint"]);
+        let mut v = json!({"PIN": "1234", "badgeNumber": "77", "password": "x",
+                           "sessionTokenHint": "public", "token_count": 3});
+        assert_eq!(r.redact_value(&mut v), 3);
+        assert_eq!(v["PIN"], REDACTED);
+        assert_eq!(v["badgeNumber"], REDACTED);
+        assert_eq!(v["password"], REDACTED);
+        assert_eq!(v["sessionTokenHint"], "public");
+        assert_eq!(v["token_count"], 3);
+    }
+
+    #[test]
+    fn the_issue_keys_are_redacted() {
+        let r = Redactor::default();
+        let mut v = json!({"api_key": "a", "Authorization": "Bearer b", "client_secret": "c",
+                           "access_token": "d", "secret_key": "e", "db_password": "f",
+                           "passwd": "g", "privateKey": "h", "rows": 10});
+        assert_eq!(r.redact_value(&mut v), 8);
+        assert_eq!(v["rows"], 10);
     }
 }
