@@ -134,7 +134,9 @@ impl<'a> Tailer<'a> {
 
     pub async fn run(mut self, shutdown: &Shutdown) -> Result<TailStats> {
         self.raw_partitions = self
-            .until_broker_answers("reading the raw topic's partitions", |t| t.partitions())
+            .until_broker_answers("reading the raw topic's partitions", || async {
+                self.partitions()
+            })
             .await?;
         let mut current = self.resume().await?;
         let progress = self.progress_bar(&current);
@@ -184,25 +186,21 @@ impl<'a> Tailer<'a> {
         Ok(self.stats)
     }
 
-    /// Runs a broker request until it succeeds: an outage of any length is waited out.
-    async fn until_broker_answers<T>(
-        &self,
-        what: &str,
-        op: impl Fn(&Self) -> Result<T>,
-    ) -> Result<T> {
-        let policy = audit_runtime::retry::RetryPolicy::default();
-        let mut attempt = 1;
-        loop {
-            match op(self) {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    let delay = policy.delay(attempt);
-                    tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-            }
-        }
+    /// Runs a broker request until it succeeds (the runtime's retry policy, no attempt limit):
+    /// an outage of any length is waited out.
+    async fn until_broker_answers<T, Fut>(&self, what: &str, op: impl FnMut() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        audit_runtime::retry::RetryPolicy::default()
+            .run(
+                what,
+                |_| audit_runtime::retry::ErrorClass::Retryable,
+                |_| {},
+                op,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))
     }
 
     /// copytruncate: the file was copied to its dated name and emptied in place (it is shorter
@@ -377,7 +375,7 @@ impl<'a> Tailer<'a> {
     async fn resume(&mut self) -> Result<Current> {
         let saved = position::load(&self.options.position_file)?;
         if let Some(pending) = saved.as_ref().and_then(|s| s.pending.as_ref()) {
-            self.already_published = self.recover_pending(&pending.watermarks).await;
+            self.already_published = self.recover_pending(&pending.watermarks).await?;
             tracing::info!(
                 found = self.already_published.len(),
                 "a batch was in flight when the tailer stopped; its lines already on the broker will not be sent again"
@@ -413,20 +411,12 @@ impl<'a> Tailer<'a> {
     }
 
     /// The ids of a pending batch's lines that reached the broker, waiting out an outage.
-    async fn recover_pending(&self, watermarks: &[(i32, i64)]) -> HashSet<Uuid> {
-        let policy = audit_runtime::retry::RetryPolicy::default();
-        let mut attempt = 1;
-        loop {
-            match self.published_since(watermarks).await {
-                Ok(ids) => return ids,
-                Err(e) => {
-                    let delay = policy.delay(attempt);
-                    tracing::warn!(error = %format!("{e:#}"), attempt, "checking what of the pending batch reached the broker failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-            }
-        }
+    async fn recover_pending(&self, watermarks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
+        self.until_broker_answers(
+            "checking what of the pending batch reached the broker",
+            || self.published_since(watermarks),
+        )
+        .await
     }
 
     fn at_offset(&self, mut current: Current, offset: u64) -> Current {
@@ -471,7 +461,9 @@ impl<'a> Tailer<'a> {
             for batch in lines.chunks(self.options.batch_lines) {
                 let end = base + batch[batch.len() - 1].1 as u64;
                 let watermarks = self
-                    .until_broker_answers("reading the raw topic's end offsets", |t| t.watermarks())
+                    .until_broker_answers("reading the raw topic's end offsets", || async {
+                        self.watermarks()
+                    })
                     .await?;
                 let pending = Pending {
                     end,
@@ -485,7 +477,7 @@ impl<'a> Tailer<'a> {
                     let delay = audit_runtime::retry::RetryPolicy::default().delay(attempt);
                     tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "publishing log lines failed; retrying");
                     tokio::time::sleep(delay).await;
-                    self.already_published = self.recover_pending(&watermarks).await;
+                    self.already_published = self.recover_pending(&watermarks).await?;
                     attempt += 1;
                 }
                 self.already_published.clear();
