@@ -5,12 +5,14 @@
 use crate::RawAuditEvent;
 use aho_corasick::AhoCorasick;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// What a redacted value becomes.
 pub const REDACTED: &str = "[NOT OUTPUT]";
 
 pub mod keys;
+mod shapes;
 
 /// The keys configuration adds by default. Every one of them is secret by the built-in rule
 /// ([`keys`]) as well; the list stays so settings written for earlier versions mean the same.
@@ -133,7 +135,7 @@ impl Redactor {
     }
 
     pub fn is_secret(&self, key: &str) -> bool {
-        if !self.mentions_a_key(key) {
+        if !self.mentions_a_key(key.as_bytes()) {
             return false;
         }
         let normalised = keys::normalised(key);
@@ -143,11 +145,11 @@ impl Redactor {
         self.additions.contains(&normalised) || keys::names_a_secret(key)
     }
 
-    fn mentions_a_key(&self, text: &str) -> bool {
+    fn mentions_a_key(&self, text: &[u8]) -> bool {
         match &self.mentions {
             Some(automaton) => automaton.is_match(text),
             None => {
-                let lower = text.to_ascii_lowercase();
+                let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
                 self.patterns.iter().any(|k| lower.contains(k.as_str()))
             }
         }
@@ -175,12 +177,78 @@ impl Redactor {
                 changed
             }
             Value::Array(items) => items.iter_mut().map(|v| self.redact_value(v)).sum(),
+            Value::String(text) => self.redact_text(text),
             _ => 0,
         }
     }
 
-    /// Redacts an event's params and response (both JSON text). Text that is not JSON cannot
-    /// hold a keyed secret and is left alone.
+    /// Replaces the secret-shaped parts of free text ([`shapes`]). A text that is a whole JSON
+    /// document is parsed, redacted as JSON (keys and values) and re-serialised.
+    pub fn redact_text(&self, text: &mut String) -> usize {
+        let mentions_key = self.mentions_a_key(text.as_bytes());
+        if !shapes::may_hold_a_secret(text.as_bytes(), mentions_key) {
+            return 0;
+        }
+        if let Some(changed) = self.redact_embedded_json(text) {
+            return changed;
+        }
+        let ranges = shapes::find(text.as_bytes(), mentions_key, &|k| self.is_secret(k));
+        if ranges.is_empty() {
+            return 0;
+        }
+        let (bytes, changed) = shapes::replace(text.as_bytes(), ranges);
+        if changed > 0 {
+            *text = match String::from_utf8(bytes) {
+                Ok(s) => s,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            };
+        }
+        changed
+    }
+
+    /// [`Redactor::redact_text`] for bytes that may not be text (a dead letter's original, a
+    /// log line): UTF-8 is redacted as text, anything else by the shape and key/value rules
+    /// over its bytes. Returns the bytes to keep and how many secrets were replaced.
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> (Cow<'a, [u8]>, usize) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let mut owned = text.to_string();
+            let changed = self.redact_text(&mut owned);
+            return if changed > 0 {
+                (Cow::Owned(owned.into_bytes()), changed)
+            } else {
+                (Cow::Borrowed(bytes), 0)
+            };
+        }
+        let mentions_key = self.mentions_a_key(bytes);
+        if !shapes::may_hold_a_secret(bytes, mentions_key) {
+            return (Cow::Borrowed(bytes), 0);
+        }
+        let ranges = shapes::find(bytes, mentions_key, &|k| self.is_secret(k));
+        if ranges.is_empty() {
+            return (Cow::Borrowed(bytes), 0);
+        }
+        let (out, changed) = shapes::replace(bytes, ranges);
+        (Cow::Owned(out), changed)
+    }
+
+    fn redact_embedded_json(&self, text: &mut String) -> Option<usize> {
+        let trimmed = text.trim();
+        let document = (trimmed.starts_with('{') && trimmed.ends_with('}'))
+            || (trimmed.starts_with('[') && trimmed.ends_with(']'));
+        if !document {
+            return None;
+        }
+        let mut value: Value = serde_json::from_str(trimmed).ok()?;
+        let changed = self.redact_value(&mut value);
+        if changed > 0 {
+            *text = value.to_string();
+        }
+        Some(changed)
+    }
+
+    /// Redacts every text of an event that a sender writes freely: params and response (JSON
+    /// text), message, error, entity names and the user agent. Ids are left alone: they are
+    /// joined on, and a secret-shaped id is rejected at ingest instead.
     pub fn redact_event(&self, event: &mut RawAuditEvent) -> usize {
         let mut changed = 0;
         for (key, text) in event.params.iter_mut() {
@@ -197,26 +265,40 @@ impl Redactor {
         if let Some(text) = event.response.as_mut() {
             changed += self.redact_json_text(text);
         }
+        let texts = event
+            .message
+            .iter_mut()
+            .chain(event.error.iter_mut().flat_map(|e| {
+                e.code
+                    .iter_mut()
+                    .chain(e.message.iter_mut())
+                    .chain(e.stack_trace.iter_mut())
+            }))
+            .chain(event.entities.iter_mut().filter_map(|e| e.name.as_mut()))
+            .chain(event.client.iter_mut().filter_map(|c| c.user_agent.as_mut()));
+        for text in texts {
+            changed += self.redact_text(text);
+        }
         changed
     }
 
+    /// A JSON text (a param, a response): parsed and redacted as JSON when it may hold a
+    /// secret; a text that does not parse is redacted as free text.
     fn redact_json_text(&self, text: &mut String) -> usize {
-        // Cheap pre-checks: a text without '{' cannot contain a key, nor one that does not
-        // mention any secret key's name; most params are skipped without parsing.
-        if !text.contains('{') {
+        let mentions_key = self.mentions_a_key(text.as_bytes());
+        if !shapes::may_hold_a_secret(text.as_bytes(), mentions_key) {
             return 0;
         }
-        if !self.mentions_a_key(text) {
-            return 0;
+        match serde_json::from_str::<Value>(text) {
+            Ok(mut value) => {
+                let changed = self.redact_value(&mut value);
+                if changed > 0 {
+                    *text = value.to_string();
+                }
+                changed
+            }
+            Err(_) => self.redact_text(text),
         }
-        let Ok(mut value) = serde_json::from_str::<Value>(text) else {
-            return 0;
-        };
-        let changed = self.redact_value(&mut value);
-        if changed > 0 {
-            *text = value.to_string();
-        }
-        changed
     }
 }
 
