@@ -63,7 +63,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("auditctl: {e:#}");
+            eprintln!(
+                "{}",
+                audit_runtime::telemetry::redacted_error("auditctl", &e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

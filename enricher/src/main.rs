@@ -55,7 +55,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("audit-enricher: {e:#}");
+            eprintln!(
+                "{}",
+                audit_runtime::telemetry::redacted_error("audit-enricher", &e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -81,7 +81,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("audit-producer: {e:#}");
+            eprintln!(
+                "{}",
+                audit_runtime::telemetry::redacted_error("audit-producer", &e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

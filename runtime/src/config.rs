@@ -52,9 +52,19 @@ pub fn to_redacted_toml<T: Serialize>(settings: &T) -> Result<String, toml::ser:
     toml::to_string_pretty(&value)
 }
 
+/// librdkafka properties that hold key material or may embed secrets, although their names
+/// do not say so by the built-in rule.
+const SECRET_PROPERTIES: &[&str] = &[
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.location.pem",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.extensions",
+];
+
 fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    key == "token" || key.contains("password") || key.contains("secret")
+    audit_schemas::redaction::keys::names_a_secret(key)
+        || SECRET_PROPERTIES.contains(&key.to_ascii_lowercase().as_str())
 }
 
 fn redact_secrets(value: &mut toml::Value) {
@@ -69,6 +79,10 @@ fn redact_secrets(value: &mut toml::Value) {
             }
         }
         toml::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        // URLs with a password, PEM blocks, tokens by their shape.
+        toml::Value::String(text) => {
+            audit_schemas::redaction::built_in().redact_text(text);
+        }
         _ => {}
     }
 }
@@ -407,6 +421,18 @@ mod tests {
                 ("sasl.password".to_string(), "hunter2".to_string()),
                 ("ssl.key.password".to_string(), "hunter3".to_string()),
                 ("sasl.username".to_string(), "svc".to_string()),
+                (
+                    "ssl.key.pem".to_string(),
+                    "-----BEGIN PRIVATE KEY-----\nMIIEv9\n-----END PRIVATE KEY-----".to_string(),
+                ),
+                (
+                    "sasl.oauthbearer.client.secret".to_string(),
+                    "hunter5".to_string(),
+                ),
+                (
+                    "bootstrap".to_string(),
+                    "https://svc:hunter6@broker:9093".to_string(),
+                ),
             ]),
             tokens: vec![BTreeMap::from([
                 ("token".to_string(), "tok-0123456789abcdef".to_string()),
@@ -415,14 +441,26 @@ mod tests {
             password: Some("hunter4".to_string()),
         };
         let printed = to_redacted_toml(&s).unwrap();
-        for secret in ["hunter2", "hunter3", "hunter4", "tok-0123456789abcdef"] {
+        for secret in [
+            "hunter2",
+            "hunter3",
+            "hunter4",
+            "hunter5",
+            "hunter6",
+            "MIIEv9",
+            "tok-0123456789abcdef",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
         }
         assert!(
             printed.contains("svc") && printed.contains("web"),
             "{printed}"
         );
-        assert_eq!(printed.matches("<redacted>").count(), 4, "{printed}");
+        assert_eq!(printed.matches("<redacted>").count(), 6, "{printed}");
+        assert!(
+            printed.contains("https://svc:[NOT OUTPUT]@broker:9093"),
+            "{printed}"
+        );
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]

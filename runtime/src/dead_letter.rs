@@ -69,11 +69,33 @@ pub fn build(
     origin: Option<Origin<'_>>,
 ) -> DeadLetter {
     let value_max = budget.dead_letter_value_max();
+    // Dead letters carry what failed, never a secret in it.
+    let redactor = audit_schemas::redaction::built_in();
+    // Text originals (JSON bodies, log lines) and undecodable records are scanned for secrets;
+    // a decodable Avro original was redacted when it was made, and scanning its bytes could
+    // corrupt it for replay (length prefixes can read as text).
+    let (value, redacted) = match value {
+        Some(v) if cause == Cause::Undecodable || std::str::from_utf8(v).is_ok() => {
+            let (v, n) = redactor.redact_bytes(v);
+            (Some(v), n)
+        }
+        other => (other.map(std::borrow::Cow::Borrowed), 0),
+    };
+    let value = value.as_deref();
+    let key = key.map(|k| redactor.redact_bytes(k).0);
+    let key = key.as_deref();
+    let mut reason = reason.to_string();
+    redactor.redact_text(&mut reason);
+    if redacted > 0 {
+        reason.push_str(&format!(
+            " ({redacted} secret(s) replaced in the original; size and SHA-256 are of the redacted original)"
+        ));
+    }
     DeadLetter {
         original_key: key.map(|k| k[..k.len().min(DEAD_LETTER_KEY_MAX)].to_vec()),
         original_value: value.map(|v| v[..v.len().min(value_max)].to_vec()),
         stage: stage.as_str().to_string(),
-        reason: cap_text(reason, DEAD_LETTER_REASON_MAX),
+        reason: cap_text(&reason, DEAD_LETTER_REASON_MAX),
         source_topic: origin.map(|o| o.topic.to_string()),
         source_partition: origin.map(|o| o.partition),
         source_offset: origin.map(|o| o.offset),
@@ -275,6 +297,44 @@ mod tests {
             encoded.len(),
             budget.message_max_bytes()
         );
+    }
+
+    #[test]
+    fn letters_never_carry_a_secret() {
+        let budget = SizeBudget::new(MIN_MESSAGE_BYTES);
+        let body = br#"{"event_type": 7, "params": {"password": "hunter2!x"}, "message": "Bearer abc123def456ghi"}"#;
+        let letter = build(
+            &budget,
+            Stage::Producer,
+            Cause::Invalid,
+            "/params/pin: \"token=zz9zz9zz9\" is not valid",
+            Some(b"api_key=k3yk3yk3y"),
+            Some(body),
+            None,
+        );
+        let printed = format!("{letter:?}");
+        for secret in ["hunter2!x", "abc123def456ghi", "zz9zz9zz9", "k3yk3yk3y"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            letter.reason.contains("2 secret(s) replaced"),
+            "{}",
+            letter.reason
+        );
+        // A decodable record's bytes are left as they are: they were redacted when made.
+        let avro = [
+            0xc3, 0x01, 0x80, b'p', b'a', b's', b's', b'w', b'o', b'r', b'd', b'=', b'x',
+        ];
+        let kept = build(
+            &budget,
+            Stage::SinkClickHouse,
+            Cause::Rejected,
+            "r",
+            None,
+            Some(&avro),
+            None,
+        );
+        assert_eq!(kept.original_value.as_deref(), Some(&avro[..]));
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn convert_line(
         params.insert(REPAIRED_PARAM.to_string(), Value::from(note).to_string());
     }
 
-    Ok(RawAuditEvent {
+    let mut event = RawAuditEvent {
         event_id,
         timestamp,
         event_type,
@@ -146,7 +146,9 @@ pub fn convert_line(
         response: response.map(|r| r.to_string()),
         error,
         client: None,
-    })
+    };
+    redactor.redact_event(&mut event);
+    Ok(event)
 }
 
 /// Parses JSON; if the text ends inside a string, closes that string before the trailing braces

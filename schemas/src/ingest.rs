@@ -160,24 +160,14 @@ pub fn event_from_json(
         None | Some(Value::Null) => Some(BTreeMap::new()),
         Some(Value::Object(map)) => Some(
             map.into_iter()
-                .map(|(k, mut val)| {
-                    if redactor.is_secret(&k) {
-                        val = Value::String(crate::redaction::REDACTED.to_string());
-                    } else {
-                        redactor.redact_value(&mut val);
-                    }
-                    (k, val.to_string())
-                })
+                .map(|(k, val)| (k, val.to_string()))
                 .collect(),
         ),
         Some(other) => v.fail("/params", expected("an object", &other)),
     };
     let response = match obj.remove("response") {
         None | Some(Value::Null) => None,
-        Some(mut val) => {
-            redactor.redact_value(&mut val);
-            Some(val.to_string())
-        }
+        Some(val) => Some(val.to_string()),
     };
     let error = v.error_info(obj.remove("error"));
     let client = v.client_info(obj.remove("client"));
@@ -204,7 +194,10 @@ pub fn event_from_json(
         })
     })();
     match event {
-        Some(event) if v.errors.is_empty() => Ok(event),
+        Some(mut event) if v.errors.is_empty() => {
+            redactor.redact_event(&mut event);
+            Ok(event)
+        }
         _ => Err(v.errors),
     }
 }

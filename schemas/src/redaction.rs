@@ -27,6 +27,13 @@ pub const DEFAULT_SECRET_KEYS: [&str; 8] = [
     "credentials",
 ];
 
+/// The built-in rule with the default keys, for what has no settings of its own to follow:
+/// dead letters, log lines, error messages and `config` output of every binary.
+pub fn built_in() -> &'static Redactor {
+    static BUILT_IN: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+    &BUILT_IN
+}
+
 /// The `[redaction]` settings of the binaries that redact (producer, enricher).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -241,7 +248,10 @@ impl Redactor {
         let mut value: Value = serde_json::from_str(trimmed).ok()?;
         let changed = self.redact_value(&mut value);
         if changed > 0 {
-            *text = value.to_string();
+            // Whitespace around the document (a log line's newline) stays where it was.
+            let start = text.len() - text.trim_start().len();
+            let end = text.trim_end().len();
+            *text = format!("{}{value}{}", &text[..start], &text[end..]);
         }
         Some(changed)
     }
@@ -275,7 +285,12 @@ impl Redactor {
                     .chain(e.stack_trace.iter_mut())
             }))
             .chain(event.entities.iter_mut().filter_map(|e| e.name.as_mut()))
-            .chain(event.client.iter_mut().filter_map(|c| c.user_agent.as_mut()));
+            .chain(
+                event
+                    .client
+                    .iter_mut()
+                    .filter_map(|c| c.user_agent.as_mut()),
+            );
         for text in texts {
             changed += self.redact_text(text);
         }

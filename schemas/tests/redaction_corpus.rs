@@ -43,13 +43,25 @@ fn every_secret_shape_is_replaced() {
         let mut text = case.text.clone();
         let changed = redactor.redact_text(&mut text);
         if text.contains(&case.secret) || changed == 0 || !text.contains(REDACTED) {
-            failures.push(format!("[{}] {:?}\n   -> {:?}", case.shape, case.text, text));
+            failures.push(format!(
+                "[{}] {:?}\n   -> {:?}",
+                case.shape, case.text, text
+            ));
         }
         // Idempotent: a second pass finds nothing more.
         let mut again = text.clone();
-        assert_eq!(redactor.redact_text(&mut again), 0, "second pass changed {text:?}");
+        assert_eq!(
+            redactor.redact_text(&mut again),
+            0,
+            "second pass changed {text:?}"
+        );
     }
-    assert!(failures.is_empty(), "{} secrets kept:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} secrets kept:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -62,10 +74,18 @@ fn every_look_alike_is_kept() {
         let mut text = case.text.clone();
         let changed = redactor.redact_text(&mut text);
         if text != case.text || changed != 0 {
-            failures.push(format!("[{}] {:?}\n   -> {:?}", case.shape, case.text, text));
+            failures.push(format!(
+                "[{}] {:?}\n   -> {:?}",
+                case.shape, case.text, text
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} look-alikes changed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} look-alikes changed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The corpus as string values inside JSON: the same rules apply at any depth.

@@ -57,7 +57,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("audit-sink-clickhouse: {e:#}");
+            eprintln!(
+                "{}",
+                audit_runtime::telemetry::redacted_error("audit-sink-clickhouse", &e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

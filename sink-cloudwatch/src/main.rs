@@ -54,7 +54,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("audit-sink-cloudwatch: {e:#}");
+            eprintln!(
+                "{}",
+                audit_runtime::telemetry::redacted_error("audit-sink-cloudwatch", &e)
+            );
             std::process::ExitCode::FAILURE
         }
     }

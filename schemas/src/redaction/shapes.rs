@@ -85,9 +85,8 @@ fn pattern(re: &str) -> Regex {
     }
 }
 
-static SCHEME: LazyLock<Regex> = LazyLock::new(|| {
-    pattern(r"(?i-u)\b(bearer|basic)(?:[ \t]+|%20|\+)([A-Za-z0-9\-._~+/]+=*)")
-});
+static SCHEME: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"(?i-u)\b(bearer|basic)(?:[ \t]+|%20|\+)([A-Za-z0-9\-._~+/]+=*)"));
 static JWT: LazyLock<Regex> = LazyLock::new(|| {
     pattern(r"(?-u)\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]*){1,3}")
 });
@@ -142,7 +141,11 @@ const SCHEMES: &[&str] = &[
 
 /// Finds the byte ranges of secrets in `text`; `is_secret_key` decides which keys of key/value
 /// pairs are secret, `mentions_key` whether the text can hold such a key at all.
-pub(crate) fn find(text: &[u8], mentions_key: bool, is_secret_key: &dyn Fn(&str) -> bool) -> Vec<Range<usize>> {
+pub(crate) fn find(
+    text: &[u8],
+    mentions_key: bool,
+    is_secret_key: &dyn Fn(&str) -> bool,
+) -> Vec<Range<usize>> {
     let mut found = Vec::new();
     let rules = triggered(text);
     if rules & bit(Rule::Scheme) != 0 {
@@ -236,11 +239,7 @@ fn scheme_credential(scheme: &[u8], credential: &[u8]) -> bool {
     }
     if scheme.eq_ignore_ascii_case(b"basic") {
         use base64::Engine;
-        let trimmed: Vec<u8> = credential
-            .iter()
-            .copied()
-            .filter(|&b| b != b'=')
-            .collect();
+        let trimmed: Vec<u8> = credential.iter().copied().filter(|&b| b != b'=').collect();
         return base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(&trimmed)
             .is_ok_and(|d| d.contains(&b':'))
@@ -341,12 +340,18 @@ fn value_at(text: &[u8], start: usize, key: &str) -> Option<Range<usize>> {
         } else {
             b" \t\r\n,;&\"'<>{}[]()\\"
         };
-        let end = rest.iter().position(|b| stops.contains(b)).unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|b| stops.contains(b))
+            .unwrap_or(rest.len());
         if end == 0 {
             return None;
         }
         let mut end = end;
-        if SCHEMES.iter().any(|s| rest[..end].eq_ignore_ascii_case(s.as_bytes())) {
+        if SCHEMES
+            .iter()
+            .any(|s| rest[..end].eq_ignore_ascii_case(s.as_bytes()))
+        {
             let gap = rest[end..].iter().take_while(|&&b| b == b' ').count();
             if rest[end + gap..].starts_with(REDACTED.as_bytes()) {
                 return None;
