@@ -199,12 +199,17 @@ impl Redactor {
         if let Some(changed) = self.redact_embedded_json(text) {
             return changed;
         }
+        let mut changed = 0;
+        if mentions_key && text.contains('{') {
+            changed += self.redact_objects_in_text(text);
+        }
         let ranges = shapes::find(text.as_bytes(), mentions_key, &|k| self.is_secret(k));
         if ranges.is_empty() {
-            return 0;
+            return changed;
         }
-        let (bytes, changed) = shapes::replace(text.as_bytes(), ranges);
-        if changed > 0 {
+        let (bytes, found) = shapes::replace(text.as_bytes(), ranges);
+        changed += found;
+        if found > 0 {
             *text = match String::from_utf8(bytes) {
                 Ok(s) => s,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -236,6 +241,38 @@ impl Redactor {
         }
         let (out, changed) = shapes::replace(bytes, ranges);
         (Cow::Owned(out), changed)
+    }
+
+    /// JSON objects inside free text (`request body: {...} failed`): each `{` that starts a
+    /// JSON value is parsed, redacted as JSON and written back in place. Bounded, so a text of
+    /// many braces costs little.
+    fn redact_objects_in_text(&self, text: &mut String) -> usize {
+        const MAX_ATTEMPTS: usize = 64;
+        let mut changed = 0;
+        let mut from = 0;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(start) = text[from..].find('{').map(|i| from + i) else {
+                break;
+            };
+            let mut values =
+                serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            match values.next() {
+                Some(Ok(mut value)) => {
+                    let end = start + values.byte_offset();
+                    let n = self.redact_value(&mut value);
+                    if n > 0 {
+                        let printed = value.to_string();
+                        text.replace_range(start..end, &printed);
+                        from = start + printed.len();
+                        changed += n;
+                    } else {
+                        from = end;
+                    }
+                }
+                _ => from = start + 1,
+            }
+        }
+        changed
     }
 
     fn redact_embedded_json(&self, text: &mut String) -> Option<usize> {

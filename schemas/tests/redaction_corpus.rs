@@ -88,6 +88,17 @@ fn every_look_alike_is_kept() {
     );
 }
 
+/// The corpus inside longer text, as an unconvertible log line carries it.
+#[test]
+fn secrets_inside_longer_text_are_replaced() {
+    let redactor = Redactor::default();
+    for case in corpus::<Secret>("secrets.jsonl") {
+        let mut text = format!("not json: {} (line 7)", case.text.replace('\n', " "));
+        redactor.redact_text(&mut text);
+        assert!(!text.contains(&case.secret), "[{}] kept in {text}", case.shape);
+    }
+}
+
 /// The corpus as string values inside JSON: the same rules apply at any depth.
 #[test]
 fn secrets_inside_json_string_values_are_replaced() {

@@ -255,6 +255,34 @@ impl Pipeline {
 
     /// Starts one instance of `stage` and waits until it answers `/healthz`.
     pub async fn start(&self, stage: Stage) -> Result<Service> {
+        self.start_with_log(stage, None).await
+    }
+
+    /// [`Self::start`] with the service's log (stderr) written to `log` at `level`, for tests
+    /// that read what a service logged.
+    pub async fn start_logged(&self, stage: Stage, log: &Path, level: &str) -> Result<Service> {
+        self.start_with_log(stage, Some((log, level))).await
+    }
+
+    /// `audit-producer <args>` wired to this run's broker and topics (for `send` and `tail`),
+    /// its log written to `log` at `level`.
+    pub fn producer_command(&self, args: &[&str], log: &Path, level: &str) -> Result<Command> {
+        let mut cmd = Command::new(binary(Stage::Producer.binary())?);
+        cmd.args(args)
+            .env("AUDIT__KAFKA__BROKERS", &self.kafka.brokers)
+            .env("AUDIT__LOG__LEVEL", level)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?);
+        for (role, t) in self.topics.all() {
+            cmd.env(
+                format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
+                &t.name,
+            );
+        }
+        Ok(cmd)
+    }
+
+    async fn start_with_log(&self, stage: Stage, log: Option<(&Path, &str)>) -> Result<Service> {
         let ops = match stage {
             Stage::Producer => self.http,
             _ => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -271,6 +299,10 @@ impl Pipeline {
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some((path, level)) = log {
+            cmd.env("AUDIT__LOG__LEVEL", level)
+                .stderr(std::fs::File::create(path)?);
+        }
         for (role, t) in self.topics.all() {
             cmd.env(
                 format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
