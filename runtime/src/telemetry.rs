@@ -24,7 +24,7 @@ pub fn init(log: &LogConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactingStderr);
+        .with_writer(Redacting(std::io::stderr));
     let result = match log.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -39,24 +39,30 @@ pub fn redacted_error(binary: &str, error: &anyhow::Error) -> String {
     text
 }
 
-/// Hands the subscriber one buffer per log line; the line is redacted and written to stderr
-/// whole when the buffer is dropped (the formatter drops it after each event).
+/// Hands the subscriber one buffer per log line; the line is redacted and written to the inner
+/// writer whole when the buffer is dropped (the formatter drops it after each event).
 #[derive(Debug, Clone, Copy)]
-struct RedactingStderr;
+struct Redacting<M>(M);
 
-impl<'a> MakeWriter<'a> for RedactingStderr {
-    type Writer = LineBuffer;
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
+    type Writer = LineBuffer<M::Writer>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineBuffer(Vec::with_capacity(256))
+        LineBuffer {
+            line: Vec::with_capacity(256),
+            inner: self.0.make_writer(),
+        }
     }
 }
 
-struct LineBuffer(Vec<u8>);
+struct LineBuffer<W: Write> {
+    line: Vec<u8>,
+    inner: W,
+}
 
-impl Write for LineBuffer {
+impl<W: Write> Write for LineBuffer<W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(bytes);
+        self.line.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -65,39 +71,73 @@ impl Write for LineBuffer {
     }
 }
 
-impl Drop for LineBuffer {
+impl<W: Write> Drop for LineBuffer<W> {
     fn drop(&mut self) {
-        if self.0.is_empty() {
+        if self.line.is_empty() {
             return;
         }
-        let (line, _) = audit_schemas::redaction::built_in().redact_bytes(&self.0);
-        let _ = std::io::stderr().lock().write_all(&line);
+        let (line, _) = audit_schemas::redaction::built_in().redact_bytes(&self.line);
+        let _ = self.inner.write_all(&line);
+        let _ = self.inner.flush();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(json: bool, log: impl FnOnce()) -> String {
+        let out = Shared::default();
+        let writer = out.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(!json)
+            .with_writer(Redacting(move || writer.clone()));
+        if json {
+            tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), log);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), log);
+        }
+        let bytes = out.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 
     #[test]
     fn log_lines_are_redacted_before_they_are_written() {
-        let (line, n) = audit_schemas::redaction::built_in().redact_bytes(
-            b"2026-11-25T10:00:00Z WARN audit: retry url=postgres://app:hunter2x@db/x password=s3cr3t!\n",
-        );
-        let line = String::from_utf8_lossy(&line);
-        assert_eq!(n, 2, "{line}");
-        assert!(
-            !line.contains("hunter2x") && !line.contains("s3cr3t!"),
-            "{line}"
-        );
-        assert!(line.ends_with('\n'));
-        let (json, _) = audit_schemas::redaction::built_in().redact_bytes(
-            br#"{"level":"WARN","message":"login","token":"abc123def","user":"bob"}
-"#,
-        );
-        let json = String::from_utf8_lossy(&json);
-        assert!(
-            !json.contains("abc123def") && json.contains("bob") && json.ends_with("}\n"),
-            "{json}"
-        );
+        for json in [false, true] {
+            let printed = logged(json, || {
+                tracing::warn!(
+                    password = "s3cr3t!x",
+                    url = "postgres://app:hunter2x@db/x",
+                    rows = 3,
+                    "upstream answered 401 to Bearer abc123def456ghi789"
+                );
+                tracing::info!(error = "connect failed: api_key=k3yk3yk3y", "retrying");
+            });
+            for secret in ["s3cr3t!x", "hunter2x", "abc123def456ghi789", "k3yk3yk3y"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+            assert!(
+                printed.contains("upstream answered 401") && printed.contains("retrying"),
+                "{printed}"
+            );
+            assert_eq!(printed.lines().count(), 2, "{printed}");
+        }
     }
 }

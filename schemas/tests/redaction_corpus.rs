@@ -95,7 +95,11 @@ fn secrets_inside_longer_text_are_replaced() {
     for case in corpus::<Secret>("secrets.jsonl") {
         let mut text = format!("not json: {} (line 7)", case.text.replace('\n', " "));
         redactor.redact_text(&mut text);
-        assert!(!text.contains(&case.secret), "[{}] kept in {text}", case.shape);
+        assert!(
+            !text.contains(&case.secret),
+            "[{}] kept in {text}",
+            case.shape
+        );
     }
 }
 
