@@ -85,7 +85,19 @@ fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
                 username: None,
                 tenant: Some("default".into()),
                 success: true,
-                message: Some(format!("{} happened", entry.name)),
+                message: Some(if n % 10 == 0 {
+                    // One event in ten carries a secret the scanner must find.
+                    format!(
+                        "{} failed: upstream answered 401 to Bearer tok{n}x9f8e7d6c5b4a3 at https://api.example.com/v1/q/{n}",
+                        entry.name
+                    )
+                } else {
+                    format!(
+                        "{} happened for user{} at https://app.example.com/q/{n} in 12 ms",
+                        entry.name,
+                        n % 5_000
+                    )
+                }),
                 entities: vec![EntityRef {
                     kind: "query".into(),
                     id: format!("q{n}"),
@@ -94,6 +106,19 @@ fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
                 params: [
                     ("rows".to_string(), n.to_string()),
                     ("filter".to_string(), r#"{"column":"region"}"#.to_string()),
+                    (
+                        "query".to_string(),
+                        r#""SELECT region, count() FROM events WHERE tenant = 'default' GROUP BY region""#
+                            .to_string(),
+                    ),
+                    (
+                        "request".to_string(),
+                        if n % 10 == 5 {
+                            r#"{"user":"bob","password":"hunter2","remember":true}"#.to_string()
+                        } else {
+                            r#"{"user":"bob","remember":true,"page":2}"#.to_string()
+                        },
+                    ),
                 ]
                 .into(),
                 response: None,
@@ -128,6 +153,34 @@ fn bench(c: &mut Criterion) {
                     &directory,
                     &rules,
                     &redactor,
+                    true,
+                    Timestamp::from_micros(1),
+                ) {
+                    out.clear();
+                    event.encode_into(&mut out).unwrap();
+                    black_box(&out);
+                }
+            }
+        })
+    });
+    // The same with redaction off, to show what the secret scanner costs.
+    let off = Redactor::disabled();
+    group.bench_function("decode_join_rules_encode_redaction_off", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            for (i, bytes) in records.iter().enumerate() {
+                let raw = RawAuditEvent::decode(black_box(bytes)).unwrap();
+                let pos = RawPosition {
+                    partition: 0,
+                    offset: i as i64,
+                    received_at: Timestamp::from_micros(0),
+                };
+                if let Step::Publish { event, .. } = enrich(
+                    raw,
+                    pos,
+                    &directory,
+                    &rules,
+                    &off,
                     true,
                     Timestamp::from_micros(1),
                 ) {

@@ -82,6 +82,8 @@ const HINTS: &[&str] = &[
 /// configured additions, less configured exceptions (both compared as normalised keys).
 #[derive(Debug, Clone)]
 pub struct Redactor {
+    /// False only for [`Redactor::disabled`].
+    enabled: bool,
     additions: HashSet<String>,
     exceptions: HashSet<String>,
     /// Finds any hint (or word of an added key) in a text, case-insensitively, in one pass.
@@ -120,10 +122,20 @@ impl Redactor {
             .build(&patterns)
             .ok();
         Self {
+            enabled: true,
             additions,
             exceptions: HashSet::new(),
             mentions,
             patterns,
+        }
+    }
+
+    /// A redactor that changes nothing: only for benchmarks that measure what redaction costs.
+    /// No setting reaches it; the binaries always redact.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::new(std::iter::empty::<&str>())
         }
     }
 
@@ -165,6 +177,9 @@ impl Redactor {
     /// Redacts in place; returns how many values were changed (values already redacted do not
     /// count, so the enricher's second pass measures real leaks).
     pub fn redact_value(&self, value: &mut Value) -> usize {
+        if !self.enabled {
+            return 0;
+        }
         match value {
             Value::Object(map) => {
                 let mut changed = 0;
@@ -192,6 +207,9 @@ impl Redactor {
     /// Replaces the secret-shaped parts of free text ([`shapes`]). A text that is a whole JSON
     /// document is parsed, redacted as JSON (keys and values) and re-serialised.
     pub fn redact_text(&self, text: &mut String) -> usize {
+        if !self.enabled {
+            return 0;
+        }
         let mentions_key = self.mentions_a_key(text.as_bytes());
         if !shapes::may_hold_a_secret(text.as_bytes(), mentions_key) {
             return 0;
@@ -222,6 +240,9 @@ impl Redactor {
     /// log line): UTF-8 is redacted as text, anything else by the shape and key/value rules
     /// over its bytes. Returns the bytes to keep and how many secrets were replaced.
     pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> (Cow<'a, [u8]>, usize) {
+        if !self.enabled {
+            return (Cow::Borrowed(bytes), 0);
+        }
         if let Ok(text) = std::str::from_utf8(bytes) {
             let mut owned = text.to_string();
             let changed = self.redact_text(&mut owned);
@@ -297,6 +318,9 @@ impl Redactor {
     /// text), message, error, entity names and the user agent. Ids are left alone: they are
     /// joined on, and a secret-shaped id is rejected at ingest instead.
     pub fn redact_event(&self, event: &mut RawAuditEvent) -> usize {
+        if !self.enabled {
+            return 0;
+        }
         let mut changed = 0;
         for (key, text) in event.params.iter_mut() {
             if self.is_secret(key) {
