@@ -203,6 +203,25 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("redact_only", |b| {
+        let mut copies = raws.clone();
+        b.iter(|| {
+            for raw in copies.iter_mut() {
+                black_box(redactor.redact_event(black_box(raw)));
+            }
+        })
+    });
+    group.bench_function("redact_fresh_only", |b| {
+        b.iter_batched_ref(
+            || raws.clone(),
+            |copies| {
+                for raw in copies.iter_mut() {
+                    black_box(redactor.redact_event(black_box(raw)));
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     group.bench_function("join_rules_redact_only", |b| {
         b.iter(|| {
             for (i, raw) in raws.iter().enumerate() {

@@ -3,7 +3,6 @@
 //! enricher enforces the same rule again in case a producer was misconfigured.
 
 use crate::RawAuditEvent;
-use aho_corasick::AhoCorasick;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -86,11 +85,9 @@ pub struct Redactor {
     enabled: bool,
     additions: HashSet<String>,
     exceptions: HashSet<String>,
-    /// Finds any hint (or word of an added key) in a text, case-insensitively, in one pass.
-    /// `None` only if the automaton could not be built (size limits), and then a slower scan
-    /// does the same job.
-    mentions: Option<AhoCorasick>,
-    patterns: Vec<String>,
+    /// Finds, in one pass, the hints of secret keys (and words of added keys) and the literal
+    /// triggers of the shape rules.
+    triggers: shapes::Triggers,
 }
 
 impl Default for Redactor {
@@ -117,16 +114,11 @@ impl Redactor {
         }
         patterns.sort();
         patterns.dedup();
-        let mentions = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(&patterns)
-            .ok();
         Self {
             enabled: true,
             additions,
             exceptions: HashSet::new(),
-            mentions,
-            patterns,
+            triggers: shapes::Triggers::new(&patterns),
         }
     }
 
@@ -154,7 +146,7 @@ impl Redactor {
     }
 
     pub fn is_secret(&self, key: &str) -> bool {
-        if !self.mentions_a_key(key.as_bytes()) {
+        if !self.triggers.mentions_a_key(key.as_bytes()) {
             return false;
         }
         let normalised = keys::normalised(key);
@@ -162,16 +154,6 @@ impl Redactor {
             return false;
         }
         self.additions.contains(&normalised) || keys::names_a_secret(key)
-    }
-
-    fn mentions_a_key(&self, text: &[u8]) -> bool {
-        match &self.mentions {
-            Some(automaton) => automaton.is_match(text),
-            None => {
-                let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
-                self.patterns.iter().any(|k| lower.contains(k.as_str()))
-            }
-        }
     }
 
     /// Redacts in place; returns how many values were changed (values already redacted do not
@@ -210,18 +192,24 @@ impl Redactor {
         if !self.enabled {
             return 0;
         }
-        let mentions_key = self.mentions_a_key(text.as_bytes());
-        if !shapes::may_hold_a_secret(text.as_bytes(), mentions_key) {
+        let found = self.triggers.scan(text.as_bytes());
+        if !found.any() {
             return 0;
         }
         if let Some(changed) = self.redact_embedded_json(text) {
             return changed;
         }
         let mut changed = 0;
-        if mentions_key && text.contains('{') {
+        let mut found = found;
+        if found.mentions_a_key() && text.contains('{') {
             changed += self.redact_objects_in_text(text);
+            if changed > 0 {
+                found = self.triggers.scan(text.as_bytes());
+            }
         }
-        let ranges = shapes::find(text.as_bytes(), mentions_key, &|k| self.is_secret(k));
+        let ranges = shapes::find(text.as_bytes(), &self.triggers, found, &|k| {
+            self.is_secret(k)
+        });
         if ranges.is_empty() {
             return changed;
         }
@@ -252,11 +240,11 @@ impl Redactor {
                 (Cow::Borrowed(bytes), 0)
             };
         }
-        let mentions_key = self.mentions_a_key(bytes);
-        if !shapes::may_hold_a_secret(bytes, mentions_key) {
+        let found = self.triggers.scan(bytes);
+        if !found.any() {
             return (Cow::Borrowed(bytes), 0);
         }
-        let ranges = shapes::find(bytes, mentions_key, &|k| self.is_secret(k));
+        let ranges = shapes::find(bytes, &self.triggers, found, &|k| self.is_secret(k));
         if ranges.is_empty() {
             return (Cow::Borrowed(bytes), 0);
         }
@@ -361,8 +349,7 @@ impl Redactor {
     /// A JSON text (a param, a response): parsed and redacted as JSON when it may hold a
     /// secret; a text that does not parse is redacted as free text.
     fn redact_json_text(&self, text: &mut String) -> usize {
-        let mentions_key = self.mentions_a_key(text.as_bytes());
-        if !shapes::may_hold_a_secret(text.as_bytes(), mentions_key) {
+        if !self.triggers.scan(text.as_bytes()).any() {
             return 0;
         }
         match serde_json::from_str::<Value>(text) {

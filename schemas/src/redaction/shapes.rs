@@ -35,6 +35,10 @@ enum Rule {
     Pem = 3,
     Url = 4,
     Vendor = 5,
+    /// A word of a secret key occurs: key/value pairs may hold a secret.
+    KeyValue = 6,
+    /// A run of 40 base64 characters: may be an AWS secret key.
+    LongRun = 7,
 }
 
 const TRIGGERS: &[(&str, Rule)] = &[
@@ -69,12 +73,138 @@ const TRIGGERS: &[(&str, Rule)] = &[
     ("sg.", Rule::Vendor),
 ];
 
-static TRIGGER_AUTOMATON: LazyLock<Option<AhoCorasick>> = LazyLock::new(|| {
-    AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .build(TRIGGERS.iter().map(|(t, _)| t))
-        .ok()
-});
+/// Which rules can match a text, found in one case-insensitive pass: the shape rules' literal
+/// triggers and the words of secret keys (the caller's, so configured keys count).
+#[derive(Debug, Clone)]
+pub(crate) struct Triggers {
+    /// `None` only if the automaton could not be built (size limits); then every rule runs,
+    /// slower but never weaker.
+    automaton: Option<AhoCorasick>,
+    /// The rules each pattern stands for, including those of patterns it starts with (a
+    /// leftmost-longest search reports only the longest of patterns starting at one place).
+    rules_of: Vec<Found>,
+}
+
+/// The rules found in a text, as a bit set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found(u32);
+
+impl Found {
+    const NONE: Found = Found(0);
+    const ALL: Found = Found((1 << (Rule::LongRun as u8 + 1)) - 1);
+
+    fn of(rule: Rule) -> Self {
+        Found(1 << rule as u8)
+    }
+
+    fn has(self, rule: Rule) -> bool {
+        self.0 & Found::of(rule).0 != 0
+    }
+
+    pub(crate) fn mentions_a_key(self) -> bool {
+        self.has(Rule::KeyValue)
+    }
+
+    /// Whether any rule can match at all: the cheap check before [`find`].
+    pub(crate) fn any(self) -> bool {
+        self != Found::NONE
+    }
+}
+
+impl Triggers {
+    pub(crate) fn new(key_words: &[String]) -> Self {
+        let mut patterns: Vec<(String, Found)> = Vec::new();
+        let all = TRIGGERS.iter().map(|(t, r)| (t.to_string(), *r)).chain(
+            key_words
+                .iter()
+                .map(|w| (w.to_ascii_lowercase(), Rule::KeyValue)),
+        );
+        for (pattern, rule) in all {
+            match patterns.iter_mut().find(|(p, _)| *p == pattern) {
+                Some((_, found)) => found.0 |= Found::of(rule).0,
+                None => patterns.push((pattern, Found::of(rule))),
+            }
+        }
+        let rules_of = patterns
+            .iter()
+            .map(|(p, _)| {
+                Found(
+                    patterns
+                        .iter()
+                        .filter(|(q, _)| p.starts_with(q.as_str()))
+                        .fold(0, |acc, (_, f)| acc | f.0),
+                )
+            })
+            .collect();
+        let automaton = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            // A full DFA: the fastest search per byte, and small for these few patterns.
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(patterns.iter().map(|(p, _)| p))
+            .ok();
+        Self {
+            automaton,
+            rules_of,
+        }
+    }
+
+    /// Every rule whose trigger occurs in `text`. Searches again one byte after each match,
+    /// so overlapping triggers are all seen, with the automaton's fast prefilter.
+    pub(crate) fn scan(&self, text: &[u8]) -> Found {
+        let mut found = self.scan_until(text, Found::ALL).0;
+        // Most links carry no user information: without an `@` the URL rule has nothing to do.
+        if found & Found::of(Rule::Url).0 != 0 && !text.contains(&b'@') {
+            found &= !Found::of(Rule::Url).0;
+        }
+        if has_run_of_40(text) {
+            found |= Found::of(Rule::LongRun).0;
+        }
+        Found(found)
+    }
+
+    /// Whether `text` holds a word of a secret key; stops at the first.
+    pub(crate) fn mentions_a_key(&self, text: &[u8]) -> bool {
+        self.scan_until(text, Found::of(Rule::KeyValue))
+            .mentions_a_key()
+    }
+
+    /// Where words of secret keys start in `text`, in order.
+    fn key_mentions<'t>(&'t self, text: &'t [u8]) -> impl Iterator<Item = usize> + 't {
+        let automaton = self.automaton.as_ref();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let automaton = automaton?;
+            while at < text.len() {
+                let m = automaton.find(aho_corasick::Input::new(text).range(at..))?;
+                at = m.start() + 1;
+                if self.rules_of[m.pattern().as_usize()].mentions_a_key() {
+                    return Some(m.start());
+                }
+            }
+            None
+        })
+    }
+
+    fn scan_until(&self, text: &[u8], enough: Found) -> Found {
+        let Some(automaton) = &self.automaton else {
+            return Found::ALL;
+        };
+        let mut found = 0;
+        let mut at = 0;
+        while at < text.len() {
+            let Some(m) = automaton.find(aho_corasick::Input::new(text).range(at..)) else {
+                break;
+            };
+            found |= self.rules_of[m.pattern().as_usize()].0;
+            if found & enough.0 == enough.0 {
+                break;
+            }
+            at = m.start() + 1;
+        }
+        Found(found)
+    }
+}
 
 /// Compiles one of this module's fixed patterns. They are constants covered by the unit tests,
 /// so a failure is a programming error caught by every test run, never a runtime condition.
@@ -114,18 +244,6 @@ static PEM: LazyLock<Regex> = LazyLock::new(|| {
         r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
     ))
 });
-static URL: LazyLock<Regex> = LazyLock::new(|| {
-    pattern(r#"(?-u)[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@"'<>\\]*:([^\s/?#"'<>\\]+)@"#)
-});
-/// A key, its separator (possibly with ANSI colour codes around it, as log lines have them) and
-/// the start of its value. The value itself is read by [`value_at`].
-static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    pattern(concat!(
-        r#"(?-u)(?:^|[^A-Za-z0-9_\-.]|\x1b\[[0-9;]*m)\\?["']?([A-Za-z][A-Za-z0-9_.\-]{0,63})\\?["']?"#,
-        r"(?:\x1b\[[0-9;]*m)*[ \t]*[=:](?:\x1b\[[0-9;]*m)*[ \t]*",
-    ))
-});
-
 /// Authorization schemes that come before the credential in a `key: value` pair.
 const SCHEMES: &[&str] = &[
     "bearer",
@@ -139,62 +257,58 @@ const SCHEMES: &[&str] = &[
     "apikey",
 ];
 
-/// Finds the byte ranges of secrets in `text`; `is_secret_key` decides which keys of key/value
-/// pairs are secret, `mentions_key` whether the text can hold such a key at all.
+/// Finds the byte ranges of secrets in `text`, running only the rules `found` (from
+/// [`Triggers::scan`]) allows; `is_secret_key` decides which keys of key/value pairs are secret.
 pub(crate) fn find(
     text: &[u8],
-    mentions_key: bool,
+    triggers: &Triggers,
+    found: Found,
     is_secret_key: &dyn Fn(&str) -> bool,
 ) -> Vec<Range<usize>> {
-    let mut found = Vec::new();
-    let rules = triggered(text);
-    if rules & bit(Rule::Scheme) != 0 {
+    let mut ranges = Vec::new();
+    if found.has(Rule::Scheme) {
         for c in SCHEME.captures_iter(text) {
             if let Some(credential) = c.get(2) {
                 let scheme = c.get(1).map_or(&b""[..], |m| m.as_bytes());
                 if scheme_credential(scheme, credential.as_bytes()) {
-                    found.push(credential.range());
+                    ranges.push(credential.range());
                 }
             }
         }
     }
-    if rules & bit(Rule::Jwt) != 0 {
-        found.extend(JWT.find_iter(text).map(|m| m.range()));
+    if found.has(Rule::Jwt) {
+        ranges.extend(JWT.find_iter(text).map(|m| m.range()));
     }
-    if rules & bit(Rule::AwsKeyId) != 0 {
-        found.extend(AWS_KEY_ID.find_iter(text).map(|m| m.range()));
+    if found.has(Rule::AwsKeyId) {
+        ranges.extend(AWS_KEY_ID.find_iter(text).map(|m| m.range()));
     }
-    if rules & bit(Rule::Vendor) != 0 {
-        found.extend(VENDOR.find_iter(text).map(|m| m.range()));
+    if found.has(Rule::Vendor) {
+        ranges.extend(VENDOR.find_iter(text).map(|m| m.range()));
     }
-    if rules & bit(Rule::Pem) != 0 {
-        found.extend(
+    if found.has(Rule::Pem) {
+        ranges.extend(
             PEM.captures_iter(text)
                 .filter_map(|c| c.get(1))
                 .filter(|body| !body.as_bytes().iter().all(u8::is_ascii_whitespace))
                 .map(|m| m.range()),
         );
     }
-    if rules & bit(Rule::Url) != 0 {
-        found.extend(
-            URL.captures_iter(text)
-                .filter_map(|c| c.get(1))
-                .map(|m| m.range()),
-        );
+    if found.has(Rule::Url) {
+        url_passwords(text, &mut ranges);
     }
-    aws_secret_runs(text, &mut found);
-    if mentions_key && text.iter().any(|&b| b == b'=' || b == b':') {
-        key_values(text, is_secret_key, &mut found);
+    if found.has(Rule::LongRun) {
+        aws_secret_runs(text, &mut ranges);
     }
-    found
-}
-
-/// Whether any rule can match `text` at all: the cheap check before [`find`].
-pub(crate) fn may_hold_a_secret(text: &[u8], mentions_key: bool) -> bool {
-    mentions_key || triggered(text) != 0 || has_run_of_40(text)
+    if found.mentions_a_key() && text.iter().any(|&b| b == b'=' || b == b':') {
+        key_values(text, triggers, is_secret_key, &mut ranges);
+    }
+    ranges
 }
 
 fn has_run_of_40(text: &[u8]) -> bool {
+    if text.len() < 40 {
+        return false;
+    }
     let mut run = 0;
     for &b in text {
         if b.is_ascii_alphanumeric() || b == b'/' || b == b'+' {
@@ -207,27 +321,6 @@ fn has_run_of_40(text: &[u8]) -> bool {
         }
     }
     false
-}
-
-fn bit(rule: Rule) -> u32 {
-    1 << rule as u8
-}
-
-/// Which rules' triggers occur in `text`, as a bit mask.
-fn triggered(text: &[u8]) -> u32 {
-    let all = (1 << (Rule::Vendor as u8 + 1)) - 1;
-    let Some(automaton) = TRIGGER_AUTOMATON.as_ref() else {
-        // Without the automaton every rule runs: slower, never weaker.
-        return all;
-    };
-    let mut mask = 0;
-    for m in automaton.find_overlapping_iter(text) {
-        mask |= bit(TRIGGERS[m.pattern().as_usize()].1);
-        if mask == all {
-            break;
-        }
-    }
-    mask
 }
 
 /// Whether what follows `Bearer`/`Basic` is a credential rather than prose ("basic settings",
@@ -246,6 +339,38 @@ fn scheme_credential(scheme: &[u8], credential: &[u8]) -> bool {
             || credential.iter().any(u8::is_ascii_digit);
     }
     credential.iter().any(u8::is_ascii_digit) || credential.len() >= 24
+}
+
+/// `scheme://user:password@host`: the password, found without a regex because nearly every
+/// message with a link triggers this rule. The authority ends at `/ ? #`, whitespace or a quote;
+/// its last `@` ends the user information, whose first `:` starts the password.
+fn url_passwords(text: &[u8], ranges: &mut Vec<Range<usize>>) {
+    let ends_authority = |b: u8| {
+        matches!(b, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\')
+            || b.is_ascii_whitespace()
+    };
+    let mut from = 0;
+    while let Some(i) = find_bytes(&text[from..], b"://") {
+        let start = from + i + 3;
+        let len = text[start..]
+            .iter()
+            .position(|&b| ends_authority(b))
+            .unwrap_or(text.len() - start);
+        let authority = &text[start..start + len];
+        if let Some(at) = authority.iter().rposition(|&b| b == b'@') {
+            let user_info = &authority[..at];
+            if let Some(colon) = user_info.iter().position(|&b| b == b':') {
+                if colon + 1 < at {
+                    ranges.push(start + colon + 1..start + at);
+                }
+            }
+        }
+        from = start;
+    }
+}
+
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// AWS secret access keys: exactly 40 characters of `[A-Za-z0-9/+]` standing alone, with upper
@@ -281,26 +406,81 @@ fn aws_secret_runs(text: &[u8], found: &mut Vec<Range<usize>>) {
     }
 }
 
-fn key_values(text: &[u8], is_secret_key: &dyn Fn(&str) -> bool, found: &mut Vec<Range<usize>>) {
-    let mut at = 0;
-    while at < text.len() {
-        let Some(c) = KEY_VALUE.captures_at(text, at) else {
-            break;
-        };
-        let (Some(whole), Some(key)) = (c.get(0), c.get(1)) else {
-            break;
-        };
-        // Non-secret keys: go on right after the key, so `a=password=x` still finds the second.
-        at = key.end().max(at + 1);
-        let key_text = std::str::from_utf8(key.as_bytes()).unwrap_or_default();
-        if !is_secret_key(key_text) {
+/// Key/value pairs, found from where the words of secret keys occur: the key is the run of
+/// `[A-Za-z0-9_.-]` around the word, followed by an optional (escaped) quote, ANSI colour codes
+/// and spaces, then `=` or `:`. Only a key followed by a separator is judged by the key rule.
+fn key_values(
+    text: &[u8],
+    triggers: &Triggers,
+    is_secret_key: &dyn Fn(&str) -> bool,
+    ranges: &mut Vec<Range<usize>>,
+) {
+    let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let mut done = 0;
+    for mention in triggers.key_mentions(text) {
+        if mention < done {
             continue;
         }
-        if let Some(value) = value_at(text, whole.end(), key_text) {
-            at = value.end.max(at);
-            found.push(value);
+        let mut start = mention;
+        while start > 0 && in_key(text[start - 1]) {
+            start -= 1;
+        }
+        let mut end = mention;
+        while end < text.len() && in_key(text[end]) {
+            end += 1;
+        }
+        done = end;
+        // A colour code just before the key (`ESC[3mpassword`) is not part of it.
+        if start >= 2 && text[start - 1] == b'[' && text[start - 2] == 0x1b {
+            if let Some(m) = text[start..end].iter().position(|&b| b == b'm') {
+                start += m + 1;
+            }
+        }
+        let Some(value_start) = separator_after(text, end) else {
+            continue;
+        };
+        let key = std::str::from_utf8(&text[start..end]).unwrap_or_default();
+        if key.is_empty() || !is_secret_key(key) {
+            continue;
+        }
+        if let Some(value) = value_at(text, value_start, key) {
+            done = done.max(value.end);
+            ranges.push(value);
         }
     }
+}
+
+/// Where the value starts when `at` (the end of a key) is followed by a separator.
+fn separator_after(text: &[u8], mut at: usize) -> Option<usize> {
+    if text[at..].starts_with(b"\\\"") {
+        at += 2;
+    } else if matches!(text.get(at), Some(b'"' | b'\'')) {
+        at += 1;
+    }
+    let skip = |mut at: usize| loop {
+        match text.get(at) {
+            Some(b' ' | b'\t') => at += 1,
+            Some(0x1b) if text.get(at + 1) == Some(&b'[') => {
+                let len = text[at + 2..]
+                    .iter()
+                    .position(|&b| !(b.is_ascii_digit() || b == b';'))?;
+                if text.get(at + 2 + len) != Some(&b'm') {
+                    return Some(at);
+                }
+                at += 3 + len;
+            }
+            _ => return Some(at),
+        }
+    };
+    at = skip(at)?;
+    if !matches!(text.get(at), Some(b'=' | b':')) {
+        return None;
+    }
+    // `://` is a link, not a value.
+    if text[at..].starts_with(b"://") {
+        return None;
+    }
+    skip(at + 1)
 }
 
 /// The value starting at `start`: quoted (the inside), or up to the next delimiter. A value that
@@ -393,4 +573,21 @@ pub(crate) fn replace(text: &[u8], mut ranges: Vec<Range<usize>>) -> (Vec<u8>, u
     }
     out.extend_from_slice(&text[at..]);
     (out, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_build_and_find_only_what_occurs() {
+        let triggers = Triggers::new(&["password".to_string(), "pass".to_string()]);
+        assert!(triggers.automaton.is_some());
+        assert_eq!(triggers.scan(b"query-run happened in 12 ms"), Found::NONE);
+        let found = triggers.scan(b"see https://u:p@x.example.com/a with PASSWORD");
+        assert!(found.has(Rule::Url) && found.mentions_a_key() && !found.has(Rule::Jwt));
+        // Overlapping triggers are all seen: "bearer" is a key word and a scheme trigger.
+        let found = Triggers::new(&["bearer".to_string()]).scan(b"Bearer x");
+        assert!(found.has(Rule::Scheme) && found.mentions_a_key());
+    }
 }
