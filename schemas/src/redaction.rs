@@ -71,6 +71,7 @@ const HINTS: &[&str] = &[
     "auth",
     "cookie",
     "signature",
+    "sig",
     "key",
     "conn",
     "jwt",
@@ -196,6 +197,11 @@ impl Redactor {
         if !found.any() {
             return 0;
         }
+        // JSON inside strings inside JSON...: parsed structurally a few levels deep, then judged
+        // as text, so hostile nesting cannot exhaust the stack.
+        let Some(_level) = EmbeddedLevel::enter() else {
+            return self.redact_shapes(text, found);
+        };
         if let Some(changed) = self.redact_embedded_json(text) {
             return changed;
         }
@@ -207,15 +213,19 @@ impl Redactor {
                 found = self.triggers.scan(text.as_bytes());
             }
         }
+        changed + self.redact_shapes(text, found)
+    }
+
+    /// The shape and key/value rules over `text` ([`shapes::find`]).
+    fn redact_shapes(&self, text: &mut String, found: shapes::Found) -> usize {
         let ranges = shapes::find(text.as_bytes(), &self.triggers, found, &|k| {
             self.is_secret(k)
         });
         if ranges.is_empty() {
-            return changed;
+            return 0;
         }
-        let (bytes, found) = shapes::replace(text.as_bytes(), ranges);
-        changed += found;
-        if found > 0 {
+        let (bytes, changed) = shapes::replace(text.as_bytes(), ranges);
+        if changed > 0 {
             *text = match String::from_utf8(bytes) {
                 Ok(s) => s,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -362,6 +372,34 @@ impl Redactor {
             }
             Err(_) => self.redact_text(text),
         }
+    }
+}
+
+/// How many texts are being redacted inside one another on this thread (JSON carried in a
+/// string of JSON carried in a string...); entering fails beyond [`EmbeddedLevel::MAX`].
+struct EmbeddedLevel;
+
+thread_local! {
+    static EMBEDDED_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl EmbeddedLevel {
+    const MAX: usize = 4;
+
+    fn enter() -> Option<Self> {
+        EMBEDDED_DEPTH.with(|d| {
+            if d.get() >= Self::MAX {
+                return None;
+            }
+            d.set(d.get() + 1);
+            Some(EmbeddedLevel)
+        })
+    }
+}
+
+impl Drop for EmbeddedLevel {
+    fn drop(&mut self) {
+        EMBEDDED_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
     }
 }
 

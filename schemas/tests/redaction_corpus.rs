@@ -120,6 +120,29 @@ fn secrets_inside_json_string_values_are_replaced() {
     }
 }
 
+/// JSON carried in a string of JSON, ten levels deep: no stack exhaustion, and the password at
+/// the bottom is still found (structurally near the top, by the escaped key/value rule below).
+#[test]
+fn deeply_embedded_json_is_redacted() {
+    let redactor = Redactor::default();
+    let mut doc = serde_json::json!({"user": "bob", "password": "deep-s3cret-value"}).to_string();
+    for level in 0..10 {
+        doc = serde_json::json!({"level": level, "inner": doc}).to_string();
+    }
+    let mut text = doc.clone();
+    assert!(redactor.redact_text(&mut text) > 0);
+    assert!(!text.contains("deep-s3cret-value"), "{text}");
+    assert!(text.contains("bob"));
+    let mut deep = "x".repeat(10);
+    for _ in 0..2_000 {
+        deep = format!("{{\"a\": [{deep:?}]}}");
+        if deep.len() > 200_000 {
+            break;
+        }
+    }
+    redactor.redact_text(&mut deep);
+}
+
 fn token(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop::sample::select(
@@ -181,6 +204,26 @@ proptest! {
         let mut text = format!("{before} Authorization: Bearer {t} key {id} end");
         redactor.redact_text(&mut text);
         prop_assert!(!text.contains(&t) && !text.contains(&id), "{}", text);
+    }
+
+    /// Hostile text built from the characters the rules react to: never a panic, and a second
+    /// pass finds nothing more.
+    #[test]
+    fn any_text_is_redacted_without_panic_and_idempotently(
+        text in "([a-zA-Z0-9 =:;&<>/@'\"\\{}\\[\\],.\\-_+\n\x1b]|password|token|Bearer |AKIA|eyJ|://|-----BEGIN PRIVATE KEY-----|é){0,60}",
+    ) {
+        let redactor = Redactor::default();
+        let mut once = text.clone();
+        redactor.redact_text(&mut once);
+        let mut twice = once.clone();
+        prop_assert_eq!(redactor.redact_text(&mut twice), 0, "{:?} -> {:?}", text, once);
+        prop_assert_eq!(twice, once);
+    }
+
+    #[test]
+    fn any_bytes_are_redacted_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let redactor = Redactor::default();
+        let _ = redactor.redact_bytes(&bytes);
     }
 
     /// Keys that describe a secret, with any value, and plain prose: never changed.

@@ -43,6 +43,7 @@ const SECRET_WORDS: &[&str] = &[
     "sessionkey",
     "jwt",
     "bearer",
+    "sig",
 ];
 
 /// Neighbouring words that together name a secret.
@@ -58,6 +59,9 @@ const SECRET_PAIRS: &[(&str, &str)] = &[
     ("connection", "string"),
     ("conn", "string"),
     ("conn", "str"),
+    ("account", "key"),
+    ("storage", "key"),
+    ("shared", "key"),
 ];
 
 /// Strong words found even run into other letters (`dbpassword`, `myapikey`).

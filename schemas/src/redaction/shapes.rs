@@ -71,6 +71,15 @@ const TRIGGERS: &[(&str, Rule)] = &[
     ("aiza", Rule::Vendor),
     ("npm_", Rule::Vendor),
     ("sg.", Rule::Vendor),
+    ("sk-", Rule::Vendor),
+    ("hf_", Rule::Vendor),
+    ("whsec_", Rule::Vendor),
+    ("shp", Rule::Vendor),
+    ("dop_v1_", Rule::Vendor),
+    ("ya29.", Rule::Vendor),
+    ("gocspx-", Rule::Vendor),
+    ("hooks.slack.com", Rule::Vendor),
+    ("/api/webhooks/", Rule::Vendor),
 ];
 
 /// Which rules can match a text, found in one case-insensitive pass: the shape rules' literal
@@ -234,7 +243,17 @@ static VENDOR: LazyLock<Regex> = LazyLock::new(|| {
         r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
         r"|AIza[0-9A-Za-z_\-]{35}",
         r"|npm_[A-Za-z0-9]{36}",
-        r"|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})",
+        r"|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}",
+        r"|sk-ant-[A-Za-z0-9_\-]{20,}",
+        r"|sk-(?:proj-|svcacct-)?[A-Za-z0-9_\-]{32,}",
+        r"|hf_[A-Za-z0-9]{30,}",
+        r"|whsec_[A-Za-z0-9+/=]{20,}",
+        r"|shp(?:at|ss|ca|pa)_[A-Fa-f0-9]{32}",
+        r"|dop_v1_[a-f0-9]{64}",
+        r"|ya29\.[0-9A-Za-z_\-]{20,}",
+        r"|GOCSPX-[A-Za-z0-9_\-]{20,}",
+        r"|hooks\.slack\.com/services/[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+",
+        r"|(?:discord(?:app)?\.com)/api/webhooks/[0-9]+/[A-Za-z0-9_\-]+)",
     ))
 });
 static PEM: LazyLock<Regex> = LazyLock::new(|| {
@@ -299,7 +318,7 @@ pub(crate) fn find(
     if found.has(Rule::LongRun) {
         aws_secret_runs(text, &mut ranges);
     }
-    if found.mentions_a_key() && text.iter().any(|&b| b == b'=' || b == b':') {
+    if found.mentions_a_key() && text.iter().any(|&b| matches!(b, b'=' | b':' | b'<' | b'-')) {
         key_values(text, triggers, is_secret_key, &mut ranges);
     }
     ranges
@@ -436,14 +455,29 @@ fn key_values(
                 start += m + 1;
             }
         }
-        let Some(value_start) = separator_after(text, end) else {
-            continue;
-        };
         let key = std::str::from_utf8(&text[start..end]).unwrap_or_default();
-        if key.is_empty() || !is_secret_key(key) {
-            continue;
-        }
-        if let Some(value) = value_at(text, value_start, key) {
+        let value = if let Some(value_start) = separator_after(text, end) {
+            // key=value, key: value
+            is_secret_key(key)
+                .then(|| value_at(text, value_start, key))
+                .flatten()
+        } else if start > 0 && text[start - 1] == b'<' && text.get(end) == Some(&b'>') {
+            // <password>value</password>
+            let inner = end + 1;
+            let len = text[inner..].iter().position(|&b| b == b'<').unwrap_or(0);
+            (len > 0 && is_secret_key(key) && &text[inner..inner + len] != REDACTED.as_bytes())
+                .then_some(inner..inner + len)
+        } else if key.starts_with("--") && text.get(end) == Some(&b' ') {
+            // --password value (a command line)
+            let value_start = end + text[end..].iter().take_while(|&&b| b == b' ').count();
+            let starts_a_flag = text.get(value_start).is_none_or(|&b| b == b'-');
+            (!starts_a_flag && is_secret_key(key))
+                .then(|| value_at(text, value_start, key))
+                .flatten()
+        } else {
+            None
+        };
+        if let Some(value) = value {
             done = done.max(value.end);
             ranges.push(value);
         }
@@ -452,10 +486,10 @@ fn key_values(
 
 /// Where the value starts when `at` (the end of a key) is followed by a separator.
 fn separator_after(text: &[u8], mut at: usize) -> Option<usize> {
-    if text[at..].starts_with(b"\\\"") {
-        at += 2;
-    } else if matches!(text.get(at), Some(b'"' | b'\'')) {
-        at += 1;
+    // A closing quote, escaped any number of times (JSON in a string in JSON...).
+    let slashes = text[at..].iter().take_while(|&&b| b == b'\\').count();
+    if matches!(text.get(at + slashes), Some(b'"' | b'\'')) {
+        at += slashes + 1;
     }
     let skip = |mut at: usize| loop {
         match text.get(at) {
@@ -505,8 +539,10 @@ fn value_at(text: &[u8], start: usize, key: &str) -> Option<Range<usize>> {
         let end = i.min(body.len());
         (end > 0).then(|| start + open.len()..start + open.len() + end)
     };
-    let range = if rest.starts_with(b"\\\"") {
-        quoted(b"\\\"", b"\\\"")?
+    let slashes = rest.iter().take_while(|&&b| b == b'\\').count();
+    let range = if slashes > 0 && rest.get(slashes) == Some(&b'"') {
+        let quote = &rest[..=slashes];
+        quoted(quote, quote)?
     } else if rest.starts_with(b"\"") {
         quoted(b"\"", b"\"")?
     } else if rest.starts_with(b"'") {
