@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
                 token: TOKEN.into(),
                 service: "bench".into(),
                 sources: vec![Source::Server],
+                scopes: vec![audit_producer::config::Scope::Events],
             }],
             None,
         ),

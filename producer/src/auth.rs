@@ -22,6 +22,7 @@ impl Tokens {
                         Caller {
                             service: t.service.clone(),
                             sources: t.sources.clone(),
+                            scopes: t.scopes.clone(),
                         },
                     )
                 })
@@ -29,6 +30,8 @@ impl Tokens {
             anonymous: anonymous_service.map(|service| Caller {
                 service: service.to_string(),
                 sources: vec![audit_schemas::Source::Client, audit_schemas::Source::Server],
+                // Local development only: events, never directory writes.
+                scopes: vec![crate::config::Scope::Events],
             }),
         }
     }
@@ -68,6 +71,7 @@ mod tests {
                 token: "0123456789abcdef-web".into(),
                 service: "web".into(),
                 sources: vec![Source::Client],
+                scopes: vec![crate::config::Scope::Events],
             }],
             anonymous.then_some("dev"),
         )

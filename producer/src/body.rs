@@ -38,6 +38,14 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// The per-event errors of [`BodyError::Invalid`]; none for the other kinds.
+    pub fn into_errors(self) -> Vec<EventError> {
+        match self {
+            BodyError::Invalid(errors) => errors,
+            _ => Vec::new(),
+        }
+    }
+
     /// 400 for bodies that are not JSON at all, 422 for JSON that is not valid events.
     pub fn status(&self) -> u16 {
         match self {
@@ -136,6 +144,13 @@ pub fn parse(
 pub struct Caller {
     pub service: String,
     pub sources: Vec<Source>,
+    pub scopes: Vec<crate::config::Scope>,
+}
+
+impl Caller {
+    pub fn may(&self, scope: crate::config::Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
 }
 
 /// Validates every value; the caller's service and sources are enforced, not just defaulted.
@@ -205,6 +220,7 @@ mod tests {
         Caller {
             service: "web".into(),
             sources: vec![Source::Client],
+            scopes: vec![crate::config::Scope::Events],
         }
     }
 

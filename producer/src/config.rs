@@ -75,10 +75,28 @@ pub struct TokenConfig {
     /// The sources events sent with this token may claim; when only one, it is the default.
     #[serde(default = "server_only")]
     pub sources: Vec<Source>,
+    /// What the token may do: `events` (post events; the default) and `directory` (write
+    /// sessions, users and groups). A platform's login service typically holds both.
+    #[serde(default = "events_only")]
+    pub scopes: Vec<Scope>,
 }
 
 fn server_only() -> Vec<Source> {
     vec![Source::Server]
+}
+
+fn events_only() -> Vec<Scope> {
+    vec![Scope::Events]
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /v1/events`.
+    Events,
+    /// `PUT`/`DELETE /v1/directory/{kind}/{id}` and `POST /v1/directory`.
+    Directory,
 }
 
 /// The audit-log tailer.
@@ -163,6 +181,12 @@ impl Validate for Settings {
                 return Err(ConfigError::invalid(
                     format!("tokens[{i}].sources"),
                     "must name CLIENT, SERVER or both",
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("tokens[{i}].scopes"),
+                    "must name events, directory or both",
                 ));
             }
         }

@@ -1,4 +1,6 @@
-//! The ingest API: `POST /v1/events`, plus `/metrics` and `/healthz`.
+//! The ingest API: `POST /v1/events`, directory writes (`PUT`/`DELETE /v1/directory/{kind}/{id}`,
+//! bulk `POST /v1/directory`) for tokens with the `directory` scope, plus `/metrics` and
+//! `/healthz`.
 //!
 //! The handler answers 202 only after the broker acknowledged every event of the request; see
 //! [`crate::body`] for the statuses of bad requests. No sender can stall it for others:
@@ -15,16 +17,20 @@
 //! A client's fault (4xx) never touches `/healthz`.
 
 use crate::auth::Tokens;
-use crate::body::{self, BodyError, Caller};
+use crate::body::{self, BodyError, Caller, EventError};
+use crate::config::Scope;
 use crate::publish::{PublishError, Publisher};
 use audit_runtime::ops::Health;
+use audit_schemas::ingest::directory::{self as directory_write, DirectoryWrite, Kind};
 use audit_schemas::redaction::Redactor;
+use audit_schemas::Timestamp;
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::io;
@@ -70,6 +76,11 @@ pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router>
     let capacity = Arc::new(Semaphore::new(state.limits.max_in_flight_requests.max(1)));
     let ingest = Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/directory", post(post_directory))
+        .route(
+            "/v1/directory/{kind}/{id}",
+            put(put_directory).delete(delete_directory),
+        )
         // Runs innermost: only requests with a valid token take a slot.
         .layer(middleware::from_fn_with_state(capacity, within_capacity))
         .layer(middleware::from_fn_with_state(state.clone(), authorized))
@@ -161,6 +172,9 @@ async fn post_events(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    if !caller.may(Scope::Events) {
+        return forbidden("events");
+    }
     let limits = &state.limits;
     let body = match read_body(request.into_body(), limits).await {
         Ok(b) => b,
@@ -201,6 +215,151 @@ async fn post_events(
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "5")],
                 Json(json!({"error": format!("events could not be stored: {e}; retry with the same event_ids to avoid duplicates")})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn forbidden(scope: &str) -> Response {
+    client_error(
+        StatusCode::FORBIDDEN,
+        json!({"error": format!("this token does not have the {scope:?} scope (tokens[].scopes)")}),
+    )
+}
+
+fn unknown_kind(kind: &str) -> Response {
+    client_error(
+        StatusCode::NOT_FOUND,
+        json!({"error": format!("{kind:?} is not a directory kind; use sessions, users or groups")}),
+    )
+}
+
+/// `PUT /v1/directory/{kind}/{id}`: one session, user or group.
+async fn put_directory(
+    State(state): State<Arc<IngestState>>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    if !caller.may(Scope::Directory) {
+        return forbidden("directory");
+    }
+    let Some(kind) = Kind::from_path(&kind) else {
+        return unknown_kind(&kind);
+    };
+    let body = match read_body(request.into_body(), &state.limits).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let value = match body::parse(content_type, &body, 1) {
+        Ok(mut values) if values.len() == 1 => values.remove(0),
+        Ok(_) => {
+            return reject(
+                BodyError::TooManyEvents { count: 2, max: 1 },
+                state.limits.max_errors_listed,
+            )
+        }
+        Err(e) => return reject(e, state.limits.max_errors_listed),
+    };
+    match directory_write::put_from_json(kind, &id, value, Timestamp::now()) {
+        Ok(record) => publish_directory(&state, &[DirectoryWrite::Put(record)]).await,
+        Err(errors) => reject(invalid(0, errors), state.limits.max_errors_listed),
+    }
+}
+
+/// `DELETE /v1/directory/{kind}/{id}`: a tombstone for the entry.
+async fn delete_directory(
+    State(state): State<Arc<IngestState>>,
+    Extension(caller): Extension<Caller>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Response {
+    if !caller.may(Scope::Directory) {
+        return forbidden("directory");
+    }
+    let Some(kind) = Kind::from_path(&kind) else {
+        return unknown_kind(&kind);
+    };
+    match directory_write::delete(kind, &id) {
+        Ok(key) => publish_directory(&state, &[DirectoryWrite::Delete(key)]).await,
+        Err(errors) => reject(invalid(0, errors), state.limits.max_errors_listed),
+    }
+}
+
+/// `POST /v1/directory`: many puts and deletes (NDJSON or a JSON array), all or none.
+async fn post_directory(
+    State(state): State<Arc<IngestState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    if !caller.may(Scope::Directory) {
+        return forbidden("directory");
+    }
+    let limits = &state.limits;
+    let body = match read_body(request.into_body(), limits).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let values = match body::parse(content_type, &body, limits.max_events) {
+        Ok(values) => values,
+        Err(e) => return reject(e, limits.max_errors_listed),
+    };
+    let now = Timestamp::now();
+    let mut writes = Vec::with_capacity(values.len());
+    let mut errors = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        match directory_write::line_from_json(value, now) {
+            Ok(w) => writes.push(w),
+            Err(e) => errors.extend(invalid(index, e).into_errors()),
+        }
+    }
+    if !errors.is_empty() {
+        return reject(BodyError::Invalid(errors), limits.max_errors_listed);
+    }
+    publish_directory(&state, &writes).await
+}
+
+fn invalid(index: usize, errors: Vec<audit_schemas::ingest::FieldError>) -> BodyError {
+    BodyError::Invalid(
+        errors
+            .into_iter()
+            .map(|e| EventError {
+                index,
+                path: e.path,
+                reason: e.reason,
+            })
+            .collect(),
+    )
+}
+
+async fn publish_directory(state: &IngestState, writes: &[DirectoryWrite]) -> Response {
+    match state.publisher.publish_directory(writes).await {
+        Ok(()) => {
+            metrics::counter!("audit_producer_requests_total", "outcome" => "accepted")
+                .increment(1);
+            let keys: Vec<String> = writes.iter().map(|w| w.key().to_string()).collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"accepted": keys.len(), "keys": keys})),
+            )
+                .into_response()
+        }
+        Err(PublishError::Busy { .. }) => busy("the producer is at capacity; retry after 1 second"),
+        Err(e) => {
+            metrics::counter!("audit_producer_requests_total", "outcome" => "failed").increment(1);
+            tracing::error!(error = %e, "publishing directory writes failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                Json(json!({"error": format!("the directory writes could not be stored: {e}; retry the same request")})),
             )
                 .into_response()
         }

@@ -192,6 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
             let caller = Caller {
                 service,
                 sources: vec![Source::Server, Source::Client],
+                scopes: vec![audit_producer::config::Scope::Events],
             };
             let ids = send::send(
                 &file,

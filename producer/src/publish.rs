@@ -41,6 +41,7 @@ pub struct Publisher {
     producer: FutureProducer,
     raw_topic: String,
     dlq_topic: String,
+    directory_topic: String,
     max_in_flight: usize,
     budget: SizeBudget,
     health: Option<Health>,
@@ -58,6 +59,7 @@ impl Publisher {
             producer,
             raw_topic: topics.raw.name.clone(),
             dlq_topic: topics.dlq.name.clone(),
+            directory_topic: topics.directory.name.clone(),
             max_in_flight,
             budget,
             health: None,
@@ -163,6 +165,50 @@ impl Publisher {
             }
         }
         metrics::counter!("audit_producer_events_published_total").increment(events.len() as u64);
+        Ok(())
+    }
+
+    /// Publishes directory changes (a delete as a tombstone) keyed by their compaction key, and
+    /// waits for every acknowledgement. Records of one key keep their order.
+    pub async fn publish_directory(
+        &self,
+        writes: &[audit_schemas::ingest::directory::DirectoryWrite],
+    ) -> Result<(), PublishError> {
+        use audit_schemas::ingest::directory::DirectoryWrite;
+        let encoded = writes
+            .iter()
+            .map(|w| {
+                let value = match w {
+                    DirectoryWrite::Put(record) => Some(record.encode()?),
+                    DirectoryWrite::Delete(_) => None,
+                };
+                Ok((w.key().to_string(), value))
+            })
+            .collect::<Result<Vec<_>, EncodeError>>()?;
+        let mut deliveries = Vec::with_capacity(encoded.len());
+        for (key, value) in &encoded {
+            let mut record: FutureRecord<'_, String, Vec<u8>> =
+                FutureRecord::to(&self.directory_topic).key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let in_flight = self.producer.in_flight_count().max(0) as usize;
+                    return Err(PublishError::Busy { in_flight });
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        for result in join_all(deliveries).await {
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_canceled) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        metrics::counter!("audit_producer_directory_writes_total").increment(writes.len() as u64);
         Ok(())
     }
 

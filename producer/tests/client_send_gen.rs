@@ -96,6 +96,7 @@ async fn logger_over_http() {
                 token: token.into(),
                 service: "web".into(),
                 sources: vec![Source::Server],
+                scopes: vec![audit_producer::config::Scope::Events],
             }],
             None,
         ),

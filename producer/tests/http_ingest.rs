@@ -39,11 +39,13 @@ async fn start() -> Api {
                     token: TOKEN.into(),
                     service: "web".into(),
                     sources: vec![Source::Client, Source::Server],
+                    scopes: vec![audit_producer::config::Scope::Events],
                 },
                 TokenConfig {
                     token: SERVER_TOKEN.into(),
                     service: "backend".into(),
                     sources: vec![Source::Server],
+                    scopes: vec![audit_producer::config::Scope::Events],
                 },
             ],
             None,

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Longest id-like string (session, user, tenant, service, entity ids).
+pub mod directory;
+
 pub const MAX_ID_LEN: usize = 256;
 /// Longest free text (message, error message).
 pub const MAX_TEXT_LEN: usize = 64 * 1024;

@@ -1,0 +1,293 @@
+//! Directory writes over the ingest API (real HTTP, real broker): tokens with the `directory`
+//! scope put and delete sessions, users and groups, one at a time or in bulk; the records land
+//! on the compacted directory topic keyed as the enricher reads them.
+
+use audit_producer::auth::Tokens;
+use audit_producer::config::{Scope, TokenConfig};
+use audit_producer::http::{router, IngestState, Limits};
+use audit_producer::publish::Publisher;
+use audit_runtime::ops::Health;
+use audit_runtime::TopicsConfig;
+use audit_schemas::redaction::Redactor;
+use audit_schemas::*;
+use audit_tests::*;
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LOGIN_SERVICE: &str = "test-token-0123456789-login";
+const EVENTS_ONLY: &str = "test-token-0123456789-web";
+
+struct Api {
+    url: String,
+    topics: TopicsConfig,
+    http: reqwest::Client,
+}
+
+async fn start() -> Api {
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let publisher = Publisher::new(
+        producer().unwrap(),
+        &topics,
+        50_000,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    );
+    let token = |token: &str, scopes: Vec<Scope>| TokenConfig {
+        token: token.into(),
+        service: "platform".into(),
+        sources: vec![Source::Server],
+        scopes,
+    };
+    let state = Arc::new(IngestState {
+        publisher,
+        tokens: Tokens::new(
+            &[
+                token(LOGIN_SERVICE, vec![Scope::Events, Scope::Directory]),
+                token(EVENTS_ONLY, vec![Scope::Events]),
+            ],
+            None,
+        ),
+        redactor: Redactor::default(),
+        limits: Limits::default(),
+    });
+    let app = router(state, Health::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Api {
+        url,
+        topics,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: String,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            token,
+            "application/json",
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// Every record of the directory topic: key and decoded value (`None` for a tombstone).
+    async fn directory(&self, count: usize) -> Vec<(String, Option<DirectoryRecord>)> {
+        consume_n(
+            &self.topics.directory.name,
+            1,
+            count,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            let value = m.payload().map(|p| DirectoryRecord::decode(p).unwrap());
+            (key, value)
+        })
+        .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_platform_puts_and_deletes_directory_entries() {
+    let api = start().await;
+    let (status, body) = api
+        .put(
+            "/v1/directory/users/u-ann",
+            LOGIN_SERVICE,
+            json!({"login": "ann@example.com", "name": "Ann", "group_ids": ["g-admins"]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["keys"], json!(["user:u-ann"]));
+    let (status, body) = api
+        .put(
+            "/v1/directory/groups/g-admins",
+            LOGIN_SERVICE,
+            json!({"name": "admins"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = api
+        .put(
+            "/v1/directory/sessions/s-1",
+            LOGIN_SERVICE,
+            json!({"user_id": "u-ann", "started_at": "2026-11-25T10:00:00Z", "ip": "10.1.2.3"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = api
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/directory/sessions/s-1",
+            LOGIN_SERVICE,
+            "application/json",
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    let records = api.directory(4).await;
+    assert_eq!(records[0].0, "user:u-ann");
+    let Some(DirectoryRecord {
+        entry: DirectoryEntry::User(user),
+    }) = &records[0].1
+    else {
+        panic!("{:?}", records[0])
+    };
+    assert_eq!(user.group_ids, ["g-admins"]);
+    assert_eq!(records[1].0, "group:g-admins");
+    assert_eq!(records[2].0, "session:s-1");
+    let Some(DirectoryRecord {
+        entry: DirectoryEntry::Session(session),
+    }) = &records[2].1
+    else {
+        panic!("{:?}", records[2])
+    };
+    assert_eq!(session.user_id, "u-ann");
+    assert_eq!(session.started_at.to_rfc3339(), "2026-11-25T10:00:00Z");
+    assert_eq!(
+        records[3],
+        ("session:s-1".to_string(), None),
+        "a delete is a tombstone"
+    );
+}
+
+#[tokio::test]
+async fn bulk_writes_are_all_or_nothing() {
+    let api = start().await;
+    let lines = [
+        json!({"op": "put", "kind": "group", "id": "g1", "name": "analysts"}),
+        json!({"op": "put", "kind": "user", "id": "u1", "login": "bob", "group_ids": ["g1"]}),
+        json!({"op": "put", "kind": "session", "id": "s1", "user_id": "u1"}),
+        json!({"op": "delete", "kind": "session", "id": "s0"}),
+    ];
+    let ndjson: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    // One bad line refuses the whole request and names the line and field.
+    let bad = format!(
+        "{ndjson}{}\n",
+        json!({"op": "put", "kind": "user", "id": "u2", "login": 7})
+    );
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/v1/directory",
+            LOGIN_SERVICE,
+            "application/x-ndjson",
+            bad,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["index"], 4, "{body}");
+    assert_eq!(body["errors"][0]["path"], "/login", "{body}");
+
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/v1/directory",
+            LOGIN_SERVICE,
+            "application/x-ndjson",
+            ndjson,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let keys: Vec<String> = api.directory(4).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["group:g1", "user:u1", "session:s1", "session:s0"]);
+}
+
+#[tokio::test]
+async fn only_directory_tokens_write_and_bad_writes_are_named() {
+    let api = start().await;
+    let (status, body) = api
+        .put(
+            "/v1/directory/users/u-x",
+            EVENTS_ONLY,
+            json!({"login": "x"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("directory"),
+        "{body}"
+    );
+    let (status, _) = api
+        .put(
+            "/v1/directory/users/u-x",
+            "not-a-token-at-all-0000",
+            json!({"login": "x"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = api
+        .put(
+            "/v1/directory/teams/t1",
+            LOGIN_SERVICE,
+            json!({"name": "x"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api
+        .put(
+            "/v1/directory/sessions/s-2",
+            LOGIN_SERVICE,
+            json!({"user_id": "", "started_at": "yesterday", "admin": true}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let paths: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for path in ["/user_id", "/started_at", "/admin"] {
+        assert!(paths.contains(&path), "{path} not in {body}");
+    }
+    let (status, _) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/directory/users/u-x",
+            LOGIN_SERVICE,
+            "application/json",
+            "{not json".into(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    // Nothing refused above reached the topic.
+    let records = consume_all(&api.topics.directory.name, 1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(records.is_empty(), "{} records written", records.len());
+}
