@@ -18,6 +18,8 @@
 //! them in batches, straight to Kafka or through the HTTP API. A full queue is reported to the
 //! caller (`LogError::QueueFull`) rather than dropped silently or grown without bound.
 
+pub mod directory;
+
 use crate::publish::Publisher;
 use audit_schemas::ingest::{event_from_json, IngestDefaults};
 use audit_schemas::redaction::Redactor;

@@ -291,3 +291,60 @@ async fn only_directory_tokens_write_and_bad_writes_are_named() {
         .unwrap();
     assert!(records.is_empty(), "{} records written", records.len());
 }
+
+#[tokio::test]
+async fn the_client_library_writes_over_both_transports() {
+    use audit_producer::client::directory::{Directory, DirectoryError};
+    use audit_producer::client::Transport;
+    let api = start().await;
+    let over_http = Directory::new(Transport::Http {
+        url: api.url.clone(),
+        token: LOGIN_SERVICE.into(),
+    });
+    over_http
+        .upsert_group("g 1", "analysts", &[])
+        .await
+        .unwrap();
+    over_http
+        .upsert_user("u/1", "ann", Some("Ann"), &["g 1"])
+        .await
+        .unwrap();
+    over_http
+        .session_started("s-1", "u/1", Some("10.0.0.1"), None)
+        .await
+        .unwrap();
+    let over_kafka = Directory::new(Transport::Kafka(Publisher::new(
+        producer().unwrap(),
+        &api.topics,
+        1_000,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    )));
+    over_kafka.session_ended("s-1").await.unwrap();
+    assert!(matches!(
+        over_kafka.upsert_user("u-2", "", None, &[]).await,
+        Err(DirectoryError::Invalid(_))
+    ));
+    let events_only = Directory::new(Transport::Http {
+        url: api.url.clone(),
+        token: EVENTS_ONLY.into(),
+    });
+    assert!(matches!(
+        events_only.session_ended("s-9").await,
+        Err(DirectoryError::Send(e)) if e.contains("403")
+    ));
+    let keys: Vec<(String, bool)> = api
+        .directory(4)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.is_some()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("group:g 1".to_string(), true),
+            ("user:u/1".to_string(), true),
+            ("session:s-1".to_string(), true),
+            ("session:s-1".to_string(), false),
+        ]
+    );
+}
