@@ -1,5 +1,5 @@
-//! `auditctl directory put-session|put-user|put-group|delete`: maintain the records the
-//! enricher joins against, on the compacted directory topic.
+//! `auditctl directory put-session|put-user|put-group|delete|get|list|import`: maintain and
+//! inspect the records the enricher joins against, on the compacted directory topic.
 
 use crate::settings::Settings;
 use crate::table;
@@ -50,11 +50,77 @@ pub enum DirectoryCommand {
     },
     /// Delete an entry by key: session:<id>, user:<id> or group:<id>.
     Delete { key: String },
+    /// Print one entry (as JSON) by key: session:<id>, user:<id> or group:<id>.
+    Get { key: String },
+    /// List entries as the join sees them (the topic read to its end).
+    List {
+        /// Only this kind.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Only sessions of this user id, and this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only users directly in this group id, and this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import many entries from a file, all or none: NDJSON lines as the bulk API takes them
+    /// ({"op": "put", "kind": "user", "id": ..., ...}), or CSV with a header naming columns op
+    /// (optional, default put), kind, id and the kind's fields (group_ids and parent_ids
+    /// separated by `;`). The format follows the file's extension unless --format is given.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    Session,
+    User,
+    Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    Ndjson,
+    Csv,
 }
 
 pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
     let topic = &settings.topics.directory.name;
     let entry = match cmd {
+        DirectoryCommand::Get { key } => {
+            let key = DirectoryKey::parse(&key)?;
+            let table = table::read(settings, topic).await?;
+            let Some(value) = table.get(&key.to_string()) else {
+                anyhow::bail!("{key} is not in the directory ({topic})");
+            };
+            let record = DirectoryRecord::decode(value).with_context(|| format!("{key}"))?;
+            println!("{}", serde_json::to_string_pretty(&as_json(&key, &record))?);
+            return Ok(());
+        }
+        DirectoryCommand::List {
+            kind,
+            user,
+            group,
+            json,
+        } => {
+            return list(
+                settings,
+                topic,
+                kind,
+                user.as_deref(),
+                group.as_deref(),
+                json,
+            )
+            .await
+        }
+        DirectoryCommand::Import { file, format } => return import(settings, &file, format).await,
         DirectoryCommand::Delete { key } => {
             let key = DirectoryKey::parse(&key)?;
             table::put(settings, topic, &key.to_string(), None).await?;
@@ -102,4 +168,209 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
     table::put(settings, topic, &key.to_string(), Some(&record.encode()?)).await?;
     println!("{key} stored");
     Ok(())
+}
+
+/// An entry as operators read it: key and kind first, then the entry's fields.
+fn as_json(key: &DirectoryKey, record: &DirectoryRecord) -> serde_json::Value {
+    let (kind, fields) = match &record.entry {
+        DirectoryEntry::Session(s) => (
+            "session",
+            serde_json::json!({"id": s.id, "user_id": s.user_id, "started_at": s.started_at.to_rfc3339(), "ip": s.ip, "user_agent": s.user_agent}),
+        ),
+        DirectoryEntry::User(u) => (
+            "user",
+            serde_json::json!({"id": u.id, "login": u.login, "name": u.name, "group_ids": u.group_ids}),
+        ),
+        DirectoryEntry::Group(g) => (
+            "group",
+            serde_json::json!({"id": g.id, "name": g.name, "parent_ids": g.parent_ids}),
+        ),
+    };
+    let mut out = serde_json::json!({"key": key.to_string(), "kind": kind});
+    if let (Some(out), Some(fields)) = (out.as_object_mut(), fields.as_object()) {
+        out.extend(fields.clone());
+    }
+    out
+}
+
+async fn list(
+    settings: &Settings,
+    topic: &str,
+    kind: Option<KindArg>,
+    user: Option<&str>,
+    group: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let mut shown = 0;
+    if !json {
+        println!("{:<32} {:<8} DETAILS", "KEY", "KIND");
+    }
+    for (key, value) in table::read(settings, topic).await? {
+        let record = match DirectoryRecord::decode(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{key}: undecodable: {e}");
+                continue;
+            }
+        };
+        let wanted = match (&record.entry, kind) {
+            (DirectoryEntry::Session(_), Some(KindArg::User | KindArg::Group))
+            | (DirectoryEntry::User(_), Some(KindArg::Session | KindArg::Group))
+            | (DirectoryEntry::Group(_), Some(KindArg::Session | KindArg::User)) => false,
+            (DirectoryEntry::Session(s), _) => {
+                user.is_none_or(|u| s.user_id == u) && group.is_none()
+            }
+            (DirectoryEntry::User(u), _) => {
+                user.is_none_or(|id| u.id == id)
+                    && group.is_none_or(|g| u.group_ids.iter().any(|x| x == g))
+            }
+            (DirectoryEntry::Group(g), _) => user.is_none() && group.is_none_or(|id| g.id == id),
+        };
+        if !wanted {
+            continue;
+        }
+        shown += 1;
+        let key = record.key();
+        if json {
+            println!("{}", as_json(&key, &record));
+            continue;
+        }
+        let details = match &record.entry {
+            DirectoryEntry::Session(s) => format!(
+                "user={} started={} ip={}",
+                s.user_id,
+                s.started_at.to_rfc3339(),
+                s.ip.as_deref().unwrap_or("-")
+            ),
+            DirectoryEntry::User(u) => format!(
+                "login={} name={} groups={}",
+                u.login,
+                u.name.as_deref().unwrap_or("-"),
+                u.group_ids.join(",")
+            ),
+            DirectoryEntry::Group(g) => {
+                format!("name={} parents={}", g.name, g.parent_ids.join(","))
+            }
+        };
+        println!(
+            "{:<32} {:<8} {details}",
+            key.to_string(),
+            kind_name(&record)
+        );
+    }
+    if !json {
+        eprintln!("{shown} entries");
+    }
+    Ok(())
+}
+
+fn kind_name(record: &DirectoryRecord) -> &'static str {
+    match record.entry {
+        DirectoryEntry::Session(_) => "session",
+        DirectoryEntry::User(_) => "user",
+        DirectoryEntry::Group(_) => "group",
+    }
+}
+
+async fn import(
+    settings: &Settings,
+    file: &std::path::Path,
+    format: Option<ImportFormat>,
+) -> Result<()> {
+    use audit_schemas::ingest::directory::{line_from_json, DirectoryWrite};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let format = format.unwrap_or(
+        if file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            ImportFormat::Csv
+        } else {
+            ImportFormat::Ndjson
+        },
+    );
+    let lines = match format {
+        ImportFormat::Ndjson => ndjson_lines(&text)?,
+        ImportFormat::Csv => csv_lines(&text)?,
+    };
+    let now = Timestamp::now();
+    let mut writes = Vec::with_capacity(lines.len());
+    let mut errors = Vec::new();
+    for (line, value) in lines {
+        match line_from_json(value, now) {
+            Ok(w) => writes.push(w),
+            Err(e) => errors.extend(
+                e.into_iter()
+                    .map(|e| format!("{}:{line}: {} {}", file.display(), e.path, e.reason)),
+            ),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{} invalid entries; nothing was imported:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+    }
+    let topic = &settings.topics.directory.name;
+    let records = writes
+        .iter()
+        .map(|w| {
+            let value = match w {
+                DirectoryWrite::Put(record) => Some(record.encode()?),
+                DirectoryWrite::Delete(_) => None,
+            };
+            Ok((w.key().to_string(), value))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    table::put_many(settings, topic, &records).await?;
+    println!("{} entries imported into {topic}", writes.len());
+    Ok(())
+}
+
+/// NDJSON: (line number from 1, value) per non-empty line.
+fn ndjson_lines(text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .with_context(|| format!("line {}: not JSON", i + 1))
+        })
+        .collect()
+}
+
+/// CSV with a header: each row becomes a bulk line; empty cells are absent fields, the id
+/// list columns split at `;`.
+fn csv_lines(text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header = reader.headers().context("reading the CSV header")?.clone();
+    let mut out = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        let line = i + 2;
+        let row = row.with_context(|| format!("line {line}"))?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("op".into(), "put".into());
+        for (name, cell) in header.iter().zip(row.iter()) {
+            if cell.is_empty() {
+                continue;
+            }
+            let value = match name {
+                "group_ids" | "parent_ids" => serde_json::Value::from(
+                    cell.split(';')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => serde_json::Value::from(cell),
+            };
+            obj.insert(name.to_string(), value);
+        }
+        out.push((line, serde_json::Value::Object(obj)));
+    }
+    Ok(out)
 }

@@ -280,3 +280,85 @@ fn rules_set_list_delete_and_directory_records() {
     assert_eq!(lines[1]["value"]["entry"]["User"]["login"], "alice");
     assert_eq!(lines[3]["tombstone"], true);
 }
+
+#[test]
+fn directory_import_then_get_and_list() {
+    let topics = unique_topics(1);
+    stdout(&auditctl(&topics, &["topics", "create"]));
+    let dir = std::env::temp_dir().join(format!("auditctl-dir-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("people.csv");
+    std::fs::write(
+        &csv,
+        "kind,id,login,name,group_ids,parent_ids\n\
+         group,g-root,,Everyone,,\n\
+         group,g-1,,Analysts,,g-root\n\
+         user,u-1,ann,\"Ann, A.\",g-1;g-root,\n\
+         user,u-2,bob,,g-root,\n",
+    )
+    .unwrap();
+    let out = stdout(&auditctl(
+        &topics,
+        &["directory", "import", csv.to_str().unwrap()],
+    ));
+    assert!(out.contains("4 entries imported"), "{out}");
+    let ndjson = dir.join("sessions.ndjson");
+    std::fs::write(
+        &ndjson,
+        "{\"op\":\"put\",\"kind\":\"session\",\"id\":\"s-1\",\"user_id\":\"u-1\",\"ip\":\"10.0.0.1\"}\n\
+         {\"op\":\"put\",\"kind\":\"session\",\"id\":\"s-2\",\"user_id\":\"u-2\"}\n\
+         {\"op\":\"delete\",\"kind\":\"user\",\"id\":\"u-2\"}\n",
+    )
+    .unwrap();
+    stdout(&auditctl(
+        &topics,
+        &["directory", "import", ndjson.to_str().unwrap()],
+    ));
+
+    // A file with one bad row imports nothing and names the row and field.
+    let bad = dir.join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        "{\"op\":\"put\",\"kind\":\"group\",\"id\":\"g-9\",\"name\":\"x\"}\n{\"op\":\"put\",\"kind\":\"user\",\"id\":\"u-9\"}\n",
+    )
+    .unwrap();
+    let failed = auditctl(&topics, &["directory", "import", bad.to_str().unwrap()]);
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("bad.ndjson:2: /login required"), "{err}");
+
+    let ann = stdout(&auditctl(&topics, &["directory", "get", "user:u-1"]));
+    let ann: serde_json::Value = serde_json::from_str(&ann).unwrap();
+    assert_eq!(ann["name"], "Ann, A.");
+    assert_eq!(ann["group_ids"], serde_json::json!(["g-1", "g-root"]));
+    let missing = auditctl(&topics, &["directory", "get", "user:u-2"]);
+    assert!(!missing.status.success(), "u-2 was deleted");
+    let missing = auditctl(&topics, &["directory", "get", "group:g-9"]);
+    assert!(!missing.status.success(), "the bad file imported nothing");
+
+    let sessions = stdout(&auditctl(
+        &topics,
+        &["directory", "list", "--kind", "session", "--json"],
+    ));
+    let keys: Vec<String> = sessions
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["session:s-1", "session:s-2"]);
+    let in_group = stdout(&auditctl(&topics, &["directory", "list", "--group", "g-1"]));
+    assert!(
+        in_group.contains("user:u-1") && in_group.contains("group:g-1"),
+        "{in_group}"
+    );
+    assert!(!in_group.contains("g-root "), "{in_group}");
+    let of_user = stdout(&auditctl(&topics, &["directory", "list", "--user", "u-1"]));
+    assert!(
+        of_user.contains("session:s-1") && !of_user.contains("session:s-2"),
+        "{of_user}"
+    );
+}
