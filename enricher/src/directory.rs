@@ -76,6 +76,11 @@ pub struct DirectorySize {
     pub interned_strings: usize,
     /// Rough heap bytes held, for the memory gauge.
     pub approx_bytes: usize,
+    /// Rough bytes per kind: entries and the strings they alone hold (interned strings shared
+    /// by several entries are counted in `approx_bytes` only).
+    pub session_bytes: usize,
+    pub user_bytes: usize,
+    pub group_bytes: usize,
 }
 
 impl Directory {
@@ -236,15 +241,34 @@ impl Directory {
         out
     }
 
+    /// Sessions, users and groups held: cheap, for a gauge updated on every record.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.sessions.len(), self.users.len(), self.groups.len())
+    }
+
+    /// Entry counts and rough heap bytes; walks every entry, so callers run it on a timer.
     pub fn size(&self) -> DirectorySize {
         let strings: usize = self.interned.iter().map(|s| s.len() + 16).sum();
         let sessions: usize = self.sessions.keys().map(|k| k.len() + 64).sum();
+        let users = self
+            .users
+            .values()
+            .map(|u| 96 + u.group_ids.len() * 16)
+            .sum::<usize>();
+        let groups = self
+            .groups
+            .values()
+            .map(|g| 80 + g.parent_ids.len() * 16)
+            .sum::<usize>();
         DirectorySize {
             sessions: self.sessions.len(),
             users: self.users.len(),
             groups: self.groups.len(),
             interned_strings: self.interned.len(),
-            approx_bytes: strings + sessions + self.users.len() * 96 + self.groups.len() * 80,
+            approx_bytes: strings + sessions + users + groups,
+            session_bytes: sessions,
+            user_bytes: users,
+            group_bytes: groups,
         }
     }
 }

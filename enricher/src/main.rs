@@ -93,6 +93,7 @@ async fn run(cli: Cli) -> Result<()> {
         &shutdown,
         Table::Rules,
     );
+    spawn_directory_sizer(&tables, &shutdown);
     for (name, mut ready) in [("directory", directory_ready), ("rules", rules_ready)] {
         tokio::select! {
             r = ready.wait_for(|r| *r) => { r.with_context(|| format!("the {name} follower stopped"))?; }
@@ -169,6 +170,38 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// How often the directory's byte gauges are refreshed: sizing walks the whole directory, so it
+/// runs on a timer under a read lock, never per record under the write lock the join waits on.
+const DIRECTORY_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn spawn_directory_sizer(tables: &Arc<Tables>, shutdown: &Shutdown) {
+    let tables = tables.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DIRECTORY_SIZE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.requested() => return,
+            }
+            let size = tables
+                .directory
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .size();
+            for (kind, bytes) in [
+                ("session", size.session_bytes),
+                ("user", size.user_bytes),
+                ("group", size.group_bytes),
+            ] {
+                metrics::gauge!("audit_enricher_directory_kind_bytes", "kind" => kind)
+                    .set(bytes as f64);
+            }
+            metrics::gauge!("audit_enricher_directory_bytes").set(size.approx_bytes as f64);
+        }
+    });
+}
+
 #[derive(Clone, Copy)]
 enum Table {
     Directory,
@@ -191,20 +224,25 @@ fn spawn_follower(
         let apply = |key: &[u8], value: Option<&[u8]>, partition: i32, offset: i64| {
             let result = match table {
                 Table::Directory => {
-                    let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
-                    let r = d.apply_bytes(key, value).map_err(|e| e.to_string());
+                    let (r, counts) = {
+                        let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
+                        (
+                            d.apply_bytes(key, value).map_err(|e| e.to_string()),
+                            d.counts(),
+                        )
+                    };
                     let arrived = value.is_some_and(|v| !v.is_empty()) && r.is_ok();
                     if let Some(session) = key.strip_prefix(b"session:").filter(|_| arrived) {
                         tables.session_arrived(&String::from_utf8_lossy(session));
                     }
-                    let size = d.size();
-                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "session")
-                        .set(size.sessions as f64);
-                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "user")
-                        .set(size.users as f64);
-                    metrics::gauge!("audit_enricher_directory_entries", "kind" => "group")
-                        .set(size.groups as f64);
-                    metrics::gauge!("audit_enricher_directory_bytes").set(size.approx_bytes as f64);
+                    for (kind, entries) in [
+                        ("session", counts.0),
+                        ("user", counts.1),
+                        ("group", counts.2),
+                    ] {
+                        metrics::gauge!("audit_enricher_directory_entries", "kind" => kind)
+                            .set(entries as f64);
+                    }
                     r
                 }
                 Table::Rules => {
