@@ -59,6 +59,10 @@ pub struct EnricherConfig {
     /// offsets are committed in order, each once it and every earlier batch are acknowledged.
     /// 1 makes the enricher handle one batch at a time.
     pub max_in_flight_batches: usize,
+    /// A session deleted from the directory (a logout) still joins for this many milliseconds,
+    /// so the events racing its logout through the pipeline keep their user; then it leaves
+    /// memory. 0 removes it at once.
+    pub session_end_grace_ms: u64,
 }
 
 impl Default for EnricherConfig {
@@ -74,6 +78,7 @@ impl Default for EnricherConfig {
             batch_max_records: 2_000,
             batch_max_wait_ms: 50,
             max_in_flight_batches: 4,
+            session_end_grace_ms: 5 * 60_000,
         }
     }
 }

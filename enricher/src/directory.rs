@@ -13,7 +13,9 @@ use audit_schemas::{
 // needed; foldhash keeps per-process random seeds. Keys are inserted only from the
 // administrator-written directory topic, so hash flooding by event senders is not possible.
 use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -32,6 +34,8 @@ pub struct SessionEntry {
     pub user_id: Arc<str>,
     pub started_at: Timestamp,
     pub ip: Option<Arc<str>>,
+    /// When the session was deleted (logout); it still joins until the grace period ends.
+    ended: Option<Instant>,
 }
 
 impl SessionEntry {
@@ -65,6 +69,11 @@ pub struct Directory {
     users: HashMap<Arc<str>, UserEntry>,
     groups: HashMap<Arc<str>, GroupEntry>,
     deletes_since_compaction: usize,
+    /// How long a deleted session still joins: events of a logout race it through the
+    /// pipeline. Zero removes it at once.
+    session_grace: Duration,
+    /// Ended sessions in the order they ended, for [`Directory::sweep_ended`].
+    ended: VecDeque<(Instant, Box<str>)>,
 }
 
 /// Sizes for metrics and logs.
@@ -86,6 +95,36 @@ pub struct DirectorySize {
 impl Directory {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Deleted sessions keep joining for `grace` (see [`Directory::sweep_ended`]).
+    pub fn set_session_grace(&mut self, grace: Duration) {
+        self.session_grace = grace;
+    }
+
+    /// Removes the sessions whose grace period ended by `now`; returns how many. Costs only
+    /// the sessions removed (they are queued in the order they ended).
+    pub fn sweep_ended(&mut self, now: Instant) -> usize {
+        let mut removed = 0;
+        while let Some((ended, _)) = self.ended.front() {
+            if *ended + self.session_grace > now {
+                break;
+            }
+            let Some((ended, id)) = self.ended.pop_front() else {
+                break;
+            };
+            // A session put again after its end is alive: its queue entry is stale.
+            if self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| s.ended == Some(ended))
+            {
+                self.sessions.remove(&id);
+                self.count_delete();
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -128,6 +167,7 @@ impl Directory {
                     user_id: self.intern(&s.user_id),
                     started_at: s.started_at,
                     ip: s.ip.as_deref().map(|ip| self.intern(ip)),
+                    ended: None,
                 };
                 self.sessions.insert(s.id.into_boxed_str(), entry);
             }
@@ -154,17 +194,31 @@ impl Directory {
 
     fn delete(&mut self, key: &DirectoryKey) {
         let removed = match key {
+            DirectoryKey::Session(id) if !self.session_grace.is_zero() => {
+                if let Some(session) = self.sessions.get_mut(id.as_str()) {
+                    if session.ended.is_none() {
+                        let now = Instant::now();
+                        session.ended = Some(now);
+                        self.ended.push_back((now, id.as_str().into()));
+                    }
+                }
+                false
+            }
             DirectoryKey::Session(id) => self.sessions.remove(id.as_str()).is_some(),
             DirectoryKey::User(id) => self.users.remove(id.as_str()).is_some(),
             DirectoryKey::Group(id) => self.groups.remove(id.as_str()).is_some(),
         };
         if removed {
-            self.deletes_since_compaction += 1;
-            if self.deletes_since_compaction > 10_000 {
-                // Drop interned strings nothing refers to any more.
-                self.interned.retain(|s| Arc::strong_count(s) > 1);
-                self.deletes_since_compaction = 0;
-            }
+            self.count_delete();
+        }
+    }
+
+    fn count_delete(&mut self) {
+        self.deletes_since_compaction += 1;
+        if self.deletes_since_compaction > 10_000 {
+            // Drop interned strings nothing refers to any more.
+            self.interned.retain(|s| Arc::strong_count(s) > 1);
+            self.deletes_since_compaction = 0;
         }
     }
 
@@ -241,6 +295,11 @@ impl Directory {
         out
     }
 
+    /// Sessions ended and still joining (their grace period runs).
+    pub fn ending(&self) -> usize {
+        self.ended.len()
+    }
+
     /// Sessions, users and groups held: cheap, for a gauge updated on every record.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.sessions.len(), self.users.len(), self.groups.len())
@@ -277,6 +336,42 @@ impl Directory {
 mod tests {
     use super::*;
     use audit_schemas::{Group, Session, User};
+
+    #[test]
+    fn ended_sessions_join_for_the_grace_period_then_go() {
+        let mut d = Directory::new();
+        let grace = Duration::from_secs(60);
+        d.set_session_grace(grace);
+        for s in ["s1", "s2", "s3"] {
+            let (k, r) = session(s, "u1");
+            d.apply(k, r).unwrap();
+        }
+        d.apply(DirectoryKey::Session("s1".into()), None).unwrap();
+        d.apply(DirectoryKey::Session("s2".into()), None).unwrap();
+        // s2 logs in again under the same id before its grace ends: it stays.
+        let (k, r) = session("s2", "u2");
+        d.apply(k, r).unwrap();
+        assert_eq!(
+            d.session("s1").map(|s| &*s.user_id),
+            Some("u1"),
+            "joins within grace"
+        );
+        assert_eq!(d.sweep_ended(Instant::now()), 0);
+        assert_eq!(
+            d.sweep_ended(Instant::now() + grace + Duration::from_secs(1)),
+            1
+        );
+        assert!(d.session("s1").is_none());
+        assert_eq!(d.session("s2").map(|s| &*s.user_id), Some("u2"));
+        assert!(d.session("s3").is_some());
+        assert_eq!(d.counts().0, 2);
+        // Without a grace period a delete removes at once.
+        let mut now = Directory::new();
+        let (k, r) = session("s1", "u1");
+        now.apply(k, r).unwrap();
+        now.apply(DirectoryKey::Session("s1".into()), None).unwrap();
+        assert!(now.session("s1").is_none());
+    }
 
     fn group(id: &str, parents: &[&str]) -> (DirectoryKey, Option<DirectoryRecord>) {
         (

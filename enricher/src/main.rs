@@ -79,6 +79,13 @@ async fn run(cli: Cli) -> Result<()> {
         audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
 
     let tables = Arc::new(Tables::default());
+    tables
+        .directory
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_session_grace(Duration::from_millis(
+            settings.enricher.session_end_grace_ms,
+        ));
     let directory_ready = spawn_follower(
         &settings,
         &settings.topics.directory.name,
@@ -170,8 +177,9 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// How often the directory's byte gauges are refreshed: sizing walks the whole directory, so it
-/// runs on a timer under a read lock, never per record under the write lock the join waits on.
+/// How often ended sessions past their grace are swept out and the directory's byte gauges are
+/// refreshed: sizing walks the whole directory, so it runs on a timer under a read lock, never
+/// per record under the write lock the join waits on.
 const DIRECTORY_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn spawn_directory_sizer(tables: &Arc<Tables>, shutdown: &Shutdown) {
@@ -184,16 +192,30 @@ fn spawn_directory_sizer(tables: &Arc<Tables>, shutdown: &Shutdown) {
                 _ = tick.tick() => {}
                 _ = shutdown.requested() => return,
             }
+            let swept = tables
+                .directory
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .sweep_ended(std::time::Instant::now());
+            metrics::counter!("audit_enricher_sessions_ended_total").increment(swept as u64);
+            let ending = tables
+                .directory
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .ending();
+            metrics::gauge!("audit_enricher_sessions_ending").set(ending as f64);
             let size = tables
                 .directory
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .size();
-            for (kind, bytes) in [
-                ("session", size.session_bytes),
-                ("user", size.user_bytes),
-                ("group", size.group_bytes),
+            for (kind, entries, bytes) in [
+                ("session", size.sessions, size.session_bytes),
+                ("user", size.users, size.user_bytes),
+                ("group", size.groups, size.group_bytes),
             ] {
+                metrics::gauge!("audit_enricher_directory_entries", "kind" => kind)
+                    .set(entries as f64);
                 metrics::gauge!("audit_enricher_directory_kind_bytes", "kind" => kind)
                     .set(bytes as f64);
             }
@@ -226,10 +248,9 @@ fn spawn_follower(
                 Table::Directory => {
                     let (r, counts) = {
                         let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
-                        (
-                            d.apply_bytes(key, value).map_err(|e| e.to_string()),
-                            d.counts(),
-                        )
+                        let r = d.apply_bytes(key, value).map_err(|e| e.to_string());
+                        metrics::gauge!("audit_enricher_sessions_ending").set(d.ending() as f64);
+                        (r, d.counts())
                     };
                     let arrived = value.is_some_and(|v| !v.is_empty()) && r.is_ok();
                     if let Some(session) = key.strip_prefix(b"session:").filter(|_| arrived) {

@@ -752,3 +752,93 @@ async fn implausible_event_times_are_flagged_and_kept() {
     assert_eq!(got["ahead"].event_time, EventTimeCheck::Ahead);
     assert_eq!(got["now"].event_time, EventTimeCheck::Plausible);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logged_out_session_joins_for_its_grace_period_then_leaves_memory() {
+    let (topics, p) = setup(1).await;
+    directory(&p, &topics).await;
+    let e = start_with(
+        &topics,
+        &unique("g"),
+        &[("AUDIT__ENRICHER__SESSION_END_GRACE_MS", "2000")],
+    );
+    wait_metric(
+        e.ops,
+        "audit_consumer_assigned_partitions",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // Carl logs out: a tombstone for his session.
+    produce(&p, &topics.directory.name, "session:s-carl", &[])
+        .await
+        .unwrap();
+    wait_metric(
+        e.ops,
+        "audit_enricher_sessions_ending",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    send(
+        &p,
+        &topics,
+        &raw(
+            "log",
+            Source::Client,
+            Some("s-carl"),
+            None,
+            "racing the logout",
+        ),
+    )
+    .await;
+    let got = by_message(enriched(&topics, 1).await);
+    assert_eq!(got["racing the logout"].enrichment, Enrichment::Enriched);
+    assert_eq!(
+        got["racing the logout"].user.as_ref().unwrap().login,
+        "carl"
+    );
+
+    // After the grace period the session is swept out of memory...
+    wait_metric(
+        e.ops,
+        "audit_enricher_sessions_ended_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metric_sum(e.ops, "audit_enricher_directory_entries{kind=\"session\"}")
+            .await
+            .unwrap_or(-1.0),
+        1.0
+    );
+    // ...and a later event of it no longer joins, while Erin's session still does.
+    send(
+        &p,
+        &topics,
+        &raw(
+            "log",
+            Source::Client,
+            Some("s-carl"),
+            None,
+            "after the grace",
+        ),
+    )
+    .await;
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some("s-erin"), None, "erin still in"),
+    )
+    .await;
+    let got = by_message(enriched(&topics, 3).await);
+    assert_eq!(
+        got["after the grace"].enrichment,
+        Enrichment::SessionUnknown
+    );
+    assert_eq!(got["erin still in"].enrichment, Enrichment::Enriched);
+}
