@@ -64,6 +64,10 @@ impl RedactionSettings {
 /// none of them is passed over without splitting or parsing it.
 const HINTS: &[&str] = &[
     "pass",
+    "pin",
+    "otp",
+    "cvv",
+    "cvc",
     "pwd",
     "secret",
     "token",
@@ -453,6 +457,27 @@ mod tests {
         assert_eq!(v["password"], REDACTED);
         assert_eq!(v["sessionTokenHint"], "public");
         assert_eq!(v["token_count"], 3);
+    }
+
+    /// Every key the key rule calls secret must also pass the redactor's prefilter (its hints).
+    #[test]
+    fn the_prefilter_lets_every_secret_word_through() {
+        let r = Redactor::default();
+        let pairs: Vec<String> = keys::SECRET_PAIRS
+            .iter()
+            .map(|(a, b)| format!("{a}_{b}"))
+            .collect();
+        let all = keys::SECRET_WORDS
+            .iter()
+            .chain(keys::RUN_IN)
+            .map(|w| w.to_string())
+            .chain(pairs);
+        for key in all {
+            let key = key.as_str();
+            assert!(r.is_secret(key), "{key}");
+            let mut text = format!("{key}=v4lue9x");
+            assert_eq!(r.redact_text(&mut text), 1, "{text}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! Operators add keys (matched as whole normalised keys) and exceptions in the settings.
 
 /// Words that alone make a key secret.
-const SECRET_WORDS: &[&str] = &[
+pub(crate) const SECRET_WORDS: &[&str] = &[
     "password",
     "passwords",
     "passwd",
@@ -44,10 +44,16 @@ const SECRET_WORDS: &[&str] = &[
     "jwt",
     "bearer",
     "sig",
+    "pass",
+    "otp",
+    "totp",
+    "pin",
+    "cvv",
+    "cvc",
 ];
 
 /// Neighbouring words that together name a secret.
-const SECRET_PAIRS: &[(&str, &str)] = &[
+pub(crate) const SECRET_PAIRS: &[(&str, &str)] = &[
     ("api", "key"),
     ("access", "key"),
     ("private", "key"),
@@ -65,7 +71,7 @@ const SECRET_PAIRS: &[(&str, &str)] = &[
 ];
 
 /// Strong words found even run into other letters (`dbpassword`, `myapikey`).
-const RUN_IN: &[&str] = &[
+pub(crate) const RUN_IN: &[&str] = &[
     "password",
     "passwd",
     "passphrase",
@@ -136,6 +142,10 @@ const DESCRIBING_WORDS: &[&str] = &[
     "valid",
     "used",
     "limit",
+    "rate",
+    "ratio",
+    "percent",
+    "percentage",
 ];
 
 /// The key as lowercase words (see the module docs).
@@ -244,6 +254,13 @@ mod tests {
             "connectionString",
             "passphrase",
             "auth",
+            "pass",
+            "db_pass",
+            "smtpPass",
+            "otp",
+            "totp_secret",
+            "pin",
+            "card_cvv",
         ] {
             assert!(names_a_secret(key), "{key} should be secret");
         }
@@ -274,6 +291,12 @@ mod tests {
             "key",
             "primary_key",
             "sort_key",
+            "pass_rate",
+            "passed",
+            "passing",
+            "spin",
+            "pinned",
+            "otp_enabled",
             "",
         ] {
             assert!(!names_a_secret(key), "{key} should be kept");
