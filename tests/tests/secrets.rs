@@ -55,9 +55,13 @@ fn audit_log_line(text: &str) -> String {
     .to_string()
 }
 
+/// Secrets shorter than this (a 3-digit CVV, a 5-digit PIN) occur by chance in offsets, times
+/// and ids, so they cannot be searched for in raw bytes; the corpus test checks them instead.
+const SHORTEST_NEEDLE: usize = 8;
+
 /// Where each secret was found: `(shape, place)`.
 fn leaks(cases: &[Case], place: &str, bytes: &[u8], found: &mut Vec<String>) {
-    for case in cases {
+    for case in cases.iter().filter(|c| c.secret.len() >= SHORTEST_NEEDLE) {
         let escaped = Value::String(case.secret.clone()).to_string();
         let escaped = escaped.trim_matches('"');
         for needle in [case.secret.as_str(), escaped] {
