@@ -316,14 +316,8 @@ async fn import(
     let topic = &settings.topics.directory.name;
     let records = writes
         .iter()
-        .map(|w| {
-            let value = match w {
-                DirectoryWrite::Put(record) => Some(record.encode()?),
-                DirectoryWrite::Delete(_) => None,
-            };
-            Ok((w.key().to_string(), value))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(DirectoryWrite::encoded)
+        .collect::<Result<Vec<_>, _>>()?;
     table::put_many(settings, topic, &records).await?;
     println!("{} entries imported into {topic}", writes.len());
     Ok(())

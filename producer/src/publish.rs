@@ -146,24 +146,11 @@ impl Publisher {
         if in_flight + encoded.len() > self.max_in_flight {
             return Err(PublishError::Busy { in_flight });
         }
-        let mut deliveries = Vec::with_capacity(encoded.len());
-        for (key, value) in &encoded {
-            let record = FutureRecord::to(&self.raw_topic).key(key).payload(value);
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(PublishError::Busy { in_flight });
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        for result in join_all(deliveries).await {
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e.into()),
-                Err(_canceled) => return Err(KafkaError::Canceled.into()),
-            }
-        }
+        let records: Vec<(&str, Option<&[u8]>)> = encoded
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+            .collect();
+        self.send_all(&self.raw_topic, &records, in_flight).await?;
         metrics::counter!("audit_producer_events_published_total").increment(events.len() as u64);
         Ok(())
     }
@@ -174,28 +161,38 @@ impl Publisher {
         &self,
         writes: &[audit_schemas::ingest::directory::DirectoryWrite],
     ) -> Result<(), PublishError> {
-        use audit_schemas::ingest::directory::DirectoryWrite;
         let encoded = writes
             .iter()
-            .map(|w| {
-                let value = match w {
-                    DirectoryWrite::Put(record) => Some(record.encode()?),
-                    DirectoryWrite::Delete(_) => None,
-                };
-                Ok((w.key().to_string(), value))
-            })
+            .map(|w| w.encoded())
             .collect::<Result<Vec<_>, EncodeError>>()?;
-        let mut deliveries = Vec::with_capacity(encoded.len());
-        for (key, value) in &encoded {
-            let mut record: FutureRecord<'_, String, Vec<u8>> =
-                FutureRecord::to(&self.directory_topic).key(key);
+        let records: Vec<(&str, Option<&[u8]>)> = encoded
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        let in_flight = self.producer.in_flight_count().max(0) as usize;
+        self.send_all(&self.directory_topic, &records, in_flight)
+            .await?;
+        metrics::counter!("audit_producer_directory_writes_total").increment(writes.len() as u64);
+        Ok(())
+    }
+
+    /// Enqueues every record (a `None` value is a tombstone) and waits for every
+    /// acknowledgement; a full librdkafka queue is `Busy` with `in_flight` as measured before.
+    async fn send_all(
+        &self,
+        topic: &str,
+        records: &[(&str, Option<&[u8]>)],
+        in_flight: usize,
+    ) -> Result<(), PublishError> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (key, value) in records {
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(*key);
             if let Some(value) = value {
-                record = record.payload(value);
+                record = record.payload(*value);
             }
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    let in_flight = self.producer.in_flight_count().max(0) as usize;
                     return Err(PublishError::Busy { in_flight });
                 }
                 Err((e, _)) => return Err(e.into()),
@@ -208,7 +205,6 @@ impl Publisher {
                 Err(_canceled) => return Err(KafkaError::Canceled.into()),
             }
         }
-        metrics::counter!("audit_producer_directory_writes_total").increment(writes.len() as u64);
         Ok(())
     }
 

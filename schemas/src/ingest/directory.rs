@@ -69,6 +69,17 @@ impl DirectoryWrite {
             DirectoryWrite::Delete(key) => key.clone(),
         }
     }
+
+    /// The record as published: its key, and its encoded value (`None`, a tombstone, for a
+    /// delete).
+    pub fn encoded(&self) -> Result<(String, Option<Vec<u8>>), crate::EncodeError> {
+        use crate::AvroRecord;
+        let value = match self {
+            DirectoryWrite::Put(record) => Some(record.encode()?),
+            DirectoryWrite::Delete(_) => None,
+        };
+        Ok((self.key().to_string(), value))
+    }
 }
 
 /// `PUT /v1/directory/{kind}/{id}`: the entry in `value`; an `id` in the body must match.
