@@ -1,11 +1,13 @@
 //! `auditctl directory put-session|put-user|put-group|delete|get|list|import`: maintain and
-//! inspect the records the enricher joins against, on the compacted directory topic.
+//! inspect the records the enricher joins against: users and groups on the compacted directory
+//! topic, sessions on the compacted sessions topic.
 
 use crate::settings::Settings;
 use crate::table;
 use anyhow::{Context, Result};
 use audit_schemas::{
-    AvroRecord, DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Session, Timestamp, User,
+    AvroRecord, DirectoryEntry, DirectoryKey, DirectoryRecord, DirectoryTopic, Group, Session,
+    Timestamp, User,
 };
 use clap::Subcommand;
 
@@ -25,6 +27,12 @@ pub enum DirectoryCommand {
         ip: Option<String>,
         #[arg(long)]
         user_agent: Option<String>,
+        /// The session's latest activity (RFC 3339); idle lifetimes count from here.
+        #[arg(long)]
+        last_activity_at: Option<String>,
+        /// Logout (RFC 3339): events still join for the enricher's grace period after it.
+        #[arg(long)]
+        ended_at: Option<String>,
     },
     /// Record a user and the groups it belongs to directly.
     PutUser {
@@ -92,12 +100,12 @@ pub enum ImportFormat {
 }
 
 pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
-    let topic = &settings.topics.directory.name;
     let entry = match cmd {
         DirectoryCommand::Get { key } => {
             let key = DirectoryKey::parse(&key)?;
+            let topic = settings.topics.for_directory(key.topic());
             let table = table::read(settings, topic).await?;
-            let Some(value) = table.get(&key.to_string()) else {
+            let Some(value) = table.get(&key.record_key()) else {
                 anyhow::bail!("{key} is not in the directory ({topic})");
             };
             let record = DirectoryRecord::decode(value).with_context(|| format!("{key}"))?;
@@ -109,21 +117,12 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
             user,
             group,
             json,
-        } => {
-            return list(
-                settings,
-                topic,
-                kind,
-                user.as_deref(),
-                group.as_deref(),
-                json,
-            )
-            .await
-        }
+        } => return list(settings, kind, user.as_deref(), group.as_deref(), json).await,
         DirectoryCommand::Import { file, format } => return import(settings, &file, format).await,
         DirectoryCommand::Delete { key } => {
             let key = DirectoryKey::parse(&key)?;
-            table::put(settings, topic, &key.to_string(), None).await?;
+            let topic = settings.topics.for_directory(key.topic());
+            table::put(settings, topic, &key.record_key(), None).await?;
             println!("{key} deleted");
             return Ok(());
         }
@@ -133,17 +132,27 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
             started_at,
             ip,
             user_agent,
+            last_activity_at,
+            ended_at,
         } => {
             let started_at = match started_at {
                 Some(t) => Timestamp::parse_rfc3339(&t).context("--started-at")?,
                 None => Timestamp::now(),
             };
+            let time = |t: Option<String>, arg: &str| {
+                t.map(|t| Timestamp::parse_rfc3339(&t).with_context(|| arg.to_string()))
+                    .transpose()
+            };
+            let last_activity_at = time(last_activity_at, "--last-activity-at")?;
+            let ended_at = time(ended_at, "--ended-at")?;
             DirectoryEntry::Session(Session {
                 id,
                 user_id: user,
                 started_at,
                 ip,
                 user_agent,
+                last_activity_at,
+                ended_at,
             })
         }
         DirectoryCommand::PutUser {
@@ -165,7 +174,8 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
     };
     let record = DirectoryRecord { entry };
     let key = record.key();
-    table::put(settings, topic, &key.to_string(), Some(&record.encode()?)).await?;
+    let topic = settings.topics.for_directory(key.topic());
+    table::put(settings, topic, &key.record_key(), Some(&record.encode()?)).await?;
     println!("{key} stored");
     Ok(())
 }
@@ -195,7 +205,6 @@ fn as_json(key: &DirectoryKey, record: &DirectoryRecord) -> serde_json::Value {
 
 async fn list(
     settings: &Settings,
-    topic: &str,
     kind: Option<KindArg>,
     user: Option<&str>,
     group: Option<&str>,
@@ -205,7 +214,19 @@ async fn list(
     if !json {
         println!("{:<32} {:<8} DETAILS", "KEY", "KIND");
     }
-    for (key, value) in table::read(settings, topic).await? {
+    // Only the topics the filter can match are read: all sessions may be many.
+    let mut topics = Vec::new();
+    if kind.is_none_or(|k| k == KindArg::Session) && group.is_none() {
+        topics.push(DirectoryTopic::Sessions);
+    }
+    if kind != Some(KindArg::Session) {
+        topics.push(DirectoryTopic::Directory);
+    }
+    let mut entries = Vec::new();
+    for topic in topics {
+        entries.extend(table::read(settings, settings.topics.for_directory(topic)).await?);
+    }
+    for (key, value) in entries {
         let record = match DirectoryRecord::decode(&value) {
             Ok(r) => r,
             Err(e) => {
@@ -313,13 +334,21 @@ async fn import(
             errors.join("\n")
         );
     }
-    let topic = &settings.topics.directory.name;
-    let records = writes
+    let encoded = writes
         .iter()
         .map(DirectoryWrite::encoded)
         .collect::<Result<Vec<_>, _>>()?;
-    table::put_many(settings, topic, &records).await?;
-    println!("{} entries imported into {topic}", writes.len());
+    let records: Vec<(&str, String, Option<Vec<u8>>)> = encoded
+        .into_iter()
+        .map(|w| (settings.topics.for_directory(w.topic), w.key, w.value))
+        .collect();
+    table::put_many(settings, &records).await?;
+    println!(
+        "{} entries imported into {} and {}",
+        writes.len(),
+        settings.topics.directory.name,
+        settings.topics.sessions.name
+    );
     Ok(())
 }
 

@@ -24,21 +24,21 @@ pub async fn put(settings: &Settings, topic: &str, key: &str, value: Option<&[u8
     Ok(())
 }
 
-/// Publishes many records with one producer (in order per key) and waits for every ack.
+/// Publishes many records (topic, key, value) with one producer (in order per key) and waits
+/// for every ack.
 pub async fn put_many(
     settings: &Settings,
-    topic: &str,
-    records: &[(String, Option<Vec<u8>>)],
+    records: &[(&str, String, Option<Vec<u8>>)],
 ) -> Result<()> {
     let producer = kafka::producer(&settings.kafka, "auditctl")?;
     let mut deliveries = Vec::with_capacity(records.len());
-    for (key, value) in records {
+    for (topic, key, value) in records {
         let record: FutureRecord<str, [u8]> = FutureRecord::to(topic)
             .key(key.as_str())
             .payload(value.as_deref().unwrap_or_default());
         deliveries.push(producer.send(record, Duration::from_secs(30)));
     }
-    for (result, (key, _)) in futures::future::join_all(deliveries)
+    for (result, (topic, key, _)) in futures::future::join_all(deliveries)
         .await
         .into_iter()
         .zip(records)

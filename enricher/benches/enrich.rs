@@ -4,17 +4,49 @@
 //! ```sh
 //! cargo bench -p audit-enricher --bench enrich
 //! ```
-//! Criterion reports the throughput as elements (events) per second.
+//! Criterion reports the throughput as elements (events) per second. The `sessions` group joins
+//! against 20,000 sessions and against one instance's half of 5,000,000 (2,500,000), to show
+//! whether a large directory slows the join (cache misses); `BENCH_SESSIONS` overrides the
+//! large count.
 
 use audit_enricher::directory::Directory;
-use audit_enricher::enrich::{enrich, RawPosition, Step};
+use audit_enricher::enrich::{enrich, Lookup, RawPosition, Step};
 use audit_enricher::rules::RuleSet;
+use audit_enricher::sessions::Sessions;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
-fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
+/// The id of session `n`: UUIDs, as platforms issue them.
+fn session_id(n: u64) -> String {
+    uuid::Uuid::from_u128(u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+        .to_string()
+}
+
+/// `count` sessions of 5,000 users.
+fn sessions(count: u64) -> Sessions {
+    let mut sessions = Sessions::default();
+    let now = Timestamp::now();
+    for s in 0..count {
+        sessions.put(
+            (s % 6) as i32,
+            &Session {
+                id: session_id(s),
+                user_id: format!("u{}", s % 5_000),
+                started_at: now,
+                ip: Some(format!("10.0.{}.{}", s % 200, s % 250)),
+                user_agent: None,
+                last_activity_at: None,
+                ended_at: None,
+            },
+            now,
+        );
+    }
+    sessions
+}
+
+fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
     let mut directory = Directory::new();
     for g in 0..50 {
         let r = DirectoryRecord {
@@ -37,18 +69,6 @@ fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
                 login: format!("user{u}@example.com"),
                 name: Some(format!("User {u}")),
                 group_ids: vec![format!("g{}", u % 50)],
-            }),
-        };
-        directory.apply(r.key(), Some(r)).unwrap();
-    }
-    for s in 0..20_000 {
-        let r = DirectoryRecord {
-            entry: DirectoryEntry::Session(Session {
-                id: format!("s{s}"),
-                user_id: format!("u{}", s % 5_000),
-                started_at: Timestamp::now(),
-                ip: Some("10.0.0.1".into()),
-                user_agent: None,
             }),
         };
         directory.apply(r.key(), Some(r)).unwrap();
@@ -80,7 +100,8 @@ fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
                     Source::Server
                 },
                 service: "web".into(),
-                session_id: Some(format!("s{}", n * 7 % 20_000)),
+                // Spread over the whole table, as a real mix of users is.
+                session_id: Some(session_id((n as u64).wrapping_mul(2_654_435_761) % session_count)),
                 user_id: Some(format!("u{}", n % 5_000)),
                 username: None,
                 tenant: Some("default".into()),
@@ -129,11 +150,16 @@ fn setup() -> (Directory, RuleSet, Vec<Vec<u8>>) {
             .unwrap()
         })
         .collect();
-    (directory, rules, records)
+    (sessions(session_count), directory, rules, records)
 }
 
 fn bench(c: &mut Criterion) {
-    let (directory, rules, records) = setup();
+    let (sessions, directory, rules, records) = setup(20_000);
+    let lookup = Lookup {
+        sessions: &sessions,
+        directory: &directory,
+        rules: &rules,
+    };
     let redactor = Redactor::default();
     let mut group = c.benchmark_group("enrich");
     group.throughput(Throughput::Elements(records.len() as u64));
@@ -147,15 +173,9 @@ fn bench(c: &mut Criterion) {
                     offset: i as i64,
                     received_at: Timestamp::from_micros(0),
                 };
-                if let Step::Publish { event, .. } = enrich(
-                    raw,
-                    pos,
-                    &directory,
-                    &rules,
-                    &redactor,
-                    true,
-                    Timestamp::from_micros(1),
-                ) {
+                if let Step::Publish { event, .. } =
+                    enrich(raw, pos, lookup, &redactor, true, Timestamp::from_micros(1))
+                {
                     out.clear();
                     event.encode_into(&mut out).unwrap();
                     black_box(&out);
@@ -175,15 +195,9 @@ fn bench(c: &mut Criterion) {
                     offset: i as i64,
                     received_at: Timestamp::from_micros(0),
                 };
-                if let Step::Publish { event, .. } = enrich(
-                    raw,
-                    pos,
-                    &directory,
-                    &rules,
-                    &off,
-                    true,
-                    Timestamp::from_micros(1),
-                ) {
+                if let Step::Publish { event, .. } =
+                    enrich(raw, pos, lookup, &off, true, Timestamp::from_micros(1))
+                {
                     out.clear();
                     event.encode_into(&mut out).unwrap();
                     black_box(&out);
@@ -233,8 +247,7 @@ fn bench(c: &mut Criterion) {
                 black_box(enrich(
                     raw.clone(),
                     pos,
-                    &directory,
-                    &rules,
+                    lookup,
                     &redactor,
                     true,
                     Timestamp::from_micros(1),
@@ -253,8 +266,7 @@ fn bench(c: &mut Criterion) {
             match enrich(
                 raw.clone(),
                 pos,
-                &directory,
-                &rules,
+                lookup,
                 &redactor,
                 true,
                 Timestamp::from_micros(1),
@@ -278,5 +290,45 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The enrich rate against a small and a large sessions table (same events, same users).
+fn by_sessions(c: &mut Criterion) {
+    let large: u64 = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_500_000);
+    let redactor = Redactor::default();
+    let mut group = c.benchmark_group("sessions");
+    for count in [20_000, large] {
+        let (sessions, directory, rules, records) = setup(count);
+        let lookup = Lookup {
+            sessions: &sessions,
+            directory: &directory,
+            rules: &rules,
+        };
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(format!("decode_join_rules_encode_{count}"), |b| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(512);
+                for (i, bytes) in records.iter().enumerate() {
+                    let raw = RawAuditEvent::decode(black_box(bytes)).unwrap();
+                    let pos = RawPosition {
+                        partition: 0,
+                        offset: i as i64,
+                        received_at: Timestamp::from_micros(0),
+                    };
+                    if let Step::Publish { event, .. } =
+                        enrich(raw, pos, lookup, &redactor, false, Timestamp::now())
+                    {
+                        out.clear();
+                        event.encode_into(&mut out).unwrap();
+                        black_box(&out);
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, by_sessions);
 criterion_main!(benches);

@@ -42,8 +42,8 @@ async fn main() -> anyhow::Result<()> {
     for r in &population.records {
         produce(
             &producer,
-            &topics.directory.name,
-            &r.key().to_string(),
+            topics.for_directory(r.key().topic()),
+            &r.key().record_key(),
             &r.encode()?,
         )
         .await?;

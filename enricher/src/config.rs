@@ -63,6 +63,13 @@ pub struct EnricherConfig {
     /// so the events racing its logout through the pipeline keep their user; then it leaves
     /// memory. 0 removes it at once.
     pub session_end_grace_ms: u64,
+    /// A session with no activity for this many milliseconds ends (activity: the platform's
+    /// `last_activity_at`, or the newest event of the session the enricher saw). 0: never.
+    /// Measured on the wall clock: an enricher behind by more than this ends sessions whose
+    /// events are still in its backlog, so keep it well above any expected lag.
+    pub session_idle_timeout_ms: u64,
+    /// A session ends this many milliseconds after it started, active or not. 0: never.
+    pub session_max_lifetime_ms: u64,
 }
 
 impl Default for EnricherConfig {
@@ -79,6 +86,8 @@ impl Default for EnricherConfig {
             batch_max_wait_ms: 50,
             max_in_flight_batches: 4,
             session_end_grace_ms: 5 * 60_000,
+            session_idle_timeout_ms: 8 * 3_600_000,
+            session_max_lifetime_ms: 7 * 24 * 3_600_000,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::directory::Directory;
 use crate::rules::{Decision, RuleSet};
+use crate::sessions::Sessions;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{
     EnrichedAuditEvent, Enrichment, PipelineMeta, RawAuditEvent, Source, Timestamp,
@@ -36,25 +37,40 @@ pub enum Step {
     AwaitSession(Box<RawAuditEvent>),
 }
 
+/// The tables one event is joined and judged against.
+#[derive(Clone, Copy)]
+pub struct Lookup<'a> {
+    pub sessions: &'a Sessions,
+    pub directory: &'a Directory,
+    pub rules: &'a RuleSet,
+}
+
 /// Enriches one event. With `give_up_waiting`, an unknown session yields SESSION_UNKNOWN
-/// instead of [`Step::AwaitSession`].
+/// instead of [`Step::AwaitSession`]. A joined event counts as its session's activity.
 pub fn enrich(
     mut raw: RawAuditEvent,
     position: RawPosition,
-    directory: &Directory,
-    rules: &RuleSet,
+    tables: Lookup<'_>,
     redactor: &Redactor,
     give_up_waiting: bool,
     now: Timestamp,
 ) -> Step {
+    let Lookup {
+        sessions,
+        directory,
+        rules,
+    } = tables;
     let trusted_claim = raw.source == Source::Server;
     let (enrichment, session, user_id) = match raw.session_id.as_deref() {
-        Some(sid) => match directory.session(sid) {
-            Some(s) => (
-                Enrichment::Enriched,
-                Some(s.info(sid)),
-                Some(s.user_id.to_string()),
-            ),
+        Some(sid) => match sessions.get(sid) {
+            Some(s) => {
+                s.touch(raw.timestamp, now);
+                (
+                    Enrichment::Enriched,
+                    Some(s.info(sid)),
+                    Some(s.user_id().to_string()),
+                )
+            }
             None if !give_up_waiting => return Step::AwaitSession(Box::new(raw)),
             None => (
                 Enrichment::SessionUnknown,
@@ -115,6 +131,24 @@ mod tests {
     use super::*;
     use audit_schemas::*;
 
+    fn sessions() -> Sessions {
+        let mut s = Sessions::default();
+        s.put(
+            2,
+            &Session {
+                id: "s1".into(),
+                user_id: "alice".into(),
+                started_at: Timestamp::from_micros(5),
+                ip: Some("10.0.0.9".into()),
+                user_agent: None,
+                last_activity_at: None,
+                ended_at: None,
+            },
+            Timestamp::from_micros(300),
+        );
+        s
+    }
+
     fn directory() -> Directory {
         let mut d = Directory::new();
         let recs = [
@@ -133,13 +167,6 @@ mod tests {
                 login: "alice@x".into(),
                 name: Some("Alice".into()),
                 group_ids: vec!["g-data".into()],
-            }),
-            DirectoryEntry::Session(Session {
-                id: "s1".into(),
-                user_id: "alice".into(),
-                started_at: Timestamp::from_micros(5),
-                ip: Some("10.0.0.9".into()),
-                user_agent: None,
             }),
         ];
         for entry in recs {
@@ -185,8 +212,11 @@ mod tests {
         enrich(
             raw,
             POS,
-            &directory(),
-            rules,
+            Lookup {
+                sessions: &sessions(),
+                directory: &directory(),
+                rules,
+            },
             &Redactor::default(),
             give_up,
             Timestamp::from_micros(300),

@@ -2,14 +2,17 @@
 
 use anyhow::{Context, Result};
 use audit_enricher::config::Settings;
-use audit_enricher::follow::follow;
+use audit_enricher::follow::{follow, follow_sessions};
+use audit_enricher::ownership::Gate;
 use audit_enricher::service::{Enricher, Options, Tables};
+use audit_enricher::sessions::Lifetimes;
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::{self, BatchOptions};
-use audit_runtime::kafka::GroupContext;
+use audit_runtime::kafka::{GroupContext, RebalanceEvent};
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
 use clap::{Parser, Subcommand};
+use rdkafka::consumer::Consumer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +26,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Raw audit events in, enriched audit events out.
 ///
 /// Reads audit.raw as a member of a consumer group (run more instances to scale out), joins each
-/// event with its session, the session's user and the user's groups (transitively) from the
-/// compacted audit.directory topic, drops the event types an administrator disabled through
+/// event with its session (from the compacted audit.sessions topic: each instance holds only the
+/// sessions of its raw partitions, restored when a partition is assigned), the session's user and
+/// the user's groups (transitively, from the compacted audit.directory topic), drops the event types an administrator disabled through
 /// audit.rules (changes apply live), redacts secrets again, and publishes to audit.enriched.
 /// Undecodable records go to audit.dlq with the reason. A raw offset is committed only after its
 /// output is acknowledged. Serves /metrics and /healthz on ops.listen (default 127.0.0.1:9101).
@@ -79,13 +83,18 @@ async fn run(cli: Cli) -> Result<()> {
         audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
 
     let tables = Arc::new(Tables::default());
+    let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
     tables
-        .directory
+        .sessions
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .set_session_grace(Duration::from_millis(
-            settings.enricher.session_end_grace_ms,
-        ));
+        .set_lifetimes(Lifetimes {
+            idle: ms(settings.enricher.session_idle_timeout_ms),
+            max: ms(settings.enricher.session_max_lifetime_ms),
+            grace: Duration::from_millis(settings.enricher.session_end_grace_ms),
+        });
+    check_sessions_partitioning(&settings)?;
+    spawn_sessions_follower(&settings, &tables, &shutdown);
     let directory_ready = spawn_follower(
         &settings,
         &settings.topics.directory.name,
@@ -100,7 +109,7 @@ async fn run(cli: Cli) -> Result<()> {
         &shutdown,
         Table::Rules,
     );
-    spawn_directory_sizer(&tables, &shutdown);
+    spawn_housekeeping(&settings, &tables, &shutdown)?;
     for (name, mut ready) in [("directory", directory_ready), ("rules", rules_ready)] {
         tokio::select! {
             r = ready.wait_for(|r| *r) => { r.with_context(|| format!("the {name} follower stopped"))?; }
@@ -114,10 +123,9 @@ async fn run(cli: Cli) -> Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .size();
     tracing::info!(
-        sessions = size.sessions,
         users = size.users,
         groups = size.groups,
-        "directory loaded; enriching"
+        "directory loaded; enriching (each partition once its sessions are restored)"
     );
 
     audit_runtime::kafka::check_message_size(
@@ -131,9 +139,8 @@ async fn run(cli: Cli) -> Result<()> {
         &settings.kafka,
         "audit-enricher",
         &settings.enricher.group_id,
-        GroupContext {
-            group: settings.enricher.group_id.clone(),
-        },
+        GroupContext::new(settings.enricher.group_id.clone())
+            .on_rebalance(rebalance_hook(&settings, &tables)),
     )?;
     let mut enricher = Enricher::new(
         tables,
@@ -177,40 +184,137 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// How often ended sessions past their grace are swept out and the directory's byte gauges are
-/// refreshed: sizing walks the whole directory, so it runs on a timer under a read lock, never
-/// per record under the write lock the join waits on.
-const DIRECTORY_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often ended sessions past their grace are swept out (and tombstoned) and the byte gauges
+/// refreshed: sizing walks the tables, so it runs on a timer, never per record under the
+/// write lock the join waits on.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
-fn spawn_directory_sizer(tables: &Arc<Tables>, shutdown: &Shutdown) {
+/// Idle and absolute lifetimes are checked by walking every session: less often.
+const EXPIRE_EVERY: u32 = 6;
+
+/// Sessions and raw events share key and partitioner, so partition p of both holds the same
+/// sessions only when the counts match; a mismatch would join events against the wrong
+/// sessions, so it stops the enricher before it starts.
+fn check_sessions_partitioning(settings: &Settings) -> Result<()> {
+    let reader = audit_runtime::kafka::reader(&settings.kafka, "audit-enricher-check")?;
+    let timeout = Duration::from_secs(30);
+    let raw = &settings.topics.raw.name;
+    let sessions = &settings.topics.sessions.name;
+    let count = |topic: &str| {
+        audit_runtime::kafka::partitions(reader.client(), topic, timeout)
+            .map(|p| p.len())
+            .with_context(|| {
+                format!(
+                    "reading the partitions of {topic} (create it with `auditctl topics create`)"
+                )
+            })
+    };
+    let (r, s) = (count(raw)?, count(sessions)?);
+    if r != s {
+        anyhow::bail!(
+            "{sessions} has {s} partitions and {raw} has {r}: sessions are partitioned like the raw \
+             events and both need the same count (README: changing the raw topic's partition count)"
+        );
+    }
+    Ok(())
+}
+
+/// Keeps `tables.ownership` in step with the consumer group and drops the sessions of
+/// partitions that left; runs on the consumer's polling task, so it only flips state.
+fn rebalance_hook(
+    settings: &Settings,
+    tables: &Arc<Tables>,
+) -> audit_runtime::kafka::RebalanceHook {
+    let raw = settings.topics.raw.name.clone();
+    let tables = tables.clone();
+    Arc::new(move |event: &RebalanceEvent| {
+        let of_raw = |ps: &[(String, i32)]| -> Vec<i32> {
+            ps.iter()
+                .filter(|(t, _)| *t == raw)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        match event {
+            RebalanceEvent::Revoked(ps) => {
+                let ps = of_raw(ps);
+                tables.ownership.send_modify(|o| o.revoked(&ps));
+            }
+            RebalanceEvent::Assigned(ps) => {
+                let ps = of_raw(ps);
+                let mut gone = Vec::new();
+                tables.ownership.send_modify(|o| {
+                    gone = o.assigned(&ps, std::time::Instant::now());
+                    metrics::gauge!("audit_enricher_partitions_restoring")
+                        .set(o.restoring() as f64);
+                });
+                if !gone.is_empty() {
+                    let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
+                    let dropped: usize = gone.iter().map(|p| sessions.drop_partition(*p)).sum();
+                    tracing::info!(partitions = ?gone, sessions = dropped, "partitions left; their sessions left memory");
+                }
+            }
+        }
+    })
+}
+
+fn spawn_sessions_follower(settings: &Settings, tables: &Arc<Tables>, shutdown: &Shutdown) {
+    let kafka = settings.kafka.clone();
+    let topic = settings.topics.sessions.name.clone();
+    let tables = tables.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = follow_sessions(&kafka, &topic, tables, stop.clone()).await {
+            tracing::error!(error = %e, "sessions follower failed; stopping");
+            stop.trigger();
+        }
+    });
+}
+
+/// Ends sessions past their lifetimes, removes those past their grace and tombstones them in
+/// the sessions topic (the topic stays bounded too), and refreshes the size gauges.
+fn spawn_housekeeping(
+    settings: &Settings,
+    tables: &Arc<Tables>,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-enricher-sessions")?;
+    let topic = settings.topics.sessions.name.clone();
     let tables = tables.clone();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(DIRECTORY_SIZE_EVERY);
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.requested() => return,
             }
-            let swept = tables
-                .directory
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .sweep_ended(std::time::Instant::now());
-            metrics::counter!("audit_enricher_sessions_ended_total").increment(swept as u64);
-            let ending = tables
-                .directory
+            ticks = ticks.wrapping_add(1);
+            let now = audit_schemas::Timestamp::now();
+            let gone = {
+                let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
+                if ticks % EXPIRE_EVERY == 0 {
+                    let expired = sessions.expire(now);
+                    metrics::counter!("audit_enricher_sessions_expired_total")
+                        .increment(expired as u64);
+                }
+                sessions.sweep(now)
+            };
+            metrics::counter!("audit_enricher_sessions_ended_total").increment(gone.removed as u64);
+            tombstone(&producer, &topic, &tables, gone.to_tombstone).await;
+            let sessions = tables
+                .sessions
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .ending();
-            metrics::gauge!("audit_enricher_sessions_ending").set(ending as f64);
+                .size();
+            metrics::gauge!("audit_enricher_sessions_ending").set(sessions.ending as f64);
             let size = tables
                 .directory
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .size();
             for (kind, entries, bytes) in [
-                ("session", size.sessions, size.session_bytes),
+                ("session", sessions.sessions, sessions.approx_bytes),
                 ("user", size.users, size.user_bytes),
                 ("group", size.groups, size.group_bytes),
             ] {
@@ -219,9 +323,46 @@ fn spawn_directory_sizer(tables: &Arc<Tables>, shutdown: &Shutdown) {
                 metrics::gauge!("audit_enricher_directory_kind_bytes", "kind" => kind)
                     .set(bytes as f64);
             }
-            metrics::gauge!("audit_enricher_directory_bytes").set(size.approx_bytes as f64);
+            metrics::gauge!("audit_enricher_directory_bytes")
+                .set((size.approx_bytes + sessions.approx_bytes) as f64);
         }
     });
+    Ok(())
+}
+
+/// Tombstones ended sessions of partitions still owned (a moved partition's new owner does its
+/// own); a failure is logged and the session is tombstoned again by whoever ends it next.
+async fn tombstone(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    tables: &Tables,
+    gone: Vec<(i32, String)>,
+) {
+    let owned: Vec<(i32, String)> = {
+        let o = tables.ownership.borrow();
+        gone.into_iter()
+            .filter(|(p, _)| o.gate(*p) == Gate::Go)
+            .collect()
+    };
+    let sends = owned.iter().map(|(p, id)| {
+        producer.send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
+                .key(id.as_str())
+                .partition(*p),
+            Duration::from_secs(30),
+        )
+    });
+    let results = futures::future::join_all(sends).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    metrics::counter!("audit_enricher_sessions_tombstoned_total")
+        .increment((results.len() - failed) as u64);
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            topic,
+            "tombstones of ended sessions not acknowledged"
+        );
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -249,18 +390,9 @@ fn spawn_follower(
                     let (r, counts) = {
                         let mut d = tables.directory.write().unwrap_or_else(|p| p.into_inner());
                         let r = d.apply_bytes(key, value).map_err(|e| e.to_string());
-                        metrics::gauge!("audit_enricher_sessions_ending").set(d.ending() as f64);
                         (r, d.counts())
                     };
-                    let arrived = value.is_some_and(|v| !v.is_empty()) && r.is_ok();
-                    if let Some(session) = key.strip_prefix(b"session:").filter(|_| arrived) {
-                        tables.session_arrived(&String::from_utf8_lossy(session));
-                    }
-                    for (kind, entries) in [
-                        ("session", counts.0),
-                        ("user", counts.1),
-                        ("group", counts.2),
-                    ] {
+                    for (kind, entries) in [("user", counts.0), ("group", counts.1)] {
                         metrics::gauge!("audit_enricher_directory_entries", "kind" => kind)
                             .set(entries as f64);
                     }

@@ -11,11 +11,15 @@
 //! | the broker refuses one enriched record | dead letter (`rejected`) with the enriched record |
 //! | the broker is away (any other produce error) | the batch is published again with backoff; after `PUBLISH_ATTEMPTS` the service stops uncommitted |
 //! | the session is not in the directory yet | that record (and later ones of its session) wait in the [`ParkingLot`], up to `enricher.session_wait_ms`; the rest of the batch goes on |
+//! | its partition was just assigned and its sessions are still being read | the batch waits for them (see [`crate::ownership`]) |
+//! | its partition was revoked meanwhile | the record is left to the partition's new owner |
 
 use crate::directory::Directory;
-use crate::enrich::{enrich, RawPosition, Step};
+use crate::enrich::{enrich, Lookup, RawPosition, Step};
+use crate::ownership::{Gate, Ownership};
 use crate::parking::{Held, ParkingLot, Release, UnknownSessions};
 use crate::rules::RuleSet;
+use crate::sessions::Sessions;
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::PipelinedHandler;
 use audit_runtime::dead_letter::{self, DeadLetters, Origin};
@@ -30,13 +34,29 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The tables the followers keep current and every batch reads.
-#[derive(Default)]
 pub struct Tables {
+    /// Sessions of the owned raw partitions.
+    pub sessions: RwLock<Sessions>,
     pub directory: RwLock<Directory>,
     pub rules: RwLock<RuleSet>,
     /// Session ids the directory follower applied since the enricher last looked: the sessions
     /// whose held records can go on.
     pub arrived_sessions: Mutex<Arrivals>,
+    /// Owned raw partitions and whether their sessions are loaded: set by the consumer's
+    /// rebalances and the sessions follower, awaited by each batch.
+    pub ownership: tokio::sync::watch::Sender<Ownership>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            sessions: RwLock::default(),
+            directory: RwLock::default(),
+            rules: RwLock::default(),
+            arrived_sessions: Mutex::default(),
+            ownership: tokio::sync::watch::Sender::new(Ownership::default()),
+        }
+    }
 }
 
 /// Sessions that arrived in the directory, bounded: past the bound the enricher re-checks every
@@ -106,6 +126,9 @@ struct Parked {
     received_at: Timestamp,
 }
 
+/// How often a batch waiting for a partition's sessions says so.
+const RESTORE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How often a held session is looked up again while records wait.
 const WAITING_POLL: Duration = Duration::from_millis(20);
 
@@ -147,6 +170,11 @@ impl Enricher {
     /// Join, rules and redaction for one event, with metrics.
     fn step(&self, raw: RawAuditEvent, position: RawPosition, give_up: bool) -> Step {
         let mut step = {
+            let sessions = self
+                .tables
+                .sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             let directory = self
                 .tables
                 .directory
@@ -156,8 +184,11 @@ impl Enricher {
             enrich(
                 raw,
                 position,
-                &directory,
-                &rules,
+                Lookup {
+                    sessions: &sessions,
+                    directory: &directory,
+                    rules: &rules,
+                },
                 &self.redactor,
                 give_up,
                 Timestamp::now(),
@@ -367,13 +398,13 @@ impl Enricher {
         }
         if arrivals.overflowed {
             let known: Vec<String> = {
-                let d = self
+                let sessions = self
                     .tables
-                    .directory
+                    .sessions
                     .read()
                     .unwrap_or_else(|p| p.into_inner());
                 self.waiting_sessions()
-                    .filter(|s| d.session(s).is_some())
+                    .filter(|s| sessions.get(s).is_some())
                     .collect()
             };
             for s in known {
@@ -390,6 +421,43 @@ impl Enricher {
 
     fn waiting_sessions(&self) -> impl Iterator<Item = String> + '_ {
         self.waiting.sessions().map(str::to_string)
+    }
+
+    /// Waits until the sessions of every partition in the batch are loaded; returns the
+    /// partitions that are no longer owned (their records are left to the new owner).
+    async fn await_sessions(&self, batch: &[OwnedMessage]) -> Vec<i32> {
+        let mut partitions: Vec<i32> = batch.iter().map(Message::partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut ownership = self.tables.ownership.subscribe();
+        let started = Instant::now();
+        loop {
+            let waiting: Vec<i32> = {
+                let o = ownership.borrow_and_update();
+                partitions
+                    .iter()
+                    .copied()
+                    .filter(|p| o.gate(*p) == Gate::Wait)
+                    .collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
+            match tokio::time::timeout(RESTORE_LOG_EVERY, ownership.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => tracing::info!(
+                    partitions = ?waiting,
+                    waited_s = started.elapsed().as_secs(),
+                    "waiting for the sessions of newly assigned partitions"
+                ),
+            }
+        }
+        let o = ownership.borrow();
+        partitions
+            .into_iter()
+            .filter(|p| o.gate(*p) == Gate::NotOwned)
+            .collect()
     }
 }
 
@@ -417,11 +485,16 @@ impl PipelinedHandler for Enricher {
 
     async fn submit(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Self::Delivery> {
         metrics::counter!("audit_enricher_events_in_total").increment(batch.len() as u64);
+        let not_owned = self.await_sessions(batch).await;
         let mut outs: Vec<Out> = Vec::with_capacity(batch.len());
         // Released records are older than this batch's: they go first.
         self.release_ready(&mut outs);
         let now = Instant::now();
         for m in batch {
+            if not_owned.contains(&m.partition()) {
+                metrics::counter!("audit_consumer_revoked_records_dropped_total").increment(1);
+                continue;
+            }
             let position = position_of(m);
             let raw = match dead_letter::decode::<RawAuditEvent, _>(m) {
                 Ok(raw) => raw,

@@ -64,8 +64,8 @@ async fn put(p: &FutureProducer, topics: &TopicsConfig, entry: DirectoryEntry) {
     let r = DirectoryRecord { entry };
     produce(
         p,
-        &topics.directory.name,
-        &r.key().to_string(),
+        topics.for_directory(r.key().topic()),
+        &r.key().record_key(),
         &r.encode().unwrap(),
     )
     .await
@@ -135,6 +135,8 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
                 started_at: Timestamp::from_micros(1_000),
                 ip: Some("10.9.9.9".into()),
                 user_agent: None,
+                last_activity_at: None,
+                ended_at: None,
             }),
         )
         .await;
@@ -432,6 +434,8 @@ async fn late_sessions_are_waited_for_and_missing_ones_marked() {
             started_at: Timestamp::now(),
             ip: None,
             user_agent: None,
+            last_activity_at: None,
+            ended_at: None,
         }),
     )
     .await;
@@ -760,7 +764,7 @@ async fn a_logged_out_session_joins_for_its_grace_period_then_leaves_memory() {
     let e = start_with(
         &topics,
         &unique("g"),
-        &[("AUDIT__ENRICHER__SESSION_END_GRACE_MS", "2000")],
+        &[("AUDIT__ENRICHER__SESSION_END_GRACE_MS", "4000")],
     );
     wait_metric(
         e.ops,
@@ -771,7 +775,7 @@ async fn a_logged_out_session_joins_for_its_grace_period_then_leaves_memory() {
     .await
     .unwrap();
     // Carl logs out: a tombstone for his session.
-    produce(&p, &topics.directory.name, "session:s-carl", &[])
+    produce(&p, &topics.sessions.name, "s-carl", &[])
         .await
         .unwrap();
     wait_metric(

@@ -93,6 +93,8 @@ pub fn population(sessions: u64, seed: u64) -> Population {
                     rng.random_range(1..255)
                 )),
                 user_agent: Some("Mozilla/5.0".into()),
+                last_activity_at: None,
+                ended_at: None,
             }),
         });
         session_list.push((id, user));
@@ -172,13 +174,13 @@ pub async fn run(
         let mut sends = Vec::new();
         for record in &population.records {
             let value = record.encode()?;
-            let key = record.key().to_string();
+            let key = record.key();
+            let topic = topics.for_directory(key.topic());
+            let key = key.record_key();
             sends.push(async move {
                 producer
                     .send(
-                        FutureRecord::to(&topics.directory.name)
-                            .key(&key)
-                            .payload(&value),
+                        FutureRecord::to(topic).key(&key).payload(&value),
                         Duration::from_secs(60),
                     )
                     .await

@@ -4,7 +4,7 @@
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
-use audit_schemas::{AvroRecord, DeadLetter, EncodeError, RawAuditEvent};
+use audit_schemas::{AvroRecord, DeadLetter, DirectoryTopic, EncodeError, RawAuditEvent};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -42,6 +42,7 @@ pub struct Publisher {
     raw_topic: String,
     dlq_topic: String,
     directory_topic: String,
+    sessions_topic: String,
     max_in_flight: usize,
     budget: SizeBudget,
     health: Option<Health>,
@@ -60,6 +61,7 @@ impl Publisher {
             raw_topic: topics.raw.name.clone(),
             dlq_topic: topics.dlq.name.clone(),
             directory_topic: topics.directory.name.clone(),
+            sessions_topic: topics.sessions.name.clone(),
             max_in_flight,
             budget,
             health: None,
@@ -146,17 +148,19 @@ impl Publisher {
         if in_flight + encoded.len() > self.max_in_flight {
             return Err(PublishError::Busy { in_flight });
         }
-        let records: Vec<(&str, Option<&[u8]>)> = encoded
+        let records: Vec<(&str, &str, Option<&[u8]>)> = encoded
             .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+            .map(|(k, v)| (self.raw_topic.as_str(), k.as_str(), Some(v.as_slice())))
             .collect();
-        self.send_all(&self.raw_topic, &records, in_flight).await?;
+        self.send_all(&records, in_flight).await?;
         metrics::counter!("audit_producer_events_published_total").increment(events.len() as u64);
         Ok(())
     }
 
     /// Publishes directory changes (a delete as a tombstone) keyed by their compaction key, and
-    /// waits for every acknowledgement. Records of one key keep their order.
+    /// waits for every acknowledgement. Records of one key keep their order. Sessions go to
+    /// the sessions topic under their bare id, so the default partitioner puts each on the
+    /// partition number its raw events have.
     pub async fn publish_directory(
         &self,
         writes: &[audit_schemas::ingest::directory::DirectoryWrite],
@@ -165,13 +169,18 @@ impl Publisher {
             .iter()
             .map(|w| w.encoded())
             .collect::<Result<Vec<_>, EncodeError>>()?;
-        let records: Vec<(&str, Option<&[u8]>)> = encoded
+        let records: Vec<(&str, &str, Option<&[u8]>)> = encoded
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .map(|w| {
+                let topic = match w.topic {
+                    DirectoryTopic::Sessions => self.sessions_topic.as_str(),
+                    DirectoryTopic::Directory => self.directory_topic.as_str(),
+                };
+                (topic, w.key.as_str(), w.value.as_deref())
+            })
             .collect();
         let in_flight = self.producer.in_flight_count().max(0) as usize;
-        self.send_all(&self.directory_topic, &records, in_flight)
-            .await?;
+        self.send_all(&records, in_flight).await?;
         metrics::counter!("audit_producer_directory_writes_total").increment(writes.len() as u64);
         Ok(())
     }
@@ -180,12 +189,11 @@ impl Publisher {
     /// acknowledgement; a full librdkafka queue is `Busy` with `in_flight` as measured before.
     async fn send_all(
         &self,
-        topic: &str,
-        records: &[(&str, Option<&[u8]>)],
+        records: &[(&str, &str, Option<&[u8]>)],
         in_flight: usize,
     ) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(records.len());
-        for (key, value) in records {
+        for (topic, key, value) in records {
             let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(*key);
             if let Some(value) = value {
                 record = record.payload(*value);

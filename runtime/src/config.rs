@@ -316,6 +316,8 @@ impl TopicConfig {
 pub struct TopicsConfig {
     pub raw: TopicConfig,
     pub directory: TopicConfig,
+    /// Partitioned like `raw` (same count, same key): must keep `raw`'s partition count.
+    pub sessions: TopicConfig,
     pub rules: TopicConfig,
     pub enriched: TopicConfig,
     pub dlq: TopicConfig,
@@ -326,6 +328,7 @@ impl Default for TopicsConfig {
         Self {
             raw: TopicConfig::new("audit.raw", 6, false),
             directory: TopicConfig::new("audit.directory", 3, true),
+            sessions: TopicConfig::new("audit.sessions", 6, true),
             rules: TopicConfig::new("audit.rules", 1, true),
             enriched: TopicConfig::new("audit.enriched", 6, false),
             dlq: TopicConfig::new("audit.dlq", 1, false),
@@ -334,10 +337,19 @@ impl Default for TopicsConfig {
 }
 
 impl TopicsConfig {
-    pub fn all(&self) -> [(&'static str, &TopicConfig); 5] {
+    /// Where a directory entry of this kind is published.
+    pub fn for_directory(&self, topic: audit_schemas::DirectoryTopic) -> &str {
+        match topic {
+            audit_schemas::DirectoryTopic::Sessions => &self.sessions.name,
+            audit_schemas::DirectoryTopic::Directory => &self.directory.name,
+        }
+    }
+
+    pub fn all(&self) -> [(&'static str, &TopicConfig); 6] {
         [
             ("raw", &self.raw),
             ("directory", &self.directory),
+            ("sessions", &self.sessions),
             ("rules", &self.rules),
             ("enriched", &self.enriched),
             ("dlq", &self.dlq),
@@ -356,6 +368,17 @@ impl Validate for TopicsConfig {
                     format!("{:?} is used for two topics", topic.name),
                 ));
             }
+        }
+        if self.sessions.partitions != self.raw.partitions {
+            return Err(ConfigError::invalid(
+                "topics.sessions.partitions",
+                format!(
+                    "is {} but topics.raw.partitions is {}: sessions are partitioned like the raw \
+                     events, so both must have the same count (README: changing the raw topic's \
+                     partition count)",
+                    self.sessions.partitions, self.raw.partitions
+                ),
+            ));
         }
         Ok(())
     }
@@ -502,6 +525,7 @@ mod tests {
             env(&[
                 ("AUDIT__KAFKA__BROKERS", "a:1,b:2"),
                 ("AUDIT__TOPICS__RAW__PARTITIONS", "12"),
+                ("AUDIT__TOPICS__SESSIONS__PARTITIONS", "12"),
                 ("AUDIT__KEYS", "x,y"),
             ]),
         )
@@ -543,6 +567,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("partitions"), "{e}");
+        let e =
+            load_from_env::<Settings>(None, &[], env(&[("AUDIT__TOPICS__RAW__PARTITIONS", "8")]))
+                .unwrap_err();
+        assert!(e.to_string().contains("topics.sessions.partitions"), "{e}");
         let e = load_from_env::<Settings>(None, &[], env(&[("AUDIT__LOG__COLOUR", "red")]))
             .unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");

@@ -170,6 +170,41 @@ impl ConsumerContext for ReaderContext {}
 /// between instances.
 pub struct GroupContext {
     pub group: String,
+    on_rebalance: Option<RebalanceHook>,
+}
+
+/// Told of every rebalance, on the consumer's polling task: it must be quick and must not block.
+pub type RebalanceHook = std::sync::Arc<dyn Fn(&RebalanceEvent) + Send + Sync>;
+
+/// A rebalance as a stage sees it; partitions are (topic, partition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions were taken away (the eager protocol takes all before assigning).
+    Revoked(Vec<(String, i32)>),
+    /// The consumer's whole assignment after the rebalance (not only what was added).
+    Assigned(Vec<(String, i32)>),
+}
+
+impl GroupContext {
+    pub fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            on_rebalance: None,
+        }
+    }
+
+    /// Calls `hook` after each rebalance: what a stage uses to load or drop per-partition state.
+    pub fn on_rebalance(mut self, hook: RebalanceHook) -> Self {
+        self.on_rebalance = Some(hook);
+        self
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for GroupContext {
@@ -211,20 +246,31 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(
         &self,
-        _: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
-                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+                // Under the cooperative protocol `tpl` holds only what was added.
+                let all = consumer
+                    .assignment()
+                    .map(|a| partitions_of(&a))
+                    .unwrap_or_else(|_| partitions_of(tpl));
+                tracing::info!(group = %self.group, partitions = ?all, "partitions assigned");
                 metrics::gauge!("audit_consumer_assigned_partitions", "group" => self.group.clone())
-                    .set(tpl.count() as f64);
+                    .set(all.len() as f64);
+                if let Some(hook) = &self.on_rebalance {
+                    hook(&RebalanceEvent::Assigned(all));
+                }
             }
             rdkafka::consumer::Rebalance::Revoke(tpl) => {
                 tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
                 // The eager protocol revokes everything before the next assignment.
                 metrics::gauge!("audit_consumer_assigned_partitions", "group" => self.group.clone())
                     .set(0.0);
+                if let Some(hook) = &self.on_rebalance {
+                    hook(&RebalanceEvent::Revoked(partitions_of(tpl)));
+                }
             }
             rdkafka::consumer::Rebalance::Error(e) => {
                 tracing::warn!(group = %self.group, error = %e, "rebalance failed")

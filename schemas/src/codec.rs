@@ -320,7 +320,7 @@ avro_record!(
 avro_record!(
     DirectoryRecord,
     "DirectoryRecord",
-    ["directory_record.v1.avsc"]
+    ["directory_record.v1.avsc", "directory_record.v2.avsc"]
 );
 avro_record!(AuditRule, "AuditRule", ["audit_rule.v1.avsc"]);
 avro_record!(

@@ -1,5 +1,12 @@
-//! The directory the enricher joins against: sessions, users and groups, carried on the
-//! compacted `audit.directory` topic under keys `session:<id>`, `user:<id>` and `group:<id>`.
+//! The directory the enricher joins against: users and groups on the compacted
+//! `audit.directory` topic under keys `user:<id>` and `group:<id>`, and sessions on the compacted
+//! `audit.sessions` topic under their own id.
+//!
+//! Sessions are keyed like the raw events (by session id) on a topic with the raw topic's
+//! partition count, so the session of an event on raw partition p is on sessions partition p:
+//! each enricher instance holds only its own partitions' sessions. Users and groups are few and
+//! every instance holds them all. `session:<id>` remains the operator-facing name of a session
+//! (auditctl, bulk lines) even though the topic key is the bare id.
 
 use crate::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -12,6 +19,12 @@ pub struct Session {
     pub started_at: Timestamp,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The latest activity the platform reported; idle lifetimes count from here.
+    #[serde(default)]
+    pub last_activity_at: Option<Timestamp>,
+    /// Logout: the session still joins for the enricher's grace period after it.
+    #[serde(default)]
+    pub ended_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +67,16 @@ impl DirectoryRecord {
     }
 }
 
-/// A parsed `audit.directory` key.
+/// Which compacted topic an entry lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DirectoryTopic {
+    /// `audit.directory`: users and groups, read whole by every enricher.
+    Directory,
+    /// `audit.sessions`: sessions, partitioned like `audit.raw`.
+    Sessions,
+}
+
+/// An entry's name: `session:<id>`, `user:<id>` or `group:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DirectoryKey {
     Session(String),
@@ -67,6 +89,37 @@ pub enum DirectoryKey {
 pub struct DirectoryKeyError(pub String);
 
 impl DirectoryKey {
+    /// The topic the entry is published on.
+    pub fn topic(&self) -> DirectoryTopic {
+        match self {
+            DirectoryKey::Session(_) => DirectoryTopic::Sessions,
+            DirectoryKey::User(_) | DirectoryKey::Group(_) => DirectoryTopic::Directory,
+        }
+    }
+
+    /// The Kafka record key: a session's bare id (the raw events' key, so both land on the same
+    /// partition number), else `kind:id`.
+    pub fn record_key(&self) -> String {
+        match self {
+            DirectoryKey::Session(id) => id.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The key of a record read from `topic`.
+    pub fn from_record_key(topic: DirectoryTopic, key: &str) -> Result<Self, DirectoryKeyError> {
+        match topic {
+            DirectoryTopic::Sessions if key.is_empty() => Err(DirectoryKeyError(key.to_string())),
+            DirectoryTopic::Sessions => Ok(DirectoryKey::Session(key.to_string())),
+            DirectoryTopic::Directory => match Self::parse(key)? {
+                DirectoryKey::Session(_) => Err(DirectoryKeyError(format!(
+                    "{key} (sessions live on the sessions topic, keyed by their id)"
+                ))),
+                other => Ok(other),
+            },
+        }
+    }
+
     pub fn parse(key: &str) -> Result<Self, DirectoryKeyError> {
         let bad = || DirectoryKeyError(key.to_string());
         let (kind, id) = key.split_once(':').ok_or_else(bad)?;
@@ -104,5 +157,24 @@ mod tests {
         assert!(DirectoryKey::parse("sess:1").is_err());
         assert!(DirectoryKey::parse("user:").is_err());
         assert!(DirectoryKey::parse("user").is_err());
+    }
+
+    #[test]
+    fn sessions_are_keyed_by_their_id_on_their_own_topic() {
+        let s = DirectoryKey::Session("s-1".into());
+        assert_eq!(s.topic(), DirectoryTopic::Sessions);
+        assert_eq!(s.record_key(), "s-1");
+        assert_eq!(
+            DirectoryKey::from_record_key(DirectoryTopic::Sessions, "s-1").unwrap(),
+            s
+        );
+        let u = DirectoryKey::User("u".into());
+        assert_eq!(u.record_key(), "user:u");
+        assert_eq!(
+            DirectoryKey::from_record_key(DirectoryTopic::Directory, "user:u").unwrap(),
+            u
+        );
+        assert!(DirectoryKey::from_record_key(DirectoryTopic::Directory, "session:s").is_err());
+        assert!(DirectoryKey::from_record_key(DirectoryTopic::Sessions, "").is_err());
     }
 }

@@ -31,7 +31,9 @@ pub mod timestamp;
 pub use catalog::EventType;
 pub use codec::{AvroRecord, DecodeError, EncodeError};
 pub use dead_letter::DeadLetter;
-pub use directory::{DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Session, User};
+pub use directory::{
+    DirectoryEntry, DirectoryKey, DirectoryRecord, DirectoryTopic, Group, Session, User,
+};
 pub use event::{
     ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck, GroupRef,
     PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,

@@ -116,9 +116,7 @@ async fn run(cli: Cli) -> Result<()> {
         &settings.kafka,
         "audit-sink-clickhouse",
         &ch.group_id,
-        GroupContext {
-            group: ch.group_id.clone(),
-        },
+        GroupContext::new(ch.group_id.clone()),
     )?;
     let options = BatchOptions {
         max_records: ch.batch_max_rows,

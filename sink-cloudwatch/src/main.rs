@@ -110,9 +110,7 @@ async fn run(cli: Cli) -> Result<()> {
         &settings.kafka,
         "audit-sink-cloudwatch",
         &cw.group_id,
-        GroupContext {
-            group: cw.group_id.clone(),
-        },
+        GroupContext::new(cw.group_id.clone()),
     )?;
     let options = BatchOptions {
         max_records: cw.batch_max_records,

@@ -143,6 +143,8 @@ async fn bootstrap(pipeline: &Pipeline) -> anyhow::Result<()> {
             started_at: Timestamp::now(),
             ip: None,
             user_agent: None,
+            last_activity_at: None,
+            ended_at: None,
         }));
     }
     pipeline.put_directory(entries).await

@@ -61,6 +61,12 @@ pub fn unique_topics(partitions: i32) -> TopicsConfig {
             ..t.clone()
         };
     }
+    // Sessions are partitioned like the raw events.
+    topics.sessions = TopicConfig {
+        name: format!("test.{run}.sessions"),
+        partitions,
+        ..topics.sessions.clone()
+    };
     topics
 }
 

@@ -389,13 +389,15 @@ impl Pipeline {
         Ok(audit_runtime::kafka::producer(&self.kafka, "audit-tests")?)
     }
 
-    /// Publishes directory entries (sessions, users, groups) to this run's directory topic.
+    /// Publishes directory entries: sessions to this run's sessions topic, users and groups to
+    /// its directory topic.
     pub async fn put_directory(&self, entries: Vec<DirectoryEntry>) -> Result<()> {
         let p = self.kafka_producer()?;
         for entry in entries {
             let r = DirectoryRecord { entry };
-            let (key, value) = (r.key().to_string(), r.encode()?);
-            send(&p, &self.topics.directory.name, &key, &value).await?;
+            let key = r.key();
+            let topic = self.topics.for_directory(key.topic());
+            send(&p, topic, &key.record_key(), &r.encode()?).await?;
         }
         Ok(())
     }

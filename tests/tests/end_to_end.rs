@@ -82,6 +82,8 @@ async fn bootstrap(pipeline: &Pipeline) {
             started_at: Timestamp::now(),
             ip: Some("10.1.2.3".into()),
             user_agent: None,
+            last_activity_at: None,
+            ended_at: None,
         })
     };
     pipeline

@@ -78,6 +78,8 @@ fn every_record_round_trips() {
             started_at: Timestamp::from_micros(5),
             ip: Some("::1".into()),
             user_agent: None,
+            last_activity_at: None,
+            ended_at: None,
         }),
         DirectoryEntry::User(User {
             id: "u".into(),

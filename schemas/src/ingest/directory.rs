@@ -4,7 +4,9 @@
 //!
 //! Bodies, by kind (the id comes from the path, or from `id` on a bulk line):
 //!
-//! - session: `user_id` (required), `started_at` (RFC 3339, default now), `ip`, `user_agent`
+//! - session: `user_id` (required), `started_at` (RFC 3339, default now), `ip`, `user_agent`,
+//!   `last_activity_at` (RFC 3339: activity the platform saw), `ended_at` (RFC 3339: logout; the
+//!   session keeps joining for the enricher's grace period)
 //! - user: `login` (required), `name`, `group_ids` (array of group ids)
 //! - group: `name` (required), `parent_ids` (array of group ids)
 //!
@@ -39,7 +41,15 @@ impl Kind {
 
     fn fields(self) -> &'static [&'static str] {
         match self {
-            Kind::Session => &["id", "user_id", "started_at", "ip", "user_agent"],
+            Kind::Session => &[
+                "id",
+                "user_id",
+                "started_at",
+                "ip",
+                "user_agent",
+                "last_activity_at",
+                "ended_at",
+            ],
             Kind::User => &["id", "login", "name", "group_ids"],
             Kind::Group => &["id", "name", "parent_ids"],
         }
@@ -70,16 +80,30 @@ impl DirectoryWrite {
         }
     }
 
-    /// The record as published: its key, and its encoded value (`None`, a tombstone, for a
-    /// delete).
-    pub fn encoded(&self) -> Result<(String, Option<Vec<u8>>), crate::EncodeError> {
+    /// The record as published: its topic, its record key, and its encoded value (`None`, a
+    /// tombstone, for a delete).
+    pub fn encoded(&self) -> Result<EncodedWrite, crate::EncodeError> {
         use crate::AvroRecord;
         let value = match self {
             DirectoryWrite::Put(record) => Some(record.encode()?),
             DirectoryWrite::Delete(_) => None,
         };
-        Ok((self.key().to_string(), value))
+        let key = self.key();
+        Ok(EncodedWrite {
+            topic: key.topic(),
+            key: key.record_key(),
+            value,
+        })
     }
+}
+
+/// A directory write ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedWrite {
+    pub topic: crate::DirectoryTopic,
+    pub key: String,
+    /// `None`: a tombstone.
+    pub value: Option<Vec<u8>>,
 }
 
 /// `PUT /v1/directory/{kind}/{id}`: the entry in `value`; an `id` in the body must match.
@@ -207,12 +231,16 @@ fn entry(
             };
             let ip = v.opt_string(&mut obj, "ip", MAX_ID_LEN, true);
             let user_agent = v.opt_string(&mut obj, "user_agent", MAX_TEXT_LEN.min(4096), false);
+            let last_activity_at = optional_time(v, &mut obj, "last_activity_at");
+            let ended_at = optional_time(v, &mut obj, "ended_at");
             DirectoryEntry::Session(Session {
                 id: id?,
                 user_id: user_id?,
                 started_at: started_at?,
                 ip: ip?,
                 user_agent: user_agent?,
+                last_activity_at: last_activity_at?,
+                ended_at: ended_at?,
             })
         }
         Kind::User => {
@@ -237,6 +265,22 @@ fn entry(
         }
     };
     Some(DirectoryRecord { entry })
+}
+
+/// An optional RFC 3339 time: `Some(None)` when absent or null, `None` after an error.
+fn optional_time(
+    v: &mut Validator,
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Option<Option<Timestamp>> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => match Timestamp::parse_rfc3339(&s) {
+            Ok(t) => Some(Some(t)),
+            Err(e) => v.fail(&format!("/{field}"), e.to_string()),
+        },
+        Some(other) => v.fail(&format!("/{field}"), expected("an RFC 3339 string", &other)),
+    }
 }
 
 fn required(v: &mut Validator, obj: &mut Map<String, Value>, field: &str) -> Option<String> {
