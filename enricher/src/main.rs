@@ -189,9 +189,6 @@ async fn run(cli: Cli) -> Result<()> {
 /// write lock the join waits on.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
-/// Idle and absolute lifetimes are checked by walking every session: less often.
-const EXPIRE_EVERY: u32 = 6;
-
 /// Sessions and raw events share key and partitioner, so partition p of both holds the same
 /// sessions only when the counts match; a mismatch would join events against the wrong
 /// sessions, so it stops the enricher before it starts.
@@ -283,21 +280,18 @@ fn spawn_housekeeping(
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.requested() => return,
             }
-            ticks = ticks.wrapping_add(1);
             let now = audit_schemas::Timestamp::now();
             let gone = {
                 let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
-                if ticks % EXPIRE_EVERY == 0 {
-                    let expired = sessions.expire(now);
-                    metrics::counter!("audit_enricher_sessions_expired_total")
-                        .increment(expired as u64);
-                }
+                // A walk of every session: about 10 ms for 2.5 million, every tick.
+                let expired = sessions.expire(now);
+                metrics::counter!("audit_enricher_sessions_expired_total")
+                    .increment(expired as u64);
                 sessions.sweep(now)
             };
             metrics::counter!("audit_enricher_sessions_ended_total").increment(gone.removed as u64);

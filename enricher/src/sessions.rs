@@ -492,7 +492,11 @@ mod tests {
         // s2 logs in again under the same id before its grace ends: it stays.
         s.put(0, &session("s2", "u2", 1_120), at(1_120));
         assert!(s.get("s1").is_some(), "joins within grace");
-        assert_eq!(s.sweep(at(1_160)), Swept::default(), "rounded up, never short");
+        assert_eq!(
+            s.sweep(at(1_160)),
+            Swept::default(),
+            "rounded up, never short"
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(
             s.sweep(at(1_161)),

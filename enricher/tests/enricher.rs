@@ -846,3 +846,213 @@ async fn a_logged_out_session_joins_for_its_grace_period_then_leaves_memory() {
     );
     assert_eq!(got["erin still in"].enrichment, Enrichment::Enriched);
 }
+
+/// `count` sessions `s-0`.. of Carl and Erin, started now.
+async fn many_sessions(p: &FutureProducer, topics: &TopicsConfig, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("s-{i}");
+        put(
+            p,
+            topics,
+            DirectoryEntry::Session(Session {
+                id: id.clone(),
+                user_id: if i % 2 == 0 { "u-carl" } else { "u-erin" }.into(),
+                started_at: Timestamp::now(),
+                ip: None,
+                user_agent: None,
+                last_activity_at: None,
+                ended_at: None,
+            }),
+        )
+        .await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Sessions an instance holds, from its gauge (refreshed every 5 s).
+async fn sessions_held(e: &Enricher) -> f64 {
+    metric_sum(e.ops, "audit_enricher_directory_entries{kind=\"session\"}")
+        .await
+        .unwrap_or(-1.0)
+}
+
+/// Waits until the instances together hold `total` sessions, each fewer.
+async fn wait_shared(instances: &[&Enricher], total: f64) -> Vec<f64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut held = Vec::new();
+        for e in instances {
+            held.push(sessions_held(e).await);
+        }
+        if held.iter().sum::<f64>() == total && held.iter().all(|h| *h > 0.0 && *h < total) {
+            return held;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions held per instance: {held:?}, not {total} shared"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One CLIENT event per session; every one must join its session's user.
+async fn every_event_joins(
+    p: &FutureProducer,
+    topics: &TopicsConfig,
+    sessions: &[String],
+    round: &str,
+    seen: &mut HashSet<Uuid>,
+) {
+    let events: Vec<RawAuditEvent> = sessions
+        .iter()
+        .map(|s| {
+            raw(
+                "log",
+                Source::Client,
+                Some(s),
+                None,
+                &format!("{round} {s}"),
+            )
+        })
+        .collect();
+    futures::future::join_all(events.iter().map(|e| send(p, topics, e))).await;
+    let want: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut got: HashMap<Uuid, EnrichedAuditEvent> = HashMap::new();
+    while got.len() < want.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{round}: {} of {} events enriched",
+            got.len(),
+            want.len()
+        );
+        let all = consume_all(
+            &topics.enriched.name,
+            topics.enriched.partitions,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+        for m in all {
+            let e = EnrichedAuditEvent::decode(payload(&m).unwrap()).unwrap();
+            if want.contains(&e.event.event_id) {
+                got.insert(e.event.event_id, e);
+            }
+        }
+    }
+    for e in got.values() {
+        let session = e.event.session_id.as_deref().unwrap();
+        let n: usize = session.trim_start_matches("s-").parse().unwrap();
+        assert_eq!(
+            e.enrichment,
+            Enrichment::Enriched,
+            "{round}: {session} lost its join"
+        );
+        let want_user = if n % 2 == 0 { "carl" } else { "erin" };
+        assert_eq!(e.user.as_ref().unwrap().login, want_user, "{round}");
+    }
+    seen.extend(got.keys());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_hold_only_their_partitions_sessions_and_a_rebalance_moves_them() {
+    let (topics, p) = setup(4).await;
+    directory(&p, &topics).await;
+    let sessions = many_sessions(&p, &topics, 200).await;
+    let group = unique("g");
+    // No waiting for late sessions: a join lost to a rebalance would show as SESSION_UNKNOWN.
+    let quick = [("AUDIT__ENRICHER__SESSION_WAIT_MS", "0")];
+    let mut a = start_with(&topics, &group, &quick);
+    let b = start_with(&topics, &group, &quick);
+    let held = wait_shared(&[&a, &b], 202.0).await;
+    eprintln!("sessions held by two instances: {held:?}");
+    let mut seen = HashSet::new();
+    every_event_joins(&p, &topics, &sessions, "both", &mut seen).await;
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // As in two_instances_one_killed_still_deliver_every_event: Tansu hands partitions out
+    // reliably only once the dead member expired.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let c = start_with(&topics, &group, &quick);
+    let held = wait_shared(&[&b, &c], 202.0).await;
+    eprintln!("sessions held after the rebalance: {held:?}");
+    every_event_joins(&p, &topics, &sessions, "after", &mut seen).await;
+    assert!(
+        metric_sum(c.ops, "audit_enricher_session_records_restored_total")
+            .await
+            .unwrap()
+            > 0.0,
+        "the new instance restored its partitions' sessions"
+    );
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_end_leave_memory_and_are_tombstoned() {
+    let (topics, p) = setup(2).await;
+    directory(&p, &topics).await;
+    let e = start_with(
+        &topics,
+        &unique("g"),
+        &[
+            ("AUDIT__ENRICHER__SESSION_IDLE_TIMEOUT_MS", "6000"),
+            ("AUDIT__ENRICHER__SESSION_END_GRACE_MS", "1000"),
+        ],
+    );
+    wait_metric(
+        e.ops,
+        "audit_consumer_assigned_partitions",
+        2.0,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // Active sessions join (s-carl and s-erin of `directory` started in 1970: they end at
+    // once).
+    let sessions = many_sessions(&p, &topics, 10).await;
+    let mut seen = HashSet::new();
+    every_event_joins(&p, &topics, &sessions, "active", &mut seen).await;
+    // Then nothing: every session idles out, leaves memory and is tombstoned in the topic.
+    wait_metric(
+        e.ops,
+        "audit_enricher_sessions_ended_total",
+        12.0,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    wait_metric(
+        e.ops,
+        "audit_enricher_directory_entries{kind=\"session\"}",
+        0.0,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let records = consume_all(&topics.sessions.name, 2, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let tombstoned: HashSet<String> = records
+        .iter()
+        .filter(|m| m.payload().is_none_or(<[u8]>::is_empty))
+        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
+        .collect();
+    for s in sessions
+        .iter()
+        .chain(&["s-carl".to_string(), "s-erin".to_string()])
+    {
+        assert!(tombstoned.contains(s), "{s} not tombstoned: {tombstoned:?}");
+    }
+    // A later event of an ended session no longer joins.
+    send(
+        &p,
+        &topics,
+        &raw("log", Source::Client, Some("s-3"), None, "after the end"),
+    )
+    .await;
+    let got = by_message(enriched(&topics, 11).await);
+    assert_eq!(got["after the end"].enrichment, Enrichment::SessionUnknown);
+}

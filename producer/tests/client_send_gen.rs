@@ -228,23 +228,27 @@ async fn gen_publishes_the_directory_and_every_catalog_type() {
     let types: std::collections::HashSet<_> =
         events.iter().map(|e| e.event_type.to_string()).collect();
     assert_eq!(types.len(), 47);
-    // 8 groups, 2 users, 4 sessions.
-    let directory = consume_n(&topics.directory.name, 1, 14, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let records: Vec<DirectoryRecord> = directory
-        .iter()
-        .map(|m| DirectoryRecord::decode(payload(m).unwrap()).unwrap())
-        .collect();
-    for (m, r) in directory.iter().zip(&records) {
-        assert_eq!(
-            rdkafka::message::Message::key(m),
-            Some(r.key().to_string().as_bytes())
-        );
+    // 8 groups and 2 users on the directory topic, 4 sessions on the sessions topic, each
+    // under the key its topic uses.
+    for (topic, partitions, count) in [
+        (&topics.directory.name, topics.directory.partitions, 10),
+        (&topics.sessions.name, topics.sessions.partitions, 4),
+    ] {
+        let messages = consume_n(topic, partitions, count, Duration::from_secs(30))
+            .await
+            .unwrap();
+        for m in &messages {
+            let r = DirectoryRecord::decode(payload(m).unwrap()).unwrap();
+            assert_eq!(
+                rdkafka::message::Message::key(m),
+                Some(r.key().record_key().as_bytes())
+            );
+            assert_eq!(
+                topics.for_directory(r.key().topic()),
+                topic.as_str(),
+                "{:?}",
+                r.key()
+            );
+        }
     }
-    let sessions = records
-        .iter()
-        .filter(|r| matches!(r.entry, DirectoryEntry::Session(_)))
-        .count();
-    assert_eq!(sessions, 4);
 }

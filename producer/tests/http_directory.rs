@@ -100,23 +100,40 @@ impl Api {
         .await
     }
 
-    /// Every record of the directory topic: key and decoded value (`None` for a tombstone).
+    /// Every record of the directory topic, then of the sessions topic: the entry's name
+    /// (`user:u`, `session:s`) and decoded value (`None` for a tombstone); waits for `count`.
     async fn directory(&self, count: usize) -> Vec<(String, Option<DirectoryRecord>)> {
-        consume_n(
-            &self.topics.directory.name,
-            1,
-            count,
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-            let value = m.payload().map(|p| DirectoryRecord::decode(p).unwrap());
-            (key, value)
-        })
-        .collect()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut records = Vec::new();
+            for (topic, partitions, prefix) in [
+                (
+                    &self.topics.directory.name,
+                    self.topics.directory.partitions,
+                    "",
+                ),
+                (
+                    &self.topics.sessions.name,
+                    self.topics.sessions.partitions,
+                    "session:",
+                ),
+            ] {
+                for m in consume_all(topic, partitions, Duration::from_secs(2))
+                    .await
+                    .unwrap()
+                {
+                    let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                    let value = m
+                        .payload()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| DirectoryRecord::decode(p).unwrap());
+                    records.push((format!("{prefix}{key}"), value));
+                }
+            }
+            if records.len() >= count || tokio::time::Instant::now() > deadline {
+                return records;
+            }
+        }
     }
 }
 
