@@ -185,7 +185,8 @@ fn as_json(key: &DirectoryKey, record: &DirectoryRecord) -> serde_json::Value {
     let (kind, fields) = match &record.entry {
         DirectoryEntry::Session(s) => (
             "session",
-            serde_json::json!({"id": s.id, "user_id": s.user_id, "started_at": s.started_at.to_rfc3339(), "ip": s.ip, "user_agent": s.user_agent}),
+            serde_json::json!({"id": s.id, "user_id": s.user_id, "started_at": s.started_at.to_rfc3339(), "ip": s.ip, "user_agent": s.user_agent,
+                "last_activity_at": s.last_activity_at.map(|t| t.to_rfc3339()), "ended_at": s.ended_at.map(|t| t.to_rfc3339())}),
         ),
         DirectoryEntry::User(u) => (
             "user",
@@ -352,15 +353,20 @@ async fn import(
     Ok(())
 }
 
-/// NDJSON: (line number from 1, value) per non-empty line.
+/// NDJSON: (line number from 1, value) per non-empty line. Lines as `list --json` prints them
+/// import as they are: their `key` is dropped and `op` defaults to `put`.
 fn ndjson_lines(text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map(|v| (i + 1, v))
-                .with_context(|| format!("line {}: not JSON", i + 1))
+            let mut value: serde_json::Value =
+                serde_json::from_str(l).with_context(|| format!("line {}: not JSON", i + 1))?;
+            if let Some(obj) = value.as_object_mut() {
+                obj.remove("key");
+                obj.entry("op").or_insert_with(|| "put".into());
+            }
+            Ok((i + 1, value))
         })
         .collect()
 }

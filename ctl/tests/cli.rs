@@ -364,6 +364,14 @@ fn directory_import_then_get_and_list() {
         })
         .collect();
     assert_eq!(keys, ["session:s-1", "session:s-2"]);
+    // What `list --json` prints imports as it is (how sessions are re-published).
+    let export = dir.join("sessions.ndjson");
+    std::fs::write(&export, &sessions).unwrap();
+    let out = stdout(&auditctl(
+        &topics,
+        &["directory", "import", export.to_str().unwrap()],
+    ));
+    assert!(out.contains("2 entries imported"), "{out}");
     let in_group = stdout(&auditctl(&topics, &["directory", "list", "--group", "g-1"]));
     assert!(
         in_group.contains("user:u-1") && in_group.contains("group:g-1"),

@@ -132,7 +132,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             DirectoryEntry::Session(Session {
                 id: s.into(),
                 user_id: u.into(),
-                started_at: Timestamp::from_micros(1_000),
+                started_at: fixture_start(),
                 ip: Some("10.9.9.9".into()),
                 user_agent: None,
                 last_activity_at: None,
@@ -141,6 +141,15 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
         )
         .await;
     }
+}
+
+/// When the fixture's sessions started: now (whole seconds), once per run, so that no session
+/// lifetime ends them during a test.
+fn fixture_start() -> Timestamp {
+    static START: std::sync::OnceLock<Timestamp> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        Timestamp::from_micros(Timestamp::now().as_micros() / 1_000_000 * 1_000_000)
+    })
 }
 
 fn raw(
@@ -267,7 +276,7 @@ async fn joins_user_transitive_groups_and_session_and_distrusts_client_claims() 
     let s = e.session.as_ref().unwrap();
     assert_eq!(
         (s.id.as_str(), s.ip.as_deref(), s.started_at),
-        ("s-carl", Some("10.9.9.9"), Timestamp::from_micros(1_000))
+        ("s-carl", Some("10.9.9.9"), fixture_start())
     );
 
     let e = &got["claims carl"];
@@ -711,11 +720,16 @@ async fn unknown_sessions_hold_back_only_their_own_records() {
             .all(|e| e.event.message.as_deref().unwrap().starts_with("known")),
         "only known sessions' events went on"
     );
-    // Every unknown-session record still waits while the known ones are all out.
-    let waiting = metric_sum(e.ops, "audit_enricher_waiting_for_session")
-        .await
-        .unwrap();
-    assert_eq!(waiting, 12.0);
+    // Every unknown-session record still waits while the known ones are all out (the other
+    // partition's records may be fetched a little later; the wait is 15 s).
+    wait_metric(
+        e.ops,
+        "audit_enricher_waiting_for_session",
+        12.0,
+        Duration::from_secs(8),
+    )
+    .await
+    .unwrap();
     // Then they go on, marked, in their session's order.
     let all = enriched(&topics, 42).await;
     let messages: Vec<&str> = all
@@ -1010,12 +1024,11 @@ async fn idle_sessions_end_leave_memory_and_are_tombstoned() {
     )
     .await
     .unwrap();
-    // Active sessions join (s-carl and s-erin of `directory` started in 1970: they end at
-    // once).
+    // Active sessions join; then nothing: every session idles out (s-carl and s-erin of
+    // `directory` too), leaves memory and is tombstoned in the topic.
     let sessions = many_sessions(&p, &topics, 10).await;
     let mut seen = HashSet::new();
     every_event_joins(&p, &topics, &sessions, "active", &mut seen).await;
-    // Then nothing: every session idles out, leaves memory and is tombstoned in the topic.
     wait_metric(
         e.ops,
         "audit_enricher_sessions_ended_total",

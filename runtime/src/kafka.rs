@@ -291,7 +291,12 @@ pub fn reader(kafka: &KafkaConfig, client_id: &str) -> Result<Reader, KafkaSetup
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Tables are read once and applied as fast as they come: a small prefetch per partition
+        // (librdkafka's default is 64 MiB each) keeps a restore of millions of sessions from
+        // holding hundreds of MiB of undigested records; a short backoff keeps it from stalling.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "10");
     cfg.create_with_context(ReaderContext)
         .map_err(|source| KafkaSetupError::Client {
             role: "reader",

@@ -8,7 +8,9 @@ pub mod cloudwatch;
 pub mod pipeline;
 
 pub use cloudwatch::{logs_client, read_group, wait_for_events};
-pub use pipeline::{free_port, metric_sum, wait_metric, Pipeline, PrivateBroker, Service, Stage};
+pub use pipeline::{
+    free_port, metric_sum, metrics_text, wait_metric, Pipeline, PrivateBroker, Service, Stage,
+};
 
 use anyhow::{bail, Context, Result};
 use audit_runtime::{KafkaConfig, TopicConfig, TopicsConfig};
