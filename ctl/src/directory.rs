@@ -165,11 +165,13 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
             login,
             name,
             group_ids: groups,
+            scim: None,
         }),
         DirectoryCommand::PutGroup { id, name, parents } => DirectoryEntry::Group(Group {
             id,
             name,
             parent_ids: parents,
+            scim: None,
         }),
     };
     let record = DirectoryRecord { entry };

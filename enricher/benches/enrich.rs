@@ -58,6 +58,7 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
                 } else {
                     vec![]
                 },
+                scim: None,
             }),
         };
         directory.apply(r.key(), Some(r)).unwrap();
@@ -69,6 +70,7 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
                 login: format!("user{u}@example.com"),
                 name: Some(format!("User {u}")),
                 group_ids: vec![format!("g{}", u % 50)],
+                scim: None,
             }),
         };
         directory.apply(r.key(), Some(r)).unwrap();

@@ -158,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 login: format!("user{u}@example.com"),
                 name: None,
                 group_ids: vec![format!("g{}", u % 50)],
+                scim: None,
             }),
         };
         produce(

@@ -264,6 +264,7 @@ mod tests {
                     id: id.into(),
                     name: format!("{id}-name"),
                     parent_ids: parents.iter().map(|p| p.to_string()).collect(),
+                    scim: None,
                 }),
             }),
         )
@@ -278,6 +279,7 @@ mod tests {
                     login: format!("{id}-login"),
                     name: None,
                     group_ids: groups.iter().map(|g| g.to_string()).collect(),
+                    scim: None,
                 }),
             }),
         )

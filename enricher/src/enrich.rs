@@ -156,17 +156,20 @@ mod tests {
                 id: "g-data".into(),
                 name: "data".into(),
                 parent_ids: vec!["g-all".into()],
+                scim: None,
             }),
             DirectoryEntry::Group(Group {
                 id: "g-all".into(),
                 name: "everyone".into(),
                 parent_ids: vec![],
+                scim: None,
             }),
             DirectoryEntry::User(User {
                 id: "alice".into(),
                 login: "alice@x".into(),
                 name: Some("Alice".into()),
                 group_ids: vec!["g-data".into()],
+                scim: None,
             }),
         ];
         for entry in recs {

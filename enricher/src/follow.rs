@@ -1,8 +1,6 @@
 //! Following the compacted topics as tables.
 //!
-//! - [`follow`]: a whole topic (directory, rules), every partition from the beginning and not
-//!   group-assigned, since every instance needs the whole table. `ready` turns true once the
-//!   topic was read up to the end it had at start.
+//! - [`follow`]: a whole topic (directory, rules): every instance needs the whole table.
 //! - [`follow_sessions`]: only the sessions partitions of the raw partitions this instance owns,
 //!   following the consumer group's assignments (see [`crate::ownership`]).
 
@@ -15,75 +13,12 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+
+pub use audit_runtime::follow::follow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Reads `topic` and hands each record's key and value (`None` for a tombstone) to `apply`.
-pub async fn follow<F>(
-    kafka: &KafkaConfig,
-    topic: &str,
-    ready: watch::Sender<bool>,
-    shutdown: Shutdown,
-    mut apply: F,
-) -> Result<()>
-where
-    F: FnMut(&[u8], Option<&[u8]>, i32, i64) + Send,
-{
-    let consumer = audit_runtime::kafka::reader(kafka, &format!("audit-enricher-{topic}"))?;
-    let timeout = Duration::from_secs(30);
-    let partitions = audit_runtime::kafka::partitions(consumer.client(), topic, timeout)?;
-    // Partition -> the end it had at start; the table is loaded once every one is reached.
-    let mut behind: HashMap<i32, i64> =
-        audit_runtime::kafka::watermarks(consumer.client(), topic, &partitions, timeout)?
-            .into_iter()
-            .filter(|(_, low, high)| high > low)
-            .map(|(p, _, high)| (p, high))
-            .collect();
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    if behind.is_empty() {
-        let _ = ready.send(true);
-    }
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.requested() => return Ok(()),
-            m = consumer.recv() => m,
-        };
-        match message {
-            Ok(m) => {
-                apply(
-                    m.key().unwrap_or_default(),
-                    m.payload(),
-                    m.partition(),
-                    m.offset(),
-                );
-                if behind
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() + 1 >= *end)
-                {
-                    behind.remove(&m.partition());
-                    if behind.is_empty() {
-                        let _ = ready.send(true);
-                    }
-                }
-            }
-            Err(KafkaError::PartitionEOF(p)) => {
-                if behind.remove(&p).is_some() && behind.is_empty() {
-                    let _ = ready.send(true);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "error while following");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
 
 /// A sessions partition being read.
 struct Followed {

@@ -409,7 +409,7 @@ fn spawn_follower(
                 metrics::counter!("audit_enricher_table_records_skipped_total", "topic" => topic.clone()).increment(1);
             }
         };
-        if let Err(e) = follow(&kafka, &topic, tx, stop.clone(), apply).await {
+        if let Err(e) = follow(&kafka, "audit-enricher", &topic, tx, stop.clone(), apply).await {
             tracing::error!(error = %e, "table follower failed; stopping");
             stop.trigger();
         }

@@ -80,6 +80,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             id: "g-all".into(),
             name: "everyone".into(),
             parent_ids: vec![],
+            scim: None,
         }),
     )
     .await;
@@ -90,6 +91,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             id: "g-ctr".into(),
             name: "contractors".into(),
             parent_ids: vec!["g-all".into()],
+            scim: None,
         }),
     )
     .await;
@@ -100,6 +102,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             id: "g-eng".into(),
             name: "engineering".into(),
             parent_ids: vec!["g-all".into()],
+            scim: None,
         }),
     )
     .await;
@@ -111,6 +114,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             login: "carl".into(),
             name: Some("Carl".into()),
             group_ids: vec!["g-ctr".into()],
+            scim: None,
         }),
     )
     .await;
@@ -122,6 +126,7 @@ async fn directory(p: &FutureProducer, topics: &TopicsConfig) {
             login: "erin".into(),
             name: None,
             group_ids: vec!["g-eng".into()],
+            scim: None,
         }),
     )
     .await;
@@ -481,6 +486,7 @@ async fn malformed_records_are_dead_lettered_and_the_stream_goes_on() {
             id: "g".into(),
             name: "g".into(),
             parent_ids: vec![],
+            scim: None,
         }),
     };
     produce(&p, &topics.raw.name, "k3", &wrong.encode().unwrap())

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         redactor: Redactor::default(),
         limits: Limits::default(),
+        scim: None,
     });
     let app = router(state, Health::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -63,6 +63,7 @@ pub fn population(sessions: u64, seed: u64) -> Population {
                 id: id.to_string(),
                 name: name.to_string(),
                 parent_ids: parent.iter().map(|p| p.to_string()).collect(),
+                scim: None,
             }),
         })
         .collect();
@@ -75,6 +76,7 @@ pub fn population(sessions: u64, seed: u64) -> Population {
                 login: format!("user{u}"),
                 name: Some(format!("User {u}")),
                 group_ids: vec![group.to_string()],
+                scim: None,
             }),
         });
     }

@@ -47,6 +47,8 @@ pub struct IngestState {
     pub tokens: Tokens,
     pub redactor: Redactor,
     pub limits: Limits,
+    /// The SCIM endpoint at `/scim/v2`, when the directory is followed.
+    pub scim: Option<Arc<crate::scim::Scim>>,
 }
 
 /// What one request may take.
@@ -74,13 +76,17 @@ impl Default for Limits {
 /// The full router: ingest plus the ops routes.
 pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router> {
     let capacity = Arc::new(Semaphore::new(state.limits.max_in_flight_requests.max(1)));
-    let ingest = Router::new()
+    let mut routes = Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/directory", post(post_directory))
         .route(
             "/v1/directory/{kind}/{id}",
             put(put_directory).delete(delete_directory),
-        )
+        );
+    if let Some(scim) = &state.scim {
+        routes = routes.nest_service("/scim/v2", crate::scim::router(scim.clone()));
+    }
+    let ingest = routes
         // Runs innermost: only requests with a valid token take a slot.
         .layer(middleware::from_fn_with_state(capacity, within_capacity))
         .layer(middleware::from_fn_with_state(state.clone(), authorized))
@@ -138,7 +144,7 @@ fn busy(message: &str) -> Response {
 }
 
 /// Reads the body within the size and time limits.
-async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Response> {
+pub(crate) async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Response> {
     match tokio::time::timeout(
         limits.body_timeout,
         axum::body::to_bytes(body, limits.max_body_bytes),

@@ -1,6 +1,7 @@
 //! Ingest for the audit pipeline: everything that puts events on `audit.raw`.
 //!
 //! - [`http`]: the ingest API (`serve`); its pure request handling is in [`body`] and [`auth`].
+//! - [`scim`]: the SCIM 2.0 endpoint identity providers provision the directory through.
 //! - [`tail`]: the audit-log tailer.
 //! - [`send`]: JSON / NDJSON from a file or stdin.
 //! - [`gen`]: the load generator, with matching directory records.
@@ -14,5 +15,6 @@ pub mod config;
 pub mod gen;
 pub mod http;
 pub mod publish;
+pub mod scim;
 pub mod send;
 pub mod tail;

@@ -120,6 +120,21 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = Shutdown::on_signals();
             let health = Health::default();
             let publisher = publisher()?.with_health(health.clone());
+            let limits = http::Limits {
+                max_events: settings.http.max_events,
+                max_body_bytes: settings.http.max_body_bytes,
+                body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+                max_errors_listed: settings.http.max_errors_listed,
+                max_in_flight_requests: settings.http.max_in_flight_requests,
+            };
+            let scim = audit_producer::scim::spawn(
+                &settings.kafka,
+                &settings.topics.directory.name,
+                publisher.clone(),
+                redactor.clone(),
+                limits.clone(),
+                &shutdown,
+            );
             let state = Arc::new(http::IngestState {
                 publisher: publisher.clone(),
                 tokens: Tokens::new(
@@ -130,13 +145,8 @@ async fn run(cli: Cli) -> Result<()> {
                         .then_some(settings.http.anonymous_service.as_str()),
                 ),
                 redactor,
-                limits: http::Limits {
-                    max_events: settings.http.max_events,
-                    max_body_bytes: settings.http.max_body_bytes,
-                    body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
-                    max_errors_listed: settings.http.max_errors_listed,
-                    max_in_flight_requests: settings.http.max_in_flight_requests,
-                },
+                limits,
+                scim: Some(scim),
             });
             let app = http::router(state, health.clone())?;
             let listener = tokio::net::TcpListener::bind(settings.http.listen)

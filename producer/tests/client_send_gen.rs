@@ -102,6 +102,7 @@ async fn logger_over_http() {
         ),
         redactor: Redactor::default(),
         limits: Limits::default(),
+        scim: None,
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

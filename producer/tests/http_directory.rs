@@ -40,6 +40,14 @@ async fn start() -> Api {
         sources: vec![Source::Server],
         scopes,
     };
+    let scim = audit_producer::scim::spawn(
+        &kafka_config(),
+        &topics.directory.name,
+        publisher.clone(),
+        Redactor::default(),
+        Limits::default(),
+        &audit_runtime::Shutdown::new(),
+    );
     let state = Arc::new(IngestState {
         publisher,
         tokens: Tokens::new(
@@ -51,6 +59,7 @@ async fn start() -> Api {
         ),
         redactor: Redactor::default(),
         limits: Limits::default(),
+        scim: Some(scim),
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -56,6 +56,7 @@ async fn start() -> Api {
             max_errors_listed: 50,
             ..Limits::default()
         },
+        scim: None,
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

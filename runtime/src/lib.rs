@@ -13,6 +13,7 @@
 //! - [`publish`]: a producer that reports when a whole batch is acknowledged.
 //! - [`consume`]: the consume -> process -> commit loop that commits an offset only after the
 //!   caller says everything derived from it is durable.
+//! - [`follow`]: a compacted topic read whole and followed, as a table.
 //! - [`replays`]: recognising events published again (same id, new offset) in a sink.
 //! - [`telemetry`]: tracing setup (human or JSON logs).
 //! - [`ops`]: the `/metrics` (Prometheus text) and `/healthz` endpoint.
@@ -22,6 +23,7 @@ pub mod budget;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
+pub mod follow;
 pub mod kafka;
 pub mod labels;
 pub mod ops;

@@ -33,6 +33,9 @@ pub struct User {
     pub login: String,
     pub name: Option<String>,
     pub group_ids: Vec<String>,
+    /// The SCIM resource (JSON) when an identity provider provisioned the user.
+    #[serde(default)]
+    pub scim: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +44,9 @@ pub struct Group {
     pub name: String,
     /// Members of this group are members of its parents too.
     pub parent_ids: Vec<String>,
+    /// The SCIM resource (JSON) when an identity provider provisioned the group.
+    #[serde(default)]
+    pub scim: Option<String>,
 }
 
 /// One directory entry; the Avro union `[Session, User, Group]`.

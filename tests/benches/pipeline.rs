@@ -129,6 +129,7 @@ async fn bootstrap(pipeline: &Pipeline) -> anyhow::Result<()> {
         id: "g-all".into(),
         name: "everyone".into(),
         parent_ids: vec![],
+        scim: None,
     })];
     for n in 0..SESSIONS {
         entries.push(DirectoryEntry::User(User {
@@ -136,6 +137,7 @@ async fn bootstrap(pipeline: &Pipeline) -> anyhow::Result<()> {
             login: format!("user{n}"),
             name: None,
             group_ids: vec!["g-all".into()],
+            scim: None,
         }));
         entries.push(DirectoryEntry::Session(Session {
             id: format!("s-{n}"),

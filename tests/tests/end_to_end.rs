@@ -65,6 +65,7 @@ async fn bootstrap(pipeline: &Pipeline) {
             id: id.into(),
             name: name.into(),
             parent_ids: parents.iter().map(|p| p.to_string()).collect(),
+            scim: None,
         })
     };
     let user = |id: &str, login: &str, group: &str| {
@@ -73,6 +74,7 @@ async fn bootstrap(pipeline: &Pipeline) {
             login: login.into(),
             name: None,
             group_ids: vec![group.into()],
+            scim: None,
         })
     };
     let session = |id: &str, user: &str| {

@@ -86,11 +86,13 @@ fn every_record_round_trips() {
             login: "alice".into(),
             name: Some("Alice".into()),
             group_ids: vec!["g".into()],
+            scim: None,
         }),
         DirectoryEntry::Group(Group {
             id: "g".into(),
             name: "analysts".into(),
             parent_ids: vec!["root".into()],
+            scim: None,
         }),
     ] {
         let rec = DirectoryRecord { entry };

@@ -252,6 +252,7 @@ fn entry(
                 login: login?,
                 name: name?,
                 group_ids: group_ids?,
+                scim: None,
             })
         }
         Kind::Group => {
@@ -261,6 +262,7 @@ fn entry(
                 id: id?,
                 name: name?,
                 parent_ids: parent_ids?,
+                scim: None,
             })
         }
     };
