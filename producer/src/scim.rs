@@ -152,7 +152,10 @@ pub fn router(scim: Arc<Scim>) -> Router {
                 .patch(patch_user)
                 .delete(delete_user),
         )
+        .route("/.search", axum::routing::post(search_all))
+        .route("/Users/.search", axum::routing::post(search_users))
         .route("/Groups", get(list_groups).post(create_group))
+        .route("/Groups/.search", axum::routing::post(search_groups))
         .route(
             "/Groups/{id}",
             get(get_group)
@@ -160,6 +163,7 @@ pub fn router(scim: Arc<Scim>) -> Router {
                 .patch(patch_group)
                 .delete(delete_group),
         )
+        .fallback(|| async { ScimError::new(404, "no such SCIM endpoint").into_response() })
         .with_state(scim)
 }
 
@@ -339,6 +343,7 @@ async fn get_user(
     State(scim): State<Arc<Scim>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = allowed(&caller, &scim) {
@@ -346,7 +351,10 @@ async fn get_user(
     }
     let store = scim.read();
     match store.user(&id) {
-        Some(u) => scim_json(StatusCode::OK, render_user(&store, u, &base(&headers))),
+        Some(u) => scim_json(
+            StatusCode::OK,
+            Projection::of(&query).apply(render_user(&store, u, &base(&headers))),
+        ),
         None => not_found(Kind::User, &id).into_response(),
     }
 }
@@ -545,6 +553,7 @@ async fn get_group(
     State(scim): State<Arc<Scim>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = allowed(&caller, &scim) {
@@ -552,7 +561,10 @@ async fn get_group(
     }
     let store = scim.read();
     match store.group(&id) {
-        Some(g) => scim_json(StatusCode::OK, render_group(&store, g, &base(&headers))),
+        Some(g) => scim_json(
+            StatusCode::OK,
+            Projection::of(&query).apply(render_group(&store, g, &base(&headers))),
+        ),
         None => not_found(Kind::Group, &id).into_response(),
     }
 }
@@ -720,7 +732,13 @@ fn list(all: impl Iterator<Item = Value>, query: &HashMap<String, String>) -> Re
         .filter(|r| filter.as_ref().is_none_or(|f| f.matches(r)))
         .collect();
     let total = matching.len();
-    let page: Vec<Value> = matching.into_iter().skip(start - 1).take(count).collect();
+    let projection = Projection::of(query);
+    let page: Vec<Value> = matching
+        .into_iter()
+        .skip(start - 1)
+        .take(count)
+        .map(|r| projection.apply(r))
+        .collect();
     scim_json(
         StatusCode::OK,
         json!({
@@ -731,6 +749,153 @@ fn list(all: impl Iterator<Item = Value>, query: &HashMap<String, String>) -> Re
             "Resources": page,
         }),
     )
+}
+
+/// `POST /Users/.search`: the list query in a SearchRequest body.
+async fn search_users(
+    State(scim): State<Arc<Scim>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    search(&scim, &caller, &headers, request, Some(Kind::User)).await
+}
+
+/// `POST /.search`: users and groups at once.
+async fn search_all(
+    State(scim): State<Arc<Scim>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    search(&scim, &caller, &headers, request, None).await
+}
+
+async fn search_groups(
+    State(scim): State<Arc<Scim>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    search(&scim, &caller, &headers, request, Some(Kind::Group)).await
+}
+
+async fn search(
+    scim: &Scim,
+    caller: &Caller,
+    headers: &HeaderMap,
+    request: Request,
+    kind: Option<Kind>,
+) -> Response {
+    if let Err(e) = allowed(caller, scim) {
+        return e.into_response();
+    }
+    let body = match json_body(scim, request).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // The body's members are the query parameters; lists become comma-separated.
+    let mut query = HashMap::new();
+    if let Value::Object(obj) = body {
+        for (k, v) in obj {
+            let text = match v {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => continue,
+            };
+            query.insert(k, text);
+        }
+    }
+    let store = scim.read();
+    let base = base(headers);
+    let users = store.users().map(|u| render_user(&store, u, &base));
+    let groups = store.groups().map(|g| render_group(&store, g, &base));
+    match kind {
+        Some(Kind::User) => list(users, &query),
+        Some(Kind::Group) => list(groups, &query),
+        None => list(users.chain(groups), &query),
+    }
+}
+
+/// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5): which attributes a response
+/// carries. `id`, `schemas` and `meta` are always returned.
+struct Projection {
+    only: Option<Vec<Vec<String>>>,
+    excluded: Vec<Vec<String>>,
+}
+
+impl Projection {
+    fn of(query: &HashMap<String, String>) -> Self {
+        let paths = |name: &str| -> Option<Vec<Vec<String>>> {
+            let value = query
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)?;
+            Some(
+                value
+                    .split(',')
+                    .filter_map(|p| filter::attribute_path(p.trim()).ok())
+                    .collect(),
+            )
+        };
+        Self {
+            only: paths("attributes"),
+            excluded: paths("excludedAttributes").unwrap_or_default(),
+        }
+    }
+
+    fn apply(&self, resource: Value) -> Value {
+        let Value::Object(mut obj) = resource else {
+            return resource;
+        };
+        const ALWAYS: [&str; 3] = ["id", "schemas", "meta"];
+        let named = |paths: &[Vec<String>], key: &str| {
+            paths
+                .iter()
+                .filter(|p| p[0].eq_ignore_ascii_case(key))
+                .map(|p| p.get(1).cloned())
+                .collect::<Vec<_>>()
+        };
+        if let Some(only) = &self.only {
+            obj.retain(|k, v| {
+                if ALWAYS.contains(&k.as_str()) {
+                    return true;
+                }
+                let subs = named(only, k);
+                if subs.is_empty() {
+                    return false;
+                }
+                // `name.givenName` keeps only that sub-attribute.
+                if subs.iter().all(Option::is_some) {
+                    if let Value::Object(inner) = v {
+                        inner.retain(|s, _| {
+                            subs.iter().flatten().any(|w| w.eq_ignore_ascii_case(s))
+                        });
+                    }
+                }
+                true
+            });
+        }
+        obj.retain(|k, v| {
+            if ALWAYS.contains(&k.as_str()) {
+                return true;
+            }
+            let subs = named(&self.excluded, k);
+            if subs.iter().any(Option::is_none) {
+                return false;
+            }
+            if let Value::Object(inner) = v {
+                inner.retain(|s, _| !subs.iter().flatten().any(|w| w.eq_ignore_ascii_case(s)));
+            }
+            true
+        });
+        Value::Object(obj)
+    }
 }
 
 // ---- Discovery ----

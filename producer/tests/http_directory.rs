@@ -65,11 +65,29 @@ async fn start() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Api {
+    let api = Api {
         url,
         topics,
         http: reqwest::Client::new(),
+    };
+    // SCIM answers once it has read the directory topic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api
+        .send(
+            reqwest::Method::GET,
+            "/scim/v2/Users",
+            LOGIN_SERVICE,
+            "application/scim+json",
+            String::new(),
+        )
+        .await
+        .0
+        != 200
+    {
+        assert!(tokio::time::Instant::now() < deadline, "SCIM never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    api
 }
 
 impl Api {
@@ -146,7 +164,7 @@ impl Api {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_platform_puts_and_deletes_directory_entries() {
     let api = start().await;
     let (status, body) = api
@@ -214,7 +232,7 @@ async fn the_platform_puts_and_deletes_directory_entries() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn bulk_writes_are_all_or_nothing() {
     let api = start().await;
     let lines = [
@@ -256,7 +274,7 @@ async fn bulk_writes_are_all_or_nothing() {
     assert_eq!(keys, ["group:g1", "user:u1", "session:s1", "session:s0"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn only_directory_tokens_write_and_bad_writes_are_named() {
     let api = start().await;
     let (status, body) = api
@@ -321,7 +339,7 @@ async fn only_directory_tokens_write_and_bad_writes_are_named() {
     assert!(records.is_empty(), "{} records written", records.len());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_client_library_writes_over_both_transports() {
     use audit_producer::client::directory::{Directory, DirectoryError};
     use audit_producer::client::Transport;
@@ -378,4 +396,249 @@ async fn the_client_library_writes_over_both_transports() {
     ));
     let records = api.directory(4).await;
     assert_eq!(records[3], ("session:s-1".to_string(), None));
+}
+
+impl Api {
+    async fn scim(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        self.send(
+            method,
+            &format!("/scim/v2{path}"),
+            LOGIN_SERVICE,
+            "application/scim+json",
+            body,
+        )
+        .await
+    }
+
+    /// The latest value of a directory key, waiting until `ready` accepts it.
+    async fn latest(
+        &self,
+        key: &str,
+        ready: impl Fn(&Option<DirectoryRecord>) -> bool,
+    ) -> Option<DirectoryRecord> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let last = consume_all(
+                &self.topics.directory.name,
+                self.topics.directory.partitions,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .rfind(|m| m.key() == Some(key.as_bytes()))
+            .map(|m| {
+                m.payload()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| DirectoryRecord::decode(p).unwrap())
+            });
+            if let Some(value) = last {
+                if ready(&value) {
+                    return value;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never reached the expected value"
+            );
+        }
+    }
+}
+
+fn group_ids(record: &Option<DirectoryRecord>) -> Vec<String> {
+    match record {
+        Some(DirectoryRecord {
+            entry: DirectoryEntry::User(u),
+        }) => u.group_ids.clone(),
+        _ => vec!["<not a user>".into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_provisions_users_groups_and_memberships_into_the_directory() {
+    use reqwest::Method;
+    let api = start().await;
+    let (status, ann) = api
+        .scim(
+            Method::POST,
+            "/Users",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "ann@example.com",
+                "name": {"givenName": "Ann", "familyName": "Lee"},
+                "password": "correct-horse-battery-staple",
+                "emails": [{"value": "ann@example.com", "primary": true}],
+                "externalId": "okta-00u1"
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{ann}");
+    let ann_id = ann["id"].as_str().unwrap().to_string();
+    assert!(ann.get("password").is_none());
+    assert_eq!(ann["meta"]["resourceType"], "User");
+
+    let (status, found) = api
+        .scim(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22ANN@example.com%22",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["totalResults"], 1, "{found}");
+    assert_eq!(found["Resources"][0]["id"], ann_id.as_str());
+    let (status, taken) = api
+        .scim(
+            Method::POST,
+            "/Users",
+            json!({"userName": "Ann@Example.com"}),
+        )
+        .await;
+    assert_eq!((status, &taken["scimType"]), (409, &json!("uniqueness")));
+
+    // A group with Ann in it: her directory record gains the group.
+    let (status, group) = api
+        .scim(
+            Method::POST,
+            "/Groups",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "analysts", "members": [{"value": ann_id}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let gid = group["id"].as_str().unwrap().to_string();
+    let user_key = format!("user:{ann_id}");
+    let record = api
+        .latest(&user_key, |r| group_ids(r) == [gid.clone()])
+        .await;
+    let Some(DirectoryRecord {
+        entry: DirectoryEntry::User(user),
+    }) = &record
+    else {
+        panic!("{record:?}")
+    };
+    assert_eq!(user.login, "ann@example.com");
+    assert_eq!(user.name.as_deref(), Some("Ann Lee"));
+    assert!(
+        !user.scim.as_deref().unwrap().contains("correct-horse"),
+        "the password is never stored"
+    );
+    let (_, ann_now) = api
+        .scim(Method::GET, &format!("/Users/{ann_id}"), Value::Null)
+        .await;
+    assert_eq!(ann_now["groups"][0]["display"], "analysts");
+
+    // PATCH as Entra sends it: Ann leaves the group, the group is renamed.
+    let (status, patched) = api
+        .scim(
+            Method::PATCH,
+            &format!("/Groups/{gid}"),
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+                {"op": "Remove", "path": format!("members[value eq \"{ann_id}\"]")},
+                {"op": "Replace", "value": {"displayName": "readers"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["displayName"], "readers");
+    api.latest(&user_key, |r| group_ids(r).is_empty()).await;
+    api.latest(&format!("group:{gid}"), |r| {
+        matches!(r, Some(DirectoryRecord { entry: DirectoryEntry::Group(g) }) if g.name == "readers")
+    })
+    .await;
+
+    // Deletes are tombstones.
+    let (status, _) = api
+        .scim(Method::DELETE, &format!("/Users/{ann_id}"), Value::Null)
+        .await;
+    assert_eq!(status, 204);
+    api.latest(&user_key, Option::is_none).await;
+    let (status, gone) = api
+        .scim(Method::GET, &format!("/Users/{ann_id}"), Value::Null)
+        .await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(
+        gone["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+    let (status, _) = api
+        .scim(Method::DELETE, &format!("/Groups/{gid}"), Value::Null)
+        .await;
+    assert_eq!(status, 204);
+    api.latest(&format!("group:{gid}"), Option::is_none).await;
+
+    // Only directory tokens provision.
+    let (status, _) = api
+        .send(
+            Method::GET,
+            "/scim/v2/Users",
+            EVENTS_ONLY,
+            "application/scim+json",
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = api
+        .send(
+            Method::GET,
+            "/scim/v2/Users",
+            "not-a-token",
+            "application/scim+json",
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, bad) = api
+        .scim(
+            Method::GET,
+            "/Users?filter=userName%20zz%20%22x%22",
+            Value::Null,
+        )
+        .await;
+    assert_eq!((status, &bad["scimType"]), (400, &json!("invalidFilter")));
+}
+
+/// An independent SCIM conformance checker (scim2-cli's `test`, from PyPI; `dev/stack install`
+/// puts it in a venv) finds no error in the endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_independent_scim_checker_finds_no_error() {
+    let api = start().await;
+    let tools = std::env::var("AUDIT_TOOLS_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.local/share/audit-pipeline",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let scim2 = format!("{tools}/venv-scim/bin/scim2");
+    assert!(
+        std::path::Path::new(&scim2).exists(),
+        "{scim2} is missing: run dev/stack install"
+    );
+    let url = format!("{}/scim/v2", api.url);
+    let out = tokio::process::Command::new(&scim2)
+        .args([
+            "--url",
+            &url,
+            "-h",
+            &format!("Authorization: Bearer {LOGIN_SERVICE}"),
+            "test",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let count = |level: &str| report.lines().filter(|l| l.starts_with(level)).count();
+    eprintln!(
+        "scim2 test: {} SUCCESS, {} ERROR, {} CRITICAL",
+        count("SUCCESS"),
+        count("ERROR"),
+        count("CRITICAL")
+    );
+    assert_eq!(count("ERROR") + count("CRITICAL"), 0, "{report}");
+    assert!(count("SUCCESS") >= 60, "{report}");
 }
