@@ -315,7 +315,7 @@ impl Pipeline {
                 std::fs::write(
                     &config,
                     format!(
-                        "[http]\nlisten = \"{}\"\n\n[[tokens]]\ntoken = \"{}\"\nservice = \"e2e\"\nsources = [\"CLIENT\", \"SERVER\"]\n",
+                        "[http]\nlisten = \"{}\"\n\n[[tokens]]\ntoken = \"{}\"\nservice = \"e2e\"\nsources = [\"CLIENT\", \"SERVER\"]\nscopes = [\"events\", \"directory\"]\n",
                         self.http, self.token
                     ),
                 )?;
@@ -424,6 +424,30 @@ impl Pipeline {
             bail!("ingest answered {status}: {}", response.text().await?);
         }
         Ok(())
+    }
+
+    /// A request with this run's token to the ingest service (directory writes, SCIM): status
+    /// and JSON body (`null` when empty).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut request = self
+            .http_client
+            .request(method, format!("http://{}{path}", self.http))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or_default()))
     }
 
     /// [`Self::post`] until accepted, as a client following the API's advice would.
