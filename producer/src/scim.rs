@@ -31,7 +31,7 @@ use audit_schemas::{DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Timest
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Extension, Router};
 use resource::Kind;
 use serde_json::{json, Value};
@@ -144,25 +144,13 @@ pub fn router(scim: Arc<Scim>) -> Router {
         .route("/ResourceTypes/{name}", get(resource_type))
         .route("/Schemas", get(schemas))
         .route("/Schemas/{id}", get(schema))
-        .route("/Users", get(list_users).post(create_user))
-        .route(
-            "/Users/{id}",
-            get(get_user)
-                .put(replace_user)
-                .patch(patch_user)
-                .delete(delete_user),
-        )
-        .route("/.search", axum::routing::post(search_all))
-        .route("/Users/.search", axum::routing::post(search_users))
-        .route("/Groups", get(list_groups).post(create_group))
-        .route("/Groups/.search", axum::routing::post(search_groups))
-        .route(
-            "/Groups/{id}",
-            get(get_group)
-                .put(replace_group)
-                .patch(patch_group)
-                .delete(delete_group),
-        )
+        .route("/.search", search(None))
+        .route("/Users", collection(Kind::User))
+        .route("/Users/.search", search(Some(Kind::User)))
+        .route("/Users/{id}", member(Kind::User))
+        .route("/Groups", collection(Kind::Group))
+        .route("/Groups/.search", search(Some(Kind::Group)))
+        .route("/Groups/{id}", member(Kind::Group))
         .fallback(|| async { ScimError::new(404, "no such SCIM endpoint").into_response() })
         .with_state(scim)
 }
@@ -260,206 +248,125 @@ fn not_found(kind: Kind, id: &str) -> ScimError {
     ScimError::new(404, format!("{} {id} not found", kind.name()))
 }
 
-// ---- Users ----
+// ---- Users and Groups: what differs by kind ----
 
-fn render_user(store: &Store, user: &User, base: &str) -> Value {
-    resource::render_user(user, &store.groups_of(user), base)
+fn render(store: &Store, kind: Kind, id: &str, base: &str) -> Option<Value> {
+    match kind {
+        Kind::User => store
+            .user(id)
+            .map(|u| resource::render_user(u, &store.groups_of(u), base)),
+        Kind::Group => store
+            .group(id)
+            .map(|g| resource::render_group(g, &store.members_of(&g.id), base)),
+    }
 }
 
-/// A user record from a validated body, keeping what the server owns of `existing`.
-fn user_record(
+fn all(store: &Store, kind: Kind, base: &str) -> Vec<Value> {
+    let ids: Vec<&str> = match kind {
+        Kind::User => store.users().map(|u| u.id.as_str()).collect(),
+        Kind::Group => store.groups().map(|g| g.id.as_str()).collect(),
+    };
+    ids.into_iter()
+        .filter_map(|id| render(store, kind, id, base))
+        .collect()
+}
+
+/// The records a create (`existing` false) or replace of entry `id` publishes: the entry,
+/// and for a group the member entries whose memberships change.
+fn records_for_write(
     scim: &Scim,
+    kind: Kind,
     id: &str,
     mut input: resource::Input,
-    existing: Option<&User>,
-) -> Result<User, ScimError> {
-    let user_name = input.name(Kind::User).to_string();
-    if scim.read().user_named(&user_name, Some(id)).is_some() {
-        return Err(ScimError {
-            status: 409,
-            scim_type: Some("uniqueness"),
-            detail: format!("userName {user_name:?} is taken"),
-        });
-    }
+) -> Result<Vec<DirectoryRecord>, ScimError> {
     let mut attributes = Value::Object(std::mem::take(&mut input.attributes));
     scim.redactor.redact_value(&mut attributes);
     if let Value::Object(a) = attributes {
         input.attributes = a;
     }
-    let now = Timestamp::now().to_rfc3339();
-    let created = existing
-        .and_then(|u| resource::created_of(u.scim.as_deref()))
-        .unwrap_or_else(|| now.clone());
-    Ok(User {
-        id: id.to_string(),
-        login: user_name,
-        name: input.display_name(),
-        group_ids: existing.map(|u| u.group_ids.clone()).unwrap_or_default(),
-        scim: Some(resource::stored(&input, &created, &now)),
-    })
-}
-
-async fn create_user(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let body = match json_body(&scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let _one = scim.writes.lock().await;
-    let result = async {
-        let input = resource::input(Kind::User, body)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let user = user_record(&scim, &id, input, None)?;
-        publish(&scim, vec![record_of_user(user.clone())], vec![]).await?;
-        Ok::<_, ScimError>(render_user(&scim.read(), &user, &base(&headers)))
-    }
-    .await;
-    match result {
-        Ok(r) => created(r),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn record_of_user(user: User) -> DirectoryRecord {
-    DirectoryRecord {
-        entry: DirectoryEntry::User(user),
-    }
-}
-
-fn record_of_group(group: Group) -> DirectoryRecord {
-    DirectoryRecord {
-        entry: DirectoryEntry::Group(group),
-    }
-}
-
-async fn get_user(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
     let store = scim.read();
-    match store.user(&id) {
-        Some(u) => scim_json(
-            StatusCode::OK,
-            Projection::of(&query).apply(render_user(&store, u, &base(&headers))),
-        ),
-        None => not_found(Kind::User, &id).into_response(),
-    }
-}
-
-async fn replace_user(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let body = match json_body(&scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let _one = scim.writes.lock().await;
-    write_user(&scim, &id, &headers, |_| resource::input(Kind::User, body)).await
-}
-
-async fn patch_user(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let body = match json_body(&scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let _one = scim.writes.lock().await;
-    write_user(&scim, &id, &headers, |current| {
-        let mut r = current.clone();
-        if let Some(o) = r.as_object_mut() {
-            for owned in ["id", "meta", "schemas", "groups"] {
-                o.remove(owned);
+    let now = Timestamp::now().to_rfc3339();
+    match kind {
+        Kind::User => {
+            let user_name = input.name(Kind::User).to_string();
+            if store.user_named(&user_name, Some(id)).is_some() {
+                return Err(ScimError {
+                    status: 409,
+                    scim_type: Some("uniqueness"),
+                    detail: format!("userName {user_name:?} is taken"),
+                });
             }
+            let existing = store.user(id);
+            let created = existing
+                .and_then(|u| resource::created_of(u.scim.as_deref()))
+                .unwrap_or_else(|| now.clone());
+            let user = User {
+                id: id.to_string(),
+                login: user_name,
+                name: input.display_name(),
+                group_ids: existing.map(|u| u.group_ids.clone()).unwrap_or_default(),
+                scim: Some(resource::stored(&input, &created, &now)),
+            };
+            Ok(vec![DirectoryRecord {
+                entry: DirectoryEntry::User(user),
+            }])
         }
-        resource::patch(&mut r, &body)?;
-        resource::input(Kind::User, r)
-    })
-    .await
+        Kind::Group => {
+            let existing = store.group(id);
+            let old_members = existing
+                .and_then(|g| g.scim.as_deref())
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .and_then(|v| resource::input(Kind::Group, v).ok())
+                .map(|i| i.member_ids())
+                .unwrap_or_else(|| store.members_of(id).into_iter().map(|(m, _)| m).collect());
+            let created = existing
+                .and_then(|g| resource::created_of(g.scim.as_deref()))
+                .unwrap_or_else(|| now.clone());
+            let group = Group {
+                id: id.to_string(),
+                name: input.name(Kind::Group).to_string(),
+                parent_ids: existing.map(|g| g.parent_ids.clone()).unwrap_or_default(),
+                scim: Some(resource::stored(&input, &created, &now)),
+            };
+            let mut records = store.membership_changes(id, &old_members, &input.member_ids());
+            records.push(DirectoryRecord {
+                entry: DirectoryEntry::Group(group),
+            });
+            Ok(records)
+        }
+    }
 }
 
-/// Replaces a user with what `make` builds from its current rendering.
-async fn write_user(
-    scim: &Scim,
+/// The records a delete publishes besides the entry's tombstone: groups that listed a user
+/// stop listing it; members of a group lose it.
+fn records_for_delete(
+    store: &Store,
+    kind: Kind,
     id: &str,
-    headers: &HeaderMap,
-    make: impl FnOnce(&Value) -> Result<resource::Input, ScimError>,
-) -> Response {
-    let result = async {
-        let (existing, current) = {
-            let store = scim.read();
-            let existing = store
-                .user(id)
-                .cloned()
-                .ok_or_else(|| not_found(Kind::User, id))?;
-            let current = render_user(&store, &existing, &base(headers));
-            (existing, current)
-        };
-        let input = make(&current)?;
-        let user = user_record(scim, id, input, Some(&existing))?;
-        publish(scim, vec![record_of_user(user.clone())], vec![]).await?;
-        Ok::<_, ScimError>(render_user(&scim.read(), &user, &base(headers)))
-    }
-    .await;
-    match result {
-        Ok(r) => scim_json(StatusCode::OK, r),
-        Err(e) => e.into_response(),
+) -> Result<Vec<DirectoryRecord>, ScimError> {
+    match kind {
+        Kind::User => {
+            store.user(id).ok_or_else(|| not_found(kind, id))?;
+            Ok(store
+                .groups()
+                .filter_map(|g| without_member(g, id))
+                .map(|g| DirectoryRecord {
+                    entry: DirectoryEntry::Group(g),
+                })
+                .collect())
+        }
+        Kind::Group => {
+            store.group(id).ok_or_else(|| not_found(kind, id))?;
+            let members: Vec<String> = store.members_of(id).into_iter().map(|(m, _)| m).collect();
+            Ok(store.membership_changes(id, &members, &[]))
+        }
     }
 }
 
-async fn delete_user(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let _one = scim.writes.lock().await;
-    let result = async {
-        // Groups that list the user as a member stop listing it.
-        let groups: Vec<DirectoryRecord> = {
-            let store = scim.read();
-            store.user(&id).ok_or_else(|| not_found(Kind::User, &id))?;
-            store
-                .groups()
-                .filter_map(|g| without_member(g, &id))
-                .map(record_of_group)
-                .collect()
-        };
-        publish(&scim, groups, vec![DirectoryKey::User(id.clone())]).await
-    }
-    .await;
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
+fn key_of(kind: Kind, id: &str) -> DirectoryKey {
+    match kind {
+        Kind::User => DirectoryKey::User(id.to_string()),
+        Kind::Group => DirectoryKey::Group(id.to_string()),
     }
 }
 
@@ -481,66 +388,105 @@ fn without_member(group: &Group, member: &str) -> Option<Group> {
     })
 }
 
-// ---- Groups ----
+// ---- Users and Groups: the handlers, one of each for both kinds ----
 
-fn render_group(store: &Store, group: &Group, base: &str) -> Value {
-    resource::render_group(group, &store.members_of(&group.id), base)
+type Params = HashMap<String, String>;
+
+/// `GET` (list) and `POST` (create) on `/Users` or `/Groups`.
+fn collection(kind: Kind) -> MethodRouter<Arc<Scim>> {
+    get(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              Query(query): Query<Params>,
+              headers: HeaderMap| async move {
+            if let Err(e) = allowed(&caller, &scim) {
+                return e.into_response();
+            }
+            list(all(&scim.read(), kind, &base(&headers)), &query)
+        },
+    )
+    .post(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              headers: HeaderMap,
+              request: Request| async move {
+            create(&scim, &caller, &headers, request, kind).await
+        },
+    )
 }
 
-/// The group record from a validated body and the member records that change with it.
-fn group_records(
+/// `GET`, `PUT`, `PATCH` and `DELETE` on `/Users/{id}` or `/Groups/{id}`.
+fn member(kind: Kind) -> MethodRouter<Arc<Scim>> {
+    get(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              Path(id): Path<String>,
+              Query(query): Query<Params>,
+              headers: HeaderMap| async move {
+            if let Err(e) = allowed(&caller, &scim) {
+                return e.into_response();
+            }
+            match render(&scim.read(), kind, &id, &base(&headers)) {
+                Some(r) => scim_json(StatusCode::OK, Projection::of(&query).apply(r)),
+                None => not_found(kind, &id).into_response(),
+            }
+        },
+    )
+    .put(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              Path(id): Path<String>,
+              headers: HeaderMap,
+              request: Request| async move {
+            change(
+                &scim,
+                &caller,
+                &id,
+                &headers,
+                request,
+                kind,
+                Change::Replace,
+            )
+            .await
+        },
+    )
+    .patch(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              Path(id): Path<String>,
+              headers: HeaderMap,
+              request: Request| async move {
+            change(&scim, &caller, &id, &headers, request, kind, Change::Patch).await
+        },
+    )
+    .delete(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              Path(id): Path<String>| async move { delete(&scim, &caller, &id, kind).await },
+    )
+}
+
+async fn create(
     scim: &Scim,
-    id: &str,
-    input: resource::Input,
-    existing: Option<&Group>,
-) -> Vec<DirectoryRecord> {
-    let store = scim.read();
-    let old_members = existing
-        .and_then(|g| g.scim.as_deref())
-        .and_then(|s| serde_json::from_str::<Value>(s).ok())
-        .and_then(|v| resource::input(Kind::Group, v).ok())
-        .map(|i| i.member_ids())
-        .unwrap_or_else(|| store.members_of(id).into_iter().map(|(m, _)| m).collect());
-    let new_members = input.member_ids();
-    let now = Timestamp::now().to_rfc3339();
-    let created = existing
-        .and_then(|g| resource::created_of(g.scim.as_deref()))
-        .unwrap_or_else(|| now.clone());
-    let group = Group {
-        id: id.to_string(),
-        name: input.name(Kind::Group).to_string(),
-        parent_ids: existing.map(|g| g.parent_ids.clone()).unwrap_or_default(),
-        scim: Some(resource::stored(&input, &created, &now)),
-    };
-    let mut records = store.membership_changes(id, &old_members, &new_members);
-    records.push(record_of_group(group));
-    records
-}
-
-async fn create_group(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    caller: &Caller,
+    headers: &HeaderMap,
     request: Request,
+    kind: Kind,
 ) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
+    if let Err(e) = allowed(caller, scim) {
         return e.into_response();
     }
-    let body = match json_body(&scim, request).await {
+    let body = match json_body(scim, request).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let _one = scim.writes.lock().await;
     let result = async {
-        let input = resource::input(Kind::Group, body)?;
+        let input = resource::input(kind, body)?;
         let id = uuid::Uuid::new_v4().to_string();
-        let records = group_records(&scim, &id, input, None);
-        publish(&scim, records, vec![]).await?;
-        let store = scim.read();
-        let group = store
-            .group(&id)
-            .ok_or_else(|| not_found(Kind::Group, &id))?;
-        Ok::<_, ScimError>(render_group(&store, group, &base(&headers)))
+        let records = records_for_write(scim, kind, &id, input)?;
+        publish(scim, records, vec![]).await?;
+        render(&scim.read(), kind, &id, &base(headers)).ok_or_else(|| not_found(kind, &id))
     }
     .await;
     match result {
@@ -549,94 +495,50 @@ async fn create_group(
     }
 }
 
-async fn get_group(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let store = scim.read();
-    match store.group(&id) {
-        Some(g) => scim_json(
-            StatusCode::OK,
-            Projection::of(&query).apply(render_group(&store, g, &base(&headers))),
-        ),
-        None => not_found(Kind::Group, &id).into_response(),
-    }
+#[derive(Clone, Copy)]
+enum Change {
+    Replace,
+    Patch,
 }
 
-async fn replace_group(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let body = match json_body(&scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let _one = scim.writes.lock().await;
-    write_group(&scim, &id, &headers, |_| resource::input(Kind::Group, body)).await
-}
-
-async fn patch_group(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let body = match json_body(&scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let _one = scim.writes.lock().await;
-    write_group(&scim, &id, &headers, |current| {
-        let mut r = current.clone();
-        if let Some(o) = r.as_object_mut() {
-            for owned in ["id", "meta", "schemas"] {
-                o.remove(owned);
-            }
-        }
-        resource::patch(&mut r, &body)?;
-        resource::input(Kind::Group, r)
-    })
-    .await
-}
-
-async fn write_group(
+/// PUT (the body is the new resource) or PATCH (the body's operations apply to the current
+/// rendering; the result is validated as a PUT body).
+async fn change(
     scim: &Scim,
+    caller: &Caller,
     id: &str,
     headers: &HeaderMap,
-    make: impl FnOnce(&Value) -> Result<resource::Input, ScimError>,
+    request: Request,
+    kind: Kind,
+    how: Change,
 ) -> Response {
+    if let Err(e) = allowed(caller, scim) {
+        return e.into_response();
+    }
+    let body = match json_body(scim, request).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let _one = scim.writes.lock().await;
     let result = async {
-        let (existing, current) = {
-            let store = scim.read();
-            let existing = store
-                .group(id)
-                .cloned()
-                .ok_or_else(|| not_found(Kind::Group, id))?;
-            let current = render_group(&store, &existing, &base(headers));
-            (existing, current)
+        let current =
+            render(&scim.read(), kind, id, &base(headers)).ok_or_else(|| not_found(kind, id))?;
+        let input = match how {
+            Change::Replace => resource::input(kind, body)?,
+            Change::Patch => {
+                let mut r = current;
+                if let Some(o) = r.as_object_mut() {
+                    for owned in ["id", "meta", "schemas", "groups"] {
+                        o.remove(owned);
+                    }
+                }
+                resource::patch(&mut r, &body)?;
+                resource::input(kind, r)?
+            }
         };
-        let input = make(&current)?;
-        let records = group_records(scim, id, input, Some(&existing));
+        let records = records_for_write(scim, kind, id, input)?;
         publish(scim, records, vec![]).await?;
-        let store = scim.read();
-        let group = store.group(id).ok_or_else(|| not_found(Kind::Group, id))?;
-        Ok::<_, ScimError>(render_group(&store, group, &base(headers)))
+        render(&scim.read(), kind, id, &base(headers)).ok_or_else(|| not_found(kind, id))
     }
     .await;
     match result {
@@ -645,25 +547,14 @@ async fn write_group(
     }
 }
 
-async fn delete_group(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
+async fn delete(scim: &Scim, caller: &Caller, id: &str, kind: Kind) -> Response {
+    if let Err(e) = allowed(caller, scim) {
         return e.into_response();
     }
     let _one = scim.writes.lock().await;
     let result = async {
-        let records = {
-            let store = scim.read();
-            store
-                .group(&id)
-                .ok_or_else(|| not_found(Kind::Group, &id))?;
-            let members: Vec<String> = store.members_of(&id).into_iter().map(|(m, _)| m).collect();
-            store.membership_changes(&id, &members, &[])
-        };
-        publish(&scim, records, vec![DirectoryKey::Group(id.clone())]).await
+        let records = records_for_delete(&scim.read(), kind, id)?;
+        publish(scim, records, vec![key_of(kind, id)]).await
     }
     .await;
     match result {
@@ -674,38 +565,8 @@ async fn delete_group(
 
 // ---- Lists ----
 
-async fn list_users(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let store = scim.read();
-    let base = base(&headers);
-    let all = store.users().map(|u| render_user(&store, u, &base));
-    list(all, &query)
-}
-
-async fn list_groups(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = allowed(&caller, &scim) {
-        return e.into_response();
-    }
-    let store = scim.read();
-    let base = base(&headers);
-    let all = store.groups().map(|g| render_group(&store, g, &base));
-    list(all, &query)
-}
-
 /// A ListResponse page of the resources matching `filter` (`startIndex` counts from 1).
-fn list(all: impl Iterator<Item = Value>, query: &HashMap<String, String>) -> Response {
+fn list(all: Vec<Value>, query: &Params) -> Response {
     let param = |name: &str| {
         query
             .iter()
@@ -729,6 +590,7 @@ fn list(all: impl Iterator<Item = Value>, query: &HashMap<String, String>) -> Re
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
     let matching: Vec<Value> = all
+        .into_iter()
         .filter(|r| filter.as_ref().is_none_or(|f| f.matches(r)))
         .collect();
     let total = matching.len();
@@ -751,50 +613,39 @@ fn list(all: impl Iterator<Item = Value>, query: &HashMap<String, String>) -> Re
     )
 }
 
-/// `POST /Users/.search`: the list query in a SearchRequest body.
-async fn search_users(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    search(&scim, &caller, &headers, request, Some(Kind::User)).await
+/// `POST /.search`, `/Users/.search`, `/Groups/.search`: the list query in a SearchRequest
+/// body (`None`: users and groups at once).
+fn search(kind: Option<Kind>) -> MethodRouter<Arc<Scim>> {
+    axum::routing::post(
+        move |State(scim): State<Arc<Scim>>,
+              Extension(caller): Extension<Caller>,
+              headers: HeaderMap,
+              request: Request| async move {
+            if let Err(e) = allowed(&caller, &scim) {
+                return e.into_response();
+            }
+            let body = match json_body(&scim, request).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let query = search_params(body);
+            let store = scim.read();
+            let base = base(&headers);
+            let resources = match kind {
+                Some(kind) => all(&store, kind, &base),
+                None => {
+                    let mut both = all(&store, Kind::User, &base);
+                    both.extend(all(&store, Kind::Group, &base));
+                    both
+                }
+            };
+            list(resources, &query)
+        },
+    )
 }
 
-/// `POST /.search`: users and groups at once.
-async fn search_all(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    search(&scim, &caller, &headers, request, None).await
-}
-
-async fn search_groups(
-    State(scim): State<Arc<Scim>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    search(&scim, &caller, &headers, request, Some(Kind::Group)).await
-}
-
-async fn search(
-    scim: &Scim,
-    caller: &Caller,
-    headers: &HeaderMap,
-    request: Request,
-    kind: Option<Kind>,
-) -> Response {
-    if let Err(e) = allowed(caller, scim) {
-        return e.into_response();
-    }
-    let body = match json_body(scim, request).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    // The body's members are the query parameters; lists become comma-separated.
+/// A SearchRequest body's members as query parameters; lists become comma-separated.
+fn search_params(body: Value) -> Params {
     let mut query = HashMap::new();
     if let Value::Object(obj) = body {
         for (k, v) in obj {
@@ -811,15 +662,7 @@ async fn search(
             query.insert(k, text);
         }
     }
-    let store = scim.read();
-    let base = base(headers);
-    let users = store.users().map(|u| render_user(&store, u, &base));
-    let groups = store.groups().map(|g| render_group(&store, g, &base));
-    match kind {
-        Some(Kind::User) => list(users, &query),
-        Some(Kind::Group) => list(groups, &query),
-        None => list(users.chain(groups), &query),
-    }
+    query
 }
 
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5): which attributes a response

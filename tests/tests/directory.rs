@@ -5,14 +5,61 @@
 use audit_schemas::{AvroRecord, EnrichedAuditEvent};
 use audit_tests::pipeline::Pipeline;
 use audit_tests::*;
+use rdkafka::message::Message;
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// The enriched topic read as it grows, by message.
+struct Enriched {
+    reader: audit_runtime::kafka::Reader,
+    seen: HashMap<String, EnrichedAuditEvent>,
+}
+
+impl Enriched {
+    fn new(p: &Pipeline) -> Self {
+        Self {
+            reader: reader_from_beginning(
+                &p.kafka,
+                &p.topics.enriched.name,
+                p.topics.enriched.partitions,
+            )
+            .unwrap(),
+            seen: HashMap::new(),
+        }
+    }
+
+    async fn wait_for(
+        &mut self,
+        message: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<EnrichedAuditEvent> {
+        loop {
+            if let Some(e) = self.seen.remove(message) {
+                return Some(e);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.reader.recv()).await {
+                Err(_) => return None,
+                Ok(Ok(m)) => {
+                    if let Some(e) = m.payload().and_then(|b| EnrichedAuditEvent::decode(b).ok()) {
+                        if let Some(text) = e.event.message.clone() {
+                            self.seen.insert(text, e);
+                        }
+                    }
+                }
+                Ok(Err(_)) => {} // end of a partition
+            }
+        }
+    }
+}
 
 /// Posts CLIENT events of `session` until one comes out enriched as `expected` says (the
 /// enricher applies a directory change a moment after the API acknowledged it).
 async fn eventually(
     p: &Pipeline,
+    enriched: &mut Enriched,
     session: &str,
     step: &str,
     expected: impl Fn(&EnrichedAuditEvent) -> bool,
@@ -25,25 +72,8 @@ async fn eventually(
         p.post(&[json!({"event_type": "log", "source": "CLIENT", "service": "e2e", "session_id": session, "message": message})])
             .await
             .unwrap();
-        let found = loop {
-            let all = consume_all(
-                &p.topics.enriched.name,
-                p.topics.enriched.partitions,
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
-            let hit = all
-                .iter()
-                .filter_map(|m| EnrichedAuditEvent::decode(payload(m).ok()?).ok())
-                .find(|e| e.event.message.as_deref() == Some(message.as_str()));
-            if let Some(e) = hit {
-                break e;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{step}: event not enriched"
-            );
+        let Some(found) = enriched.wait_for(&message, deadline).await else {
+            panic!("{step}: {message} not enriched within 60 s");
         };
         if expected(&found) {
             return found;
@@ -54,7 +84,7 @@ async fn eventually(
             found.user,
             found.groups
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -67,6 +97,7 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
     let p = Pipeline::create(kafka_config(), 2).await.unwrap();
     let _producer = p.start(Stage::Producer).await.unwrap();
     let _enricher = p.start(Stage::Enricher).await.unwrap();
+    let mut enriched = Enriched::new(&p);
 
     // The IdP provisions Ann; the platform records her login.
     let (status, ann) = p
@@ -88,7 +119,7 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
         .await
         .unwrap();
     assert_eq!(status, 202, "{body}");
-    let e = eventually(&p, "s-ann", "created", |e| {
+    let e = eventually(&p, &mut enriched, "s-ann", "created", |e| {
         e.user
             .as_ref()
             .is_some_and(|u| u.login == "ann@example.com")
@@ -107,7 +138,10 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
         .unwrap();
     assert_eq!(status, 201, "{group}");
     let gid = group["id"].as_str().unwrap().to_string();
-    eventually(&p, "s-ann", "grouped", |e| group_names(e) == ["analysts"]).await;
+    eventually(&p, &mut enriched, "s-ann", "grouped", |e| {
+        group_names(e) == ["analysts"]
+    })
+    .await;
 
     // PATCH: the group is renamed, then Ann leaves it.
     let patch = |ops: Value| {
@@ -124,7 +158,10 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    eventually(&p, "s-ann", "renamed", |e| group_names(e) == ["readers"]).await;
+    eventually(&p, &mut enriched, "s-ann", "renamed", |e| {
+        group_names(e) == ["readers"]
+    })
+    .await;
     let (status, body) = p
         .request(
             Method::PATCH,
@@ -134,7 +171,7 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    eventually(&p, "s-ann", "user patched", |e| {
+    eventually(&p, &mut enriched, "s-ann", "user patched", |e| {
         e.user.as_ref().and_then(|u| u.name.as_deref()) == Some("Ann Lee-Smith")
     })
     .await;
@@ -145,13 +182,16 @@ async fn scim_changes_show_in_the_next_events_enrichment() {
         .await
         .unwrap();
     assert_eq!(status, 204);
-    eventually(&p, "s-ann", "group deleted", |e| e.groups.is_empty()).await;
+    eventually(&p, &mut enriched, "s-ann", "group deleted", |e| {
+        e.groups.is_empty()
+    })
+    .await;
     let (status, _) = p
         .request(Method::DELETE, &format!("/scim/v2/Users/{ann_id}"), None)
         .await
         .unwrap();
     assert_eq!(status, 204);
-    eventually(&p, "s-ann", "user deleted", |e| {
+    eventually(&p, &mut enriched, "s-ann", "user deleted", |e| {
         e.user.as_ref().is_some_and(|u| u.login == ann_id)
     })
     .await;
