@@ -23,8 +23,6 @@ use tokio::sync::watch;
 /// A sessions partition being read.
 struct Followed {
     generation: u64,
-    /// The next offset to read; `None` before the first record (read from the beginning).
-    next: Option<i64>,
     /// While restoring: the end the partition had when it was assigned, and records read.
     restore: Option<(i64, u64)>,
     started: Instant,
@@ -58,8 +56,7 @@ pub async fn follow_sessions(
                     let Some(f) = following.get_mut(&partition) else {
                         continue; // left over from a partition no longer owned
                     };
-                    apply_session(&tables, topic, &m, partition);
-                    f.next = Some(m.offset() + 1);
+                    apply_session(&tables, topic, &m, partition, f.generation);
                     if let Some((until, records)) = &mut f.restore {
                         *records += 1;
                         if m.offset() + 1 >= *until {
@@ -91,9 +88,19 @@ fn reconcile(
     following: &mut HashMap<i32, Followed>,
 ) -> Result<()> {
     let wanted = ownership.borrow_and_update().followed();
-    let before = following.len();
-    following.retain(|p, f| wanted.contains(&(*p, f.generation)));
-    let mut changed = following.len() != before;
+    // Partitions that left (or left and came back: a new generation) stop being read.
+    let mut removed = TopicPartitionList::new();
+    following.retain(|p, f| {
+        let keep = wanted.contains(&(*p, f.generation));
+        if !keep {
+            removed.add_partition(topic, *p);
+        }
+        keep
+    });
+    if removed.count() > 0 {
+        consumer.incremental_unassign(&removed)?;
+    }
+    let mut added = Vec::new();
     for (partition, generation) in wanted {
         if following.contains_key(&partition) {
             continue;
@@ -108,40 +115,64 @@ fn reconcile(
         let restore = marks
             .first()
             .filter(|(_, low, high)| high > low)
-            .map(|(_, _, high)| (*high, 0));
+            .map(|(_, low, high)| (*high, *high - *low));
+        added.push((partition, generation, restore));
+    }
+    // Room for every session the new partitions may bring, at once: growing step by step
+    // holds the old and the new table together at each doubling.
+    let incoming: i64 = added.iter().filter_map(|(_, _, r)| r.map(|(_, n)| n)).sum();
+    tables
+        .sessions
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .reserve(usize::try_from(incoming).unwrap_or(0));
+    // Only the new partitions are assigned (from the beginning); the others keep their fetch
+    // position untouched, so nothing is read twice or resumed mid-batch.
+    let mut new = TopicPartitionList::new();
+    for (partition, generation, restore) in added {
         let mut f = Followed {
             generation,
-            next: None,
-            restore,
+            restore: Some((restore.map_or(0, |(high, _)| high), 0)),
             started: Instant::now(),
         };
-        if f.restore.is_none() {
-            f.restore = Some((0, 0));
+        if restore.is_none() {
             restored(tables, partition, &mut f);
         }
         following.insert(partition, f);
-        changed = true;
+        new.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
-    if changed {
-        let mut tpl = TopicPartitionList::new();
-        for (p, f) in following.iter() {
-            let offset = f.next.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(topic, *p, offset)?;
-        }
-        consumer.assign(&tpl)?;
+    if new.count() > 0 {
+        consumer.incremental_assign(&new)?;
+    }
+    if new.count() > 0 || removed.count() > 0 {
         tracing::info!(topic, partitions = ?following.keys().collect::<Vec<_>>(), "following sessions partitions");
     }
     Ok(())
 }
 
-fn apply_session(tables: &Tables, topic: &str, m: &BorrowedMessage<'_>, partition: i32) {
+/// Applies one record of a followed partition. The ownership is checked under the sessions
+/// lock, the lock the rebalance hook drops a departed partition's sessions under, so a record
+/// fetched before its partition left cannot bring its session back.
+fn apply_session(
+    tables: &Tables,
+    topic: &str,
+    m: &BorrowedMessage<'_>,
+    partition: i32,
+    generation: u64,
+) {
     let key = String::from_utf8_lossy(m.key().unwrap_or_default());
     let now = Timestamp::now();
+    let owned = |sessions: &mut crate::sessions::Sessions,
+                 apply: &mut dyn FnMut(&mut crate::sessions::Sessions)| {
+        if tables.ownership.borrow().follows(partition, generation) {
+            apply(sessions);
+        }
+    };
     let result = match m.payload() {
         _ if key.is_empty() => Err("a session record needs its session id as key".to_string()),
         None | Some([]) => {
             let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
-            sessions.delete(&key, now);
+            owned(&mut sessions, &mut |s| s.delete(&key, now));
             metrics::gauge!("audit_enricher_sessions_ending").set(sessions.ending() as f64);
             Ok(())
         }
@@ -149,11 +180,9 @@ fn apply_session(tables: &Tables, topic: &str, m: &BorrowedMessage<'_>, partitio
             Ok(DirectoryRecord {
                 entry: DirectoryEntry::Session(s),
             }) if s.id == key => {
-                tables
-                    .sessions
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .put(partition, &s, now);
+                let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
+                owned(&mut sessions, &mut |t| t.put(partition, &s, now));
+                drop(sessions);
                 tables.session_arrived(&key);
                 Ok(())
             }

@@ -117,6 +117,13 @@ impl Ownership {
             .collect()
     }
 
+    /// Whether the sessions of `partition` (of this generation) are still to be kept.
+    pub fn follows(&self, partition: i32, generation: u64) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|p| p.generation == generation)
+    }
+
     /// Partitions still loading.
     pub fn restoring(&self) -> usize {
         self.partitions

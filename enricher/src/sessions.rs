@@ -267,6 +267,13 @@ impl Sessions {
         self.lifetimes = lifetimes;
     }
 
+    /// Room for `additional` more sessions at once: a restore knows how many records it will
+    /// read, and growing the table step by step would hold the old and the new table together
+    /// at each doubling (the peak memory of a restore).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
     pub fn get(&self, id: &str) -> Option<&SessionEntry> {
         self.map.get(&SessionIdRef::new(id))
     }
@@ -323,6 +330,11 @@ impl Sessions {
         self.map.retain(|_, s| s.partition != partition);
         let dropped = before - self.map.len();
         self.removed(dropped);
+        // A table sized for partitions that left would keep their memory.
+        if self.map.len() < self.map.capacity() / 2 {
+            self.map.shrink_to_fit();
+            self.strings.prune();
+        }
         dropped
     }
 
