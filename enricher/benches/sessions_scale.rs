@@ -59,12 +59,7 @@ fn start(
             std::env::var("BENCH_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::null());
-    for (role, t) in topics.all() {
-        cmd.env(
-            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-            &t.name,
-        );
-    }
+    cmd.envs(topics_env(topics));
     Ok(Instance {
         name,
         child: cmd.spawn()?,

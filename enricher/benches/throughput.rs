@@ -95,12 +95,7 @@ async fn main() -> anyhow::Result<()> {
             std::env::var("BENCH_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::null());
-    for (role, t) in topics.all() {
-        cmd.env(
-            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-            &t.name,
-        );
-    }
+    cmd.envs(topics_env(&topics));
     let mut child = cmd.spawn()?;
     let timed = async {
         let poll = Duration::from_millis(10);

@@ -1,6 +1,7 @@
 //! Following the compacted topics as tables.
 //!
-//! - [`follow`]: a whole topic (directory, rules): every instance needs the whole table.
+//! - the directory and rules are followed whole by `audit_runtime::follow` (every instance needs
+//!   the whole table);
 //! - [`follow_sessions`]: only the sessions partitions of the raw partitions this instance owns,
 //!   following the consumer group's assignments (see [`crate::ownership`]).
 
@@ -14,7 +15,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use audit_runtime::follow::follow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,17 +162,14 @@ fn apply_session(
 ) {
     let key = String::from_utf8_lossy(m.key().unwrap_or_default());
     let now = Timestamp::now();
-    let owned = |sessions: &mut crate::sessions::Sessions,
-                 apply: &mut dyn FnMut(&mut crate::sessions::Sessions)| {
-        if tables.ownership.borrow().follows(partition, generation) {
-            apply(sessions);
-        }
-    };
+    let owned = || tables.ownership.borrow().follows(partition, generation);
     let result = match m.payload() {
         _ if key.is_empty() => Err("a session record needs its session id as key".to_string()),
         None | Some([]) => {
             let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
-            owned(&mut sessions, &mut |s| s.delete(&key, now));
+            if owned() {
+                sessions.delete(&key, now);
+            }
             metrics::gauge!("audit_enricher_sessions_ending").set(sessions.ending() as f64);
             Ok(())
         }
@@ -181,7 +178,9 @@ fn apply_session(
                 entry: DirectoryEntry::Session(s),
             }) if s.id == key => {
                 let mut sessions = tables.sessions.write().unwrap_or_else(|p| p.into_inner());
-                owned(&mut sessions, &mut |t| t.put(partition, &s, now));
+                if owned() {
+                    sessions.put(partition, &s, now);
+                }
                 drop(sessions);
                 tables.session_arrived(&key);
                 Ok(())

@@ -2,12 +2,13 @@
 
 use anyhow::{Context, Result};
 use audit_enricher::config::Settings;
-use audit_enricher::follow::{follow, follow_sessions};
+use audit_enricher::follow::follow_sessions;
 use audit_enricher::ownership::Gate;
 use audit_enricher::service::{Enricher, Options, Tables};
 use audit_enricher::sessions::Lifetimes;
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::{self, BatchOptions};
+use audit_runtime::follow::follow;
 use audit_runtime::kafka::{GroupContext, RebalanceEvent};
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;

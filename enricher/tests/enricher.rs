@@ -39,12 +39,7 @@ fn start_with(topics: &TopicsConfig, group: &str, env: &[(&str, &str)]) -> Enric
         .env("AUDIT__LOG__LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    for (role, t) in topics.all() {
-        cmd.env(
-            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-            &t.name,
-        );
-    }
+    cmd.envs(topics_env(topics));
     for (k, v) in env {
         cmd.env(k, v);
     }

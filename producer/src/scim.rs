@@ -184,6 +184,12 @@ fn allowed(caller: &Caller, scim: &Scim) -> Result<(), ScimError> {
     Ok(())
 }
 
+/// The checks of every request with a body, then the body as JSON.
+async fn allowed_body(scim: &Scim, caller: &Caller, request: Request) -> Result<Value, Response> {
+    allowed(caller, scim).map_err(IntoResponse::into_response)?;
+    json_body(scim, request).await
+}
+
 async fn json_body(scim: &Scim, request: Request) -> Result<Value, Response> {
     let bytes = read_body(request.into_body(), &scim.limits).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -262,13 +268,16 @@ fn render(store: &Store, kind: Kind, id: &str, base: &str) -> Option<Value> {
 }
 
 fn all(store: &Store, kind: Kind, base: &str) -> Vec<Value> {
-    let ids: Vec<&str> = match kind {
-        Kind::User => store.users().map(|u| u.id.as_str()).collect(),
-        Kind::Group => store.groups().map(|g| g.id.as_str()).collect(),
-    };
-    ids.into_iter()
-        .filter_map(|id| render(store, kind, id, base))
-        .collect()
+    match kind {
+        Kind::User => store
+            .users()
+            .map(|u| resource::render_user(u, &store.groups_of(u), base))
+            .collect(),
+        Kind::Group => store
+            .groups()
+            .map(|g| resource::render_group(g, &store.members_of(&g.id), base))
+            .collect(),
+    }
 }
 
 /// The records a create (`existing` false) or replace of entry `id` publishes: the entry,
@@ -473,10 +482,7 @@ async fn create(
     request: Request,
     kind: Kind,
 ) -> Response {
-    if let Err(e) = allowed(caller, scim) {
-        return e.into_response();
-    }
-    let body = match json_body(scim, request).await {
+    let body = match allowed_body(scim, caller, request).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -512,10 +518,7 @@ async fn change(
     kind: Kind,
     how: Change,
 ) -> Response {
-    if let Err(e) = allowed(caller, scim) {
-        return e.into_response();
-    }
-    let body = match json_body(scim, request).await {
+    let body = match allowed_body(scim, caller, request).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -621,10 +624,7 @@ fn search(kind: Option<Kind>) -> MethodRouter<Arc<Scim>> {
               Extension(caller): Extension<Caller>,
               headers: HeaderMap,
               request: Request| async move {
-            if let Err(e) = allowed(&caller, &scim) {
-                return e.into_response();
-            }
-            let body = match json_body(&scim, request).await {
+            let body = match allowed_body(&scim, &caller, request).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };

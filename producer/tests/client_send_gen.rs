@@ -139,12 +139,7 @@ async fn logger_over_http() {
 fn producer_cmd(topics: &audit_runtime::TopicsConfig) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-producer"));
     cmd.env("AUDIT__KAFKA__BROKERS", kafka_brokers());
-    for (role, t) in topics.all() {
-        cmd.env(
-            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-            &t.name,
-        );
-    }
+    cmd.envs(topics_env(topics));
     cmd
 }
 

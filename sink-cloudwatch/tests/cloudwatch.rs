@@ -41,12 +41,7 @@ fn start(topics: &TopicsConfig, group: &str, endpoint: &str, extra_toml: &str) -
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .stdout(Stdio::null());
-    for (role, t) in topics.all() {
-        cmd.env(
-            format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-            &t.name,
-        );
-    }
+    cmd.envs(topics_env(topics));
     Sink(cmd.spawn().expect("sink starts"))
 }
 

@@ -72,6 +72,21 @@ pub fn unique_topics(partitions: i32) -> TopicsConfig {
     topics
 }
 
+/// The environment that points a pipeline binary at `topics` (`AUDIT__TOPICS__<ROLE>__NAME`),
+/// for `Command::envs`.
+pub fn topics_env(topics: &TopicsConfig) -> Vec<(String, String)> {
+    topics
+        .all()
+        .into_iter()
+        .map(|(role, t)| {
+            (
+                format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
+                t.name.clone(),
+            )
+        })
+        .collect()
+}
+
 /// Creates the topics, failing with a hint when the broker is not there.
 pub async fn create_topics(topics: &TopicsConfig) -> Result<()> {
     let admin = audit_runtime::kafka::admin(&kafka_config(), "audit-tests")?;

@@ -273,12 +273,7 @@ impl Pipeline {
             .env("AUDIT__LOG__LEVEL", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?);
-        for (role, t) in self.topics.all() {
-            cmd.env(
-                format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-                &t.name,
-            );
-        }
+        cmd.envs(crate::topics_env(&self.topics));
         Ok(cmd)
     }
 
@@ -303,12 +298,7 @@ impl Pipeline {
             cmd.env("AUDIT__LOG__LEVEL", level)
                 .stderr(std::fs::File::create(path)?);
         }
-        for (role, t) in self.topics.all() {
-            cmd.env(
-                format!("AUDIT__TOPICS__{}__NAME", role.to_uppercase()),
-                &t.name,
-            );
-        }
+        cmd.envs(crate::topics_env(&self.topics));
         match stage {
             Stage::Producer => {
                 let config = self.dir.join("producer.toml");
