@@ -147,6 +147,7 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
                 response: None,
                 error: None,
                 client: None,
+                ingest: None,
             }
             .encode()
             .unwrap()

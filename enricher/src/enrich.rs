@@ -2,14 +2,15 @@
 //!
 //! Trust: a CLIENT event's user is taken from its session only; its own `user_id` is a claim that
 //! is checked and flagged when it differs. A SERVER event without a known session keeps its
-//! claimed user, since servers authenticate their callers.
+//! claimed user, since servers authenticate their callers; so does a CLIENT event sent with a
+//! browser token, whose user the ingest API took from the token the platform signed.
 
 use crate::directory::Directory;
 use crate::rules::{Decision, RuleSet};
 use crate::sessions::Sessions;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{
-    EnrichedAuditEvent, Enrichment, PipelineMeta, RawAuditEvent, Source, Timestamp,
+    Credential, EnrichedAuditEvent, Enrichment, PipelineMeta, RawAuditEvent, Source, Timestamp,
 };
 
 /// Where the raw record came from.
@@ -60,7 +61,11 @@ pub fn enrich(
         directory,
         rules,
     } = tables;
-    let trusted_claim = raw.source == Source::Server;
+    let trusted_claim = raw.source == Source::Server
+        || raw
+            .ingest
+            .as_ref()
+            .is_some_and(|i| i.credential == Credential::BrowserToken);
     let (enrichment, session, user_id) = match raw.session_id.as_deref() {
         Some(sid) => match sessions.get(sid) {
             Some(s) => {
@@ -202,6 +207,7 @@ mod tests {
             response: None,
             error: None,
             client: None,
+            ingest: None,
         }
     }
 
@@ -282,6 +288,17 @@ mod tests {
         ));
         assert_eq!(e.user.unwrap().login, "alice@x");
         assert_eq!(e.groups.len(), 2);
+        // ...and so does a CLIENT event whose user the ingest API took from a browser token.
+        let mut browser = raw(Source::Client, Some("s-gone"), Some("alice"), "log");
+        browser.ingest = Some(IngestContext {
+            credential: Credential::BrowserToken,
+            key_id: Some("k1".into()),
+            peer_ip: None,
+            overridden: Default::default(),
+        });
+        let (e, _) = published(run(browser, &RuleSet::default(), true));
+        assert_eq!(e.enrichment, Enrichment::SessionUnknown);
+        assert_eq!(e.user.unwrap().login, "alice@x");
     }
 
     #[test]

@@ -176,6 +176,7 @@ fn raw(
         response: None,
         error: None,
         client: None,
+        ingest: None,
     }
 }
 

@@ -152,11 +152,13 @@ pub fn event(rng: &mut StdRng, sessions: &[(String, String)], n: u64) -> RawAudi
             code: Some("E_GENERATED".into()),
             message: Some("generated failure".into()),
             stack_trace: None,
+            fingerprint: None,
         }),
         client: client.then(|| ClientInfo {
             ip: Some("10.1.2.3".into()),
             user_agent: Some("Mozilla/5.0".into()),
         }),
+        ingest: None,
     }
 }
 

@@ -86,11 +86,13 @@ pub fn convert_line(
             code: take_text(&mut e, "errorCode"),
             message: take_text(&mut e, "errorMessage"),
             stack_trace: take_text(&mut e, "stackTrace"),
+            fingerprint: None,
         }),
         Some(other) => Some(ErrorInfo {
             code: None,
             message: Some(text_of(other)),
             stack_trace: None,
+            fingerprint: None,
         }),
     };
 
@@ -146,6 +148,7 @@ pub fn convert_line(
         response: response.map(|r| r.to_string()),
         error,
         client: None,
+        ingest: None,
     };
     redactor.redact_event(&mut event);
     Ok(event)

@@ -305,7 +305,7 @@ macro_rules! avro_record {
 avro_record!(
     RawAuditEvent,
     "RawAuditEvent",
-    ["raw_audit_event.v1.avsc"],
+    ["raw_audit_event.v1.avsc", "raw_audit_event.v2.avsc"],
     direct::raw_audit_event
 );
 avro_record!(
@@ -313,7 +313,8 @@ avro_record!(
     "EnrichedAuditEvent",
     [
         "enriched_audit_event.v1.avsc",
-        "enriched_audit_event.v2.avsc"
+        "enriched_audit_event.v2.avsc",
+        "enriched_audit_event.v3.avsc"
     ],
     encode = direct_write::enriched_audit_event
 );

@@ -40,6 +40,9 @@ pub struct ErrorInfo {
     pub code: Option<String>,
     pub message: Option<String>,
     pub stack_trace: Option<String>,
+    /// Groups occurrences of one error (a hash of the stack's frames, set by the logger).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -70,6 +73,43 @@ pub struct RawAuditEvent {
     pub response: Option<String>,
     pub error: Option<ErrorInfo>,
     pub client: Option<ClientInfo>,
+    /// What the ingest API saw of the request; `None` for events that did not come through it.
+    #[serde(default)]
+    pub ingest: Option<IngestContext>,
+}
+
+/// What authenticated an ingest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Credential {
+    /// A configured service token (`tokens[]`).
+    ServiceToken,
+    /// A short-lived token the platform minted for a logged-in browser user.
+    BrowserToken,
+    /// No token, where `http.allow_anonymous` allows it (development only).
+    Anonymous,
+}
+
+impl Credential {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::ServiceToken => "SERVICE_TOKEN",
+            Credential::BrowserToken => "BROWSER_TOKEN",
+            Credential::Anonymous => "ANONYMOUS",
+        }
+    }
+}
+
+/// The ingest API's own observations, kept apart from what the sender claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestContext {
+    pub credential: Credential,
+    /// The browser token's signing key id.
+    pub key_id: Option<String>,
+    /// The connection's peer, or the last address before a trusted proxy.
+    pub peer_ip: Option<String>,
+    /// Body fields the credential decided instead, with the value the body claimed.
+    pub overridden: BTreeMap<String, String>,
 }
 
 impl RawAuditEvent {

@@ -193,6 +193,7 @@ pub fn event_from_json(
             response,
             error: error?,
             client: client?,
+            ingest: None,
         })
     })();
     match event {
@@ -300,7 +301,11 @@ impl Validator {
             Some(Value::Object(e)) => e,
             Some(other) => return self.fail("/error", expected("an object", &other)),
         };
-        self.reject_unknown(&e, "/error", &["code", "message", "stack_trace"]);
+        self.reject_unknown(
+            &e,
+            "/error",
+            &["code", "message", "stack_trace", "fingerprint"],
+        );
         let code = self.string_at("/error/code", e.remove("code"), MAX_ID_LEN, false);
         let message = self.string_at("/error/message", e.remove("message"), MAX_TEXT_LEN, false);
         let stack_trace = self.string_at(
@@ -309,10 +314,17 @@ impl Validator {
             MAX_STACK_TRACE_LEN,
             false,
         );
+        let fingerprint = self.string_at(
+            "/error/fingerprint",
+            e.remove("fingerprint"),
+            MAX_ID_LEN,
+            false,
+        );
         Some(Some(ErrorInfo {
             code: code?,
             message: message?,
             stack_trace: stack_trace?,
+            fingerprint: fingerprint?,
         }))
     }
 

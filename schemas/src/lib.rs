@@ -35,8 +35,8 @@ pub use directory::{
     DirectoryEntry, DirectoryKey, DirectoryRecord, DirectoryTopic, Group, Session, User,
 };
 pub use event::{
-    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck, GroupRef,
-    PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,
+    ClientInfo, Credential, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck,
+    GroupRef, IngestContext, PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,
 };
 pub use rule::{AuditRule, RuleAction};
 pub use timestamp::Timestamp;

@@ -51,6 +51,11 @@ pub struct EventRow {
     pub source_partition: i32,
     pub source_offset: i64,
     pub event_time_check: String,
+    pub error_fingerprint: Option<String>,
+    pub credential: String,
+    pub credential_key_id: Option<String>,
+    pub peer_ip: Option<String>,
+    pub overridden_claims: Vec<(String, String)>,
 }
 
 /// Where a row was read from: its identity for effectively-once inserts.
@@ -72,6 +77,15 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
     let raw = e.event;
     let error = raw.error.unwrap_or_default();
     let client = raw.client.unwrap_or_default();
+    let (credential, credential_key_id, peer_ip, overridden_claims) = match raw.ingest {
+        Some(i) => (
+            i.credential.as_str().to_string(),
+            i.key_id,
+            i.peer_ip,
+            i.overridden.into_iter().collect(),
+        ),
+        None => (String::new(), None, None, Vec::new()),
+    };
     let (user_id, user_login, user_name) = match e.user {
         Some(u) => (Some(u.id), Some(u.login), u.name),
         None => (None, None, None),
@@ -118,6 +132,11 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         source_partition: origin.partition,
         source_offset: origin.offset,
         event_time_check: e.event_time.as_str().to_string(),
+        error_fingerprint: error.fingerprint,
+        credential,
+        credential_key_id,
+        peer_ip,
+        overridden_claims,
     }
 }
 
@@ -224,8 +243,10 @@ pub(crate) mod tests {
                     code: Some("E".into()),
                     message: None,
                     stack_trace: None,
+                    fingerprint: None,
                 }),
                 client: None,
+                ingest: None,
             },
             user: Some(ResolvedUser {
                 id: "u".into(),

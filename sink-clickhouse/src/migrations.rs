@@ -117,6 +117,17 @@ ARRAY JOIN entities AS entity
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS event_time_check LowCardinality(String) DEFAULT 'PLAUSIBLE' COMMENT 'PLAUSIBLE, TOO_OLD or AHEAD: the claimed timestamp next to received_at'",
         ],
     },
+    Migration {
+        version: 5,
+        name: "ingest context and error fingerprint",
+        statements: &[
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS error_fingerprint Nullable(String) COMMENT 'groups occurrences of one error (hash of the stack frames)'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS credential LowCardinality(String) DEFAULT '' COMMENT 'SERVICE_TOKEN, BROWSER_TOKEN, ANONYMOUS; empty for events that did not come through the ingest API'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS credential_key_id LowCardinality(Nullable(String)) COMMENT 'the browser token signing key id'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS peer_ip Nullable(String) COMMENT 'the sender address as the ingest API saw it (through trusted proxies); client_ip is the sender claim'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS overridden_claims Map(String, String) COMMENT 'body fields the credential decided instead, with the value the body claimed'",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -92,11 +92,13 @@ fn event(
                 code: Some("E42".into()),
                 message: Some("boom".into()),
                 stack_trace: Some("at f()\nat g()".into()),
+                fingerprint: Some(format!("fp{}", n % 2)),
             }),
             client: Some(ClientInfo {
                 ip: Some("10.0.0.7".into()),
                 user_agent: Some("Mozilla".into()),
             }),
+            ingest: None,
         },
         user: Some(ResolvedUser {
             id: "u1".into(),
@@ -365,7 +367,7 @@ async fn every_analyst_query_runs() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 7);
+    assert_eq!(files.len(), 8);
     let http = reqwest_free_post;
     for f in files {
         let sql = std::fs::read_to_string(&f)
@@ -390,6 +392,21 @@ async fn every_analyst_query_runs() {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         match name.as_str() {
             "entity_activity.sql" | "user_actions.sql" => assert_eq!(rows, 20, "{name}: {body}"),
+            // n = 0, 3, ..., 18 carry errors; fingerprints fp0 (even n) and fp1 (odd n).
+            "errors_by_fingerprint.sql" => {
+                let counts: Vec<(String, String)> = body
+                    .lines()
+                    .map(|l| {
+                        let f: Vec<&str> = l.split('\t').collect();
+                        (f[0].to_string(), f[1].to_string())
+                    })
+                    .collect();
+                assert_eq!(
+                    counts,
+                    vec![("fp0".into(), "4".into()), ("fp1".into(), "3".into())],
+                    "{body}"
+                );
+            }
             "dropped_by_rules.sql" => assert_eq!(body.trim(), "query-created\tcontractors\tr1\t7"),
             "failed_logins_per_day.sql"
             | "sessions_of_user.sql"

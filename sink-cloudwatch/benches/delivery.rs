@@ -42,6 +42,7 @@ fn event(n: usize) -> EnrichedAuditEvent {
             response: None,
             error: None,
             client: None,
+            ingest: None,
         },
         user: Some(ResolvedUser {
             id: format!("u{}", n % 100),

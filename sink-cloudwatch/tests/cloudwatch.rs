@@ -64,6 +64,7 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
             response: None,
             error: None,
             client: None,
+            ingest: None,
         },
         user: None,
         groups: vec![],

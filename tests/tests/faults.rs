@@ -75,6 +75,7 @@ async fn a_dead_letter_replayed_twice_is_stored_once() {
             response: None,
             error: None,
             client: None,
+            ingest: None,
         },
         user: None,
         groups: vec![],

@@ -36,6 +36,7 @@ fn raw_event(session: &str) -> RawAuditEvent {
             ip: Some("127.0.0.1".into()),
             user_agent: Some("test".into()),
         }),
+        ingest: None,
     }
 }
 

@@ -4,7 +4,10 @@
 //! through the generic resolving decoder. The property test in `codec::tests` checks that both
 //! decoders agree on arbitrary events.
 
-use crate::{ClientInfo, EntityRef, ErrorInfo, EventType, RawAuditEvent, Source, Timestamp};
+use crate::{
+    ClientInfo, Credential, EntityRef, ErrorInfo, EventType, IngestContext, RawAuditEvent, Source,
+    Timestamp,
+};
 use std::collections::BTreeMap;
 
 /// Why the body is not a current-version `RawAuditEvent`.
@@ -165,12 +168,36 @@ pub fn raw_audit_event(body: &[u8]) -> Result<RawAuditEvent, DirectError> {
             code: c.opt_string()?,
             message: c.opt_string()?,
             stack_trace: c.opt_string()?,
+            fingerprint: c.opt_string()?,
         })
     })?;
     let client = c.optional(|c| {
         Ok(ClientInfo {
             ip: c.opt_string()?,
             user_agent: c.opt_string()?,
+        })
+    })?;
+    let ingest = c.optional(|c| {
+        let credential = match c.int()? {
+            0 => Credential::ServiceToken,
+            1 => Credential::BrowserToken,
+            2 => Credential::Anonymous,
+            s => return c.fail(format!("Credential symbol {s}")),
+        };
+        let key_id = c.opt_string()?;
+        let peer_ip = c.opt_string()?;
+        let mut overridden = BTreeMap::new();
+        c.blocks(|c| {
+            let k = c.string()?;
+            let v = c.string()?;
+            overridden.insert(k, v);
+            Ok(())
+        })?;
+        Ok(IngestContext {
+            credential,
+            key_id,
+            peer_ip,
+            overridden,
         })
     })?;
     if c.at != body.len() {
@@ -193,5 +220,6 @@ pub fn raw_audit_event(body: &[u8]) -> Result<RawAuditEvent, DirectError> {
         response,
         error,
         client,
+        ingest,
     })
 }

@@ -4,7 +4,7 @@
 //! bytes equal apache-avro's for arbitrary events.
 
 use crate::{
-    ClientInfo, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck,
+    ClientInfo, Credential, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck,
     RawAuditEvent, Source,
 };
 
@@ -98,15 +98,30 @@ fn raw(w: &mut Writer<'_>, e: &RawAuditEvent) {
              code,
              message,
              stack_trace,
+             fingerprint,
          }| {
             w.opt_string(code.as_deref());
             w.opt_string(message.as_deref());
             w.opt_string(stack_trace.as_deref());
+            w.opt_string(fingerprint.as_deref());
         },
     );
     w.optional(e.client.as_ref(), |w, ClientInfo { ip, user_agent }| {
         w.opt_string(ip.as_deref());
         w.opt_string(user_agent.as_deref());
+    });
+    w.optional(e.ingest.as_ref(), |w, i| {
+        w.long(match i.credential {
+            Credential::ServiceToken => 0,
+            Credential::BrowserToken => 1,
+            Credential::Anonymous => 2,
+        });
+        w.opt_string(i.key_id.as_deref());
+        w.opt_string(i.peer_ip.as_deref());
+        w.block(i.overridden.iter(), |w, (k, v)| {
+            w.string(k);
+            w.string(v);
+        });
     });
 }
 

@@ -30,6 +30,7 @@ fn raw_example() -> RawAuditEvent {
             ip: Some("127.0.0.1".into()),
             user_agent: None,
         }),
+        ingest: None,
     }
 }
 
@@ -338,8 +339,9 @@ prop_compose! {
         entities in vec((text(), text(), option::of(text())), 0..4),
         params in btree_map(text(), text(), 0..6),
         response in option::of(text()),
-        error in option::of((option::of(text()), option::of(text()), option::of(text()))),
+        error in option::of((option::of(text()), option::of(text()), option::of(text()), option::of(text()))),
         client_info in option::of((option::of(text()), option::of(text()))),
+        ingest in option::of((0..3u8, option::of(text()), option::of(text()), btree_map(text(), text(), 0..3))),
     ) -> RawAuditEvent {
         RawAuditEvent {
             event_id: Uuid::from_u128(id),
@@ -349,8 +351,12 @@ prop_compose! {
             service, session_id, user_id, username, tenant, success, message,
             entities: entities.into_iter().map(|(kind, id, name)| EntityRef { kind, id, name }).collect(),
             params, response,
-            error: error.map(|(code, message, stack_trace)| ErrorInfo { code, message, stack_trace }),
+            error: error.map(|(code, message, stack_trace, fingerprint)| ErrorInfo { code, message, stack_trace, fingerprint }),
             client: client_info.map(|(ip, user_agent)| ClientInfo { ip, user_agent }),
+            ingest: ingest.map(|(credential, key_id, peer_ip, overridden)| IngestContext {
+                credential: [Credential::ServiceToken, Credential::BrowserToken, Credential::Anonymous][usize::from(credential)],
+                key_id, peer_ip, overridden,
+            }),
         }
     }
 }
@@ -487,4 +493,39 @@ fn dead_letters_of_v1_still_decode() {
     assert_eq!(dl.cause, "unknown");
     assert_eq!(dl.original_size, None);
     assert!(!dl.original_truncated);
+}
+
+/// Records written before the ingest context and the error fingerprint (raw v1, enriched v2)
+/// decode with both empty.
+#[test]
+fn raw_v1_records_decode_without_ingest_context() {
+    use apache_avro::types::Value as Avro;
+    let versions = RawAuditEvent::schemas();
+    let v1 = &versions.all()[0];
+    let mut example = raw_example();
+    example.error = Some(ErrorInfo {
+        code: Some("E1".into()),
+        ..ErrorInfo::default()
+    });
+    let Avro::Record(mut fields) = apache_avro::to_value(&example).unwrap() else {
+        panic!("a record")
+    };
+    fields.retain(|(name, _)| name != "ingest");
+    for (name, value) in &mut fields {
+        if name == "error" {
+            if let Avro::Union(_, inner) = value {
+                if let Avro::Record(error_fields) = inner.as_mut() {
+                    error_fields.retain(|(n, _)| n != "fingerprint");
+                }
+            }
+        }
+    }
+    let resolved = Avro::Record(fields).resolve(&v1.schema).unwrap();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend(v1.fingerprint.0);
+    bytes.extend(apache_avro::to_avro_datum(&v1.schema, resolved).unwrap());
+    let decoded = RawAuditEvent::decode(&bytes).unwrap();
+    assert_eq!(decoded.ingest, None);
+    assert_eq!(decoded.error.unwrap().code.as_deref(), Some("E1"));
+    assert_eq!(decoded.event_id, example.event_id);
 }
