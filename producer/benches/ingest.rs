@@ -51,12 +51,14 @@ async fn main() -> anyhow::Result<()> {
                 service: "bench".into(),
                 sources: vec![Source::Server],
                 scopes: vec![audit_producer::config::Scope::Events],
+                tenant: None,
             }],
             None,
         ),
         redactor: Redactor::default(),
         limits: Limits::default(),
         scim: None,
+        network: Default::default(),
     });
     let app = router(state, Health::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -5,11 +5,14 @@
 //! line (`application/x-ndjson`, `application/jsonl`). A request is all-or-nothing: any bad event
 //! rejects the whole request, and the answer lists every bad event's index, field path and reason.
 
+use crate::browser::BrowserIdentity;
 use audit_schemas::ingest::{event_from_json, FieldError, IngestDefaults};
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{RawAuditEvent, Source};
+use audit_schemas::{Credential, IngestContext, RawAuditEvent, Source};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// One problem with one event of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,19 +148,46 @@ pub struct Caller {
     pub service: String,
     pub sources: Vec<Source>,
     pub scopes: Vec<crate::config::Scope>,
+    /// The tenant the credential binds; the body cannot name another.
+    pub tenant: Option<String>,
+    /// How the request authenticated; `None` for events that never crossed the API (`send`).
+    pub credential: Option<CallerCredential>,
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerCredential {
+    Service,
+    Anonymous,
+    /// A browser token: user, session and tenant are the token's, whatever the body says.
+    Browser(BrowserIdentity),
 }
 
 impl Caller {
     pub fn may(&self, scope: crate::config::Scope) -> bool {
         self.scopes.contains(&scope)
     }
+
+    /// What a browser token lets its holder do: CLIENT events of `service`, nothing else.
+    pub fn browser(service: &str, identity: BrowserIdentity) -> Self {
+        Self {
+            service: service.to_string(),
+            sources: vec![Source::Client],
+            scopes: vec![crate::config::Scope::Events],
+            tenant: identity.tenant.clone(),
+            credential: Some(CallerCredential::Browser(identity)),
+        }
+    }
 }
 
-/// Validates every value; the caller's service and sources are enforced, not just defaulted.
+/// Validates every value; the caller's service, sources and tenant are enforced, not just
+/// defaulted, and a browser token's user, session and tenant replace the body's (each replaced
+/// claim is kept in `ingest.overridden`). `peer_ip` is the sender's address as the API saw it.
 pub fn validate(
     values: Vec<Value>,
     caller: &Caller,
     redactor: &Redactor,
+    peer_ip: Option<IpAddr>,
 ) -> Result<Vec<RawAuditEvent>, BodyError> {
     let defaults = IngestDefaults {
         now: audit_schemas::Timestamp::now(),
@@ -171,22 +201,27 @@ pub fn validate(
     let mut errors = Vec::new();
     for (index, value) in values.into_iter().enumerate() {
         match event_from_json(value, &defaults, redactor) {
-            Ok(event) => {
+            Ok(mut event) => {
+                let refused = |path: &str, reason: String| EventError {
+                    index,
+                    path: path.into(),
+                    reason,
+                };
                 if event.service != caller.service {
-                    errors.push(EventError {
-                        index,
-                        path: "/service".into(),
-                        reason: format!(
+                    errors.push(refused(
+                        "/service",
+                        format!(
                             "this token may only send events of service {:?}",
                             caller.service
                         ),
-                    });
+                    ));
                 } else if !caller.sources.contains(&event.source) {
-                    errors.push(EventError {
-                        index,
-                        path: "/source".into(),
-                        reason: format!("this token may not send {} events", event.source.as_str()),
-                    });
+                    errors.push(refused(
+                        "/source",
+                        format!("this token may not send {} events", event.source.as_str()),
+                    ));
+                } else if let Err(e) = bind(&mut event, caller, peer_ip) {
+                    errors.push(refused("/tenant", e));
                 } else {
                     events.push(event);
                 }
@@ -209,6 +244,55 @@ pub fn validate(
     }
 }
 
+/// Applies what the credential decides to one event and records the ingest context.
+fn bind(event: &mut RawAuditEvent, caller: &Caller, peer_ip: Option<IpAddr>) -> Result<(), String> {
+    let Some(credential) = &caller.credential else {
+        return Ok(());
+    };
+    let mut overridden = BTreeMap::new();
+    let (kind, key_id) = match credential {
+        CallerCredential::Service => (Credential::ServiceToken, None),
+        CallerCredential::Anonymous => (Credential::Anonymous, None),
+        CallerCredential::Browser(id) => {
+            for (field, slot, value) in [
+                ("user_id", &mut event.user_id, Some(&id.user_id)),
+                ("session_id", &mut event.session_id, Some(&id.session_id)),
+                ("username", &mut event.username, id.login.as_ref()),
+            ] {
+                let claimed = std::mem::replace(slot, value.cloned());
+                if let Some(claimed) = claimed.filter(|c| Some(c) != value) {
+                    overridden.insert(field.to_string(), claimed);
+                }
+            }
+            (Credential::BrowserToken, Some(id.key_id.clone()))
+        }
+    };
+    if let Some(bound) = &caller.tenant {
+        match event.tenant.take() {
+            Some(claimed) if claimed != *bound => {
+                if key_id.is_none() {
+                    return Err(format!("this token is bound to tenant {bound:?}"));
+                }
+                overridden.insert("tenant".to_string(), claimed);
+            }
+            _ => {}
+        }
+        event.tenant = Some(bound.clone());
+    } else if key_id.is_some() {
+        // A browser token without a tenant: the body may not supply one either.
+        if let Some(claimed) = event.tenant.take() {
+            overridden.insert("tenant".to_string(), claimed);
+        }
+    }
+    event.ingest = Some(IngestContext {
+        credential: kind,
+        key_id,
+        peer_ip: peer_ip.map(|ip| ip.to_string()),
+        overridden,
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +305,8 @@ mod tests {
             service: "web".into(),
             sources: vec![Source::Client],
             scopes: vec![crate::config::Scope::Events],
+            tenant: None,
+            credential: Some(CallerCredential::Service),
         }
     }
 
@@ -283,7 +369,7 @@ mod tests {
         )
         .unwrap();
         let BodyError::Invalid(errors) =
-            validate(values, &caller(), &Redactor::default()).unwrap_err()
+            validate(values, &caller(), &Redactor::default(), None).unwrap_err()
         else {
             panic!("expected Invalid")
         };
@@ -297,6 +383,7 @@ mod tests {
             vec![serde_json::json!({"event_type": "log"})],
             &caller(),
             &Redactor::default(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -308,7 +395,7 @@ mod tests {
             serde_json::json!({"event_type": "log", "source": "SERVER"}),
         ];
         let BodyError::Invalid(errors) =
-            validate(values, &caller(), &Redactor::default()).unwrap_err()
+            validate(values, &caller(), &Redactor::default(), None).unwrap_err()
         else {
             panic!()
         };
@@ -316,5 +403,93 @@ mod tests {
             errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
             vec!["/service", "/source"]
         );
+    }
+
+    fn browser() -> Caller {
+        Caller::browser(
+            "web",
+            BrowserIdentity {
+                key_id: "k1".into(),
+                user_id: "alice".into(),
+                session_id: "s-alice".into(),
+                tenant: Some("acme".into()),
+                login: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_browser_token_decides_user_session_and_tenant_and_flags_other_claims() {
+        let peer: IpAddr = "198.51.100.7".parse().unwrap();
+        let values = vec![
+            serde_json::json!({"event_type": "log"}),
+            serde_json::json!({"event_type": "log", "user_id": "mallory", "session_id": "s-m",
+                "tenant": "evil", "username": "root", "client": {"ip": "1.2.3.4"}}),
+            serde_json::json!({"event_type": "log", "user_id": "alice"}),
+        ];
+        let events = validate(values, &browser(), &Redactor::default(), Some(peer)).unwrap();
+        for e in &events {
+            assert_eq!(e.user_id.as_deref(), Some("alice"));
+            assert_eq!(e.session_id.as_deref(), Some("s-alice"));
+            assert_eq!(e.tenant.as_deref(), Some("acme"));
+            assert_eq!(e.username, None);
+            assert_eq!(e.source, Source::Client);
+            let ingest = e.ingest.as_ref().unwrap();
+            assert_eq!(ingest.credential, Credential::BrowserToken);
+            assert_eq!(ingest.key_id.as_deref(), Some("k1"));
+            assert_eq!(ingest.peer_ip.as_deref(), Some("198.51.100.7"));
+        }
+        assert!(events[0].ingest.as_ref().unwrap().overridden.is_empty());
+        let flagged = &events[1].ingest.as_ref().unwrap().overridden;
+        assert_eq!(flagged["user_id"], "mallory");
+        assert_eq!(flagged["session_id"], "s-m");
+        assert_eq!(flagged["tenant"], "evil");
+        assert_eq!(flagged["username"], "root");
+        assert_eq!(
+            events[1].client.as_ref().unwrap().ip.as_deref(),
+            Some("1.2.3.4"),
+            "the self-reported address is kept beside the peer's"
+        );
+        assert!(events[2].ingest.as_ref().unwrap().overridden.is_empty());
+        // A browser token sends CLIENT events only.
+        let e = validate(
+            vec![serde_json::json!({"event_type": "log", "source": "SERVER"})],
+            &browser(),
+            &Redactor::default(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.into_errors()[0].path, "/source");
+    }
+
+    #[test]
+    fn a_service_token_bound_to_a_tenant_refuses_another() {
+        let bound = Caller {
+            tenant: Some("acme".into()),
+            ..caller()
+        };
+        let ok = validate(
+            vec![
+                serde_json::json!({"event_type": "log"}),
+                serde_json::json!({"event_type": "log", "tenant": "acme"}),
+            ],
+            &bound,
+            &Redactor::default(),
+            None,
+        )
+        .unwrap();
+        assert!(ok.iter().all(|e| e.tenant.as_deref() == Some("acme")));
+        assert_eq!(
+            ok[0].ingest.as_ref().unwrap().credential,
+            Credential::ServiceToken
+        );
+        let e = validate(
+            vec![serde_json::json!({"event_type": "log", "tenant": "other"})],
+            &bound,
+            &Redactor::default(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.into_errors()[0].path, "/tenant");
     }
 }

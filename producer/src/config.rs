@@ -19,6 +19,8 @@ pub struct Settings {
     pub tail: TailConfig,
     /// API tokens; each is bound to one service and the sources it may claim.
     pub tokens: Vec<TokenConfig>,
+    /// Browser tokens: what lets a logged-in user's browser post CLIENT events.
+    pub browser: BrowserConfig,
 }
 
 /// The ingest API.
@@ -46,6 +48,10 @@ pub struct HttpConfig {
     pub allow_anonymous: bool,
     /// The service name given to anonymous events that name none.
     pub anonymous_service: String,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed. An event's
+    /// `ingest.peer_ip` is the connection's peer, or, when that is a trusted proxy, the last
+    /// address in `X-Forwarded-For` that is not one. Empty: the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +67,7 @@ impl Default for HttpConfig {
             max_errors_listed: 100,
             allow_anonymous: false,
             anonymous_service: "anonymous".to_string(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -79,6 +86,69 @@ pub struct TokenConfig {
     /// sessions, users and groups). A platform's login service typically holds both.
     #[serde(default = "events_only")]
     pub scopes: Vec<Scope>,
+    /// When set, every event sent with this token is of this tenant: an event naming another
+    /// tenant is refused (422), one naming none gets this one.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// Short-lived tokens the platform's server signs for a logged-in user, so that user's browser
+/// can post CLIENT events without ever holding a service token. See README, "Browser logging".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrowserConfig {
+    /// The service name events sent with a browser token are published under.
+    pub service: String,
+    /// The `aud` claim a token must carry, so a token minted for another API is refused here.
+    pub audience: String,
+    /// Origins (`https://app.example.com`) whose pages may post; CORS answers for these only.
+    /// Empty: no browser may post (no CORS headers at all).
+    pub origins: Vec<String>,
+    /// Longest lifetime (`exp` - `iat`, and `exp` - now) a token may have, in seconds.
+    pub max_token_lifetime_s: u64,
+    /// Clock skew allowed when checking `exp` and `iat`, in seconds.
+    pub leeway_s: u64,
+    /// How long a browser may cache a CORS preflight answer, in seconds.
+    pub preflight_max_age_s: u64,
+    /// Signing keys, chosen by the token's `kid`. Rotate by adding the new key, minting with
+    /// it, and removing the old one after `max_token_lifetime_s`.
+    pub keys: Vec<BrowserKeyConfig>,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        Self {
+            service: "web".to_string(),
+            audience: "audit-ingest".to_string(),
+            origins: Vec::new(),
+            max_token_lifetime_s: 3_600,
+            leeway_s: 30,
+            preflight_max_age_s: 600,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One browser-token signing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserKeyConfig {
+    /// The `kid` header of tokens signed with this key.
+    pub id: String,
+    /// `HS256` (shared secret) or `EdDSA` (Ed25519: the platform holds the private key).
+    pub algorithm: BrowserKeyAlgorithm,
+    /// HS256: the shared secret, at least 32 bytes.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// EdDSA: the public key, PEM (`-----BEGIN PUBLIC KEY-----`).
+    #[serde(default)]
+    pub public_key_pem: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrowserKeyAlgorithm {
+    HS256,
+    EdDSA,
 }
 
 fn server_only() -> Vec<Source> {
@@ -190,11 +260,77 @@ impl Validate for Settings {
                 ));
             }
         }
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.tenant.as_deref().is_some_and(|x| x.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("tokens[{i}].tenant"),
+                    "must not be empty when set",
+                ));
+            }
+        }
+        self.browser.validate()?;
         if self.tail.batch_lines == 0 {
             return Err(ConfigError::invalid("tail.batch_lines", "must be positive"));
         }
         if self.tail.poll_ms == 0 {
             return Err(ConfigError::invalid("tail.poll_ms", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for BrowserConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.service.trim().is_empty() {
+            return Err(ConfigError::invalid("browser.service", "must not be empty"));
+        }
+        if self.audience.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "browser.audience",
+                "must not be empty",
+            ));
+        }
+        if self.max_token_lifetime_s == 0 {
+            return Err(ConfigError::invalid(
+                "browser.max_token_lifetime_s",
+                "must be positive",
+            ));
+        }
+        for (i, origin) in self.origins.iter().enumerate() {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin != "*"
+                && axum::http::HeaderValue::from_str(origin).is_ok();
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("browser.origins[{i}]"),
+                    format!(
+                        "{origin:?} is not an origin: scheme://host[:port], no path, no wildcard"
+                    ),
+                ));
+            }
+        }
+        if !self.origins.is_empty() && self.keys.is_empty() {
+            return Err(ConfigError::invalid(
+                "browser.keys",
+                "browser.origins is set but no key can verify a browser token",
+            ));
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            if key.id.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("browser.keys[{i}].id"),
+                    "must not be empty",
+                ));
+            }
+            if self.keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(ConfigError::invalid(
+                    format!("browser.keys[{i}].id"),
+                    format!("{:?} is used by an earlier key", key.id),
+                ));
+            }
+            crate::browser::decoding_key(key)
+                .map_err(|reason| ConfigError::invalid(format!("browser.keys[{i}]"), reason))?;
         }
         Ok(())
     }

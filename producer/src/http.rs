@@ -15,8 +15,12 @@
 //! - a 422 lists at most `http.max_errors_listed` errors (and says how many there were).
 //!
 //! A client's fault (4xx) never touches `/healthz`.
+//!
+//! Browsers: with `browser.origins` set, CORS answers those origins only (preflights included,
+//! before any token check), and a browser token ([`crate::browser`]) may post CLIENT events.
+//! Every event records the sender's address as the API saw it ([`crate::peer`]).
 
-use crate::auth::Tokens;
+use crate::auth::{Refused, Tokens};
 use crate::body::{self, BodyError, Caller, EventError};
 use crate::config::Scope;
 use crate::publish::{PublishError, Publisher};
@@ -26,7 +30,7 @@ use audit_schemas::redaction::Redactor;
 use audit_schemas::Timestamp;
 use axum::body::Body;
 use axum::extract::Path;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +38,7 @@ use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -49,6 +54,53 @@ pub struct IngestState {
     pub limits: Limits,
     /// The SCIM endpoint at `/scim/v2`, when the directory is followed.
     pub scim: Option<Arc<crate::scim::Scim>>,
+    pub network: Network,
+}
+
+/// Who may reach the API from where.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// Proxies whose `X-Forwarded-For` hops are believed (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins CORS answers (`browser.origins`); empty: no CORS at all.
+    pub cors_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub preflight_max_age: Duration,
+}
+
+impl Network {
+    /// The CORS layer for the configured origins, or `None` when browsers may not post.
+    fn cors(&self) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        if self.cors_origins.is_empty() {
+            return Ok(None);
+        }
+        let origins = self
+            .cors_origins
+            .iter()
+            .map(|o| axum::http::HeaderValue::from_str(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([axum::http::Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .expose_headers([header::RETRY_AFTER])
+                .max_age(self.preflight_max_age),
+        ))
+    }
+
+    /// The sender's address: the connection's peer, through trusted proxies.
+    fn sender(&self, request: &Request) -> Option<IpAddr> {
+        let peer = request.extensions().get::<ConnectInfo<Peer>>()?.0 .0.ip();
+        let forwarded: Vec<&str> = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Some(crate::peer::sender(peer, &forwarded, &self.trusted_proxies))
+    }
 }
 
 /// What one request may take.
@@ -86,11 +138,16 @@ pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router>
     if let Some(scim) = &state.scim {
         routes = routes.nest_service("/scim/v2", crate::scim::router(scim.clone()));
     }
-    let ingest = routes
+    let cors = state.network.cors()?;
+    let mut ingest = routes
         // Runs innermost: only requests with a valid token take a slot.
         .layer(middleware::from_fn_with_state(capacity, within_capacity))
         .layer(middleware::from_fn_with_state(state.clone(), authorized))
         .with_state(state);
+    if let Some(cors) = cors {
+        // Outermost: a preflight carries no token and is answered here.
+        ingest = ingest.layer(cors);
+    }
     Ok(ingest.merge(audit_runtime::ops::router(health)?))
 }
 
@@ -105,16 +162,20 @@ async fn authorized(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match state.tokens.authorize(auth) {
-        Some(caller) => {
+        Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        None => {
+        Err(refused) => {
             metrics::counter!("audit_producer_requests_total", "outcome" => "401").increment(1);
+            if let Refused::Browser(reason) = &refused {
+                metrics::counter!("audit_producer_browser_tokens_refused_total").increment(1);
+                tracing::debug!(%reason, "browser token refused");
+            }
             (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "a valid bearer token is required"})),
+                Json(json!({"error": refused.to_string()})),
             )
                 .into_response()
         }
@@ -182,12 +243,13 @@ async fn post_events(
         return forbidden("events");
     }
     let limits = &state.limits;
+    let sender = state.network.sender(&request);
     let body = match read_body(request.into_body(), limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let events = match body::parse(content_type, &body, limits.max_events)
-        .and_then(|values| body::validate(values, &caller, &state.redactor))
+        .and_then(|values| body::validate(values, &caller, &state.redactor, sender))
     {
         Ok(events) => events,
         Err(e) => return reject(e, limits.max_errors_listed),
@@ -196,6 +258,20 @@ async fn post_events(
         Ok(()) => {
             metrics::counter!("audit_producer_requests_total", "outcome" => "accepted")
                 .increment(1);
+            let overridden = events
+                .iter()
+                .filter(|e| e.ingest.as_ref().is_some_and(|i| !i.overridden.is_empty()))
+                .count();
+            if overridden > 0 {
+                // A browser claiming another user or session: worth an operator's look.
+                metrics::counter!("audit_producer_claims_overridden_total")
+                    .increment(overridden as u64);
+                tracing::info!(
+                    service = %caller.service,
+                    events = overridden,
+                    "events claimed a user, session or tenant their token does not hold; stored with the token's and flagged"
+                );
+            }
             metrics::counter!("audit_producer_events_accepted_total", "service" => caller.service)
                 .increment(events.len() as u64);
             let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
@@ -431,6 +507,18 @@ impl axum::serve::Listener for LimitedListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+/// The address a connection came from, for `into_make_service_with_connect_info::<Peer>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        Peer(*stream.remote_addr())
     }
 }
 

@@ -10,10 +10,12 @@
 
 pub mod auth;
 pub mod body;
+pub mod browser;
 pub mod client;
 pub mod config;
 pub mod gen;
 pub mod http;
+pub mod peer;
 pub mod publish;
 pub mod scim;
 pub mod send;

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use audit_producer::auth::Tokens;
 use audit_producer::body::Caller;
+use audit_producer::browser::BrowserTokens;
 use audit_producer::config::Settings;
 use audit_producer::publish::Publisher;
 use audit_producer::tail::{TailOptions, Tailer};
@@ -143,10 +144,19 @@ async fn run(cli: Cli) -> Result<()> {
                         .http
                         .allow_anonymous
                         .then_some(settings.http.anonymous_service.as_str()),
+                )
+                .with_browser(
+                    BrowserTokens::new(&settings.browser),
+                    &settings.browser.service,
                 ),
                 redactor,
                 limits,
                 scim: Some(scim),
+                network: http::Network {
+                    trusted_proxies: settings.http.trusted_proxies.clone(),
+                    cors_origins: settings.browser.origins.clone(),
+                    preflight_max_age: Duration::from_secs(settings.browser.preflight_max_age_s),
+                },
             });
             let app = http::router(state, health.clone())?;
             let listener = tokio::net::TcpListener::bind(settings.http.listen)
@@ -161,9 +171,12 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!(listen = %settings.http.listen, topic = publisher.raw_topic(), "ingest API ready");
             let stop = shutdown.clone();
             let listener = http::LimitedListener::new(listener, settings.http.max_connections);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.requested().await })
-                .await?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<http::Peer>(),
+            )
+            .with_graceful_shutdown(async move { stop.requested().await })
+            .await?;
             publisher.flush(Duration::from_secs(30));
             tracing::info!("ingest API stopped");
         }
@@ -203,6 +216,8 @@ async fn run(cli: Cli) -> Result<()> {
                 service,
                 sources: vec![Source::Server, Source::Client],
                 scopes: vec![audit_producer::config::Scope::Events],
+                tenant: None,
+                credential: None,
             };
             let ids = send::send(
                 &file,

@@ -36,7 +36,7 @@ pub async fn send(
         Err(_) => "application/x-ndjson",
     };
     let events = match body::parse(Some(content_type), &bytes, usize::MAX)
-        .and_then(|values| body::validate(values, caller, redactor))
+        .and_then(|values| body::validate(values, caller, redactor, None))
     {
         Ok(events) => events,
         Err(body::BodyError::Invalid(errors)) => {

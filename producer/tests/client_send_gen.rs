@@ -97,12 +97,14 @@ async fn logger_over_http() {
                 service: "web".into(),
                 sources: vec![Source::Server],
                 scopes: vec![audit_producer::config::Scope::Events],
+                tenant: None,
             }],
             None,
         ),
         redactor: Redactor::default(),
         limits: Limits::default(),
         scim: None,
+        network: Default::default(),
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -39,6 +39,7 @@ async fn start() -> Api {
         service: "platform".into(),
         sources: vec![Source::Server],
         scopes,
+        tenant: None,
     };
     let scim = audit_producer::scim::spawn(
         &kafka_config(),
@@ -60,6 +61,7 @@ async fn start() -> Api {
         redactor: Redactor::default(),
         limits: Limits::default(),
         scim: Some(scim),
+        network: Default::default(),
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -40,12 +40,14 @@ async fn start() -> Api {
                     service: "web".into(),
                     sources: vec![Source::Client, Source::Server],
                     scopes: vec![audit_producer::config::Scope::Events],
+                    tenant: None,
                 },
                 TokenConfig {
                     token: SERVER_TOKEN.into(),
                     service: "backend".into(),
                     sources: vec![Source::Server],
                     scopes: vec![audit_producer::config::Scope::Events],
+                    tenant: None,
                 },
             ],
             None,
@@ -57,6 +59,7 @@ async fn start() -> Api {
             ..Limits::default()
         },
         scim: None,
+        network: Default::default(),
     });
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
