@@ -320,6 +320,45 @@ mod tests {
         assert!(!BrowserTokens::looks_like_jwt("0123456789abcdef-web"));
     }
 
+    /// What the Rust client mints, the API accepts: same claims, same key ids.
+    #[test]
+    fn tokens_minted_by_the_client_crate_verify() {
+        use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENCE};
+        let tokens = BrowserTokens::new(&config()).unwrap();
+        let user = BrowserUser {
+            user_id: "bob".into(),
+            session_id: "s-bob".into(),
+            tenant: None,
+            login: Some("bob@example.com".into()),
+        };
+        let life = std::time::Duration::from_secs(300);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for key in [
+            SigningKey::Hs256 {
+                kid: "h1".into(),
+                secret: SECRET.as_bytes().to_vec(),
+            },
+            SigningKey::Ed25519 {
+                kid: "e1".into(),
+                private_key_pem: ED_PRIVATE.as_bytes().to_vec(),
+            },
+        ] {
+            let token = mint(&key, &user, DEFAULT_AUDIENCE, life).unwrap();
+            let id = tokens.verify(&token, now).unwrap();
+            assert_eq!(
+                (
+                    id.user_id.as_str(),
+                    id.session_id.as_str(),
+                    id.login.as_deref()
+                ),
+                ("bob", "s-bob", Some("bob@example.com"))
+            );
+        }
+    }
+
     #[test]
     fn keys_are_checked_at_start() {
         let short = BrowserKeyConfig {

@@ -23,7 +23,7 @@
 use crate::auth::{Refused, Tokens};
 use crate::body::{self, BodyError, Caller, EventError};
 use crate::config::Scope;
-use crate::publish::{PublishError, Publisher};
+use audit_runtime::ingest::{PublishError, Publisher};
 use audit_runtime::ops::Health;
 use audit_schemas::ingest::directory::{self as directory_write, DirectoryWrite, Kind};
 use audit_schemas::redaction::Redactor;

@@ -5,18 +5,18 @@
 //! - [`tail`]: the audit-log tailer.
 //! - [`send`]: JSON / NDJSON from a file or stdin.
 //! - [`gen`]: the load generator, with matching directory records.
-//! - [`client`]: the library services link to log audit events.
-//! - [`publish`]: the Kafka I/O all of them share.
+//! - [`browser`] and [`peer`]: browser tokens, and the sender's address through trusted proxies.
+//!
+//! The Kafka I/O all of them share is `audit_runtime::ingest`; the library services link to
+//! log audit events is the `audit-client` crate.
 
 pub mod auth;
 pub mod body;
 pub mod browser;
-pub mod client;
 pub mod config;
 pub mod gen;
 pub mod http;
 pub mod peer;
-pub mod publish;
 pub mod scim;
 pub mod send;
 pub mod tail;

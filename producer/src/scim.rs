@@ -24,7 +24,7 @@ pub mod store;
 use crate::body::Caller;
 use crate::config::Scope;
 use crate::http::{read_body, Limits};
-use crate::publish::{PublishError, Publisher};
+use audit_runtime::ingest::{PublishError, Publisher};
 use audit_schemas::ingest::directory::DirectoryWrite;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{DirectoryEntry, DirectoryKey, DirectoryRecord, Group, Timestamp, User};

@@ -3,9 +3,9 @@
 //! is not invalid, only unpublishable: it becomes a dead letter and the others are published.
 
 use crate::body::{self, Caller};
-use crate::publish::Publisher;
 use anyhow::{bail, Context, Result};
 use audit_runtime::dead_letter::Stage;
+use audit_runtime::ingest::Publisher;
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::AvroRecord;

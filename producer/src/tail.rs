@@ -35,9 +35,9 @@
 
 mod position;
 
-use crate::publish::Publisher;
 use anyhow::{Context, Result};
 use audit_runtime::dead_letter::Stage;
+use audit_runtime::ingest::Publisher;
 use audit_runtime::KafkaConfig;
 use audit_runtime::Shutdown;
 use audit_schemas::audit_log::convert_line;

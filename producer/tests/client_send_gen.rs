@@ -1,10 +1,10 @@
 //! The client library (both transports), `send` and `gen`, against the real broker.
 
+use audit_client::{Logger, Transport};
 use audit_producer::auth::Tokens;
-use audit_producer::client::{Logger, Transport};
 use audit_producer::config::TokenConfig;
 use audit_producer::http::{router, IngestState, Limits};
-use audit_producer::publish::Publisher;
+use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::*;

@@ -5,7 +5,7 @@
 use audit_producer::auth::Tokens;
 use audit_producer::config::{Scope, TokenConfig};
 use audit_producer::http::{router, IngestState, Limits};
-use audit_producer::publish::Publisher;
+use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::redaction::Redactor;
@@ -343,8 +343,8 @@ async fn only_directory_tokens_write_and_bad_writes_are_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_client_library_writes_over_both_transports() {
-    use audit_producer::client::directory::{Directory, DirectoryError};
-    use audit_producer::client::Transport;
+    use audit_client::directory::{Directory, DirectoryError};
+    use audit_client::Transport;
     let api = start().await;
     let over_http = Directory::new(Transport::Http {
         url: api.url.clone(),

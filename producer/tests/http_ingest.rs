@@ -3,7 +3,7 @@
 use audit_producer::auth::Tokens;
 use audit_producer::config::TokenConfig;
 use audit_producer::http::{router, IngestState, Limits};
-use audit_producer::publish::Publisher;
+use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::redaction::Redactor;

@@ -24,6 +24,7 @@ pub mod config;
 pub mod consume;
 pub mod dead_letter;
 pub mod follow;
+pub mod ingest;
 pub mod kafka;
 pub mod labels;
 pub mod ops;

@@ -2,8 +2,8 @@
 //! start and end, an admin service users and groups, over the logger's two transports.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), audit_producer::client::directory::DirectoryError> {
-//! use audit_producer::client::{directory::Directory, Transport};
+//! # async fn demo() -> Result<(), audit_client::directory::DirectoryError> {
+//! use audit_client::{directory::Directory, Transport};
 //! let directory = Directory::new(Transport::Http {
 //!     url: "http://localhost:8080".into(),
 //!     token: "a token with the directory scope".into(),

@@ -1,9 +1,11 @@
-//! Publishing to `audit.raw` (and dead letters to `audit.dlq`): the only Kafka I/O of the
-//! producer. A publish returns only when the broker acknowledged every record (`acks=all`).
+//! Publishing what enters the pipeline: events to `audit.raw`, directory writes to
+//! `audit.directory` and `audit.sessions`, dead letters to `audit.dlq`. The ingest service, the
+//! tailer and the client library (`audit-client`) share it. A publish returns only when the
+//! broker acknowledged every record (`acks=all`).
 
-use audit_runtime::budget::SizeBudget;
-use audit_runtime::ops::Health;
-use audit_runtime::TopicsConfig;
+use crate::budget::SizeBudget;
+use crate::ops::Health;
+use crate::TopicsConfig;
 use audit_schemas::{AvroRecord, DeadLetter, DirectoryTopic, EncodeError, RawAuditEvent};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
@@ -257,11 +259,11 @@ mod tests {
 
     #[tokio::test]
     async fn health_turns_bad_after_failures_in_a_row_and_recovers_on_success() {
-        let kafka = audit_runtime::KafkaConfig {
+        let kafka = crate::KafkaConfig {
             brokers: "127.0.0.1:1".into(),
             ..Default::default()
         };
-        let producer = audit_runtime::kafka::producer(&kafka, "unit").unwrap();
+        let producer = crate::kafka::producer(&kafka, "unit").unwrap();
         let health = Health::default();
         health.set("kafka", true, "producer created");
         let p = Publisher::new(

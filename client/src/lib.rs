@@ -1,8 +1,8 @@
 //! The client library services link to record audit events, modelled on the platform's logger:
 //!
 //! ```no_run
-//! # async fn demo(publisher: audit_producer::publish::Publisher) {
-//! use audit_producer::client::{Logger, Transport};
+//! # async fn demo(publisher: audit_runtime::ingest::Publisher) {
+//! use audit_client::{Logger, Transport};
 //! use serde_json::json;
 //! let logger = Logger::builder(Transport::Kafka(publisher), "my-service")
 //!     .defaults(|r| { r.params.insert("persistent".into(), json!("value")); })
@@ -18,9 +18,10 @@
 //! them in batches, straight to Kafka or through the HTTP API. A full queue is reported to the
 //! caller (`LogError::QueueFull`) rather than dropped silently or grown without bound.
 
+pub mod browser_token;
 pub mod directory;
 
-use crate::publish::Publisher;
+use audit_runtime::ingest::Publisher;
 use audit_schemas::ingest::{event_from_json, IngestDefaults};
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{RawAuditEvent, Source, Timestamp};
