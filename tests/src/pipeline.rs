@@ -218,6 +218,10 @@ pub struct Pipeline {
     pub http: SocketAddr,
     /// `[cloudwatch.streams]` of this run.
     pub streams: Vec<(String, String)>,
+    /// `browser.origins` of the producer: pages there may post with a browser token.
+    pub browser_origins: Vec<String>,
+    /// The HS256 secret of the producer's browser-token key `e2e` (as the platform holds it).
+    pub browser_secret: String,
     run: String,
     dir: PathBuf,
     http_client: reqwest::Client,
@@ -247,6 +251,8 @@ impl Pipeline {
                 // Replaces the built-in "error" mapping (settings maps merge with defaults).
                 ("error".into(), "errors".into()),
             ],
+            browser_origins: Vec::new(),
+            browser_secret: format!("e2e-browser-secret-{run}"),
             run,
             dir,
             http_client: reqwest::Client::new(),
@@ -302,11 +308,17 @@ impl Pipeline {
         match stage {
             Stage::Producer => {
                 let config = self.dir.join("producer.toml");
+                let origins = self
+                    .browser_origins
+                    .iter()
+                    .map(|o| format!("{o:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 std::fs::write(
                     &config,
                     format!(
-                        "[http]\nlisten = \"{}\"\n\n[[tokens]]\ntoken = \"{}\"\nservice = \"e2e\"\nsources = [\"CLIENT\", \"SERVER\"]\nscopes = [\"events\", \"directory\"]\n",
-                        self.http, self.token
+                        "[http]\nlisten = \"{}\"\n\n[[tokens]]\ntoken = \"{}\"\nservice = \"e2e\"\nsources = [\"CLIENT\", \"SERVER\"]\nscopes = [\"events\", \"directory\"]\n\n[browser]\nservice = \"web\"\norigins = [{origins}]\n\n[[browser.keys]]\nid = \"e2e\"\nalgorithm = \"HS256\"\nsecret = \"{}\"\n",
+                        self.http, self.token, self.browser_secret
                     ),
                 )?;
                 cmd.arg("--config").arg(config).arg("serve");
@@ -390,6 +402,27 @@ impl Pipeline {
             send(&p, topic, &key.record_key(), &r.encode()?).await?;
         }
         Ok(())
+    }
+
+    /// A browser token for `user` and `session`, minted as the platform's server would.
+    pub fn browser_token(&self, user: &str, session: &str) -> Result<String> {
+        use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENCE};
+        let key = SigningKey::Hs256 {
+            kid: "e2e".into(),
+            secret: self.browser_secret.clone().into_bytes(),
+        };
+        let user = BrowserUser {
+            user_id: user.into(),
+            session_id: session.into(),
+            tenant: Some("e2e-tenant".into()),
+            login: None,
+        };
+        Ok(mint(
+            &key,
+            &user,
+            DEFAULT_AUDIENCE,
+            Duration::from_secs(600),
+        )?)
     }
 
     /// Publishes a rule to this run's rules topic.
