@@ -11,6 +11,7 @@ import {
   sizeOf,
   type AuditRecord,
   type Defaults,
+  type Entity,
   type EventFields,
   type Json,
 } from './record.js';
@@ -158,18 +159,27 @@ export class Logger {
     this.schedule();
   }
 
-  /** Logs a message. A `log(message, { stackTrace }, 'error')` becomes a structured error. */
-  log(message: string, params?: Record<string, Json>, type = 'log'): string | undefined {
+  /**
+   * Logs a message; returns the event id, or undefined when the call was refused (told to
+   * `onProblem`). A `log(message, { stackTrace }, 'error')` becomes a structured error.
+   */
+  log(
+    message: string,
+    params?: Record<string, Json>,
+    type = 'log',
+    entities?: Entity[],
+  ): string | undefined {
     if (type === 'error' && params && typeof params.stackTrace === 'string') {
       const { stackTrace, ...rest } = params;
       return this.event('error', {
         message,
         params: rest,
+        entities,
         success: false,
         error: errorInfo(new NamedError(message), stackTrace as string),
       });
     }
-    return this.event(type, { message, params });
+    return this.event(type, { message, params, entities });
   }
 
   /** Logs a thrown value as an `error` event with its stack trace and fingerprint. */

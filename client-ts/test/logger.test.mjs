@@ -53,7 +53,7 @@ test('a call becomes a record at once: id, time, type, params, defaults and hook
     () => ({ params: { page }, entities: [{ type: 'page', id: page }] }),
   );
   const before = new Date().toISOString();
-  const id = logger.log('opened', { reportId: 'r1' });
+  const id = logger.log('opened', { reportId: 'r1' }, 'log', [{ type: 'report', id: 'r1' }]);
   page = 'settings';
   logger.event('query-created', { entities: [{ type: 'query', id: 'q1', name: 'Sales' }] });
   await logger.flush();
@@ -65,6 +65,10 @@ test('a call becomes a record at once: id, time, type, params, defaults and hook
   assert.equal(a.success, true);
   assert.deepEqual(a.params, { app: 'studio', page: 'home', reportId: 'r1' });
   assert.equal(a.service, 'web');
+  assert.deepEqual(a.entities, [
+    { type: 'page', id: 'home' },
+    { type: 'report', id: 'r1' },
+  ]);
   assert.deepEqual(b.entities, [
     { type: 'page', id: 'settings' },
     { type: 'query', id: 'q1', name: 'Sales' },
