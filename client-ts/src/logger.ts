@@ -39,6 +39,8 @@ export interface LoggerOptions {
   maxQueueBytes?: number;
   /** Largest request body. Default 512 KiB (the API takes 1 MiB by default). */
   maxBatchBytes?: number;
+  /** Requests in flight at once. Default 4. */
+  maxConcurrentRequests?: number;
   /** First retry delay, doubled per failure up to `retryMaxMs`. Defaults 1 s and 60 s. */
   retryMinMs?: number;
   retryMaxMs?: number;
@@ -92,12 +94,13 @@ export class Logger {
       | 'maxQueueRecords'
       | 'maxQueueBytes'
       | 'maxBatchBytes'
+      | 'maxConcurrentRequests'
       | 'retryMinMs'
       | 'retryMaxMs'
     >
   > &
     LoggerOptions;
-  private readonly queue: Entry[] = [];
+  private queue: Entry[] = [];
   private queuedBytes = 0;
   private readonly inFlight = new Set<string>();
   private readonly store: Promise<Store>;
@@ -127,6 +130,7 @@ export class Logger {
       maxQueueRecords: 10_000,
       maxQueueBytes: 5 * 1024 * 1024,
       maxBatchBytes: 512 * 1024,
+      maxConcurrentRequests: 4,
       retryMinMs: 1_000,
       retryMaxMs: 60_000,
       ...options,
@@ -146,7 +150,7 @@ export class Logger {
         const restored = old
           .filter((r) => !known.has(r.event_id))
           .map((record) => ({ record, size: sizeOf(record) }));
-        this.queue.unshift(...restored);
+        this.queue = restored.concat(this.queue);
         this.queuedBytes += restored.reduce((n, e) => n + e.size, 0);
         this.enforceBounds();
         this.schedule();
@@ -373,14 +377,29 @@ export class Logger {
     try {
       await this.ready;
       for (;;) {
-        const batch = this.nextBatch(this.options.maxBatchBytes);
-        const report = this.dropReport();
-        if (!batch.length && !report) break;
-        const records = batch.map((e) => e.record);
-        if (report) records.unshift(report);
-        const outcome = await this.sendBatch(records, false);
-        retryIn = this.settle(batch, records, outcome, report);
-        if (retryIn !== undefined) break;
+        // Up to maxConcurrentRequests batches at once; the drop report rides with the first.
+        const sends: Promise<number | undefined>[] = [];
+        let report = this.dropReport();
+        while (sends.length < this.options.maxConcurrentRequests) {
+          const batch = this.nextBatch(this.options.maxBatchBytes);
+          if (!batch.length && !report) break;
+          const records = batch.map((e) => e.record);
+          const withReport = report;
+          if (withReport) records.unshift(withReport);
+          report = undefined;
+          records.forEach((r) => this.inFlight.add(r.event_id));
+          sends.push(
+            this.sendBatch(records, false).then((outcome) =>
+              this.settle(batch, records, outcome, withReport),
+            ),
+          );
+        }
+        if (!sends.length) break;
+        const delays = (await Promise.all(sends)).filter((d): d is number => d !== undefined);
+        if (delays.length) {
+          retryIn = Math.max(...delays);
+          break;
+        }
       }
     } finally {
       this.pumping = false;
@@ -471,14 +490,22 @@ export class Logger {
   private remove(entries: Entry[]): void {
     if (!entries.length) return;
     const ids = new Set(entries.map((e) => e.record.event_id));
-    for (let i = this.queue.length - 1; i >= 0; i--) {
-      const entry = this.queue[i];
-      if (ids.has(entry.record.event_id)) {
-        this.queue.splice(i, 1);
-        this.queuedBytes -= entry.size;
-      }
+    // Batches are taken from the front, so usually they are a prefix: one splice.
+    let prefix = 0;
+    while (prefix < this.queue.length && ids.has(this.queue[prefix].record.event_id)) prefix++;
+    let removed = this.queue.splice(0, prefix);
+    if (prefix < ids.size) {
+      const rest: Entry[] = [];
+      const kept = this.queue.filter((e) => {
+        if (!ids.has(e.record.event_id)) return true;
+        rest.push(e);
+        return false;
+      });
+      this.queue = kept;
+      removed = removed.concat(rest);
     }
-    this.unpersist([...ids]);
+    this.queuedBytes -= removed.reduce((n, e) => n + e.size, 0);
+    this.unpersist(removed.map((e) => e.record.event_id));
   }
 
   private backoff(reason: string, afterMs?: number): number {

@@ -121,7 +121,8 @@ test('fingerprints ignore line numbers, hosts and query strings but not the fram
 
 test('records go in batches, and a retry carries the same ids', async () => {
   const { fetch, requests } = scripted([503, 0]);
-  const logger = new Logger(options(fetch, { batchSize: 100 }));
+  // One request at a time, so the retries are the next requests and the order is kept.
+  const logger = new Logger(options(fetch, { batchSize: 100, maxConcurrentRequests: 1 }));
   const ids = [];
   for (let i = 0; i < 250; i++) ids.push(logger.log(`m${i}`));
   await until(() => logger.stats().sent === 250);
@@ -131,6 +132,18 @@ test('records go in batches, and a retry carries the same ids', async () => {
   assert.deepEqual(requests[2].records.map((r) => r.event_id), first, 'network error retried alike');
   const delivered = requests.filter((r) => r.status === 202).flatMap((r) => r.records.map((x) => x.event_id));
   assert.deepEqual(delivered, ids, 'every record once, in order');
+  await logger.close();
+});
+
+test('with requests in parallel every record is sent once', async () => {
+  const { fetch, requests } = scripted([503, 0, 502]);
+  const logger = new Logger(options(fetch, { batchSize: 10, maxConcurrentRequests: 4 }));
+  const ids = [];
+  for (let i = 0; i < 200; i++) ids.push(logger.log(`m${i}`));
+  await until(() => logger.stats().sent === 200);
+  const delivered = requests.filter((r) => r.status === 202).flatMap((r) => r.records.map((x) => x.event_id));
+  assert.deepEqual([...delivered].sort(), [...ids].sort());
+  assert.equal(new Set(delivered).size, 200, 'no record twice');
   await logger.close();
 });
 

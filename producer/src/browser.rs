@@ -120,7 +120,7 @@ impl BrowserTokens {
         (!keys.is_empty()).then(|| Self {
             keys,
             audience: config.audience.clone(),
-            max_lifetime_s: config.max_token_lifetime_s,
+            max_lifetime_s: config.max_ttl_s,
             leeway_s: config.leeway_s,
         })
     }
@@ -169,7 +169,7 @@ impl BrowserTokens {
             || claims.exp.saturating_sub(now) > longest
         {
             return Err(BrowserTokenError::Invalid(format!(
-                "it lives longer than {} s (browser.max_token_lifetime_s)",
+                "it lives longer than {} s (browser.max_ttl_s)",
                 self.max_lifetime_s
             )));
         }

@@ -105,13 +105,13 @@ pub struct BrowserConfig {
     /// Empty: no browser may post (no CORS headers at all).
     pub origins: Vec<String>,
     /// Longest lifetime (`exp` - `iat`, and `exp` - now) a token may have, in seconds.
-    pub max_token_lifetime_s: u64,
+    pub max_ttl_s: u64,
     /// Clock skew allowed when checking `exp` and `iat`, in seconds.
     pub leeway_s: u64,
     /// How long a browser may cache a CORS preflight answer, in seconds.
     pub preflight_max_age_s: u64,
     /// Signing keys, chosen by the token's `kid`. Rotate by adding the new key, minting with
-    /// it, and removing the old one after `max_token_lifetime_s`.
+    /// it, and removing the old one after `max_ttl_s`.
     pub keys: Vec<BrowserKeyConfig>,
 }
 
@@ -121,7 +121,7 @@ impl Default for BrowserConfig {
             service: "web".to_string(),
             audience: "audit-ingest".to_string(),
             origins: Vec::new(),
-            max_token_lifetime_s: 3_600,
+            max_ttl_s: 3_600,
             leeway_s: 30,
             preflight_max_age_s: 600,
             keys: Vec::new(),
@@ -290,9 +290,9 @@ impl Validate for BrowserConfig {
                 "must not be empty",
             ));
         }
-        if self.max_token_lifetime_s == 0 {
+        if self.max_ttl_s == 0 {
             return Err(ConfigError::invalid(
-                "browser.max_token_lifetime_s",
+                "browser.max_ttl_s",
                 "must be positive",
             ));
         }

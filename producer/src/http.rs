@@ -163,6 +163,14 @@ async fn authorized(
         .and_then(|v| v.to_str().ok());
     match state.tokens.authorize(auth) {
         Ok(caller) => {
+            if let Some(origin) = foreign_origin(&state.network, &caller, &request) {
+                // The browser's CORS check already refuses such pages; a request that still
+                // arrives with a browser token and a foreign Origin is not from a real page.
+                return client_error(
+                    StatusCode::FORBIDDEN,
+                    json!({"error": format!("origin {origin:?} is not allowed (browser.origins)")}),
+                );
+            }
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
@@ -180,6 +188,16 @@ async fn authorized(
                 .into_response()
         }
     }
+}
+
+/// The `Origin` of a browser-token request when it is not one of `browser.origins`.
+fn foreign_origin(network: &Network, caller: &Caller, request: &Request) -> Option<String> {
+    if !matches!(caller.credential, Some(body::CallerCredential::Browser(_))) {
+        return None;
+    }
+    let origin = request.headers().get(header::ORIGIN)?;
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    (!network.cors_origins.iter().any(|o| *o == origin)).then(|| origin.chars().take(256).collect())
 }
 
 /// Refuses requests past the in-flight limit instead of queueing them.

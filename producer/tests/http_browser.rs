@@ -135,6 +135,17 @@ async fn browsers_post_with_their_token_from_allowed_origins_only() {
     assert_eq!(ingest.peer_ip.as_deref(), Some("198.51.100.7"));
     assert_eq!(ingest.overridden["user_id"], "mallory");
 
+    // A browser-token request from a foreign page that got past its browser is refused.
+    let forged = http
+        .post(&url)
+        .bearer_auth(&good)
+        .header("origin", "https://evil.example")
+        .json(&serde_json::json!({"event_type": "log"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
     // What a browser token may not do, and tokens that are not valid.
     let directory = http
         .put(url.replace("/v1/events", "/v1/directory/users/u-x"))
