@@ -4,7 +4,6 @@ use audit_client::{Logger, Transport};
 use audit_producer::auth::Tokens;
 use audit_producer::config::TokenConfig;
 use audit_producer::http::{router, IngestState, Limits};
-use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::*;
@@ -26,12 +25,7 @@ fn decode_all(messages: &[rdkafka::message::OwnedMessage]) -> Vec<RawAuditEvent>
 async fn logger_over_kafka_with_defaults_hook_types_and_stack_traces() {
     let topics = unique_topics(1);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(
-        producer().unwrap(),
-        &topics,
-        10_000,
-        audit_runtime::budget::SizeBudget::new(1_000_000),
-    );
+    let publisher = publisher(&topics, 10_000).unwrap();
     let logger = Logger::builder(Transport::Kafka(publisher), "my-service")
         .defaults(|r| {
             r.params.insert("persistent".into(), json!("value"));
@@ -85,12 +79,7 @@ async fn logger_over_http() {
     create_topics(&topics).await.unwrap();
     let token = "client-lib-token-0123456789";
     let state = Arc::new(IngestState {
-        publisher: Publisher::new(
-            producer().unwrap(),
-            &topics,
-            10_000,
-            audit_runtime::budget::SizeBudget::new(1_000_000),
-        ),
+        publisher: publisher(&topics, 10_000).unwrap(),
         tokens: Tokens::new(
             &[TokenConfig {
                 token: token.into(),

@@ -7,7 +7,6 @@ use audit_producer::auth::Tokens;
 use audit_producer::browser::BrowserTokens;
 use audit_producer::config::{BrowserConfig, BrowserKeyAlgorithm, BrowserKeyConfig};
 use audit_producer::http::{router, IngestState, LimitedListener, Limits, Network, Peer};
-use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::*;
@@ -37,12 +36,7 @@ fn token(secret: &str, lifetime: Duration) -> String {
 async fn browsers_post_with_their_token_from_allowed_origins_only() {
     let topics = unique_topics(1);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(
-        producer().unwrap(),
-        &topics,
-        50_000,
-        audit_runtime::budget::SizeBudget::new(1_000_000),
-    );
+    let publisher = publisher(&topics, 50_000).unwrap();
     let browser = BrowserConfig {
         origins: vec![ORIGIN.into()],
         keys: vec![BrowserKeyConfig {

@@ -5,7 +5,6 @@
 use audit_producer::auth::Tokens;
 use audit_producer::config::{Scope, TokenConfig};
 use audit_producer::http::{router, IngestState, Limits};
-use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::redaction::Redactor;
@@ -28,12 +27,7 @@ struct Api {
 async fn start() -> Api {
     let topics = unique_topics(2);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(
-        producer().unwrap(),
-        &topics,
-        50_000,
-        audit_runtime::budget::SizeBudget::new(1_000_000),
-    );
+    let publisher = publisher(&topics, 50_000).unwrap();
     let token = |token: &str, scopes: Vec<Scope>| TokenConfig {
         token: token.into(),
         service: "platform".into(),
@@ -377,12 +371,7 @@ async fn the_client_library_writes_over_both_transports() {
             ("session:s-1".to_string(), true),
         ]
     );
-    let over_kafka = Directory::new(Transport::Kafka(Publisher::new(
-        producer().unwrap(),
-        &api.topics,
-        1_000,
-        audit_runtime::budget::SizeBudget::new(1_000_000),
-    )));
+    let over_kafka = Directory::new(Transport::Kafka(publisher(&api.topics, 1_000).unwrap()));
     over_kafka.session_ended("s-1").await.unwrap();
     assert!(matches!(
         over_kafka.upsert_user("u-2", "", None, &[]).await,

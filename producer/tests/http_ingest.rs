@@ -3,7 +3,6 @@
 use audit_producer::auth::Tokens;
 use audit_producer::config::TokenConfig;
 use audit_producer::http::{router, IngestState, Limits};
-use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
 use audit_runtime::TopicsConfig;
 use audit_schemas::redaction::Redactor;
@@ -25,12 +24,7 @@ struct Api {
 async fn start() -> Api {
     let topics = unique_topics(3);
     create_topics(&topics).await.unwrap();
-    let publisher = Publisher::new(
-        producer().unwrap(),
-        &topics,
-        50_000,
-        audit_runtime::budget::SizeBudget::new(1_000_000),
-    );
+    let publisher = publisher(&topics, 50_000).unwrap();
     let state = Arc::new(IngestState {
         publisher,
         tokens: Tokens::new(

@@ -108,6 +108,20 @@ pub fn producer() -> Result<FutureProducer> {
     )?)
 }
 
+/// The ingest publisher (raw events, directory writes, dead letters) on `topics`, holding at
+/// most `max_in_flight` events, with a 1 MB size budget.
+pub fn publisher(
+    topics: &TopicsConfig,
+    max_in_flight: usize,
+) -> Result<audit_runtime::ingest::Publisher> {
+    Ok(audit_runtime::ingest::Publisher::new(
+        producer()?,
+        topics,
+        max_in_flight,
+        audit_runtime::budget::SizeBudget::new(1_000_000),
+    ))
+}
+
 pub async fn produce(
     producer: &FutureProducer,
     topic: &str,
