@@ -389,7 +389,7 @@ export class Logger {
           report = undefined;
           records.forEach((r) => this.inFlight.add(r.event_id));
           sends.push(
-            this.sendBatch(records, false).then((outcome) =>
+            this.sendBatch(records).then((outcome) =>
               this.settle(batch, records, outcome, withReport),
             ),
           );
@@ -411,20 +411,21 @@ export class Logger {
     }
   }
 
-  private async sendBatch(records: AuditRecord[], keepalive: boolean): Promise<Outcome> {
-    let token: string | undefined;
+  /** Sends records the pump marked in flight, and releases them whatever happens. */
+  private async sendBatch(records: AuditRecord[]): Promise<Outcome> {
     try {
-      token = await this.currentToken();
-    } catch (e) {
-      return { kind: 'retry', reason: `getting a token failed: ${e}` };
-    }
-    records.forEach((r) => this.inFlight.add(r.event_id));
-    try {
-      return await send(this.fetcher, this.options.endpoint, token, records, keepalive);
+      let token: string | undefined;
+      try {
+        token = await this.currentToken();
+      } catch (e) {
+        return { kind: 'retry', reason: `getting a token failed: ${e}` };
+      }
+      return await send(this.fetcher, this.options.endpoint, token, records, false);
     } finally {
       records.forEach((r) => this.inFlight.delete(r.event_id));
     }
   }
+
 
   /** Applies an outcome; returns the delay before trying again, or undefined to go on. */
   private settle(
@@ -456,7 +457,7 @@ export class Logger {
           this.problem({ kind: 'invalid', record: entry.record, reason });
         }
         this.remove(bad);
-        return bad.length || outcome.reasons.size ? undefined : this.backoff('422 without errors');
+        return undefined;
       }
       case 'too-large':
         if (records.length <= 1) {

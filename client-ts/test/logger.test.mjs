@@ -206,6 +206,22 @@ test('a token function is asked again after a 401', async () => {
   await logger.close();
 });
 
+test('a token function that fails once does not strand the batch', async () => {
+  const { fetch, requests } = scripted();
+  let calls = 0;
+  const token = async () => {
+    calls++;
+    if (calls === 1) throw new Error('login service down');
+    return 'tok';
+  };
+  const logger = new Logger(options(fetch, { token }));
+  logger.log('x');
+  await until(() => logger.stats().sent === 1);
+  assert.equal(requests.length, 1);
+  assert.equal(requests[0].init.headers.authorization, 'Bearer tok');
+  await logger.close();
+});
+
 test('a file store keeps records across a restart and the next logger sends them', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'audit-logger-'));
   const path = join(dir, 'queue.jsonl');
