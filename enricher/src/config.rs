@@ -53,7 +53,8 @@ pub struct EnricherConfig {
     pub max_waiting_records: usize,
     /// Most raw records handled (and their offsets committed) together.
     pub batch_max_records: usize,
-    /// Longest a batch waits to fill up, in milliseconds.
+    /// Longest a batch stays open while records keep arriving, in milliseconds; a batch is
+    /// handed over at once when no more records are ready.
     pub batch_max_wait_ms: u64,
     /// Batches published and not yet acknowledged while the next ones are prepared; their
     /// offsets are committed in order, each once it and every earlier batch are acknowledged.

@@ -1,7 +1,10 @@
 //! The consume -> process -> commit loop.
 //!
-//! Records are gathered into a batch (up to `max_records`, or whatever arrived within `max_wait`
-//! of the batch's first record) and handed to a [`BatchHandler`]. Only when the handler returns
+//! Records are gathered into a batch and handed to a [`BatchHandler`]. A batch is handed over as
+//! soon as the consumer has no more records ready (librdkafka's fetch queue is empty), when it
+//! holds `max_records`, or `max_wait` after its first record while records keep arriving: under
+//! load batches stay large (a backlog fills them from the fetch queue), and a quiet topic adds
+//! no wait. Only when the handler returns
 //! `Ok` — meaning everything derived from the batch is durable downstream (published and
 //! acknowledged, inserted, shipped) — are the batch's offsets stored for commit. A handler error
 //! stops the loop without storing, so a restart re-reads the batch: at-least-once, never
@@ -434,6 +437,11 @@ async fn fill_batch<C: ConsumerContext + 'static>(
             received = consumer.recv() => match received {
                 Ok(message) => {
                     batch.push(message.detach());
+                    if take_ready(consumer, batch, options.max_records) == Ready::Drained {
+                        // Nothing more is waiting in the fetch queue: flush now rather than
+                        // wait out max_wait for records that are not coming.
+                        return Ok(());
+                    }
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + options.max_wait);
                 }
                 Err(e) => {
@@ -446,6 +454,32 @@ async fn fill_batch<C: ConsumerContext + 'static>(
         }
     }
     Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ready {
+    /// The fetch queue had no more records.
+    Drained,
+    /// The batch filled up, or an error ended the take.
+    Stopped,
+}
+
+/// Moves the records librdkafka already holds into `batch` without waiting. `recv` is
+/// cancel-safe: a poll that finds nothing takes nothing.
+fn take_ready<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    batch: &mut Vec<OwnedMessage>,
+    max_records: usize,
+) -> Ready {
+    use futures::FutureExt;
+    while batch.len() < max_records {
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => batch.push(message.detach()),
+            Some(Err(_)) => return Ready::Stopped, // the select loop logs and backs off
+            None => return Ready::Drained,
+        }
+    }
+    Ready::Stopped
 }
 
 /// Per partition of a batch, its first and last offsets: where a sink checks whether the batch

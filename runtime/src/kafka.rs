@@ -132,7 +132,11 @@ where
         // librdkafka stops fetching a partition whose prefetch queue is over its limits
         // (queued.max.messages.kbytes, 64 MiB) and looks again only after this backoff, 1 s by
         // default: a stage slower than its fetches stalled for a second at a time.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // What a batch needs, not librdkafka's 64 MiB prefetch and 50 MiB fetches: records
+        // waiting in memory are memory a stage holds for nothing (override in [kafka.properties]).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "8388608");
     for (k, v) in base(kafka, client_id).config_map() {
         cfg.set(k, v);
     }

@@ -40,7 +40,8 @@ pub struct ClickHouseConfig {
     pub group_id: String,
     /// Flush a batch at this many rows...
     pub batch_max_rows: usize,
-    /// ...or this many milliseconds after its first row.
+    /// ...or this many milliseconds after its first row while rows keep arriving; a batch is
+    /// inserted at once when no more rows are ready.
     pub batch_max_wait_ms: u64,
     /// Rows older than this many days (by event time) are removed; unset keeps them forever.
     pub ttl_days: Option<u32>,

@@ -49,7 +49,8 @@ pub struct CloudWatchConfig {
     pub region: Option<String>,
     /// Most records per consumed batch.
     pub batch_max_records: usize,
-    /// Longest a batch waits to fill up, in milliseconds.
+    /// Longest a batch stays open while records keep arriving, in milliseconds; a batch is
+    /// handed over at once when no more records are ready.
     pub batch_max_wait_ms: u64,
     /// Attempts per PutLogEvents call on throttling and server errors before the sink stops
     /// (it restarts from the last committed offset, losing nothing).

@@ -8,6 +8,7 @@
 
 pub mod batcher;
 pub mod config;
+pub mod message;
 pub mod routing;
 pub mod service;
 pub mod sink;

@@ -2,6 +2,7 @@
 //! CloudWatch, with every record that cannot go dead-lettered, and `Ok` only when all is durable.
 
 use crate::batcher::{plan, LogEvent};
+use crate::message::message;
 use crate::routing::Routes;
 use crate::service::CloudWatch;
 use audit_runtime::consume::{partition_spans, BatchHandler};
@@ -19,11 +20,6 @@ pub struct CloudWatchSink {
     pub letters: DeadLetters,
     /// Per partition, the ids shipped lately and where this instance's reading left off.
     pub recent: RecentIds,
-}
-
-/// The log message: the enriched event as compact JSON.
-pub fn message(event: &EnrichedAuditEvent) -> Result<String, serde_json::Error> {
-    serde_json::to_string(event)
 }
 
 /// The time CloudWatch files an event under. The claimed event time when CloudWatch would take

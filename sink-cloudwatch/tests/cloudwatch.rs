@@ -60,7 +60,11 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
             success: true,
             message: Some(format!("{event_type} at {timestamp}")),
             entities: vec![],
-            params: Default::default(),
+            params: [
+                ("rows".to_string(), "3".to_string()),
+                ("filters".to_string(), r#"{"region":"emea"}"#.to_string()),
+            ]
+            .into(),
             response: None,
             error: None,
             client: None,
@@ -159,10 +163,20 @@ async fn globs_default_stream_time_order_across_partitions_and_dead_letters() {
             "{stream} is not in time order"
         );
         for (ts, body) in events {
+            // Read back as a Logs Insights user reads it: RFC 3339 times, params as JSON values,
+            // no null fields.
+            let time = body["event"]["timestamp"].as_str().unwrap();
             assert_eq!(
                 *ts,
-                body["event"]["timestamp"].as_i64().unwrap() / 1000,
+                Timestamp::parse_rfc3339(time).unwrap().as_millis(),
                 "the event time is the CloudWatch timestamp"
+            );
+            assert_eq!(body["event"]["params"]["rows"], 3, "{body}");
+            assert_eq!(body["event"]["params"]["filters"]["region"], "emea");
+            assert!(body["pipeline"]["received_at"].is_string());
+            assert!(
+                body["event"].get("user_id").is_none(),
+                "null fields are left out: {body}"
             );
         }
     }
@@ -399,7 +413,9 @@ async fn implausible_claimed_times_are_filed_at_the_received_time() {
     assert_eq!(logged.len(), 2);
     for (ts, body) in logged {
         assert_eq!(*ts, now.as_millis(), "filed at the received time");
-        let claimed = body["event"]["timestamp"].as_i64().unwrap();
+        let claimed = Timestamp::parse_rfc3339(body["event"]["timestamp"].as_str().unwrap())
+            .unwrap()
+            .as_micros();
         assert!(
             claimed == backdated.event.timestamp.as_micros()
                 || claimed == ahead.event.timestamp.as_micros(),

@@ -1,4 +1,4 @@
-//! The whole pipeline's speed, run by `dev/bench` on the broker's memory storage:
+//! The whole pipeline's speed at saturation, run by `dev/bench` after `steady.rs`:
 //!
 //! 1. streaming: all four services up, BENCH_EVENTS events posted to the ingest API (batches of
 //!    500, 4 requests in flight); end-to-end events/s and p50/p99 latency from each event's time
@@ -8,10 +8,11 @@
 //!    alone drains its backlog, then the ClickHouse sink, then the CloudWatch sink;
 //! 3. each service's peak resident memory, and the ratio of end-to-end rate to raw consume rate.
 
+use audit_tests::bench::{bootstrap, event};
 use audit_tests::pipeline::{Pipeline, Service, Stage};
 use audit_tests::*;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ const SESSIONS: usize = 200;
 async fn main() -> anyhow::Result<()> {
     let total = env_count("BENCH_EVENTS", 100_000);
     let pipeline = Pipeline::create(kafka_config(), PARTITIONS).await?;
-    bootstrap(&pipeline).await?;
+    bootstrap(&pipeline, SESSIONS).await?;
     let mut peak: BTreeMap<&str, u64> = BTreeMap::new();
     let mut services: BTreeMap<&str, Service> = BTreeMap::new();
     for stage in Stage::ALL {
@@ -48,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one()
         .await?;
     let e2e_rate = total as f64 / span_s;
+    println!("events: {total} per phase over {PARTITIONS} partitions, {SESSIONS} sessions");
+    println!("ingest API (batches of 500, 4 in flight):          {post_rate:>9.0} events/s");
+    println!("end to end, event time -> row visible:              {e2e_rate:>9.0} events/s");
+    println!("end-to-end latency:                                 p50 {p50_ms:.0} ms, p99 {p99_ms:.0} ms");
 
     // 2. Backlog: stop every consumer, post again, then drain stage by stage so each stage's
     //    rate is its own (moto, a Python server, would otherwise share the CPU).
@@ -75,11 +80,14 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
+    println!("raw consume rate (plain consumer, discarding):     {raw_rate:>9.0} events/s");
 
     let enricher = pipeline.start(Stage::Enricher).await?;
     let enricher_rate = drain_rate(&enricher, "audit_enricher_events_in_total", total).await?;
+    println!("enricher draining a backlog:                        {enricher_rate:>9.0} events/s");
     let sink = pipeline.start(Stage::ClickHouseSink).await?;
     let sink_rate = drain_rate(&sink, "audit_clickhouse_rows_inserted_total", total).await?;
+    println!("ClickHouse sink draining a backlog:                 {sink_rate:>9.0} rows/s");
     services.insert("audit-enricher", enricher);
     services.insert("audit-sink-clickhouse", sink);
 
@@ -90,19 +98,12 @@ async fn main() -> anyhow::Result<()> {
         2 * total - shipped_before as usize,
     )
     .await?;
+    println!("CloudWatch sink draining a backlog (moto):          {cw_rate:>9.0} events/s");
     services.insert("audit-sink-cloudwatch", cw);
     for s in services.values() {
         record_peak(&mut peak, s);
     }
 
-    println!("events: {total} per phase over {PARTITIONS} partitions, {SESSIONS} sessions");
-    println!("ingest API (batches of 500, 4 in flight):          {post_rate:>9.0} events/s");
-    println!("raw consume rate (plain consumer, discarding):     {raw_rate:>9.0} events/s");
-    println!("enricher draining a backlog:                        {enricher_rate:>9.0} events/s");
-    println!("ClickHouse sink draining a backlog:                 {sink_rate:>9.0} rows/s");
-    println!("end to end, event time -> row visible:              {e2e_rate:>9.0} events/s");
-    println!("end-to-end latency:                                 p50 {p50_ms:.0} ms, p99 {p99_ms:.0} ms");
-    println!("CloudWatch sink draining a backlog (moto):          {cw_rate:>9.0} events/s");
     println!(
         "ratio end-to-end / raw consume:                     {:>9.2}",
         e2e_rate / raw_rate
@@ -123,55 +124,6 @@ fn record_peak(peak: &mut BTreeMap<&'static str, u64>, s: &Service) {
     }
 }
 
-async fn bootstrap(pipeline: &Pipeline) -> anyhow::Result<()> {
-    use audit_schemas::*;
-    let mut entries = vec![DirectoryEntry::Group(Group {
-        id: "g-all".into(),
-        name: "everyone".into(),
-        parent_ids: vec![],
-        scim: None,
-    })];
-    for n in 0..SESSIONS {
-        entries.push(DirectoryEntry::User(User {
-            id: format!("u-{n}"),
-            login: format!("user{n}"),
-            name: None,
-            group_ids: vec!["g-all".into()],
-            scim: None,
-        }));
-        entries.push(DirectoryEntry::Session(Session {
-            id: format!("s-{n}"),
-            user_id: format!("u-{n}"),
-            started_at: Timestamp::now(),
-            ip: None,
-            user_agent: None,
-            last_activity_at: None,
-            ended_at: None,
-        }));
-    }
-    pipeline.put_directory(entries).await
-}
-
-fn event(n: usize) -> Value {
-    let types = [
-        "query-created",
-        "query-start",
-        "log",
-        "job-start",
-        "connection-edited",
-    ];
-    json!({
-        "event_id": uuid::Uuid::new_v4().to_string(),
-        "timestamp": audit_schemas::Timestamp::now().to_rfc3339(),
-        "event_type": types[n % types.len()],
-        "source": "SERVER",
-        "session_id": format!("s-{}", n % SESSIONS),
-        "message": format!("bench event {n}"),
-        "entities": [{"type": "query", "id": format!("q-{}", n % 1000)}],
-        "params": {"n": n, "rows": 1234}
-    })
-}
-
 /// Posts events `first..first + count` in batches of 500, four requests in flight; event
 /// times are taken when each batch is built, so latency includes the ingest request.
 async fn post_all(pipeline: &Pipeline, first: usize, count: usize) -> anyhow::Result<()> {
@@ -181,7 +133,9 @@ async fn post_all(pipeline: &Pipeline, first: usize, count: usize) -> anyhow::Re
         .collect();
     let results: Vec<anyhow::Result<usize>> = futures::stream::iter(batches)
         .map(|(s, e)| async move {
-            let bodies: Vec<Value> = (s..e).map(event).collect();
+            let bodies: Vec<Value> = (s..e)
+                .map(|n| event(n, SESSIONS, format!("bench event {n}")))
+                .collect();
             pipeline
                 .post_until_accepted(&bodies, Duration::from_secs(60))
                 .await

@@ -79,3 +79,48 @@ pub async fn wait_for_events(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// For every event of `group` whose message contains `marker`: CloudWatch's ingestion time
+/// minus the event's timestamp, in milliseconds.
+pub async fn ingestion_delays_ms(
+    client: &Client,
+    group: &str,
+    marker: &str,
+) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    let Ok(streams) = client
+        .describe_log_streams()
+        .log_group_name(group)
+        .send()
+        .await
+    else {
+        return Ok(out);
+    };
+    for s in streams.log_streams() {
+        let name = s.log_stream_name().unwrap_or_default();
+        let mut token: Option<String> = None;
+        loop {
+            let page = client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(name)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await?;
+            for e in page.events() {
+                if e.message().is_some_and(|m| m.contains(marker)) {
+                    if let (Some(t), Some(ingested)) = (e.timestamp(), e.ingestion_time()) {
+                        out.push((ingested - t) as f64);
+                    }
+                }
+            }
+            let next = page.next_forward_token().map(String::from);
+            if page.events().is_empty() || next == token {
+                break;
+            }
+            token = next;
+        }
+    }
+    Ok(out)
+}

@@ -4,6 +4,7 @@
 //!
 //! Tests fail (never skip) when the stack is down: a green run must mean the real parts worked.
 
+pub mod bench;
 pub mod cloudwatch;
 pub mod pipeline;
 

@@ -59,6 +59,20 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux everywhere in practice).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (released before returning; good enough for tests).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -97,6 +111,17 @@ impl Service {
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// CPU time (user + system) the process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Fields after the command name (which may hold spaces) start at state, field 3.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / clock_ticks_per_second())
     }
 
     /// The Prometheus text of `/metrics`.
@@ -222,6 +247,8 @@ pub struct Pipeline {
     pub browser_origins: Vec<String>,
     /// The HS256 secret of the producer's browser-token key `e2e` (as the platform holds it).
     pub browser_secret: String,
+    /// Settings (`AUDIT__...` variables) every service of this run gets last, over the harness's.
+    pub extra_env: Vec<(String, String)>,
     run: String,
     dir: PathBuf,
     http_client: reqwest::Client,
@@ -252,6 +279,7 @@ impl Pipeline {
                 ("error".into(), "errors".into()),
             ],
             browser_origins: Vec::new(),
+            extra_env: Vec::new(),
             browser_secret: format!("e2e-browser-secret-{run}"),
             run,
             dir,
@@ -369,6 +397,7 @@ impl Pipeline {
                     .env("AWS_SECRET_ACCESS_KEY", "test");
             }
         }
+        cmd.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", stage.binary()))?;
