@@ -163,6 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
     let options = BatchOptions {
         max_records: settings.enricher.batch_max_records,
         max_wait: Duration::from_millis(settings.enricher.batch_max_wait_ms),
+        min_interval: Duration::ZERO,
     };
     health.set("kafka", true, "consuming");
     let result = consume::run_pipelined(

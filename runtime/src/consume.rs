@@ -40,6 +40,9 @@ use tokio::task::JoinHandle;
 pub struct BatchOptions {
     pub max_records: usize,
     pub max_wait: Duration,
+    /// Batches are at least this far apart while records keep coming (a batch after a quiet
+    /// spell goes at once): for a destination that pays per write, like ClickHouse's parts.
+    pub min_interval: Duration,
 }
 
 impl Default for BatchOptions {
@@ -47,6 +50,7 @@ impl Default for BatchOptions {
         Self {
             max_records: 1_000,
             max_wait: Duration::from_millis(100),
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -127,6 +131,7 @@ where
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
     let mut none_in_flight = VecDeque::new();
+    let mut last_batch: Option<tokio::time::Instant> = None;
     let result = async {
         while !shutdown.is_triggered() {
             fill_batch(
@@ -136,13 +141,17 @@ where
                 shutdown,
                 &mut none_in_flight,
                 &mut stats,
-                None,
+                Pace {
+                    wake: None,
+                    not_before: last_batch.map(|t| t + options.min_interval),
+                },
             )
             .await?;
             retain_assigned(consumer, &mut batch);
             if batch.is_empty() {
                 continue;
             }
+            last_batch = Some(tokio::time::Instant::now());
             handler
                 .handle(&batch)
                 .await
@@ -177,6 +186,7 @@ where
     let mut stats = RunStats::default();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(options.max_records);
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(max_in_flight);
+    let mut last_batch: Option<tokio::time::Instant> = None;
     let result = async {
         while !shutdown.is_triggered() {
             while in_flight.len() >= max_in_flight {
@@ -190,7 +200,10 @@ where
                 shutdown,
                 &mut in_flight,
                 &mut stats,
-                wake,
+                Pace {
+                    wake,
+                    not_before: last_batch.map(|t| t + options.min_interval),
+                },
             )
             .await?;
             retain_assigned(consumer, &mut batch);
@@ -199,6 +212,7 @@ where
             if batch.is_empty() && !woken {
                 continue;
             }
+            last_batch = Some(tokio::time::Instant::now());
             let delivery = handler
                 .submit(&batch)
                 .await
@@ -401,6 +415,15 @@ fn committed<C: ConsumerContext + 'static>(
     metrics::counter!("audit_consumer_records_committed_total").increment(records as u64);
 }
 
+/// When a batch being gathered must be handed over, or may not be yet.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Hand over whatever is gathered at this time (the handler's own timer).
+    wake: Option<tokio::time::Instant>,
+    /// Do not hand a batch over for lack of records before this time.
+    not_before: Option<tokio::time::Instant>,
+}
+
 /// Gathers the next batch; batches in flight that finish meanwhile are committed on the way,
 /// so an idle topic does not hold their commits back.
 async fn fill_batch<C: ConsumerContext + 'static>(
@@ -410,8 +433,9 @@ async fn fill_batch<C: ConsumerContext + 'static>(
     shutdown: &Shutdown,
     in_flight: &mut VecDeque<InFlight>,
     stats: &mut RunStats,
-    wake: Option<tokio::time::Instant>,
+    pace: Pace,
 ) -> Result<(), ConsumeError> {
+    let Pace { wake, not_before } = pace;
     let mut deadline: Option<tokio::time::Instant> = None;
     while batch.len() < options.max_records {
         let wait = async {
@@ -437,12 +461,17 @@ async fn fill_batch<C: ConsumerContext + 'static>(
             received = consumer.recv() => match received {
                 Ok(message) => {
                     batch.push(message.detach());
+                    let now = tokio::time::Instant::now();
+                    let open_until = *deadline.get_or_insert(now + options.max_wait);
                     if take_ready(consumer, batch, options.max_records) == Ready::Drained {
                         // Nothing more is waiting in the fetch queue: flush now rather than
-                        // wait out max_wait for records that are not coming.
-                        return Ok(());
+                        // wait out max_wait for records that are not coming, unless the last
+                        // batch went less than min_interval ago.
+                        match not_before {
+                            Some(t) if now < t => deadline = Some(open_until.min(t)),
+                            _ => return Ok(()),
+                        }
                     }
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + options.max_wait);
                 }
                 Err(e) => {
                     // librdkafka reconnects by itself; the error is worth a log line, not a stop.

@@ -8,13 +8,22 @@
 //! handled (start, restart, a rebalance), the sink reloads that partition's window from what its
 //! destination holds, so records another instance wrote count too. Pure logic; loading is the
 //! sink's.
+//!
+//! Memory is bounded by bytes as well as by ids: with a budget, each partition's window holds at
+//! most `budget / (BYTES_PER_ID × partitions held)` ids, so a sink owning many partitions does not
+//! hold many times the memory of one owning a few.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
 
+/// What one remembered id costs: 16 bytes in the order queue, 16 and the hash table's overhead
+/// in the set.
+pub const BYTES_PER_ID: usize = 40;
+
 /// The recent event ids of every partition this instance handles.
 pub struct RecentIds {
     window: usize,
+    budget_bytes: Option<usize>,
     partitions: HashMap<i32, Window>,
 }
 
@@ -42,13 +51,38 @@ impl RecentIds {
     pub fn new(window: usize) -> Self {
         Self {
             window,
+            budget_bytes: None,
             partitions: HashMap::new(),
         }
     }
 
-    /// How many rows before `first_offset` a reload reads.
+    /// Caps the memory of all windows together at about `bytes`.
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget_bytes = Some(bytes);
+        self
+    }
+
+    /// How many ids a partition's window holds now (and how many rows before `first_offset`
+    /// a reload reads): the configured window, or less when the byte budget is shared by many
+    /// partitions.
     pub fn window(&self) -> usize {
-        self.window
+        match self.budget_bytes {
+            Some(bytes) => {
+                let per_partition = bytes / (BYTES_PER_ID * self.partitions.len().max(1));
+                self.window.min(per_partition.max(1))
+            }
+            None => self.window,
+        }
+    }
+
+    /// Ids held over all partitions.
+    pub fn ids_held(&self) -> usize {
+        self.partitions.values().map(|w| w.order.len()).sum()
+    }
+
+    /// About how many bytes the windows take.
+    pub fn bytes_held(&self) -> usize {
+        self.ids_held() * BYTES_PER_ID
     }
 
     /// Whether a batch of `partition` starting at `first_offset` follows on from the window
@@ -61,15 +95,22 @@ impl RecentIds {
 
     /// Replaces a partition's window with the ids stored before `first_offset`, oldest first.
     pub fn load(&mut self, partition: i32, first_offset: i64, ids: impl IntoIterator<Item = Uuid>) {
-        let mut w = Window {
-            next_offset: first_offset,
-            order: VecDeque::new(),
-            ids: HashSet::new(),
-        };
-        for id in ids {
-            w.remember(id, self.window);
+        // Taken out first, so the window is sized with this partition counted once.
+        self.partitions.remove(&partition);
+        self.partitions.insert(
+            partition,
+            Window {
+                next_offset: first_offset,
+                order: VecDeque::new(),
+                ids: HashSet::new(),
+            },
+        );
+        let window = self.window();
+        if let Some(w) = self.partitions.get_mut(&partition) {
+            for id in ids {
+                w.remember(id, window);
+            }
         }
-        self.partitions.insert(partition, w);
     }
 
     /// Drops records whose event id is in their partition's window or earlier in `records`
@@ -81,7 +122,7 @@ impl RecentIds {
         key: impl Fn(&T) -> (i32, Uuid),
     ) -> usize {
         let before = records.len();
-        let window = self.window;
+        let window = self.window();
         records.retain(|r| {
             let (partition, id) = key(r);
             match self.partitions.get_mut(&partition) {
@@ -170,6 +211,21 @@ mod tests {
         assert!(recent.follows_on(0, 5));
         assert!(!recent.follows_on(0, 9), "another instance handled 5..9");
         assert!(!recent.follows_on(1, 5));
+    }
+
+    #[test]
+    fn a_byte_budget_is_shared_by_the_partitions_held() {
+        let mut recent = RecentIds::new(1_000).with_budget(10 * BYTES_PER_ID);
+        recent.load(0, 100, (0..100).map(Uuid::from_u128));
+        assert_eq!(recent.ids_held(), 10, "one partition: the whole budget");
+        recent.load(1, 0, []);
+        assert_eq!(recent.window(), 5);
+        let mut rows: Vec<Rec> = (0..8)
+            .map(|n| event_row(0, 100 + n, 500 + n as u128))
+            .collect();
+        recent.drop_replays(&mut rows, key);
+        assert!(recent.ids_held() <= 10, "{}", recent.ids_held());
+        assert_eq!(recent.bytes_held(), recent.ids_held() * BYTES_PER_ID);
     }
 
     #[test]

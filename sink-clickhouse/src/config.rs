@@ -43,6 +43,10 @@ pub struct ClickHouseConfig {
     /// ...or this many milliseconds after its first row while rows keep arriving; a batch is
     /// inserted at once when no more rows are ready.
     pub batch_max_wait_ms: u64,
+    /// While rows keep coming, inserts are at least this many milliseconds apart, so a steady
+    /// trickle does not make more parts than ClickHouse merges; an insert after a quiet spell
+    /// goes at once.
+    pub min_insert_interval_ms: u64,
     /// Rows older than this many days (by event time) are removed; unset keeps them forever.
     pub ttl_days: Option<u32>,
     /// Longest pause between retries while ClickHouse is unreachable, in milliseconds.
@@ -52,6 +56,9 @@ pub struct ClickHouseConfig {
     /// cover what reaches one partition between an enricher's crash and its partitions' takeover
     /// (its session timeout plus its batches in flight); ~40 bytes each.
     pub replay_window: usize,
+    /// All partitions' windows together take at most about this many bytes: with many
+    /// partitions each window holds fewer ids than `replay_window`.
+    pub replay_window_bytes: usize,
 }
 
 impl Default for ClickHouseConfig {
@@ -62,11 +69,13 @@ impl Default for ClickHouseConfig {
             user: None,
             password: None,
             group_id: "audit-sink-clickhouse".to_string(),
-            batch_max_rows: 50_000,
+            batch_max_rows: 10_000,
             batch_max_wait_ms: 1_000,
+            min_insert_interval_ms: 200,
             ttl_days: None,
             max_backoff_ms: 10_000,
             replay_window: 200_000,
+            replay_window_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> Result<()> {
             Stage::SinkClickHouse,
             SizeBudget::from(&settings.kafka),
         ),
-        recent: RecentIds::new(ch.replay_window),
+        recent: RecentIds::new(ch.replay_window).with_budget(ch.replay_window_bytes),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,
@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> Result<()> {
     let options = BatchOptions {
         max_records: ch.batch_max_rows,
         max_wait: Duration::from_millis(ch.batch_max_wait_ms),
+        min_interval: Duration::from_millis(ch.min_insert_interval_ms),
     };
     let result = consume::run(
         &consumer,

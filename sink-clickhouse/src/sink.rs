@@ -57,6 +57,8 @@ impl ClickHouseSink {
         for (&partition, &(_, last)) in &spans {
             self.recent.handled(partition, last);
         }
+        metrics::gauge!("audit_replay_window_ids").set(self.recent.ids_held() as f64);
+        metrics::gauge!("audit_replay_window_bytes").set(self.recent.bytes_held() as f64);
         Ok(rows)
     }
 }

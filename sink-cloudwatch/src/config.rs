@@ -58,6 +58,9 @@ pub struct CloudWatchConfig {
     /// Per partition, how many recent event ids are remembered to recognise events an enricher
     /// published again (same id, new offset, soon after the originals); ~40 bytes each.
     pub replay_window: usize,
+    /// All partitions' windows together take at most about this many bytes: with many
+    /// partitions each window holds fewer ids than `replay_window`.
+    pub replay_window_bytes: usize,
 }
 
 impl Default for CloudWatchConfig {
@@ -77,6 +80,7 @@ impl Default for CloudWatchConfig {
             batch_max_wait_ms: 1_000,
             max_attempts: 30,
             replay_window: 100_000,
+            replay_window_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -104,7 +104,8 @@ async fn run(cli: Cli) -> Result<()> {
             audit_runtime::dead_letter::Stage::SinkCloudWatch,
             audit_runtime::budget::SizeBudget::from(&settings.kafka),
         ),
-        recent: RecentIds::new(settings.cloudwatch.replay_window),
+        recent: RecentIds::new(settings.cloudwatch.replay_window)
+            .with_budget(settings.cloudwatch.replay_window_bytes),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,
@@ -115,6 +116,7 @@ async fn run(cli: Cli) -> Result<()> {
     let options = BatchOptions {
         max_records: cw.batch_max_records,
         max_wait: Duration::from_millis(cw.batch_max_wait_ms),
+        min_interval: Duration::ZERO,
     };
     let result = consume::run(
         &consumer,

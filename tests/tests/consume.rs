@@ -93,6 +93,7 @@ fn committed(group: &str, topic: &str) -> Option<i64> {
 const OPTIONS: BatchOptions = BatchOptions {
     max_records: 10,
     max_wait: Duration::from_millis(50),
+    min_interval: Duration::ZERO,
 };
 
 #[tokio::test(flavor = "multi_thread")]
