@@ -31,7 +31,10 @@ export interface LoggerOptions {
   defaults?: Defaults;
   /** Most records in one request. Default 100. */
   batchSize?: number;
-  /** How long to wait for more records before sending a part batch, in ms. Default 50. */
+  /**
+   * How long to wait for more records before sending a part batch, in ms. Default 0: the
+   * records of one synchronous burst go together, and a lone record waits for nothing.
+   */
   lingerMs?: number;
   /** Most records waiting; past it the oldest are dropped and counted. Default 10 000. */
   maxQueueRecords?: number;
@@ -126,7 +129,7 @@ export class Logger {
     }
     this.options = {
       batchSize: 100,
-      lingerMs: 50,
+      lingerMs: 0,
       maxQueueRecords: 10_000,
       maxQueueBytes: 5 * 1024 * 1024,
       maxBatchBytes: 512 * 1024,

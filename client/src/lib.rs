@@ -76,7 +76,6 @@ pub struct LoggerBuilder {
     hook: Option<Hook>,
     queue: usize,
     batch: usize,
-    linger: Duration,
 }
 
 impl LoggerBuilder {
@@ -96,9 +95,10 @@ impl LoggerBuilder {
         self
     }
 
-    pub fn batch(mut self, records: usize, linger: Duration) -> Self {
+    /// Most records per send. A batch goes as soon as no more records are queued, so a burst
+    /// is sent in large batches and a lone record waits for nothing.
+    pub fn batch(mut self, records: usize) -> Self {
         self.batch = records.max(1);
-        self.linger = linger;
         self
     }
 
@@ -110,7 +110,6 @@ impl LoggerBuilder {
             service: self.service,
             source: self.source,
             batch: self.batch,
-            linger: self.linger,
             http: reqwest::Client::new(),
             redactor: Redactor::default(),
         };
@@ -138,7 +137,6 @@ impl Logger {
             hook: None,
             queue: 10_000,
             batch: 100,
-            linger: Duration::from_millis(50),
         }
     }
 
@@ -234,7 +232,6 @@ struct Sender {
     service: String,
     source: Source,
     batch: usize,
-    linger: Duration,
     http: reqwest::Client,
     redactor: Redactor,
 }
@@ -243,27 +240,26 @@ impl Sender {
     async fn run(self, mut rx: mpsc::Receiver<Command>) {
         let mut pending: Vec<LogRecord> = Vec::new();
         loop {
-            let command = if pending.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(self.linger, rx.recv()).await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        self.send_logged(&mut pending).await;
-                        continue;
-                    }
-                }
-            };
-            match command {
+            match rx.recv().await {
                 None => {
                     self.send_logged(&mut pending).await;
                     return;
                 }
                 Some(Command::Record(r)) => {
                     pending.push(r);
-                    if pending.len() >= self.batch {
-                        self.send_logged(&mut pending).await;
+                    // Take what is queued already, then send as soon as nothing more is ready:
+                    // bursts go in large batches and a lone record waits for nothing.
+                    while pending.len() < self.batch {
+                        match rx.try_recv() {
+                            Ok(Command::Record(r)) => pending.push(r),
+                            Ok(Command::Flush(done)) => {
+                                let result = self.send(&mut pending).await;
+                                let _ = done.send(result);
+                            }
+                            Err(_) => break,
+                        }
                     }
+                    self.send_logged(&mut pending).await;
                 }
                 Some(Command::Flush(done)) => {
                     let result = self.send(&mut pending).await;

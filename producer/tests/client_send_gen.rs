@@ -107,7 +107,7 @@ async fn logger_over_http() {
         },
         "web",
     )
-    .batch(10, Duration::from_millis(20))
+    .batch(10)
     .build();
     for i in 0..25 {
         logger.log(&format!("m{i}"), json!({"i": i})).unwrap();
