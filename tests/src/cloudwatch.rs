@@ -124,3 +124,27 @@ pub async fn ingestion_delays_ms(
     }
     Ok(out)
 }
+
+/// [`read_group`] until it holds at least `distinct` different event ids (`event.event_id`) or
+/// `timeout` passes. Counting distinct ids, not events: after a crash the sinks may ship an
+/// event twice, and a count of events would be reached while others are still on their way.
+pub async fn wait_for_distinct_events(
+    client: &Client,
+    group: &str,
+    distinct: usize,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, Vec<(i64, serde_json::Value)>>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got = read_group(client, group).await?;
+        let ids: std::collections::HashSet<&str> = got
+            .values()
+            .flatten()
+            .filter_map(|(_, e)| e["event"]["event_id"].as_str())
+            .collect();
+        if ids.len() >= distinct || tokio::time::Instant::now() > deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

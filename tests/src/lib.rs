@@ -8,7 +8,7 @@ pub mod bench;
 pub mod cloudwatch;
 pub mod pipeline;
 
-pub use cloudwatch::{logs_client, read_group, wait_for_events};
+pub use cloudwatch::{logs_client, read_group, wait_for_distinct_events, wait_for_events};
 pub use pipeline::{
     free_port, metric_sum, metrics_text, wait_metric, Pipeline, PrivateBroker, Service, Stage,
 };

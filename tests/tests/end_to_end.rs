@@ -172,7 +172,7 @@ async fn assert_clickhouse_exact(pipeline: &Pipeline, want: &Expected) {
 /// CloudWatch: every expected event in its stream; returns the number of duplicates.
 async fn assert_cloudwatch_complete(pipeline: &Pipeline, want: &Expected) -> usize {
     let client = logs_client(&cloudwatch_url()).await;
-    let got = wait_for_events(
+    let got = wait_for_distinct_events(
         &client,
         &pipeline.log_group,
         want.rows as usize,
