@@ -214,8 +214,33 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// What a client's librdkafka queues hold, as gauges labelled with the client's `role`: records
+/// fetched and not yet consumed (the prefetch, bounded by `queued.max.messages.kbytes`) and
+/// records produced and not yet acknowledged. Memory an operator would otherwise only see as RSS.
+pub fn report_queues(role: &str, statistics: &rdkafka::Statistics) {
+    let (mut fetched, mut fetched_bytes) = (0u64, 0u64);
+    for t in statistics.topics.values() {
+        for (partition, p) in &t.partitions {
+            if *partition >= 0 {
+                fetched += p.fetchq_cnt.max(0) as u64;
+                fetched_bytes += p.fetchq_size;
+            }
+        }
+    }
+    let role = role.to_string();
+    metrics::gauge!("audit_kafka_fetch_queue_records", "client" => role.clone())
+        .set(fetched as f64);
+    metrics::gauge!("audit_kafka_fetch_queue_bytes", "client" => role.clone())
+        .set(fetched_bytes as f64);
+    metrics::gauge!("audit_kafka_produce_queue_records", "client" => role.clone())
+        .set(statistics.msg_cnt as f64);
+    metrics::gauge!("audit_kafka_produce_queue_bytes", "client" => role)
+        .set(statistics.msg_size as f64);
+}
+
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        report_queues("consumer", &statistics);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if p.consumer_lag >= 0 && *partition >= 0 {

@@ -1,6 +1,10 @@
 //! The operations endpoint every service serves: `/metrics` in Prometheus text format and
 //! `/healthz`, which answers 200 only while every registered check is healthy (503 with the
 //! failing checks otherwise), so an orchestrator restarts or stops routing to a stuck instance.
+//!
+//! Every scrape also samples the process itself (`process_resident_memory_bytes`,
+//! `process_cpu_seconds_total`, open files, threads), beside the gauges of what each structure
+//! holds (replay windows, directory, librdkafka's queues): memory is read where it is spent.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -80,13 +84,17 @@ impl Health {
 #[derive(Clone)]
 struct OpsState {
     metrics: PrometheusHandle,
+    process: Arc<metrics_process::Collector>,
     health: Health,
 }
 
 /// The ops routes, for services that merge them into their own router (the ingest API).
 pub fn router(health: Health) -> anyhow::Result<Router> {
+    let process = metrics_process::Collector::default();
+    process.describe();
     let state = OpsState {
         metrics: metrics_handle()?,
+        process: Arc::new(process),
         health,
     };
     Ok(Router::new()
@@ -96,6 +104,7 @@ pub fn router(health: Health) -> anyhow::Result<Router> {
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    state.process.collect();
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

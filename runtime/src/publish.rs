@@ -90,12 +90,15 @@ impl BatchProducer {
     /// A producer with the same settings as [`crate::kafka::producer`] (`acks=all`, idempotent
     /// unless `kafka.idempotence = false`).
     pub fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self, KafkaSetupError> {
-        let producer = producer_config(kafka, client_id)
-            .create_with_context(AckContext)
-            .map_err(|source| KafkaSetupError::Client {
-                role: "producer",
-                source,
-            })?;
+        let mut cfg = producer_config(kafka, client_id);
+        // For the queue gauges (crate::kafka::report_queues).
+        cfg.set("statistics.interval.ms", "5000");
+        let producer =
+            cfg.create_with_context(AckContext)
+                .map_err(|source| KafkaSetupError::Client {
+                    role: "producer",
+                    source,
+                })?;
         Ok(Self {
             inner: Arc::new(producer),
         })
@@ -202,7 +205,11 @@ impl Acks {
 /// Routes librdkafka's delivery reports to each record's batch.
 pub struct AckContext;
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::kafka::report_queues("producer", &statistics);
+    }
+}
 
 /// What each record carries to its delivery report.
 pub struct Tag {
