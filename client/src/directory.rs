@@ -19,6 +19,7 @@
 //! not know yet holds back its events, so the caller should know when the join can happen.
 
 use super::Transport;
+use audit_schemas::control::{self, Operator};
 use audit_schemas::ingest::directory::{self as write, DirectoryWrite, Kind};
 use audit_schemas::ingest::FieldError;
 use audit_schemas::Timestamp;
@@ -97,10 +98,13 @@ impl Directory {
         let record = write::put_from_json(kind, id, body.clone(), Timestamp::now())
             .map_err(DirectoryError::Invalid)?;
         match &self.transport {
-            Transport::Kafka(publisher) => publisher
-                .publish_directory(&[DirectoryWrite::Put(record)])
-                .await
-                .map_err(|e| DirectoryError::Send(e.to_string())),
+            Transport::Kafka(publisher) => {
+                let writes = [DirectoryWrite::Put(record)];
+                publisher
+                    .publish_directory(&writes, &control_events(&writes))
+                    .await
+                    .map_err(|e| DirectoryError::Send(e.to_string()))
+            }
             Transport::Http { url, token } => {
                 let request = self
                     .http
@@ -115,15 +119,37 @@ impl Directory {
     async fn delete(&self, kind: Kind, id: &str) -> Result<(), DirectoryError> {
         let key = write::delete(kind, id).map_err(DirectoryError::Invalid)?;
         match &self.transport {
-            Transport::Kafka(publisher) => publisher
-                .publish_directory(&[DirectoryWrite::Delete(key)])
-                .await
-                .map_err(|e| DirectoryError::Send(e.to_string())),
+            Transport::Kafka(publisher) => {
+                let writes = [DirectoryWrite::Delete(key)];
+                publisher
+                    .publish_directory(&writes, &control_events(&writes))
+                    .await
+                    .map_err(|e| DirectoryError::Send(e.to_string()))
+            }
             Transport::Http { url, token } => {
                 answer(self.http.delete(path(url, kind, id)).bearer_auth(token)).await
             }
         }
     }
+}
+
+/// Writes straight to Kafka are on record like the API's: a control event per write, naming
+/// this process (the ingest API names the token's service instead).
+fn control_events(writes: &[DirectoryWrite]) -> Vec<audit_schemas::RawAuditEvent> {
+    let operator = Operator {
+        id: format!(
+            "audit-client@{}",
+            whoami::fallible::hostname().unwrap_or_default()
+        ),
+        service: "audit-client".into(),
+        authenticated_by: "kafka-access".into(),
+        host: whoami::fallible::hostname().ok(),
+        ip: None,
+    };
+    control::directory_changes(writes, false, |_| None)
+        .iter()
+        .map(|c| c.to_event(&operator, audit_schemas::redaction::built_in()))
+        .collect()
 }
 
 fn path(url: &str, kind: Kind, id: &str) -> String {

@@ -2,9 +2,11 @@
 //! inspect the records the enricher joins against: users and groups on the compacted directory
 //! topic, sessions on the compacted sessions topic.
 
+use crate::operator::{self, Actor};
 use crate::settings::Settings;
 use crate::table;
 use anyhow::{Context, Result};
+use audit_schemas::control::{Change, ControlChange, Subject};
 use audit_schemas::{
     AvroRecord, DirectoryEntry, DirectoryKey, DirectoryRecord, DirectoryTopic, Group, Session,
     Timestamp, User,
@@ -99,7 +101,7 @@ pub enum ImportFormat {
     Csv,
 }
 
-pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
+pub async fn run(cmd: DirectoryCommand, settings: &Settings, actor: &Actor) -> Result<()> {
     let entry = match cmd {
         DirectoryCommand::Get { key } => {
             let key = DirectoryKey::parse(&key)?;
@@ -109,7 +111,7 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
                 anyhow::bail!("{key} is not in the directory ({topic})");
             };
             let record = DirectoryRecord::decode(value).with_context(|| format!("{key}"))?;
-            println!("{}", serde_json::to_string_pretty(&as_json(&key, &record))?);
+            println!("{}", serde_json::to_string_pretty(&record.to_json())?);
             return Ok(());
         }
         DirectoryCommand::List {
@@ -118,11 +120,24 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
             group,
             json,
         } => return list(settings, kind, user.as_deref(), group.as_deref(), json).await,
-        DirectoryCommand::Import { file, format } => return import(settings, &file, format).await,
+        DirectoryCommand::Import { file, format } => {
+            return import(settings, actor, &file, format).await
+        }
         DirectoryCommand::Delete { key } => {
             let key = DirectoryKey::parse(&key)?;
+            let operator = actor.identify()?;
             let topic = settings.topics.for_directory(key.topic());
+            let old = current(settings, &key).await?;
             table::put(settings, topic, &key.record_key(), None).await?;
+            let change = ControlChange {
+                subject: Subject::Directory,
+                change: Change::Delete,
+                key: key.to_string(),
+                old,
+                new: None,
+                old_known: true,
+            };
+            operator::record(settings, &operator, &[change]).await?;
             println!("{key} deleted");
             return Ok(());
         }
@@ -176,34 +191,36 @@ pub async fn run(cmd: DirectoryCommand, settings: &Settings) -> Result<()> {
     };
     let record = DirectoryRecord { entry };
     let key = record.key();
+    let operator = actor.identify()?;
     let topic = settings.topics.for_directory(key.topic());
+    let old = current(settings, &key).await?;
     table::put(settings, topic, &key.record_key(), Some(&record.encode()?)).await?;
+    let change = ControlChange {
+        subject: Subject::Directory,
+        change: Change::Set,
+        key: key.to_string(),
+        old,
+        new: Some(record.to_json()),
+        old_known: true,
+    };
+    operator::record(settings, &operator, &[change]).await?;
     println!("{key} stored");
     Ok(())
 }
 
-/// An entry as operators read it: key and kind first, then the entry's fields.
-fn as_json(key: &DirectoryKey, record: &DirectoryRecord) -> serde_json::Value {
-    let (kind, fields) = match &record.entry {
-        DirectoryEntry::Session(s) => (
-            "session",
-            serde_json::json!({"id": s.id, "user_id": s.user_id, "started_at": s.started_at.to_rfc3339(), "ip": s.ip, "user_agent": s.user_agent,
-                "last_activity_at": s.last_activity_at.map(|t| t.to_rfc3339()), "ended_at": s.ended_at.map(|t| t.to_rfc3339())}),
-        ),
-        DirectoryEntry::User(u) => (
-            "user",
-            serde_json::json!({"id": u.id, "login": u.login, "name": u.name, "group_ids": u.group_ids}),
-        ),
-        DirectoryEntry::Group(g) => (
-            "group",
-            serde_json::json!({"id": g.id, "name": g.name, "parent_ids": g.parent_ids}),
-        ),
-    };
-    let mut out = serde_json::json!({"key": key.to_string(), "kind": kind});
-    if let (Some(out), Some(fields)) = (out.as_object_mut(), fields.as_object()) {
-        out.extend(fields.clone());
+/// The entry stored under `key` now, as operators read it (`None` when there is none).
+async fn current(settings: &Settings, key: &DirectoryKey) -> Result<Option<serde_json::Value>> {
+    let table = table::read(settings, settings.topics.for_directory(key.topic())).await?;
+    Ok(table
+        .get(&key.record_key())
+        .map(|bytes| stored_json(key, bytes)))
+}
+
+fn stored_json(key: &DirectoryKey, bytes: &[u8]) -> serde_json::Value {
+    match DirectoryRecord::decode(bytes) {
+        Ok(record) => record.to_json(),
+        Err(e) => serde_json::json!({"key": key.to_string(), "undecodable": e.to_string()}),
     }
-    out
 }
 
 async fn list(
@@ -256,7 +273,7 @@ async fn list(
         shown += 1;
         let key = record.key();
         if json {
-            println!("{}", as_json(&key, &record));
+            println!("{}", record.to_json());
             continue;
         }
         let details = match &record.entry {
@@ -298,6 +315,7 @@ fn kind_name(record: &DirectoryRecord) -> &'static str {
 
 async fn import(
     settings: &Settings,
+    actor: &Actor,
     file: &std::path::Path,
     format: Option<ImportFormat>,
 ) -> Result<()> {
@@ -337,6 +355,37 @@ async fn import(
             errors.join("\n")
         );
     }
+    let operator = actor.identify()?;
+    // The old values, one read per table rather than one per entry.
+    let mut before: std::collections::HashMap<DirectoryTopic, _> = Default::default();
+    for w in &writes {
+        let topic = w.key().topic();
+        if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(topic) {
+            slot.insert(table::read(settings, settings.topics.for_directory(topic)).await?);
+        }
+    }
+    let changes: Vec<ControlChange> = writes
+        .iter()
+        .map(|w| {
+            let key = w.key();
+            let old = before
+                .get(&key.topic())
+                .and_then(|t| t.get(&key.record_key()))
+                .map(|bytes| stored_json(&key, bytes));
+            let (change, new) = match w {
+                DirectoryWrite::Put(record) => (Change::Set, Some(record.to_json())),
+                DirectoryWrite::Delete(_) => (Change::Delete, None),
+            };
+            ControlChange {
+                subject: Subject::Directory,
+                change,
+                key: key.to_string(),
+                old,
+                new,
+                old_known: true,
+            }
+        })
+        .collect();
     let encoded = writes
         .iter()
         .map(DirectoryWrite::encoded)
@@ -346,6 +395,7 @@ async fn import(
         .map(|w| (settings.topics.for_directory(w.topic), w.key, w.value))
         .collect();
     table::put_many(settings, &records).await?;
+    operator::record(settings, &operator, &changes).await?;
     println!(
         "{} entries imported into {} and {}",
         writes.len(),

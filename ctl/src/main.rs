@@ -6,6 +6,7 @@
 mod consume;
 mod directory;
 mod dlq;
+mod operator;
 mod rules;
 mod settings;
 mod table;
@@ -21,15 +22,23 @@ use std::path::PathBuf;
 /// Settings come from built-in defaults, then the TOML file given with --config, then
 /// environment variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092,
 /// AUDIT__TOPICS__RAW__PARTITIONS=12). `auditctl config` prints the result.
+///
+/// Every change (rules, directory) is itself published as an audit event naming the operator:
+/// the admin whose credential is presented (AUDITCTL_ADMIN_CREDENTIAL or
+/// --admin-credential-file), else operator.name, else the OS user. With
+/// operator.require_admin_credential = true, changes need a valid credential.
 #[derive(Debug, Parser)]
 #[command(name = "auditctl", version, about, long_about)]
 struct Cli {
-    /// TOML settings file (sections: kafka, topics, log).
+    /// TOML settings file (sections: kafka, topics, log, operator).
     #[arg(long, global = true, env = "AUDIT_CONFIG")]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers; overrides kafka.brokers.
     #[arg(long, global = true)]
     brokers: Option<String>,
+    /// A file holding the admin credential (instead of AUDITCTL_ADMIN_CREDENTIAL).
+    #[arg(long, global = true)]
+    admin_credential_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,11 +84,15 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let settings = settings::Settings::load(cli.config.as_deref(), cli.brokers.as_deref())?;
     audit_runtime::telemetry::init(&settings.log)?;
+    let actor = operator::Actor {
+        settings: settings.operator.clone(),
+        credential: operator::presented_credential(cli.admin_credential_file.as_deref())?,
+    };
     match cli.command {
         Command::Topics(cmd) => topics::run(cmd, &settings).await,
         Command::Consume(args) => consume::run(args, &settings).await,
-        Command::Rules(cmd) => rules::run(cmd, &settings).await,
-        Command::Directory(cmd) => directory::run(cmd, &settings).await,
+        Command::Rules(cmd) => rules::run(cmd, &settings, &actor).await,
+        Command::Directory(cmd) => directory::run(cmd, &settings, &actor).await,
         Command::Dlq(cmd) => dlq::run(cmd, &settings).await,
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);

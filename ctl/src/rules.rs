@@ -1,9 +1,11 @@
 //! `auditctl rules set|list|delete`: the administrator's switch for disabling event types per
 //! group or user. Changes reach every running enricher within a second.
 
+use crate::operator::{self, Actor};
 use crate::settings::Settings;
 use crate::table;
 use anyhow::{bail, Context, Result};
+use audit_schemas::control::{Change, ControlChange, Subject};
 use audit_schemas::{AuditRule, AvroRecord, RuleAction};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -123,6 +125,19 @@ fn rule_from(args: SetArgs) -> Result<AuditRule> {
     })
 }
 
+/// The rule stored under `id` now, as JSON (`None` when there is none): the old value of a
+/// change's control event.
+async fn current(settings: &Settings, id: &str) -> Result<Option<serde_json::Value>> {
+    let table = table::read(settings, &settings.topics.rules.name).await?;
+    match table.get(id) {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(match AuditRule::decode(bytes) {
+            Ok(rule) => serde_json::to_value(&rule)?,
+            Err(e) => serde_json::json!({"undecodable": e.to_string()}),
+        })),
+    }
+}
+
 /// Refuses what the enricher would refuse, before it is published.
 fn check(rule: &AuditRule) -> Result<()> {
     if rule.id.trim().is_empty() {
@@ -135,17 +150,39 @@ fn check(rule: &AuditRule) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(cmd: RulesCommand, settings: &Settings) -> Result<()> {
+pub async fn run(cmd: RulesCommand, settings: &Settings, actor: &Actor) -> Result<()> {
     let topic = &settings.topics.rules.name;
     match cmd {
         RulesCommand::Set(args) => {
             let rule = rule_from(args)?;
             check(&rule)?;
+            let operator = actor.identify()?;
+            let old = current(settings, &rule.id).await?;
             table::put(settings, topic, &rule.id, Some(&rule.encode()?)).await?;
+            let change = ControlChange {
+                subject: Subject::Rule,
+                change: Change::Set,
+                key: rule.id.clone(),
+                old,
+                new: Some(serde_json::to_value(&rule)?),
+                old_known: true,
+            };
+            operator::record(settings, &operator, &[change]).await?;
             println!("rule {} set", rule.id);
         }
         RulesCommand::Delete { id } => {
+            let operator = actor.identify()?;
+            let old = current(settings, &id).await?;
             table::put(settings, topic, &id, None).await?;
+            let change = ControlChange {
+                subject: Subject::Rule,
+                change: Change::Delete,
+                key: id.clone(),
+                old,
+                new: None,
+                old_known: true,
+            };
+            operator::record(settings, &operator, &[change]).await?;
             println!("rule {id} deleted");
         }
         RulesCommand::List => {

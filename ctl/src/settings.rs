@@ -1,5 +1,6 @@
 //! `auditctl`'s settings: the cluster and the pipeline's topics.
 
+use crate::operator::OperatorSettings;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, LogFormat, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,8 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub log: LogConfig,
+    /// Who is recorded as making changes; see `crate::operator`.
+    pub operator: OperatorSettings,
 }
 
 impl Default for Settings {
@@ -23,6 +26,7 @@ impl Default for Settings {
                 format: LogFormat::Human,
                 level: "warn".to_string(),
             },
+            operator: OperatorSettings::default(),
         }
     }
 }
@@ -30,7 +34,8 @@ impl Default for Settings {
 impl Validate for Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
-        self.topics.validate()
+        self.topics.validate()?;
+        self.operator.validate()
     }
 }
 

@@ -8,6 +8,7 @@
 use crate::directory::Directory;
 use crate::rules::{Decision, RuleSet};
 use crate::sessions::Sessions;
+use audit_schemas::drops::Drop;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{
     Credential, EnrichedAuditEvent, Enrichment, PipelineMeta, RawAuditEvent, Source, Timestamp,
@@ -30,8 +31,8 @@ pub enum Step {
         redacted: usize,
     },
     Dropped {
-        rule_id: String,
-        event_type: String,
+        drop: Drop,
+        /// The names of every group of the event's user (for the metrics' labels).
         groups: Vec<String>,
     },
     /// The session is not in the directory yet; try again until the wait runs out.
@@ -100,12 +101,18 @@ pub fn enrich(
         None => (None, Vec::new()),
     };
 
-    if let Decision::Drop { rule_id } =
+    if let Decision::Drop { rule_id, group } =
         rules.decide(raw.event_type.as_str(), user.as_ref(), &groups)
     {
         return Step::Dropped {
-            rule_id,
-            event_type: raw.event_type.to_string(),
+            drop: Drop {
+                rule_id,
+                event_type: raw.event_type.to_string(),
+                group,
+                event_time: raw.timestamp,
+                raw_partition: position.partition,
+                raw_offset: position.offset,
+            },
             groups: groups.into_iter().map(|g| g.name).collect(),
         };
     }
@@ -339,10 +346,9 @@ mod tests {
             &rules,
             false,
         ) {
-            Step::Dropped {
-                rule_id, groups, ..
-            } => {
-                assert_eq!(rule_id, "no-queries-for-everyone");
+            Step::Dropped { drop, groups } => {
+                assert_eq!(drop.rule_id, "no-queries-for-everyone");
+                assert_eq!(drop.group.as_deref(), Some("everyone"));
                 assert_eq!(groups, vec!["data", "everyone"]);
             }
             other => panic!("{other:?}"),

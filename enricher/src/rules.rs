@@ -60,13 +60,28 @@ impl CompiledRule {
         })
     }
 
-    fn matches(&self, event_type: &str, user: Option<&ResolvedUser>, groups: &[&str]) -> bool {
+    /// `None`: no match; `Some(group)`: a match, on `group` when the rule names groups.
+    fn matches<'g>(
+        &self,
+        event_type: &str,
+        user: Option<&ResolvedUser>,
+        groups: &[&'g str],
+    ) -> Option<Option<&'g str>> {
         // Cheapest first: a few hash lookups before the glob, which most events never reach.
         let user_ok = self.users.is_empty()
             || user.is_some_and(|u| self.users.contains(&u.id) || self.users.contains(&u.login));
-        let group_ok = user_ok
-            && (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(&g.as_str())));
-        group_ok && self.types.as_ref().is_none_or(|t| t.is_match(event_type))
+        if !user_ok {
+            return None;
+        }
+        let group = if self.groups.is_empty() {
+            None
+        } else {
+            Some(*groups.iter().find(|g| self.groups.contains(**g))?)
+        };
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.is_match(event_type))
+            .then_some(group)
     }
 }
 
@@ -80,7 +95,11 @@ pub struct RuleSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Keep,
-    Drop { rule_id: String },
+    /// `group`: the event's group (id or name) the rule matched on, if the rule names groups.
+    Drop {
+        rule_id: String,
+        group: Option<String>,
+    },
 }
 
 impl RuleSet {
@@ -121,7 +140,8 @@ impl RuleSet {
         user: Option<&ResolvedUser>,
         groups: &[GroupRef],
     ) -> Decision {
-        if self.rules.is_empty() {
+        // Control events record changes to auditing itself: no rule may silence them.
+        if self.rules.is_empty() || audit_schemas::control::is_control(event_type) {
             return Decision::Keep;
         }
         // The event's group ids and names, once, rather than per rule. A user is in a handful of
@@ -133,10 +153,11 @@ impl RuleSet {
         match self
             .rules
             .iter()
-            .find(|r| r.matches(event_type, user, &names))
+            .find_map(|r| Some((r, r.matches(event_type, user, &names)?)))
         {
-            Some(r) if r.rule.action == RuleAction::Drop => Decision::Drop {
+            Some((r, group)) if r.rule.action == RuleAction::Drop => Decision::Drop {
                 rule_id: r.rule.id.clone(),
+                group: group.map(str::to_string),
             },
             _ => Decision::Keep,
         }
@@ -229,7 +250,8 @@ mod tests {
         assert_eq!(
             rules.decide("query-created", Some(&user("bob")), &contractors),
             Decision::Drop {
-                rule_id: "drop-queries".into()
+                rule_id: "drop-queries".into(),
+                group: Some("contractors".into())
             }
         );
         // Alice's keep rule comes first.
@@ -276,6 +298,24 @@ mod tests {
         assert_eq!(rules.decide("log", None, &[]), Decision::Keep);
         rules.apply_bytes(b"r", None).unwrap();
         assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn no_rule_drops_a_control_event() {
+        let mut rules = RuleSet::default();
+        for (id, types) in [("everything", vec![]), ("audit", vec!["audit.*"])] {
+            rules
+                .upsert(rule(id, 1, &[], &[], &types, RuleAction::Drop))
+                .unwrap();
+        }
+        assert_eq!(
+            rules.decide("audit.rule-deleted", Some(&user("root")), &[]),
+            Decision::Keep
+        );
+        assert!(matches!(
+            rules.decide("log", None, &[]),
+            Decision::Drop { .. }
+        ));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use audit_runtime::dead_letter::{self, DeadLetters, Origin};
 use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record};
 use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use audit_schemas::dead_letter::Cause;
+use audit_schemas::drops::{self, Drop, DropTally};
 use audit_schemas::redaction::Redactor;
 use audit_schemas::{AvroRecord, DeadLetter, EventTimeCheck, RawAuditEvent, Timestamp};
 use futures::future::BoxFuture;
@@ -219,14 +220,11 @@ impl Enricher {
                 metrics::counter!("audit_enricher_events_out_total", "enrichment" => event.enrichment.as_str())
                     .increment(1);
             }
-            Step::Dropped {
-                rule_id,
-                event_type,
-                groups,
-            } => {
+            Step::Dropped { drop, groups } => {
+                let rule_id = &drop.rule_id;
                 // Labels from closed sets only: catalog types, rule ids and the groups rules
                 // name; a sender's invented types or groups count as "other".
-                let event_type = audit_runtime::labels::event_type(event_type);
+                let event_type = audit_runtime::labels::event_type(&drop.event_type);
                 let rules = self.tables.rules.read().unwrap_or_else(|p| p.into_inner());
                 let mut labels: Vec<String> = groups
                     .iter()
@@ -264,7 +262,7 @@ impl Enricher {
         };
         match self.step(raw, position, give_up) {
             Step::AwaitSession(raw) => Err(raw),
-            Step::Dropped { .. } => Ok(None),
+            Step::Dropped { drop, .. } => Ok(Some(Out::Dropped(drop))),
             Step::Publish { event, .. } => {
                 let payload = match event.encode() {
                     Ok(p) => p,
@@ -465,6 +463,8 @@ impl Enricher {
 enum Out {
     Record(OutRecord),
     Letter(DeadLetter),
+    /// Dropped by a rule: counted in the batch's drop summaries.
+    Dropped(Drop),
 }
 
 fn position_of(m: &OwnedMessage) -> RawPosition {
@@ -530,11 +530,23 @@ impl PipelinedHandler for Enricher {
         // Enriched events first, then dead letters, each keeping the raw record's key.
         let mut records = Vec::with_capacity(outs.len());
         let mut letters = Vec::new();
+        let mut drops = DropTally::default();
         for out in outs {
             match out {
                 Out::Record(r) => records.push(r),
                 Out::Letter(l) => letters.push(l),
+                Out::Dropped(d) => drops.add(d),
             }
+        }
+        // What the rules dropped goes with the batch: on record exactly when the batch is done.
+        for summary in drops.take_summaries(Timestamp::now()) {
+            let origin = (summary.pipeline.raw_partition, summary.pipeline.raw_offset);
+            records.push(OutRecord {
+                to: Target::Enriched,
+                key: Some(drops::SUMMARY_TYPE.as_bytes().to_vec()),
+                payload: summary.encode()?,
+                origin,
+            });
         }
         for l in &letters {
             records.push(OutRecord {

@@ -21,10 +21,11 @@
 //! Every event records the sender's address as the API saw it ([`crate::peer`]).
 
 use crate::auth::{Refused, Tokens};
-use crate::body::{self, BodyError, Caller, EventError};
+use crate::body::{self, BodyError, Caller, CallerCredential, EventError};
 use crate::config::Scope;
 use audit_runtime::ingest::{PublishError, Publisher};
 use audit_runtime::ops::Health;
+use audit_schemas::control::{self, Operator};
 use audit_schemas::ingest::directory::{self as directory_write, DirectoryWrite, Kind};
 use audit_schemas::redaction::Redactor;
 use audit_schemas::Timestamp;
@@ -349,6 +350,7 @@ async fn put_directory(
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
+    let sender = state.network.sender(&request);
     let body = match read_body(request.into_body(), &state.limits).await {
         Ok(b) => b,
         Err(response) => return response,
@@ -367,7 +369,9 @@ async fn put_directory(
         Err(e) => return reject(e, state.limits.max_errors_listed),
     };
     match directory_write::put_from_json(kind, &id, value, Timestamp::now()) {
-        Ok(record) => publish_directory(&state, &[DirectoryWrite::Put(record)]).await,
+        Ok(record) => {
+            publish_directory(&state, &caller, sender, &[DirectoryWrite::Put(record)]).await
+        }
         Err(errors) => reject(invalid(0, errors), state.limits.max_errors_listed),
     }
 }
@@ -377,6 +381,7 @@ async fn delete_directory(
     State(state): State<Arc<IngestState>>,
     Extension(caller): Extension<Caller>,
     Path((kind, id)): Path<(String, String)>,
+    request: Request,
 ) -> Response {
     if !caller.may(Scope::Directory) {
         return forbidden("directory");
@@ -384,8 +389,9 @@ async fn delete_directory(
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
+    let sender = state.network.sender(&request);
     match directory_write::delete(kind, &id) {
-        Ok(key) => publish_directory(&state, &[DirectoryWrite::Delete(key)]).await,
+        Ok(key) => publish_directory(&state, &caller, sender, &[DirectoryWrite::Delete(key)]).await,
         Err(errors) => reject(invalid(0, errors), state.limits.max_errors_listed),
     }
 }
@@ -401,6 +407,7 @@ async fn post_directory(
         return forbidden("directory");
     }
     let limits = &state.limits;
+    let sender = state.network.sender(&request);
     let body = match read_body(request.into_body(), limits).await {
         Ok(b) => b,
         Err(response) => return response,
@@ -424,7 +431,7 @@ async fn post_directory(
     if !errors.is_empty() {
         return reject(BodyError::Invalid(errors), limits.max_errors_listed);
     }
-    publish_directory(&state, &writes).await
+    publish_directory(&state, &caller, sender, &writes).await
 }
 
 fn invalid(index: usize, errors: Vec<audit_schemas::ingest::FieldError>) -> BodyError {
@@ -440,8 +447,36 @@ fn invalid(index: usize, errors: Vec<audit_schemas::ingest::FieldError>) -> Body
     )
 }
 
-async fn publish_directory(state: &IngestState, writes: &[DirectoryWrite]) -> Response {
-    match state.publisher.publish_directory(writes).await {
+/// Who made a directory change through the API, for its control events: the token's service,
+/// from the sender's address.
+pub fn operator(caller: &Caller, sender: Option<IpAddr>) -> Operator {
+    let authenticated_by = match caller.credential {
+        Some(CallerCredential::Anonymous) => "anonymous",
+        _ => "service-token",
+    };
+    Operator {
+        id: caller.service.clone(),
+        service: "audit-producer".into(),
+        authenticated_by: authenticated_by.into(),
+        host: None,
+        ip: sender.map(|ip| ip.to_string()),
+    }
+}
+
+/// Publishes directory writes with their control events (the API does not hold the directory,
+/// so the old values are not known here; the entry's history in ClickHouse has them).
+async fn publish_directory(
+    state: &IngestState,
+    caller: &Caller,
+    sender: Option<IpAddr>,
+    writes: &[DirectoryWrite],
+) -> Response {
+    let operator = operator(caller, sender);
+    let control: Vec<_> = control::directory_changes(writes, false, |_| None)
+        .iter()
+        .map(|c| c.to_event(&operator, &state.redactor))
+        .collect();
+    match state.publisher.publish_directory(writes, &control).await {
         Ok(()) => {
             metrics::counter!("audit_producer_requests_total", "outcome" => "accepted")
                 .increment(1);

@@ -200,8 +200,11 @@ async fn json_body(scim: &Scim, request: Request) -> Result<Value, Response> {
 
 /// Publishes the records (tombstones for `deleted`) and, once acknowledged, applies them to the
 /// store so the next read on this instance sees them.
+/// Each change goes with its control event, whose old value is this instance's copy of the
+/// entry.
 async fn publish(
     scim: &Scim,
+    caller: &Caller,
     records: Vec<DirectoryRecord>,
     deleted: Vec<DirectoryKey>,
 ) -> Result<(), ScimError> {
@@ -211,7 +214,29 @@ async fn publish(
         .map(DirectoryWrite::Put)
         .chain(deleted.iter().cloned().map(DirectoryWrite::Delete))
         .collect();
-    match scim.publisher.publish_directory(&writes).await {
+    let control: Vec<_> = {
+        let store = scim.read();
+        let operator = crate::http::operator(caller, None);
+        audit_schemas::control::directory_changes(&writes, true, |key| match key {
+            DirectoryKey::User(id) => store.user(id).map(|u| {
+                DirectoryRecord {
+                    entry: DirectoryEntry::User(u.clone()),
+                }
+                .to_json()
+            }),
+            DirectoryKey::Group(id) => store.group(id).map(|g| {
+                DirectoryRecord {
+                    entry: DirectoryEntry::Group(g.clone()),
+                }
+                .to_json()
+            }),
+            DirectoryKey::Session(_) => None,
+        })
+        .iter()
+        .map(|c| c.to_event(&operator, &scim.redactor))
+        .collect()
+    };
+    match scim.publisher.publish_directory(&writes, &control).await {
         Ok(()) => {
             let mut store = scim.store.write().unwrap_or_else(|p| p.into_inner());
             for r in records {
@@ -491,7 +516,7 @@ async fn create(
         let input = resource::input(kind, body)?;
         let id = uuid::Uuid::new_v4().to_string();
         let records = records_for_write(scim, kind, &id, input)?;
-        publish(scim, records, vec![]).await?;
+        publish(scim, caller, records, vec![]).await?;
         render(&scim.read(), kind, &id, &base(headers)).ok_or_else(|| not_found(kind, &id))
     }
     .await;
@@ -540,7 +565,7 @@ async fn change(
             }
         };
         let records = records_for_write(scim, kind, id, input)?;
-        publish(scim, records, vec![]).await?;
+        publish(scim, caller, records, vec![]).await?;
         render(&scim.read(), kind, id, &base(headers)).ok_or_else(|| not_found(kind, id))
     }
     .await;
@@ -557,7 +582,7 @@ async fn delete(scim: &Scim, caller: &Caller, id: &str, kind: Kind) -> Response 
     let _one = scim.writes.lock().await;
     let result = async {
         let records = records_for_delete(&scim.read(), kind, id)?;
-        publish(scim, records, vec![key_of(kind, id)]).await
+        publish(scim, caller, records, vec![key_of(kind, id)]).await
     }
     .await;
     match result {

@@ -163,13 +163,21 @@ impl Publisher {
     /// waits for every acknowledgement. Records of one key keep their order. Sessions go to
     /// the sessions topic under their bare id, so the default partitioner puts each on the
     /// partition number its raw events have.
+    /// Publishes directory writes together with their control events (`control`, to the raw
+    /// topic): `Ok` only when every record of both is acknowledged, so a write that is stored is
+    /// on record, and a failed call is retried whole.
     pub async fn publish_directory(
         &self,
         writes: &[audit_schemas::ingest::directory::DirectoryWrite],
+        control: &[RawAuditEvent],
     ) -> Result<(), PublishError> {
         let encoded = writes
             .iter()
             .map(|w| w.encoded())
+            .collect::<Result<Vec<_>, EncodeError>>()?;
+        let events = control
+            .iter()
+            .map(|e| Ok((e.partition_key(), e.encode()?)))
             .collect::<Result<Vec<_>, EncodeError>>()?;
         let records: Vec<(&str, &str, Option<&[u8]>)> = encoded
             .iter()
@@ -180,6 +188,11 @@ impl Publisher {
                 };
                 (topic, w.key.as_str(), w.value.as_deref())
             })
+            .chain(
+                events
+                    .iter()
+                    .map(|(k, v)| (self.raw_topic.as_str(), k.as_str(), Some(v.as_slice()))),
+            )
             .collect();
         let in_flight = self.producer.in_flight_count().max(0) as usize;
         self.send_all(&records, in_flight).await?;

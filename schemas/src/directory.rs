@@ -71,6 +71,34 @@ impl DirectoryRecord {
             DirectoryEntry::Group(g) => DirectoryKey::Group(g.id.clone()),
         }
     }
+
+    /// The entry as operators read it (auditctl, control events): key and kind first, then the
+    /// entry's fields, times in RFC 3339.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let (kind, fields) = match &self.entry {
+            DirectoryEntry::Session(s) => (
+                "session",
+                json!({"id": s.id, "user_id": s.user_id, "started_at": s.started_at.to_rfc3339(),
+                    "ip": s.ip, "user_agent": s.user_agent,
+                    "last_activity_at": s.last_activity_at.map(|t| t.to_rfc3339()),
+                    "ended_at": s.ended_at.map(|t| t.to_rfc3339())}),
+            ),
+            DirectoryEntry::User(u) => (
+                "user",
+                json!({"id": u.id, "login": u.login, "name": u.name, "group_ids": u.group_ids}),
+            ),
+            DirectoryEntry::Group(g) => (
+                "group",
+                json!({"id": g.id, "name": g.name, "parent_ids": g.parent_ids}),
+            ),
+        };
+        let mut out = json!({"key": self.key().to_string(), "kind": kind});
+        if let (Some(out), Some(fields)) = (out.as_object_mut(), fields.as_object()) {
+            out.extend(fields.clone());
+        }
+        out
+    }
 }
 
 /// Which compacted topic an entry lives on.

@@ -120,6 +120,13 @@ pub fn event_from_json(
         Some(other) => v.fail("/timestamp", expected("an RFC 3339 string", &other)),
     };
     let event_type = match obj.remove("event_type") {
+        Some(Value::String(s)) if crate::control::is_control(&s) => v.fail(
+            "/event_type",
+            format!(
+                "types beginning with {:?} are reserved for the pipeline's own control events",
+                crate::control::RESERVED_PREFIX
+            ),
+        ),
         Some(Value::String(s)) => match EventType::new(s) {
             Ok(t) => Some(t),
             Err(e) => v.fail("/event_type", format!("invalid event type: {e}")),

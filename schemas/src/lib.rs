@@ -9,6 +9,8 @@
 //! - [`codec`]: the Avro single-object wire format, with every schema version ever published kept
 //!   so that old records still decode.
 //! - [`catalog`]: the event-type catalog and the pattern custom types must match.
+//! - [`drops`]: the enricher's summaries of what rules dropped, read by ClickHouse's `rule_drops`.
+//! - [`control`]: changes to rules, directory and stream map as audit events of reserved types.
 //! - [`ingest`]: JSON -> [`RawAuditEvent`] with validation that reports every error by field path.
 //! - [`audit_log`] and [`locator`]: conversion of a server product's JSON audit-log line.
 //! - [`redaction`]: the secret-key redaction applied at ingest and again by the enricher.
@@ -19,8 +21,10 @@
 pub mod audit_log;
 pub mod catalog;
 pub mod codec;
+pub mod control;
 pub mod dead_letter;
 pub mod directory;
+pub mod drops;
 pub mod event;
 pub mod ingest;
 pub mod locator;

@@ -1,12 +1,30 @@
--- Events dropped by rules, per event type, group and rule. Dropped events never reach this
--- database: the enricher counts them in its metrics, and ClickHouse reads them live from its
--- Prometheus endpoint. Parameter: metrics_url (the enricher's, default
--- 'http://127.0.0.1:9101/metrics'); with several enrichers, add their figures.
+-- Events dropped by rules, per minute, rule, event type and group, from the enricher's drop
+-- summaries (table rule_drops, kept across restarts). A batch the enricher did again after a
+-- crash is summed again; each dropped event is counted once here by its raw partition and
+-- offset. Parameters: from, to (DateTime, the dropped events' time).
 SELECT
-    extract(line, 'event_type="([^"]*)"') AS event_type,
-    extract(line, 'group="([^"]*)"') AS group_name,
-    extract(line, 'rule="([^"]*)"') AS rule,
-    toUInt64(toFloat64OrZero(arrayElement(splitByChar(' ', line), -1))) AS dropped
-FROM url({metrics_url:String}, 'LineAsString')
-WHERE startsWith(line, 'audit_enricher_events_dropped_total{')
-ORDER BY dropped DESC, event_type, group_name
+    minute,
+    rule,
+    event_type,
+    group_name,
+    count() AS dropped,
+    min(first_event_time) AS first_event_time,
+    max(last_event_time) AS last_event_time
+FROM
+(
+    SELECT
+        raw_partition,
+        raw_offset,
+        any(d.minute) AS minute,
+        any(d.rule) AS rule,
+        any(d.event_type) AS event_type,
+        any(d.group_name) AS group_name,
+        min(d.first_event_time) AS first_event_time,
+        max(d.last_event_time) AS last_event_time
+    FROM audit.rule_drops AS d
+    ARRAY JOIN d.raw_offsets AS raw_offset
+    WHERE d.minute >= toStartOfMinute({from:DateTime}) AND d.minute <= {to:DateTime}
+    GROUP BY d.raw_partition AS raw_partition, raw_offset
+)
+GROUP BY minute, rule, event_type, group_name
+ORDER BY minute, dropped DESC, rule, event_type, group_name

@@ -128,6 +128,47 @@ ARRAY JOIN entities AS entity
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS overridden_claims Map(String, String) COMMENT 'body fields the credential decided instead, with the value the body claimed'",
         ],
     },
+    Migration {
+        version: 6,
+        name: "rule drop summaries",
+        statements: &[
+            r"
+CREATE TABLE IF NOT EXISTS {db}.rule_drops
+(
+    minute            DateTime('UTC') COMMENT 'the minute of the dropped events'' time',
+    rule              LowCardinality(String),
+    event_type        LowCardinality(String) COMMENT 'the dropped events'' type',
+    group_name        String COMMENT 'the group the rule matched on; empty when the rule names none',
+    dropped           UInt64 COMMENT 'events this summary counts; a batch done twice is summed twice, see raw_offsets',
+    first_event_time  DateTime64(6, 'UTC'),
+    last_event_time   DateTime64(6, 'UTC'),
+    raw_partition     Int32,
+    raw_offsets       Array(Int64) COMMENT 'the raw records counted: what makes each dropped event count once',
+    summary_id        UUID,
+    inserted_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (minute, rule, event_type, group_name)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rule_drops_from_events TO {db}.rule_drops AS
+SELECT
+    toStartOfMinute(parseDateTime64BestEffortOrZero(JSONExtractString(params['minute']), 6, 'UTC')) AS minute,
+    JSONExtractString(params['rule']) AS rule,
+    JSONExtractString(params['dropped_type']) AS event_type,
+    JSONExtractString(params['group']) AS group_name,
+    toUInt64OrZero(params['count']) AS dropped,
+    parseDateTime64BestEffortOrZero(JSONExtractString(params['first_event_time']), 6, 'UTC') AS first_event_time,
+    parseDateTime64BestEffortOrZero(JSONExtractString(params['last_event_time']), 6, 'UTC') AS last_event_time,
+    toInt32OrZero(params['raw_partition']) AS raw_partition,
+    JSONExtract(params['raw_offsets'], 'Array(Int64)') AS raw_offsets,
+    e.event_id AS summary_id
+FROM {db}.events AS e
+-- Qualified: the alias event_type above would otherwise be what this compares.
+WHERE e.event_type = 'audit.rule-drops'
+",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -196,7 +196,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -209,6 +209,8 @@ async fn migrations_twice_are_harmless() {
             "entity_activity",
             "entity_activity_mv",
             "events",
+            "rule_drops",
+            "rule_drops_from_events",
             "schema_migrations"
         ]
     );
@@ -340,26 +342,25 @@ async fn every_analyst_query_runs() {
     let c = client(&clickhouse_url(), &db);
     assert_eq!(wait_count(&c, 20, Duration::from_secs(60)).await, 20);
 
-    // A stand-in for the enricher's /metrics, so dropped_by_rules has something to read.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let body = "# TYPE audit_enricher_events_dropped_total counter\naudit_enricher_events_dropped_total{event_type=\"query-created\",group=\"contractors\",rule=\"r1\"} 7\n";
-            let _ = s
-                .write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await;
+    // Drop summaries as the enricher publishes them: a batch summed, then done again after a
+    // crash with other boundaries (offsets 101 and 102 counted twice): 4 events dropped.
+    let mut summaries = Vec::new();
+    for offsets in [[100, 101, 102], [101, 102, 103]] {
+        let mut tally = audit_schemas::drops::DropTally::default();
+        for offset in offsets {
+            tally.add(audit_schemas::drops::Drop {
+                rule_id: "r1".into(),
+                event_type: "query-created".into(),
+                group: Some("contractors".into()),
+                event_time: Timestamp::now(),
+                raw_partition: 0,
+                raw_offset: offset,
+            });
         }
-    });
+        summaries.extend(tally.take_summaries(Timestamp::now()));
+    }
+    publish(&p, &topics, &summaries).await;
+    assert_eq!(wait_count(&c, 22, Duration::from_secs(60)).await, 22);
 
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/queries");
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -384,7 +385,6 @@ async fn every_analyst_query_runs() {
             ("user_id", "u1"),
             ("from", "2000-01-01 00:00:00"),
             ("to", "2100-01-01 00:00:00"),
-            ("metrics_url", metrics_url.as_str()),
         ];
         let (status, body) = http(&clickhouse_url(), &sql, &params).await;
         assert_eq!(status, 200, "{}: {body}", f.display());
@@ -407,7 +407,14 @@ async fn every_analyst_query_runs() {
                     "{body}"
                 );
             }
-            "dropped_by_rules.sql" => assert_eq!(body.trim(), "query-created\tcontractors\tr1\t7"),
+            "dropped_by_rules.sql" => {
+                let fields: Vec<&str> = body.trim().split('\t').collect();
+                assert_eq!(
+                    fields[1..5],
+                    ["r1", "query-created", "contractors", "4"],
+                    "{body}"
+                );
+            }
             "failed_logins_per_day.sql"
             | "sessions_of_user.sql"
             | "errors_by_type.sql"

@@ -37,8 +37,13 @@ impl Routes {
         })
     }
 
-    /// The stream for a type, or `None` to skip it.
+    /// The stream for a type, or `None` to skip it. The enricher's rule-drop summaries are
+    /// bookkeeping for ClickHouse's `rule_drops`: they go only where a route names their type
+    /// exactly, never by a glob or the default stream.
     pub fn stream_for(&self, event_type: &str) -> Option<&str> {
+        if event_type == audit_schemas::drops::SUMMARY_TYPE {
+            return self.exact.get(event_type).map(String::as_str);
+        }
         self.exact
             .get(event_type)
             .or_else(|| {
@@ -92,5 +97,11 @@ mod tests {
         assert_eq!(r.stream_for("userService.create"), Some("server"));
         assert_eq!(r.stream_for("job-start"), Some("other"));
         assert_eq!(routes(None).stream_for("job-start"), None);
+        assert_eq!(
+            r.stream_for("audit.rule-drops"),
+            None,
+            "summaries: exact routes only"
+        );
+        assert_eq!(r.stream_for("audit.rule-set"), Some("other"));
     }
 }

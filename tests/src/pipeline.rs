@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use audit_runtime::{KafkaConfig, TopicsConfig};
 use audit_schemas::{AuditRule, AvroRecord, DirectoryEntry, DirectoryRecord};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -528,13 +529,38 @@ impl Pipeline {
             .with_database(&self.database)
     }
 
-    /// Rows in `events` and distinct event ids among them (0, 0 before the sink created it).
+    /// Rows in `events` and distinct event ids among them (0, 0 before the sink created it),
+    /// leaving out the enricher's rule-drop summaries (see [`Pipeline::rule_drops`]).
     pub async fn clickhouse_counts(&self) -> (u64, u64) {
         self.clickhouse()
-            .query("SELECT count(), uniqExact(event_id) FROM events")
+            .query("SELECT count(), uniqExact(event_id) FROM events WHERE event_type != 'audit.rule-drops'")
             .fetch_one::<(u64, u64)>()
             .await
             .unwrap_or((0, 0))
+    }
+
+    /// Events dropped by rules, per rule, as the drop summaries in `rule_drops` count them (each
+    /// raw record once), polled until they reach `total` or `timeout` passes.
+    pub async fn rule_drops(&self, total: u64, timeout: Duration) -> BTreeMap<String, u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got: BTreeMap<String, u64> = self
+                .clickhouse()
+                .query(
+                    "SELECT rule, count() FROM (SELECT raw_partition, raw_offset, any(rule) AS rule
+                     FROM rule_drops ARRAY JOIN raw_offsets AS raw_offset
+                     GROUP BY raw_partition, raw_offset) GROUP BY rule",
+                )
+                .fetch_all::<(String, u64)>()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            if got.values().sum::<u64>() >= total || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Polls ClickHouse until `events` holds at least `rows` rows or `timeout` passes, then

@@ -117,6 +117,8 @@ async fn bootstrap(pipeline: &Pipeline) {
 /// What ClickHouse and CloudWatch must hold once `planned` went through.
 struct Expected {
     rows: u64,
+    /// Events the rule drops (all by `no-jobs-for-contractors`).
+    dropped: u64,
     by_type_user: BTreeMap<(String, String), u64>,
     by_stream: BTreeMap<String, HashSet<String>>,
 }
@@ -135,6 +137,7 @@ fn expected(pipeline: &Pipeline, planned: &[Planned]) -> Expected {
     }
     Expected {
         rows: by_type_user.values().sum(),
+        dropped: planned.iter().filter(|p| p.dropped).count() as u64,
         by_type_user,
         by_stream,
     }
@@ -152,7 +155,7 @@ async fn assert_clickhouse_exact(pipeline: &Pipeline, want: &Expected) {
     );
     let got: BTreeMap<(String, String), u64> = pipeline
         .clickhouse()
-        .query("SELECT event_type, assumeNotNull(user_id), count() FROM events GROUP BY 1, 2")
+        .query("SELECT event_type, assumeNotNull(user_id), count() FROM events WHERE event_type != 'audit.rule-drops' GROUP BY 1, 2")
         .fetch_all::<(String, String, u64)>()
         .await
         .unwrap()
@@ -167,6 +170,18 @@ async fn assert_clickhouse_exact(pipeline: &Pipeline, want: &Expected) {
         .await
         .unwrap();
     assert_eq!(leaked, 0, "a secret reached ClickHouse");
+    // What the rule dropped is on record too: each dropped event counted once.
+    let drops = pipeline
+        .rule_drops(want.dropped, Duration::from_secs(60))
+        .await;
+    let want_drops: BTreeMap<String, u64> = (want.dropped > 0)
+        .then(|| ("no-jobs-for-contractors".to_string(), want.dropped))
+        .into_iter()
+        .collect();
+    assert_eq!(
+        drops, want_drops,
+        "events dropped per rule, from rule_drops"
+    );
 }
 
 /// CloudWatch: every expected event in its stream; returns the number of duplicates.

@@ -139,3 +139,12 @@ fn secret_params_at_top_level() {
     assert_eq!(e.params["Token"], "\"[NOT OUTPUT]\"");
     assert_eq!(e.params["ok"], "\"fine\"");
 }
+
+#[test]
+fn senders_cannot_forge_control_events() {
+    let errors =
+        parse(json!({"event_type": "audit.rule-deleted", "source": "SERVER"})).unwrap_err();
+    assert_eq!(paths(&errors), vec!["/event_type"]);
+    assert!(errors[0].reason.contains("reserved"), "{:?}", errors[0]);
+    assert!(parse(json!({"event_type": "auditing-done", "source": "SERVER"})).is_ok());
+}
