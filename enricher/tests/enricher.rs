@@ -394,8 +394,12 @@ async fn rules_apply_live_and_deleting_restores() {
     )
     .await;
 
-    let got = enriched(&topics, 4).await;
-    let messages: Vec<&str> = got
+    // The four kept events, and the summary of what the rule dropped.
+    let got = enriched(&topics, 5).await;
+    let (summaries, kept): (Vec<_>, Vec<_>) = got
+        .iter()
+        .partition(|e| e.event.event_type.as_str() == audit_schemas::drops::SUMMARY_TYPE);
+    let messages: Vec<&str> = kept
         .iter()
         .map(|e| e.event.message.as_deref().unwrap())
         .collect();
@@ -408,8 +412,14 @@ async fn rules_apply_live_and_deleting_restores() {
             "carl query after delete"
         ]
     );
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let params = &summaries[0].event.params;
+    assert_eq!(params["rule"], format!("\"{}\"", rule.id));
+    assert_eq!(params["dropped_type"], "\"query-created\"");
+    assert_eq!(params["group"], "\"contractors\"");
+    assert_eq!(params["count"], "1");
     assert!(
-        consume_n(&topics.enriched.name, 1, 5, Duration::from_secs(2))
+        consume_n(&topics.enriched.name, 1, 6, Duration::from_secs(2))
             .await
             .is_err()
     );
