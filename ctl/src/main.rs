@@ -9,6 +9,7 @@ mod dlq;
 mod operator;
 mod rules;
 mod settings;
+mod streams;
 mod table;
 mod topics;
 
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 /// environment variables AUDIT__SECTION__KEY (e.g. AUDIT__KAFKA__BROKERS=host:9092,
 /// AUDIT__TOPICS__RAW__PARTITIONS=12). `auditctl config` prints the result.
 ///
-/// Every change (rules, directory) is itself published as an audit event naming the operator:
+/// Every change (rules, directory, stream map) is itself published as an audit event naming the operator:
 /// the admin whose credential is presented (AUDITCTL_ADMIN_CREDENTIAL or
 /// --admin-credential-file), else operator.name, else the OS user. With
 /// operator.require_admin_credential = true, changes need a valid credential.
@@ -56,6 +57,9 @@ enum Command {
     /// Set, list or delete the rules that drop event types for groups or users.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Route event types to CloudWatch log streams, live (over the sink's configured routes).
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
     /// Store or delete sessions, users and groups the enricher joins events with.
     #[command(subcommand)]
     Directory(directory::DirectoryCommand),
@@ -93,6 +97,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(args, &settings).await,
         Command::Rules(cmd) => rules::run(cmd, &settings, &actor).await,
         Command::Directory(cmd) => directory::run(cmd, &settings, &actor).await,
+        Command::Streams(cmd) => streams::run(cmd, &settings, &actor).await,
         Command::Dlq(cmd) => dlq::run(cmd, &settings).await,
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);

@@ -32,11 +32,11 @@ fn stdout(o: &Output) -> String {
 fn topics_create_is_idempotent_and_list_shows_settings() {
     let topics = unique_topics(4);
     let first = stdout(&auditctl(&topics, &["topics", "create"]));
-    assert_eq!(first.matches(" created ").count(), 6, "{first}");
+    assert_eq!(first.matches(" created ").count(), 7, "{first}");
     let second = stdout(&auditctl(&topics, &["topics", "create"]));
     assert_eq!(
         second.matches("exists (left unchanged)").count(),
-        6,
+        7,
         "{second}"
     );
 

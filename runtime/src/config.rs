@@ -319,6 +319,8 @@ pub struct TopicsConfig {
     /// Partitioned like `raw` (same count, same key): must keep `raw`'s partition count.
     pub sessions: TopicConfig,
     pub rules: TopicConfig,
+    /// The CloudWatch sink's routes, set live by `auditctl streams`.
+    pub stream_map: TopicConfig,
     pub enriched: TopicConfig,
     pub dlq: TopicConfig,
 }
@@ -330,6 +332,7 @@ impl Default for TopicsConfig {
             directory: TopicConfig::new("audit.directory", 3, true),
             sessions: TopicConfig::new("audit.sessions", 6, true),
             rules: TopicConfig::new("audit.rules", 1, true),
+            stream_map: TopicConfig::new("audit.stream-map", 1, true),
             enriched: TopicConfig::new("audit.enriched", 6, false),
             dlq: TopicConfig::new("audit.dlq", 1, false),
         }
@@ -345,12 +348,13 @@ impl TopicsConfig {
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &TopicConfig); 6] {
+    pub fn all(&self) -> [(&'static str, &TopicConfig); 7] {
         [
             ("raw", &self.raw),
             ("directory", &self.directory),
             ("sessions", &self.sessions),
             ("rules", &self.rules),
+            ("stream_map", &self.stream_map),
             ("enriched", &self.enriched),
             ("dlq", &self.dlq),
         ]

@@ -6,7 +6,9 @@
 //! one, so records written before an (always backward-compatible) schema change still decode.
 //! Any Avro library can read the topics with the `.avsc` files alone.
 
-use crate::{AuditRule, DeadLetter, DirectoryRecord, EnrichedAuditEvent, RawAuditEvent};
+use crate::{
+    AuditRule, DeadLetter, DirectoryRecord, EnrichedAuditEvent, RawAuditEvent, StreamMapping,
+};
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;
@@ -324,6 +326,7 @@ avro_record!(
     ["directory_record.v1.avsc", "directory_record.v2.avsc"]
 );
 avro_record!(AuditRule, "AuditRule", ["audit_rule.v1.avsc"]);
+avro_record!(StreamMapping, "StreamMapping", ["stream_mapping.v1.avsc"]);
 avro_record!(
     DeadLetter,
     "DeadLetter",
@@ -338,6 +341,7 @@ pub enum AnyRecord {
     Enriched(Box<EnrichedAuditEvent>),
     Directory(DirectoryRecord),
     Rule(AuditRule),
+    StreamMapping(StreamMapping),
     DeadLetter(DeadLetter),
 }
 
@@ -353,6 +357,8 @@ impl AnyRecord {
             DirectoryRecord::decode(bytes).map(Self::Directory)
         } else if is(AuditRule::schemas()) {
             AuditRule::decode(bytes).map(Self::Rule)
+        } else if is(StreamMapping::schemas()) {
+            StreamMapping::decode(bytes).map(Self::StreamMapping)
         } else if is(DeadLetter::schemas()) {
             DeadLetter::decode(bytes).map(Self::DeadLetter)
         } else {
@@ -366,6 +372,7 @@ impl AnyRecord {
             AnyRecord::Enriched(_) => "EnrichedAuditEvent",
             AnyRecord::Directory(_) => "DirectoryRecord",
             AnyRecord::Rule(_) => "AuditRule",
+            AnyRecord::StreamMapping(_) => "StreamMapping",
             AnyRecord::DeadLetter(_) => "DeadLetter",
         }
     }
@@ -378,6 +385,7 @@ impl Serialize for AnyRecord {
             AnyRecord::Enriched(r) => r.serialize(s),
             AnyRecord::Directory(r) => r.serialize(s),
             AnyRecord::Rule(r) => r.serialize(s),
+            AnyRecord::StreamMapping(r) => r.serialize(s),
             AnyRecord::DeadLetter(r) => r.serialize(s),
         }
     }

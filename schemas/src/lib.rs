@@ -10,6 +10,7 @@
 //!   so that old records still decode.
 //! - [`catalog`]: the event-type catalog and the pattern custom types must match.
 //! - [`drops`]: the enricher's summaries of what rules dropped, read by ClickHouse's `rule_drops`.
+//! - [`stream_map`]: the CloudWatch sink's routes that `auditctl streams` changes live.
 //! - [`control`]: changes to rules, directory and stream map as audit events of reserved types.
 //! - [`ingest`]: JSON -> [`RawAuditEvent`] with validation that reports every error by field path.
 //! - [`audit_log`] and [`locator`]: conversion of a server product's JSON audit-log line.
@@ -30,6 +31,7 @@ pub mod ingest;
 pub mod locator;
 pub mod redaction;
 pub mod rule;
+pub mod stream_map;
 pub mod timestamp;
 
 pub use catalog::EventType;
@@ -43,4 +45,5 @@ pub use event::{
     GroupRef, IngestContext, PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,
 };
 pub use rule::{AuditRule, RuleAction};
+pub use stream_map::StreamMapping;
 pub use timestamp::Timestamp;

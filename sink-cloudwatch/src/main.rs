@@ -7,11 +7,12 @@ use audit_runtime::ops::Health;
 use audit_runtime::replays::RecentIds;
 use audit_runtime::Shutdown;
 use audit_sink_cloudwatch::config::Settings;
-use audit_sink_cloudwatch::routing::Routes;
+use audit_sink_cloudwatch::routing::StreamMap;
 use audit_sink_cloudwatch::service::CloudWatch;
 use audit_sink_cloudwatch::sink::CloudWatchSink;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// jemalloc for Rust and librdkafka alike: under glibc malloc, arena lock contention across the
@@ -75,7 +76,17 @@ async fn run(cli: Cli) -> Result<()> {
     let health = Health::default();
     let ops =
         audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
-    let routes = Routes::new(&cw.streams, cw.default_stream())?;
+    // The configured routes, with the stream-map topic's on top once it is read to its end.
+    let stream_map = Arc::new(RwLock::new(StreamMap::new(
+        cw.streams.clone(),
+        cw.default_stream(),
+    )));
+    let map_loaded = follow_stream_map(&settings, stream_map.clone(), shutdown.clone());
+    wait_loaded(map_loaded, &settings.topics.stream_map.name).await?;
+    let (routes, routes_version) = {
+        let map = stream_map.read().unwrap_or_else(|p| p.into_inner());
+        (map.routes()?, map.version())
+    };
     let cloudwatch = CloudWatch::connect(
         cw.endpoint_url.as_deref(),
         cw.region.as_deref(),
@@ -98,6 +109,8 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sink = CloudWatchSink {
         cloudwatch,
         routes,
+        stream_map,
+        routes_version,
         letters: audit_runtime::dead_letter::DeadLetters::new(
             audit_runtime::publish::BatchProducer::new(&settings.kafka, "audit-sink-cloudwatch")?,
             &settings.topics.dlq.name,
@@ -135,4 +148,56 @@ async fn run(cli: Cli) -> Result<()> {
         "sink stopped"
     );
     Ok(())
+}
+
+/// Follows the stream-map topic into `map` on its own task; the receiver turns true once the
+/// topic was read to the end it had at start.
+fn follow_stream_map(
+    settings: &Settings,
+    map: Arc<RwLock<StreamMap>>,
+    shutdown: Shutdown,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let kafka = settings.kafka.clone();
+    let topic = settings.topics.stream_map.name.clone();
+    tokio::spawn(async move {
+        let apply = |key: &[u8], value: Option<&[u8]>, partition: i32, offset: i64| {
+            let result = map
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_bytes(key, value);
+            match result {
+                Ok(()) => {
+                    tracing::info!(topic = %topic, pattern = %String::from_utf8_lossy(key), "stream mapping read")
+                }
+                Err(reason) => {
+                    tracing::warn!(topic = %topic, partition, offset, %reason, "stream mapping skipped")
+                }
+            }
+        };
+        let name = topic.clone();
+        if let Err(e) = audit_runtime::follow::follow(
+            &kafka,
+            "audit-sink-cloudwatch",
+            &name,
+            tx,
+            shutdown,
+            apply,
+        )
+        .await
+        {
+            tracing::error!(error = %e, topic = %name, "the stream-map follower stopped; routes stay as they are");
+        }
+    });
+    rx
+}
+
+/// Waits until the stream map is loaded, or fails naming the topic when its follower stopped
+/// (the topic missing, the broker away for longer than the follower waits).
+async fn wait_loaded(mut loaded: tokio::sync::watch::Receiver<bool>, topic: &str) -> Result<()> {
+    loaded
+        .wait_for(|&ready| ready)
+        .await
+        .map(|_| ())
+        .map_err(|_| anyhow::anyhow!("could not read the stream map from topic {topic} (does it exist? `auditctl topics create`)"))
 }

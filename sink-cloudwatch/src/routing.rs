@@ -1,8 +1,71 @@
 //! Event type -> log stream, as the seed's export map (`log => datagrok_log`,
-//! `error => datagrok_errors`) with globs added.
+//! `error => datagrok_errors`) with globs added; [`StreamMap`] layers the live mappings of the
+//! `audit.stream-map` topic over the configured ones.
 
+use audit_schemas::{AvroRecord, StreamMapping};
 use globset::{Glob, GlobMatcher};
 use std::collections::BTreeMap;
+
+/// The configured routes (`cloudwatch.streams`) with the stream-map topic's on top: a pattern
+/// on the topic replaces the configured one, a tombstone brings it back.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMap {
+    configured: BTreeMap<String, String>,
+    default_stream: Option<String>,
+    live: BTreeMap<String, String>,
+    /// Bumped by every change, so the sink rebuilds its routes only when there is one.
+    version: u64,
+}
+
+impl StreamMap {
+    pub fn new(configured: BTreeMap<String, String>, default_stream: Option<String>) -> Self {
+        Self {
+            configured,
+            default_stream,
+            live: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Applies one record of the stream-map topic; an empty value deletes the pattern's live
+    /// mapping. A record that cannot be used changes nothing and says why.
+    pub fn apply_bytes(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let pattern = String::from_utf8_lossy(key).into_owned();
+        match value {
+            None | Some([]) => {
+                self.live.remove(&pattern);
+            }
+            Some(bytes) => {
+                let m = StreamMapping::decode(bytes).map_err(|e| e.to_string())?;
+                if m.pattern != pattern {
+                    return Err(format!(
+                        "mapping under key {pattern:?} has pattern {:?}; they must be the same",
+                        m.pattern
+                    ));
+                }
+                m.check().map_err(|e| e.to_string())?;
+                self.live.insert(m.pattern, m.stream);
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Every mapping in effect: configured, then live ones replacing them.
+    pub fn effective(&self) -> BTreeMap<String, String> {
+        let mut all = self.configured.clone();
+        all.extend(self.live.clone());
+        all
+    }
+
+    pub fn routes(&self) -> Result<Routes, globset::Error> {
+        Routes::new(&self.effective(), self.default_stream.clone())
+    }
+}
 
 pub struct Routes {
     exact: BTreeMap<String, String>,
@@ -103,5 +166,42 @@ mod tests {
             "summaries: exact routes only"
         );
         assert_eq!(r.stream_for("audit.rule-set"), Some("other"));
+    }
+
+    #[test]
+    fn live_mappings_replace_configured_ones_until_deleted() {
+        let configured = BTreeMap::from([("log".to_string(), "datagrok_log".to_string())]);
+        let mut map = StreamMap::new(configured, None);
+        let put = |m: &mut StreamMap, p: &str, s: &str| {
+            let record = StreamMapping {
+                pattern: p.into(),
+                stream: s.into(),
+            };
+            m.apply_bytes(p.as_bytes(), Some(&record.encode().unwrap()))
+        };
+        put(&mut map, "log", "logs-v2").unwrap();
+        put(&mut map, "query-*", "queries").unwrap();
+        let routes = map.routes().unwrap();
+        assert_eq!(routes.stream_for("log"), Some("logs-v2"));
+        assert_eq!(routes.stream_for("query-edited"), Some("queries"));
+        let v = map.version();
+        map.apply_bytes(b"log", None).unwrap();
+        assert!(map.version() > v);
+        assert_eq!(
+            map.routes().unwrap().stream_for("log"),
+            Some("datagrok_log")
+        );
+        // Refused, and nothing changes.
+        let v = map.version();
+        assert!(put(&mut map, "job-*", "a:b").is_err());
+        let mismatched = StreamMapping {
+            pattern: "x".into(),
+            stream: "s".into(),
+        };
+        assert!(map
+            .apply_bytes(b"y", Some(&mismatched.encode().unwrap()))
+            .is_err());
+        assert!(map.apply_bytes(b"z", Some(b"garbage")).is_err());
+        assert_eq!(map.version(), v);
     }
 }

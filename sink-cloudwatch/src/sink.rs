@@ -3,7 +3,7 @@
 
 use crate::batcher::{plan, LogEvent};
 use crate::message::message;
-use crate::routing::Routes;
+use crate::routing::{Routes, StreamMap};
 use crate::service::CloudWatch;
 use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::dead_letter::{self, DeadLetters};
@@ -17,6 +17,11 @@ use uuid::Uuid;
 pub struct CloudWatchSink {
     pub cloudwatch: CloudWatch,
     pub routes: Routes,
+    /// The routes as configured and as the stream-map topic changes them; followed on its own
+    /// task, taken up here at the start of the next batch.
+    pub stream_map: std::sync::Arc<std::sync::RwLock<StreamMap>>,
+    /// The stream map's version `routes` was built from.
+    pub routes_version: u64,
     pub letters: DeadLetters,
     /// Per partition, the ids shipped lately and where this instance's reading left off.
     pub recent: RecentIds,
@@ -39,8 +44,41 @@ pub fn placement_ms(event: &EnrichedAuditEvent, now_ms: i64) -> i64 {
     }
 }
 
+impl CloudWatchSink {
+    /// Takes up a changed stream map: new routes, their streams created first. A map that does
+    /// not compile keeps the routes in use (the mapping was checked when it was read, so this is
+    /// a safeguard, said in the log).
+    async fn refresh_routes(&mut self) -> anyhow::Result<()> {
+        let (version, routes) = {
+            let map = self.stream_map.read().unwrap_or_else(|p| p.into_inner());
+            if map.version() == self.routes_version {
+                return Ok(());
+            }
+            (map.version(), map.routes())
+        };
+        match routes {
+            Ok(routes) => {
+                let streams: Vec<&str> = routes.streams().collect();
+                self.cloudwatch.ensure(&streams).await?;
+                tracing::info!(
+                    version,
+                    streams = streams.len(),
+                    "stream map changed; new routes in effect"
+                );
+                self.routes = routes;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the changed stream map does not compile; the routes in use stay")
+            }
+        }
+        self.routes_version = version;
+        Ok(())
+    }
+}
+
 impl BatchHandler for CloudWatchSink {
     async fn handle(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        self.refresh_routes().await?;
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
         let now_ms = Timestamp::now().as_millis();

@@ -55,6 +55,7 @@ pub fn unique_topics(partitions: i32) -> TopicsConfig {
         &mut topics.raw,
         &mut topics.directory,
         &mut topics.rules,
+        &mut topics.stream_map,
         &mut topics.enriched,
         &mut topics.dlq,
     ] {

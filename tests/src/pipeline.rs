@@ -479,6 +479,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Runs `auditctl` against this run's broker and topics; `env` adds settings
+    /// (`AUDIT__OPERATOR__NAME`, `AUDIT__CLICKHOUSE__...`).
+    pub fn auditctl(&self, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+        Ok(Command::new(binary("auditctl")?)
+            .args(args)
+            .env("AUDIT__KAFKA__BROKERS", &self.kafka.brokers)
+            .envs(crate::topics_env(&self.topics))
+            .envs(env.iter().copied())
+            .output()?)
+    }
+
     /// A request with this run's token to the ingest service (directory writes, SCIM): status
     /// and JSON body (`null` when empty).
     pub async fn request(
