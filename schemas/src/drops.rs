@@ -107,7 +107,7 @@ fn summary(key: Key, mut t: Tally, now: Timestamp) -> Option<EnrichedAuditEvent>
     params.insert("dropped_type".to_string(), text(&key.event_type));
     params.insert(
         "group".to_string(),
-        key.group.as_deref().map_or("null".to_string(), |g| text(g)),
+        key.group.as_deref().map_or("null".to_string(), &text),
     );
     params.insert("count".to_string(), t.offsets.len().to_string());
     params.insert("minute".to_string(), text(&minute.to_rfc3339()));
