@@ -7,6 +7,7 @@ mod consume;
 mod directory;
 mod dlq;
 mod operator;
+mod rule_impact;
 mod rules;
 mod settings;
 mod streams;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "auditctl", version, about, long_about)]
 struct Cli {
-    /// TOML settings file (sections: kafka, topics, log, operator).
+    /// TOML settings file (sections: kafka, topics, log, operator, clickhouse).
     #[arg(long, global = true, env = "AUDIT_CONFIG")]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers; overrides kafka.brokers.

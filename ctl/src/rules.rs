@@ -2,6 +2,7 @@
 //! group or user. Changes reach every running enricher within a second.
 
 use crate::operator::{self, Actor};
+use crate::rule_impact::{self, Tables};
 use crate::settings::Settings;
 use crate::table;
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,21 @@ pub enum RulesCommand {
     Set(SetArgs),
     /// List the rules in the order they apply.
     List,
+    /// Which rule decides an event of this type from this user (or session), and why each
+    /// other rule does not apply. Reads the rules and the directory as the enricher does.
+    ///
+    /// Example: auditctl rules explain --user bob --type query-created
+    Explain {
+        /// Event type.
+        #[arg(long = "type")]
+        event_type: String,
+        /// User id or login.
+        #[arg(long, required_unless_present = "session", conflicts_with = "session")]
+        user: Option<String>,
+        /// Session id: its user is looked up in the sessions topic.
+        #[arg(long)]
+        session: Option<String>,
+    },
     /// Delete a rule; its events are kept again.
     Delete {
         /// The rule's id.
@@ -34,7 +50,7 @@ pub enum Action {
     Keep,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SetArgs {
     /// Read the rule from a TOML or JSON file (fields: id, order, description, groups, users,
     /// event_types, action) instead of flags.
@@ -61,6 +77,13 @@ pub struct SetArgs {
     /// Why the rule exists, for the next administrator.
     #[arg(long)]
     description: Option<String>,
+    /// Publish nothing: count how many of the last `--last` stored events (ClickHouse,
+    /// settings clickhouse.*) the rules with this change would have dropped.
+    #[arg(long)]
+    dry_run: bool,
+    /// How many of the newest stored events a dry run examines.
+    #[arg(long, default_value_t = 10_000)]
+    last: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +161,22 @@ async fn current(settings: &Settings, id: &str) -> Result<Option<serde_json::Val
     }
 }
 
+/// The user of a session, from the sessions topic.
+async fn session_user(settings: &Settings, session: &str) -> Result<String> {
+    let key = audit_schemas::DirectoryKey::Session(session.to_string());
+    let table = table::read(settings, &settings.topics.sessions.name).await?;
+    let bytes = table.get(&key.record_key()).with_context(|| {
+        format!(
+            "session {session} is not in {}",
+            settings.topics.sessions.name
+        )
+    })?;
+    match audit_schemas::DirectoryRecord::decode(bytes)?.entry {
+        audit_schemas::DirectoryEntry::Session(s) => Ok(s.user_id),
+        _ => bail!("{key} does not hold a session"),
+    }
+}
+
 /// Refuses what the enricher would refuse, before it is published.
 fn check(rule: &AuditRule) -> Result<()> {
     if rule.id.trim().is_empty() {
@@ -154,9 +193,32 @@ pub async fn run(cmd: RulesCommand, settings: &Settings, actor: &Actor) -> Resul
     let topic = &settings.topics.rules.name;
     match cmd {
         RulesCommand::Set(args) => {
-            let rule = rule_from(args)?;
+            let rule = rule_from(args.clone())?;
             check(&rule)?;
             let operator = actor.identify()?;
+            let tables = Tables::read(settings).await?;
+            for warning in tables.warnings(&rule) {
+                eprintln!("warning: {warning}");
+            }
+            if args.dry_run {
+                let result = rule_impact::dry_run(settings, &tables, &rule, args.last).await?;
+                println!(
+                    "dry run, nothing published: with rule {} the rules would have dropped {} of the last {} stored events",
+                    rule.id, result.would_drop, result.examined
+                );
+                for (event_type, n) in &result.by_type {
+                    println!("  {n:>8} {event_type} (by {})", rule.id);
+                }
+                let change = ControlChange {
+                    subject: Subject::Rule,
+                    change: Change::DryRun,
+                    key: rule.id.clone(),
+                    old: current(settings, &rule.id).await?,
+                    new: Some(serde_json::json!({"rule": rule, "result": result})),
+                    old_known: true,
+                };
+                return operator::record(settings, &operator, &[change]).await;
+            }
             let old = current(settings, &rule.id).await?;
             table::put(settings, topic, &rule.id, Some(&rule.encode()?)).await?;
             let change = ControlChange {
@@ -184,6 +246,35 @@ pub async fn run(cmd: RulesCommand, settings: &Settings, actor: &Actor) -> Resul
             };
             operator::record(settings, &operator, &[change]).await?;
             println!("rule {id} deleted");
+        }
+        RulesCommand::Explain {
+            event_type,
+            user,
+            session,
+        } => {
+            let operator = actor.identify()?;
+            let tables = Tables::read(settings).await?;
+            let user_id = match (user, session) {
+                (Some(u), _) => u,
+                (None, Some(s)) => session_user(settings, &s).await?,
+                (None, None) => bail!("--user or --session is required"),
+            };
+            let (resolved, groups) = tables.user(&user_id);
+            let explained = tables.rules.explain(&event_type, Some(&resolved), &groups);
+            let text = rule_impact::report(&event_type, &resolved, &groups, &explained);
+            print!("{text}");
+            let decision = text.lines().last().unwrap_or_default().to_string();
+            let change = ControlChange {
+                subject: Subject::Rule,
+                change: Change::Explain,
+                key: format!("{event_type} for {}", resolved.id),
+                old: None,
+                new: Some(
+                    serde_json::json!({"event_type": event_type, "user": resolved.id, "decision": decision}),
+                ),
+                old_known: false,
+            };
+            operator::record(settings, &operator, &[change]).await?;
         }
         RulesCommand::List => {
             let mut rules: Vec<AuditRule> = Vec::new();

@@ -1,6 +1,7 @@
 //! `auditctl`'s settings: the cluster and the pipeline's topics.
 
 use crate::operator::OperatorSettings;
+use crate::rule_impact::ClickHouseSettings;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, LogFormat, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,8 @@ pub struct Settings {
     pub log: LogConfig,
     /// Who is recorded as making changes; see `crate::operator`.
     pub operator: OperatorSettings,
+    /// Where `rules set --dry-run` reads stored events.
+    pub clickhouse: ClickHouseSettings,
 }
 
 impl Default for Settings {
@@ -27,6 +30,7 @@ impl Default for Settings {
                 level: "warn".to_string(),
             },
             operator: OperatorSettings::default(),
+            clickhouse: ClickHouseSettings::default(),
         }
     }
 }

@@ -85,6 +85,48 @@ impl CompiledRule {
     }
 }
 
+/// Why one rule did or did not decide an event, for `auditctl rules explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first rule that matches: it decides.
+    Decides { group: Option<String> },
+    /// Matches, but an earlier rule decided.
+    Shadowed,
+    /// Does not apply, and why.
+    NoMatch(String),
+}
+
+/// A rule as `explain` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    pub rule: AuditRule,
+    pub verdict: Verdict,
+}
+
+impl CompiledRule {
+    /// The first criterion that fails, said so an administrator can act on it.
+    fn why_not(&self, event_type: &str, user: Option<&ResolvedUser>, groups: &[&str]) -> String {
+        if !self.users.is_empty()
+            && !user.is_some_and(|u| self.users.contains(&u.id) || self.users.contains(&u.login))
+        {
+            let who = user.map_or("no user".to_string(), |u| {
+                format!("user {} ({})", u.id, u.login)
+            });
+            return format!("names users {:?}; the event has {who}", self.rule.users);
+        }
+        if !self.groups.is_empty() && !groups.iter().any(|g| self.groups.contains(*g)) {
+            return format!(
+                "names groups {:?}; the user is in {:?}",
+                self.rule.groups, groups
+            );
+        }
+        format!(
+            "types {:?} do not match {event_type:?}",
+            self.rule.event_types
+        )
+    }
+}
+
 /// The live rule set.
 #[derive(Debug, Default)]
 pub struct RuleSet {
@@ -161,6 +203,44 @@ impl RuleSet {
             },
             _ => Decision::Keep,
         }
+    }
+
+    /// Every rule in order with what it decided for this event and why; `decide`'s answer
+    /// spelled out.
+    pub fn explain(
+        &self,
+        event_type: &str,
+        user: Option<&ResolvedUser>,
+        groups: &[GroupRef],
+    ) -> Vec<Explained> {
+        let names: Vec<&str> = groups
+            .iter()
+            .flat_map(|g| [g.id.as_str(), g.name.as_str()])
+            .collect();
+        let control = audit_schemas::control::is_control(event_type);
+        let mut decided = false;
+        self.rules
+            .iter()
+            .map(|r| {
+                let verdict = match r.matches(event_type, user, &names) {
+                    _ if control => Verdict::NoMatch(
+                        "control events (audit.*) are kept whatever the rules say".into(),
+                    ),
+                    Some(_) if decided => Verdict::Shadowed,
+                    Some(group) => {
+                        decided = true;
+                        Verdict::Decides {
+                            group: group.map(str::to_string),
+                        }
+                    }
+                    None => Verdict::NoMatch(r.why_not(event_type, user, &names)),
+                };
+                Explained {
+                    rule: r.rule.clone(),
+                    verdict,
+                }
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -298,6 +378,70 @@ mod tests {
         assert_eq!(rules.decide("log", None, &[]), Decision::Keep);
         rules.apply_bytes(b"r", None).unwrap();
         assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn explain_names_the_deciding_rule_and_why_the_others_do_not_apply() {
+        let mut rules = RuleSet::default();
+        rules
+            .upsert(rule("for-sales", 1, &["sales"], &[], &[], RuleAction::Keep))
+            .unwrap();
+        rules
+            .upsert(rule(
+                "no-queries",
+                5,
+                &["contractors"],
+                &[],
+                &["query-*"],
+                RuleAction::Drop,
+            ))
+            .unwrap();
+        rules
+            .upsert(rule(
+                "no-logs",
+                9,
+                &[],
+                &[],
+                &["query-*", "log"],
+                RuleAction::Drop,
+            ))
+            .unwrap();
+        let got = rules.explain(
+            "query-created",
+            Some(&user("bob")),
+            &groups(&["contractors"]),
+        );
+        let verdicts: Vec<(&str, &Verdict)> = got
+            .iter()
+            .map(|e| (e.rule.id.as_str(), &e.verdict))
+            .collect();
+        assert_eq!(
+            verdicts[1].1,
+            &Verdict::Decides {
+                group: Some("contractors".into())
+            }
+        );
+        assert_eq!(verdicts[2].1, &Verdict::Shadowed);
+        match verdicts[0].1 {
+            Verdict::NoMatch(why) => assert!(why.contains("sales"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let decided = rules.decide(
+            "query-created",
+            Some(&user("bob")),
+            &groups(&["contractors"]),
+        );
+        assert_eq!(
+            decided,
+            Decision::Drop {
+                rule_id: "no-queries".into(),
+                group: Some("contractors".into())
+            }
+        );
+        let control = rules.explain("audit.rule-set", None, &[]);
+        assert!(control
+            .iter()
+            .all(|e| matches!(e.verdict, Verdict::NoMatch(_))));
     }
 
     #[test]

@@ -54,11 +54,14 @@ impl Subject {
     }
 }
 
-/// Set (created or replaced) or deleted.
+/// What was done: set (created or replaced) or deleted; or, looking without changing,
+/// explained or tried in a dry run (an administrator probing the rules is on record too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Set,
     Delete,
+    Explain,
+    DryRun,
 }
 
 impl Change {
@@ -66,6 +69,8 @@ impl Change {
         match self {
             Change::Set => "set",
             Change::Delete => "deleted",
+            Change::Explain => "explained",
+            Change::DryRun => "dry-run",
         }
     }
 }
@@ -210,7 +215,7 @@ mod tests {
     #[test]
     fn every_subject_and_change_makes_a_valid_reserved_type() {
         for subject in [Subject::Rule, Subject::Directory, Subject::StreamMap] {
-            for change in [Change::Set, Change::Delete] {
+            for change in [Change::Set, Change::Delete, Change::Explain, Change::DryRun] {
                 let c = ControlChange {
                     subject,
                     change,
