@@ -133,6 +133,7 @@ pub fn enrich(
             },
             // Checked by the service, which holds the configured limits.
             event_time: Default::default(),
+            chain: None,
         }),
         redacted,
     }

@@ -316,7 +316,8 @@ avro_record!(
     [
         "enriched_audit_event.v1.avsc",
         "enriched_audit_event.v2.avsc",
-        "enriched_audit_event.v3.avsc"
+        "enriched_audit_event.v3.avsc",
+        "enriched_audit_event.v4.avsc"
     ],
     encode = direct_write::enriched_audit_event
 );

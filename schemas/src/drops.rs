@@ -157,6 +157,7 @@ fn summary(key: Key, mut t: Tally, now: Timestamp) -> Option<EnrichedAuditEvent>
             raw_offset: first_offset,
         },
         event_time: Default::default(),
+        chain: None,
     })
 }
 

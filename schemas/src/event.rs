@@ -187,6 +187,9 @@ pub struct EnrichedAuditEvent {
     /// Whether the claimed event time is plausible next to `pipeline.received_at`.
     #[serde(default)]
     pub event_time: EventTimeCheck,
+    /// The event's link in its raw partition's hash chain (see [`crate::chain`]).
+    #[serde(default)]
+    pub chain: Option<crate::chain::ChainLink>,
 }
 
 /// The event time is the sender's claim; the enricher checks it against the time the pipeline

@@ -9,6 +9,7 @@
 //! - [`codec`]: the Avro single-object wire format, with every schema version ever published kept
 //!   so that old records still decode.
 //! - [`catalog`]: the event-type catalog and the pattern custom types must match.
+//! - [`chain`]: hash chains over enriched events and signed digests of their heads.
 //! - [`drops`]: the enricher's summaries of what rules dropped, read by ClickHouse's `rule_drops`.
 //! - [`stream_map`]: the CloudWatch sink's routes that `auditctl streams` changes live.
 //! - [`control`]: changes to rules, directory and stream map as audit events of reserved types.
@@ -21,6 +22,7 @@
 
 pub mod audit_log;
 pub mod catalog;
+pub mod chain;
 pub mod codec;
 pub mod control;
 pub mod dead_letter;

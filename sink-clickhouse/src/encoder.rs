@@ -277,6 +277,7 @@ pub(crate) mod tests {
                 raw_offset: 2,
             },
             event_time: Default::default(),
+            chain: None,
         }
     }
 

@@ -129,6 +129,7 @@ fn event(
             raw_offset: n as i64,
         },
         event_time: Default::default(),
+        chain: None,
     }
 }
 
@@ -353,6 +354,7 @@ async fn every_analyst_query_runs() {
                 event_type: "query-created".into(),
                 group: Some("contractors".into()),
                 event_time: Timestamp::now(),
+                chain: None,
                 raw_partition: 0,
                 raw_offset: offset,
             });

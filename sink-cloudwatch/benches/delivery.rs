@@ -63,6 +63,7 @@ fn event(n: usize) -> EnrichedAuditEvent {
             raw_offset: n as i64,
         },
         event_time: Default::default(),
+        chain: None,
     }
 }
 

@@ -127,6 +127,7 @@ mod tests {
                 raw_offset: 5,
             },
             event_time: EventTimeCheck::Plausible,
+            chain: None,
         }
     }
 

@@ -82,6 +82,7 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
             raw_offset: 0,
         },
         event_time: Default::default(),
+        chain: None,
     }
 }
 

@@ -89,6 +89,7 @@ async fn a_dead_letter_replayed_twice_is_stored_once() {
             raw_offset: 0,
         },
         event_time: Default::default(),
+        chain: None,
     };
     let original = event.encode().unwrap();
     let letter = audit_runtime::dead_letter::build(

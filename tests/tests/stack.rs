@@ -72,6 +72,7 @@ async fn raw_and_enriched_events_survive_the_real_broker() {
             raw_offset: 42,
         },
         event_time: Default::default(),
+        chain: None,
     };
     produce(
         &producer,

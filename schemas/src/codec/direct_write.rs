@@ -158,4 +158,10 @@ pub fn enriched_audit_event(e: &EnrichedAuditEvent, buf: &mut Vec<u8>) {
         EventTimeCheck::TooOld => 1,
         EventTimeCheck::Ahead => 2,
     });
+    w.optional(e.chain.as_ref(), |w, c| {
+        w.string(&c.epoch);
+        w.long(c.seq);
+        w.string(&c.prev);
+        w.string(&c.hash);
+    });
 }

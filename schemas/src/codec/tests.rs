@@ -60,6 +60,7 @@ fn enriched_example() -> EnrichedAuditEvent {
             raw_offset: 1 << 40,
         },
         event_time: EventTimeCheck::TooOld,
+        chain: None,
     }
 }
 
@@ -371,6 +372,7 @@ prop_compose! {
         mismatch in any::<bool>(),
         meta in (any::<i64>(), any::<i64>(), any::<i32>(), any::<i64>()),
         event_time in prop_oneof![Just(EventTimeCheck::Plausible), Just(EventTimeCheck::TooOld), Just(EventTimeCheck::Ahead)],
+        chain in option::of((text(), any::<i64>(), text(), text())),
     ) -> EnrichedAuditEvent {
         EnrichedAuditEvent {
             event,
@@ -386,6 +388,7 @@ prop_compose! {
                 raw_offset: meta.3,
             },
             event_time,
+            chain: chain.map(|(epoch, seq, prev, hash)| crate::chain::ChainLink { epoch, seq, prev, hash }),
         }
     }
 }

@@ -1,0 +1,403 @@
+//! Tamper evidence: hash chains over enriched events and signed digests of their heads.
+//!
+//! The enricher keeps one chain per raw partition it owns, with a new `epoch` (a UUID) each time
+//! it starts on the partition. Every enriched event it publishes (drop summaries included) gets
+//! the next link: `seq`, `prev` (the previous link's hash) and
+//! `hash = SHA-256("audit-chain-v1" ‖ partition ‖ epoch ‖ seq ‖ prev ‖ content digest)`, where the
+//! content digest is the SHA-256 of the event's [`canonical`] content: the raw event as stored
+//! (after redaction) and its raw position, a form both sinks' copies reproduce exactly.
+//! Enrichment (user, groups) is derived data and not covered.
+//!
+//! After a batch is acknowledged, the enricher publishes a [`Digest`] of each chain that moved:
+//! its seq and head, signed with Ed25519. A digest covers only acknowledged links, so a crash
+//! leaves unsigned links at most after a chain's last digest. `auditctl verify` checks stored
+//! copies against the digests: every link up to a digest present (or shown to be a duplicate the
+//! sink skipped), each hash recomputed, each `prev` the hash before it.
+
+use crate::event::RawAuditEvent;
+use base64::Engine;
+use ed25519_dalek::{Signer, Verifier};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+
+/// The event type of digests; reserved, not chained, not dropped.
+pub const DIGEST_TYPE: &str = "audit.chain-digest";
+
+/// A 32-byte hash as 64 lower-case hex digits.
+pub type Hex = String;
+
+/// `prev` of every chain's first link.
+pub fn genesis() -> Hex {
+    "0".repeat(64)
+}
+
+/// An event's place in its chain, carried in the enriched event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChainLink {
+    pub epoch: String,
+    pub seq: i64,
+    pub prev: Hex,
+    pub hash: Hex,
+}
+
+/// The event's content in a canonical form: `event` as JSON with params and response parsed
+/// from their JSON text, nulls and empty objects left out, keys sorted, plus the raw position.
+/// The ClickHouse row and the CloudWatch message of one event give the same value.
+pub fn canonical(event: &RawAuditEvent, raw_partition: i32, raw_offset: i64) -> Value {
+    let value = serde_json::to_value(event).unwrap_or(Value::Null);
+    canonical_value(value, raw_partition, raw_offset)
+}
+
+/// [`canonical`] from an event already in JSON form: the serde form, or a CloudWatch message's
+/// `event` (RFC 3339 `timestamp`, params as values).
+pub fn canonical_value(mut event: Value, raw_partition: i32, raw_offset: i64) -> Value {
+    if let Value::Object(e) = &mut event {
+        if let Some(t) = e.get_mut("timestamp") {
+            if let Some(text) = t.as_str() {
+                if let Ok(ts) = crate::Timestamp::parse_rfc3339(text) {
+                    *t = Value::from(ts.as_micros());
+                }
+            }
+        }
+        if let Some(Value::Object(params)) = e.get_mut("params") {
+            for v in params.values_mut() {
+                parse_text(v);
+            }
+        }
+        if let Some(v) = e.get_mut("response") {
+            parse_text(v);
+        }
+    }
+    prune(&mut event);
+    let mut out = Map::new();
+    out.insert("event".into(), event);
+    out.insert("raw_partition".into(), Value::from(raw_partition));
+    out.insert("raw_offset".into(), Value::from(raw_offset));
+    Value::Object(out)
+}
+
+fn parse_text(v: &mut Value) {
+    if let Value::String(text) = v {
+        if let Ok(parsed) = serde_json::from_str::<Value>(text) {
+            *v = parsed;
+        }
+    }
+}
+
+/// Removes nulls and empty objects, recursively; returns whether `v` itself is now empty.
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => {
+            m.retain(|_, x| !prune(x));
+            m.is_empty()
+        }
+        Value::Array(items) => {
+            for x in items.iter_mut() {
+                prune(x);
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// SHA-256 of the canonical content's JSON text, object keys sorted here (whatever order the
+/// map kept them in: serde_json preserves insertion order when a dependency enables it).
+pub fn content_digest(canonical: &Value) -> [u8; 32] {
+    let mut text = String::new();
+    write_sorted(canonical, &mut text);
+    Sha256::digest(text.as_bytes()).into()
+}
+
+fn write_sorted(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_sorted(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The hash of a link.
+pub fn link_hash(partition: i32, epoch: &str, seq: i64, prev: &str, content: &[u8; 32]) -> Hex {
+    let mut h = Sha256::new();
+    h.update(b"audit-chain-v1\n");
+    h.update(partition.to_be_bytes());
+    h.update(epoch.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_be_bytes());
+    h.update(prev.as_bytes());
+    h.update(content);
+    hex::encode(h.finalize())
+}
+
+/// The chains of the raw partitions one enricher owns.
+#[derive(Debug, Default)]
+pub struct Chains {
+    heads: HashMap<i32, Head>,
+}
+
+#[derive(Debug, Clone)]
+struct Head {
+    epoch: String,
+    next_seq: i64,
+    hash: Hex,
+    /// The seq the last digest covered (-1: none yet).
+    signed_seq: i64,
+}
+
+/// A chain's state for its digest: partition, epoch, last seq and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub raw_partition: i32,
+    pub epoch: String,
+    pub seq: i64,
+    pub head: Hex,
+}
+
+impl Chains {
+    /// The next link of `partition`'s chain for an event with this content; a partition not
+    /// chained yet (newly owned) starts a new epoch.
+    pub fn link(&mut self, partition: i32, content: &[u8; 32]) -> ChainLink {
+        let head = self.heads.entry(partition).or_insert_with(|| Head {
+            epoch: uuid::Uuid::new_v4().to_string(),
+            next_seq: 0,
+            hash: genesis(),
+            signed_seq: -1,
+        });
+        let seq = head.next_seq;
+        let hash = link_hash(partition, &head.epoch, seq, &head.hash, content);
+        let link = ChainLink {
+            epoch: head.epoch.clone(),
+            seq,
+            prev: std::mem::replace(&mut head.hash, hash.clone()),
+            hash,
+        };
+        head.next_seq += 1;
+        link
+    }
+
+    /// Partitions no longer owned: their next owner starts new epochs.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.heads.remove(p);
+        }
+    }
+
+    /// The heads of chains that moved since their last digest, marked as signed.
+    pub fn take_unsigned(&mut self) -> Vec<ChainHead> {
+        let mut out: Vec<ChainHead> = self
+            .heads
+            .iter_mut()
+            .filter(|(_, h)| h.next_seq - 1 > h.signed_seq)
+            .map(|(&p, h)| {
+                h.signed_seq = h.next_seq - 1;
+                ChainHead {
+                    raw_partition: p,
+                    epoch: h.epoch.clone(),
+                    seq: h.next_seq - 1,
+                    head: h.hash.clone(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|h| h.raw_partition);
+        out
+    }
+}
+
+/// A signed statement: chain (partition, epoch) had `seq + 1` links ending in `head` at
+/// `signed_at` (microseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub raw_partition: i32,
+    pub epoch: String,
+    pub seq: i64,
+    pub head: Hex,
+    pub signed_at: i64,
+    pub key_id: String,
+    /// Base64 Ed25519 signature over [`Digest::message`].
+    pub signature: String,
+}
+
+impl Digest {
+    /// The bytes signed: every field but the signature, in a fixed layout.
+    pub fn message(
+        raw_partition: i32,
+        epoch: &str,
+        seq: i64,
+        head: &str,
+        signed_at: i64,
+        key_id: &str,
+    ) -> Vec<u8> {
+        format!("audit-digest-v1\n{raw_partition}\n{epoch}\n{seq}\n{head}\n{signed_at}\n{key_id}\n")
+            .into_bytes()
+    }
+
+    pub fn sign(head: &ChainHead, signed_at: i64, key: &SigningKey) -> Self {
+        let message = Self::message(
+            head.raw_partition,
+            &head.epoch,
+            head.seq,
+            &head.head,
+            signed_at,
+            &key.id,
+        );
+        let signature = key.key.sign(&message);
+        Self {
+            raw_partition: head.raw_partition,
+            epoch: head.epoch.clone(),
+            seq: head.seq,
+            head: head.head.clone(),
+            signed_at,
+            key_id: key.id.clone(),
+            signature: base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+        }
+    }
+
+    /// Whether the signature is `public`'s over this digest.
+    pub fn verify(&self, public: &ed25519_dalek::VerifyingKey) -> bool {
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&self.signature) else {
+            return false;
+        };
+        let Ok(signature) = ed25519_dalek::Signature::from_slice(&bytes) else {
+            return false;
+        };
+        let message = Self::message(
+            self.raw_partition,
+            &self.epoch,
+            self.seq,
+            &self.head,
+            self.signed_at,
+            &self.key_id,
+        );
+        public.verify(&message, &signature).is_ok()
+    }
+}
+
+/// The enricher's digest key.
+pub struct SigningKey {
+    pub id: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("is not base64 of a 32-byte Ed25519 seed")]
+    Seed,
+    #[error("is not base64 of a 32-byte Ed25519 public key")]
+    Public,
+}
+
+impl SigningKey {
+    /// From the base64 of a 32-byte seed (`openssl rand -base64 32`).
+    pub fn from_seed_b64(id: &str, seed: &str) -> Result<Self, KeyError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(seed.trim())
+            .map_err(|_| KeyError::Seed)?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Seed)?;
+        Ok(Self {
+            id: id.to_string(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// The public key as base64: what verifiers configure.
+    pub fn public_b64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.key.verifying_key().to_bytes())
+    }
+}
+
+/// A verifier's public key from its base64.
+pub fn public_key(b64: &str) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| KeyError::Public)?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Public)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed_b64("k1", &base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
+            .unwrap()
+    }
+
+    #[test]
+    fn links_chain_and_a_new_partition_starts_an_epoch() {
+        let mut chains = Chains::default();
+        let a = chains.link(0, &[1; 32]);
+        let b = chains.link(0, &[2; 32]);
+        assert_eq!((a.seq, b.seq), (0, 1));
+        assert_eq!(a.prev, genesis());
+        assert_eq!(b.prev, a.hash);
+        assert_eq!(b.hash, link_hash(0, &b.epoch, 1, &a.hash, &[2; 32]));
+        let other = chains.link(1, &[1; 32]);
+        assert_ne!(other.epoch, a.epoch);
+        chains.forget(&[0]);
+        let again = chains.link(0, &[3; 32]);
+        assert_ne!(again.epoch, a.epoch);
+        assert_eq!(again.seq, 0);
+    }
+
+    #[test]
+    fn digests_cover_moved_chains_once_and_verify_with_the_public_key_only() {
+        let mut chains = Chains::default();
+        chains.link(0, &[1; 32]);
+        let last = chains.link(0, &[2; 32]);
+        let heads = chains.take_unsigned();
+        assert_eq!(heads.len(), 1);
+        assert_eq!((heads[0].seq, heads[0].head.clone()), (1, last.hash));
+        assert!(chains.take_unsigned().is_empty(), "nothing moved since");
+        let k = key();
+        let d = Digest::sign(&heads[0], 42, &k);
+        let public = public_key(&k.public_b64()).unwrap();
+        assert!(d.verify(&public));
+        let mut forged = d.clone();
+        forged.seq = 0;
+        assert!(!forged.verify(&public));
+        let other = SigningKey::from_seed_b64("k2", &base64::engine::general_purpose::STANDARD.encode([9u8; 32])).unwrap();
+        assert!(!d.verify(&public_key(&other.public_b64()).unwrap()));
+    }
+
+    #[test]
+    fn the_serde_form_and_a_cloudwatch_message_give_the_same_content() {
+        let serde_form = json!({"event_id": "e1", "timestamp": 1_700_000_000_123_456i64,
+            "params": {"rows": "12", "q": "\"select 1\"", "gone": "null"},
+            "client": {"ip": null, "user_agent": null}, "message": null, "entities": []});
+        let message_form = json!({"event_id": "e1",
+            "timestamp": crate::Timestamp::from_micros(1_700_000_000_123_456).to_rfc3339(),
+            "params": {"rows": 12, "q": "select 1"}, "client": {}, "entities": []});
+        assert_eq!(
+            canonical_value(serde_form, 3, 9),
+            canonical_value(message_form, 3, 9)
+        );
+    }
+}
