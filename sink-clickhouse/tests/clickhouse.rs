@@ -354,7 +354,6 @@ async fn every_analyst_query_runs() {
                 event_type: "query-created".into(),
                 group: Some("contractors".into()),
                 event_time: Timestamp::now(),
-                chain: None,
                 raw_partition: 0,
                 raw_offset: offset,
             });
