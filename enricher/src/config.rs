@@ -15,6 +15,36 @@ pub struct Settings {
     pub ops: OpsConfig,
     pub enricher: EnricherConfig,
     pub redaction: RedactionSettings,
+    /// Tamper evidence: hash chains and signed digests (see `audit_schemas::chain`).
+    pub chain: ChainConfig,
+}
+
+/// `[chain]`: the hash chain over enriched events and the signed digests of its heads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// Link every enriched event into its raw partition's hash chain.
+    pub enabled: bool,
+    /// Base64 of the 32-byte Ed25519 seed digests are signed with (`openssl rand -base64 32`).
+    /// Unset: links are still made, but no digest is published and `auditctl verify` can prove
+    /// nothing. `audit-enricher public-key` prints the public key verifiers configure.
+    pub signing_key: Option<String>,
+    /// The key's id, carried in each digest (rotate by adding a new id).
+    pub key_id: String,
+    /// Digests at most this often (after a batch is acknowledged, or when idle): links after a
+    /// chain's last digest are not yet provable.
+    pub digest_interval_ms: u64,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signing_key: None,
+            key_id: "default".into(),
+            digest_interval_ms: 1_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -26,6 +56,7 @@ impl Default for Settings {
             ops: OpsConfig::on_port(9101),
             enricher: EnricherConfig::default(),
             redaction: RedactionSettings::default(),
+            chain: ChainConfig::default(),
         }
     }
 }
@@ -124,6 +155,16 @@ impl Validate for Settings {
         if self.enricher.max_waiting_records == 0 {
             return Err(ConfigError::invalid(
                 "enricher.max_waiting_records",
+                "must be positive",
+            ));
+        }
+        if let Some(seed) = &self.chain.signing_key {
+            audit_schemas::chain::SigningKey::from_seed_b64(&self.chain.key_id, seed)
+                .map_err(|e| ConfigError::invalid("chain.signing_key", e.to_string()))?;
+        }
+        if self.chain.digest_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "chain.digest_interval_ms",
                 "must be positive",
             ));
         }

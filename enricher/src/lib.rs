@@ -9,6 +9,7 @@
 //! - [`service`]: the batch handler — decode, hold back for late sessions, publish, dead-letter.
 //! - [`config`]: the settings.
 
+pub mod chaining;
 pub mod config;
 pub mod directory;
 pub mod enrich;

@@ -52,6 +52,9 @@ enum Command {
     Run,
     /// Print the effective settings as TOML.
     Config,
+    /// Print the public key of chain.signing_key (base64), for `auditctl verify`'s
+    /// verify.public_keys.
+    PublicKey,
 }
 
 #[tokio::main]
@@ -73,6 +76,20 @@ async fn run(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     if let Command::Config = cli.command {
         print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
+        return Ok(());
+    }
+    let signer = match &settings.chain.signing_key {
+        Some(seed) => Some(
+            audit_schemas::chain::SigningKey::from_seed_b64(&settings.chain.key_id, seed)
+                .map_err(|e| anyhow::anyhow!("setting `chain.signing_key`: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Command::PublicKey = cli.command {
+        let Some(key) = signer else {
+            anyhow::bail!("chain.signing_key is not set: there is no public key to print");
+        };
+        println!("{} {}", key.id, key.public_b64());
         return Ok(());
     }
     audit_runtime::telemetry::init(&settings.log)?;
@@ -158,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_unknown_sessions: settings.enricher.max_unknown_sessions,
             max_event_age: Duration::from_millis(settings.enricher.max_event_age_ms),
             max_event_lead: Duration::from_millis(settings.enricher.max_event_lead_ms),
+            chaining: chaining(&settings, signer),
         },
     );
     let options = BatchOptions {
@@ -184,6 +202,25 @@ async fn run(cli: Cli) -> Result<()> {
         "enricher stopped"
     );
     Ok(())
+}
+
+/// Hash chains as configured, saying at start what a verifier can and cannot prove.
+fn chaining(
+    settings: &Settings,
+    signer: Option<audit_schemas::chain::SigningKey>,
+) -> Option<audit_enricher::chaining::Chaining> {
+    if !settings.chain.enabled {
+        tracing::warn!("chain.enabled = false: enriched events carry no hash chain; auditctl verify cannot check them");
+        return None;
+    }
+    match &signer {
+        Some(key) => tracing::info!(key_id = %key.id, public_key = %key.public_b64(), "enriched events are hash-chained; digests are signed"),
+        None => tracing::warn!("chain.signing_key is not set: events are hash-chained, but no digest is signed, so auditctl verify can prove nothing"),
+    }
+    Some(audit_enricher::chaining::Chaining::new(
+        signer,
+        Duration::from_millis(settings.chain.digest_interval_ms),
+    ))
 }
 
 /// How often ended sessions past their grace are swept out (and tombstoned) and the byte gauges

@@ -14,6 +14,7 @@
 //! | its partition was just assigned and its sessions are still being read | the batch waits for them (see [`crate::ownership`]) |
 //! | its partition was revoked meanwhile | the record is left to the partition's new owner |
 
+use crate::chaining::Chaining;
 use crate::directory::Directory;
 use crate::enrich::{enrich, Lookup, RawPosition, Step};
 use crate::ownership::{Gate, Ownership};
@@ -28,7 +29,9 @@ use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::drops::{self, Drop, DropTally};
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{AvroRecord, DeadLetter, EventTimeCheck, RawAuditEvent, Timestamp};
+use audit_schemas::{
+    AvroRecord, DeadLetter, EnrichedAuditEvent, EventTimeCheck, RawAuditEvent, Timestamp,
+};
 use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
 use std::sync::{Arc, Mutex, RwLock};
@@ -103,6 +106,8 @@ pub struct Options {
     pub max_event_age: Duration,
     /// An event time further after its receipt than this is flagged AHEAD.
     pub max_event_lead: Duration,
+    /// Hash chains and digests; `None` with `chain.enabled = false`.
+    pub chaining: Option<Chaining>,
 }
 
 pub struct Enricher {
@@ -116,6 +121,8 @@ pub struct Enricher {
     unknown: UnknownSessions,
     max_event_age_us: i64,
     max_event_lead_us: i64,
+    /// Behind a mutex only because linking happens in `process(&self)`; never contended.
+    chaining: Option<Mutex<Chaining>>,
 }
 
 /// A raw record held back for its session: decoded again when released (rare), so nothing is
@@ -165,7 +172,14 @@ impl Enricher {
             ),
             max_event_age_us: options.max_event_age.as_micros().min(i64::MAX as u128) as i64,
             max_event_lead_us: options.max_event_lead.as_micros().min(i64::MAX as u128) as i64,
+            chaining: options.chaining.map(Mutex::new),
         }
+    }
+
+    fn chaining(&self) -> Option<std::sync::MutexGuard<'_, Chaining>> {
+        self.chaining
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Join, rules and redaction for one event, with metrics.
@@ -263,21 +277,33 @@ impl Enricher {
         match self.step(raw, position, give_up) {
             Step::AwaitSession(raw) => Err(raw),
             Step::Dropped { drop, .. } => Ok(Some(Out::Dropped(drop))),
-            Step::Publish { event, .. } => {
+            Step::Publish { mut event, .. } => {
+                if let Some(mut c) = self.chaining() {
+                    c.link(&mut event);
+                }
+                // Not published after all: its link is taken back, or the chain would show a
+                // gap where nothing was deleted.
+                let unlink = |event: &EnrichedAuditEvent| {
+                    if let (Some(mut c), Some(link)) = (self.chaining(), event.chain.as_ref()) {
+                        c.unlink(event.pipeline.raw_partition, link);
+                    }
+                };
                 let payload = match event.encode() {
                     Ok(p) => p,
                     Err(e) => {
+                        unlink(&event);
                         return Ok(Some(Out::Letter(self.letters.letter(
                             Cause::Invalid,
                             &format!("cannot encode the enriched event: {e}"),
                             key,
                             Some(value),
                             Some(origin),
-                        ))))
+                        ))));
                     }
                 };
                 let key_len = key.map_or(0, <[u8]>::len);
                 if !self.publisher.budget.fits(key_len, payload.len()) {
+                    unlink(&event);
                     return Ok(Some(Out::Letter(self.letters.letter(
                         Cause::TooLarge,
                         &format!(
@@ -539,7 +565,10 @@ impl PipelinedHandler for Enricher {
             }
         }
         // What the rules dropped goes with the batch: on record exactly when the batch is done.
-        for summary in drops.take_summaries(Timestamp::now()) {
+        for mut summary in drops.take_summaries(Timestamp::now()) {
+            if let Some(mut c) = self.chaining() {
+                c.link(&mut summary);
+            }
             let origin = (summary.pipeline.raw_partition, summary.pipeline.raw_offset);
             records.push(OutRecord {
                 to: Target::Enriched,
@@ -562,6 +591,7 @@ impl PipelinedHandler for Enricher {
 
         // Enqueued now, so batches reach the broker in order; acknowledged in the background
         // while the next batch is prepared.
+        let after_ack = self.chaining().map(|mut c| c.end_batch());
         let publisher = self.publisher.clone();
         let dead_letters = self.letters.clone();
         let raw_topic = self.raw_topic.clone();
@@ -595,6 +625,10 @@ impl PipelinedHandler for Enricher {
                 ));
             }
             dead_letters.publish(&refused).await?;
+            if let Some(after_ack) = after_ack {
+                let digests = after_ack.acknowledged().await;
+                publisher.publish_digests(&digests).await?;
+            }
             Ok(())
         }))
     }
@@ -604,15 +638,26 @@ impl PipelinedHandler for Enricher {
     }
 
     fn revoked(&mut self, partitions: &[i32]) {
+        if let Some(mut c) = self.chaining() {
+            c.forget(partitions);
+        }
         let dropped = self.waiting.forget_partitions(partitions);
         metrics::counter!("audit_enricher_waiting_left_on_revoke_total").increment(dropped as u64);
         metrics::gauge!("audit_enricher_waiting_for_session").set(self.waiting.len() as f64);
     }
 
     fn wake_at(&mut self) -> Option<tokio::time::Instant> {
-        let deadline = self.waiting.next_deadline()?;
-        let poll = Instant::now() + WAITING_POLL;
-        Some(tokio::time::Instant::from_std(deadline.min(poll)))
+        let waiting = self
+            .waiting
+            .next_deadline()
+            .map(|deadline| deadline.min(Instant::now() + WAITING_POLL));
+        // An idle enricher still signs what it linked last.
+        let digest = self.chaining().and_then(|c| c.wake_at());
+        let at = match (waiting, digest) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(tokio::time::Instant::from_std(at))
     }
 }
 
@@ -662,6 +707,33 @@ impl Publisher {
                 payload: &r.payload,
             }))
             .await
+    }
+
+    /// Publishes digest events and waits for their acknowledgement (a failure fails the batch:
+    /// the service stops, and a restart starts new chains).
+    async fn publish_digests(&self, digests: &[EnrichedAuditEvent]) -> anyhow::Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let payloads = digests
+            .iter()
+            .map(|d| d.encode())
+            .collect::<Result<Vec<_>, _>>()?;
+        let acks = self
+            .producer
+            .publish(payloads.iter().map(|payload| Record {
+                topic: &self.enriched_topic,
+                key: Some(audit_schemas::chain::DIGEST_TYPE.as_bytes()),
+                payload,
+            }))
+            .await?;
+        let rejected = acks.acknowledged().await?;
+        anyhow::ensure!(
+            rejected.is_empty(),
+            "the broker refused a chain digest: {:?}",
+            rejected.first().map(|r| r.error.to_string())
+        );
+        Ok(())
     }
 
     /// A broker restart or leader move can fail records the producer already retried; the

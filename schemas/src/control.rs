@@ -19,6 +19,12 @@ use uuid::Uuid;
 /// Event types beginning with this are the pipeline's own; senders may not use them.
 pub const RESERVED_PREFIX: &str = "audit.";
 
+/// One of the pipeline's own reserved types (`audit.…`), from a constant.
+pub fn reserved_type(name: &'static str) -> EventType {
+    debug_assert!(is_control(name), "{name}");
+    EventType::trusted(name.to_string())
+}
+
 /// Whether `event_type` is a control event's type: kept whatever the rules say.
 pub fn is_control(event_type: &str) -> bool {
     event_type.starts_with(RESERVED_PREFIX)
