@@ -13,6 +13,7 @@ mod settings;
 mod streams;
 mod table;
 mod topics;
+mod verify;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -67,8 +68,27 @@ enum Command {
     /// Inspect and replay dead letters (audit.dlq).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Check stored events against the enricher's hash chains and signed digests: names every
+    /// event deleted, altered or inserted since, by raw partition and offset. Exits 1 when it
+    /// finds any.
+    ///
+    /// Example: auditctl verify --from 2026-11-26T00:00:00Z --to 2026-11-26T12:00:00Z
+    Verify(VerifyArgs),
     /// Print the effective settings (defaults, file and environment layered) as TOML.
     Config,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// Digests signed from this time (RFC 3339) are checked, with every link they cover.
+    #[arg(long)]
+    from: String,
+    /// ... up to this time (RFC 3339; default now).
+    #[arg(long)]
+    to: Option<String>,
+    /// A public key as KEY_ID=BASE64 (repeatable), beside verify.public_keys.
+    #[arg(long = "public-key")]
+    public_keys: Vec<String>,
 }
 
 #[tokio::main]
@@ -100,9 +120,55 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Directory(cmd) => directory::run(cmd, &settings, &actor).await,
         Command::Streams(cmd) => streams::run(cmd, &settings, &actor).await,
         Command::Dlq(cmd) => dlq::run(cmd, &settings).await,
+        Command::Verify(args) => run_verify(args, &settings).await,
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
             Ok(())
         }
+    }
+}
+
+async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<()> {
+    use audit_schemas::Timestamp;
+    let from = Timestamp::parse_rfc3339(&args.from)
+        .map_err(|e| anyhow::anyhow!("--from {:?}: {e}", args.from))?;
+    let to = match &args.to {
+        Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--to {t:?}: {e}"))?,
+        None => Timestamp::now(),
+    };
+    let mut configured = settings.verify.public_keys.clone();
+    for k in &args.public_keys {
+        let (id, b64) = k
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--public-key {k:?}: expected KEY_ID=BASE64"))?;
+        configured.insert(id.to_string(), b64.to_string());
+    }
+    if configured.is_empty() {
+        anyhow::bail!("no public key: set verify.public_keys or pass --public-key KEY_ID=BASE64 (audit-enricher public-key prints it)");
+    }
+    let keys = verify::public_keys(&configured)?;
+    let started = std::time::Instant::now();
+    let report =
+        verify::verify_clickhouse(settings, &keys, from.as_micros(), to.as_micros()).await?;
+    for f in &report.findings {
+        println!("{f}");
+    }
+    println!(
+        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink), {} rows not yet under a digest; {} findings; {:.1} s",
+        report.links_verified,
+        report.chains,
+        report.digests,
+        report.skips,
+        report.unsigned,
+        report.findings.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if report.findings.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the trail was tampered with: {} findings",
+            report.findings.len()
+        )
     }
 }

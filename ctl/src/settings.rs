@@ -2,6 +2,7 @@
 
 use crate::operator::OperatorSettings;
 use crate::rule_impact::ClickHouseSettings;
+use crate::verify::VerifySettings;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, LogFormat, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,10 @@ pub struct Settings {
     pub log: LogConfig,
     /// Who is recorded as making changes; see `crate::operator`.
     pub operator: OperatorSettings,
-    /// Where `rules set --dry-run` reads stored events.
+    /// Where `rules set --dry-run` and `verify` read stored events.
     pub clickhouse: ClickHouseSettings,
+    /// The public keys `verify` checks digests with.
+    pub verify: VerifySettings,
 }
 
 impl Default for Settings {
@@ -31,6 +34,7 @@ impl Default for Settings {
             },
             operator: OperatorSettings::default(),
             clickhouse: ClickHouseSettings::default(),
+            verify: VerifySettings::default(),
         }
     }
 }

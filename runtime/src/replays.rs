@@ -113,30 +113,32 @@ impl RecentIds {
         }
     }
 
-    /// Drops records whose event id is in their partition's window or earlier in `records`
-    /// (in offset order per partition), remembers the ids of those kept, and returns how many
-    /// were dropped. `key` gives a record's partition and event id.
+    /// Takes out records whose event id is in their partition's window or earlier in `records`
+    /// (in offset order per partition), remembers the ids of those kept, and returns those
+    /// taken out. `key` gives a record's partition and event id.
     pub fn drop_replays<T>(
         &mut self,
         records: &mut Vec<T>,
         key: impl Fn(&T) -> (i32, Uuid),
-    ) -> usize {
-        let before = records.len();
+    ) -> Vec<T> {
         let window = self.window();
-        records.retain(|r| {
-            let (partition, id) = key(r);
+        let mut kept = Vec::with_capacity(records.len());
+        let mut dropped = Vec::new();
+        for r in records.drain(..) {
+            let (partition, id) = key(&r);
             match self.partitions.get_mut(&partition) {
-                Some(w) if w.ids.contains(&id) => false,
+                Some(w) if w.ids.contains(&id) => dropped.push(r),
                 Some(w) => {
                     w.remember(id, window);
-                    true
+                    kept.push(r);
                 }
                 // Not loaded: nothing known to compare with (the caller loads every partition
                 // first); keep the record.
-                None => true,
+                None => kept.push(r),
             }
-        });
-        before - records.len()
+        }
+        *records = kept;
+        dropped
     }
 
     /// Records that a partition's batch was handled up to `last_offset`.
@@ -171,12 +173,12 @@ mod tests {
         let mut recent = RecentIds::new(100);
         recent.load(0, 0, []);
         let mut first = vec![event_row(0, 0, 1), event_row(0, 1, 2)];
-        assert_eq!(recent.drop_replays(&mut first, key), 0);
+        assert_eq!(recent.drop_replays(&mut first, key).len(), 0);
         recent.handled(0, 1);
         assert!(recent.follows_on(0, 2));
         // The enricher replays 2 and 1, then goes on with 3.
         let mut second = vec![event_row(0, 2, 2), event_row(0, 3, 1), event_row(0, 4, 3)];
-        assert_eq!(recent.drop_replays(&mut second, key), 2);
+        assert_eq!(recent.drop_replays(&mut second, key).len(), 2);
         assert_eq!(ids(&second), vec![3]);
     }
 
@@ -189,7 +191,7 @@ mod tests {
             event_row(3, 11, 8),
             event_row(3, 12, 7),
         ];
-        assert_eq!(recent.drop_replays(&mut rows, key), 1);
+        assert_eq!(recent.drop_replays(&mut rows, key).len(), 1);
         assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![10, 11]);
     }
 
@@ -199,7 +201,7 @@ mod tests {
         recent.load(0, 3, [1, 2, 3].map(Uuid::from_u128));
         // 1 fell out of a window of two; 2 and 3 are in it.
         let mut rows = vec![event_row(0, 3, 2), event_row(0, 4, 3), event_row(0, 5, 1)];
-        assert_eq!(recent.drop_replays(&mut rows, key), 2);
+        assert_eq!(recent.drop_replays(&mut rows, key).len(), 2);
         assert_eq!(ids(&rows), vec![1]);
     }
 
@@ -234,6 +236,6 @@ mod tests {
         recent.load(0, 0, [Uuid::from_u128(1)]);
         recent.load(1, 0, []);
         let mut rows = vec![event_row(1, 0, 1)];
-        assert_eq!(recent.drop_replays(&mut rows, key), 0);
+        assert_eq!(recent.drop_replays(&mut rows, key).len(), 0);
     }
 }

@@ -1,7 +1,11 @@
 //! One enriched event -> one `events` row (pure), and the resume rule that makes inserts
 //! effectively-once.
 
-use audit_schemas::{EnrichedAuditEvent, Timestamp};
+use audit_schemas::chain::{self, ChainLink};
+use audit_schemas::{
+    ClientInfo, Credential, EnrichedAuditEvent, EntityRef, ErrorInfo, EventType, IngestContext,
+    RawAuditEvent, Source, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -56,6 +60,11 @@ pub struct EventRow {
     pub credential_key_id: Option<String>,
     pub peer_ip: Option<String>,
     pub overridden_claims: Vec<(String, String)>,
+    /// The event's link in its raw partition's hash chain; '' and -1 without one.
+    pub chain_epoch: String,
+    pub chain_seq: i64,
+    pub chain_prev: String,
+    pub chain_hash: String,
 }
 
 /// Where a row was read from: its identity for effectively-once inserts.
@@ -75,6 +84,12 @@ fn datetime(t: Timestamp) -> OffsetDateTime {
 
 pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
     let raw = e.event;
+    let chain = e.chain.unwrap_or(ChainLink {
+        epoch: String::new(),
+        seq: -1,
+        prev: String::new(),
+        hash: String::new(),
+    });
     let error = raw.error.unwrap_or_default();
     let client = raw.client.unwrap_or_default();
     let (credential, credential_key_id, peer_ip, overridden_claims) = match raw.ingest {
@@ -137,7 +152,101 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         credential_key_id,
         peer_ip,
         overridden_claims,
+        chain_epoch: chain.epoch,
+        chain_seq: chain.seq,
+        chain_prev: chain.prev,
+        chain_hash: chain.hash,
     }
+}
+
+/// The raw event a row holds, as the enricher published it: what the chain's content digest
+/// is computed over (`audit_schemas::chain::canonical`). The inverse of [`row`] for the event.
+pub fn raw_event(row: &EventRow) -> RawAuditEvent {
+    let ingest = (!row.credential.is_empty()).then(|| IngestContext {
+        credential: match row.credential.as_str() {
+            "BROWSER_TOKEN" => Credential::BrowserToken,
+            "ANONYMOUS" => Credential::Anonymous,
+            _ => Credential::ServiceToken,
+        },
+        key_id: row.credential_key_id.clone(),
+        peer_ip: row.peer_ip.clone(),
+        overridden: row.overridden_claims.iter().cloned().collect(),
+    });
+    RawAuditEvent {
+        event_id: row.event_id,
+        timestamp: Timestamp::from_datetime(row.timestamp),
+        event_type: EventType::new(row.event_type.clone())
+            .unwrap_or_else(|_| audit_schemas::control::reserved_type("audit.invalid-type")),
+        source: if row.source == "CLIENT" {
+            Source::Client
+        } else {
+            Source::Server
+        },
+        service: row.service.clone(),
+        session_id: row.session_id.clone(),
+        user_id: row.claimed_user_id.clone(),
+        username: row.username.clone(),
+        tenant: row.tenant.clone(),
+        success: row.success,
+        message: row.message.clone(),
+        entities: row
+            .entities
+            .iter()
+            .map(|(kind, id, name)| EntityRef {
+                kind: kind.clone(),
+                id: id.clone(),
+                name: name.clone(),
+            })
+            .collect(),
+        params: row.params.iter().cloned().collect(),
+        response: row.response.clone(),
+        error: Some(ErrorInfo {
+            code: row.error_code.clone(),
+            message: row.error_message.clone(),
+            stack_trace: row.error_stack_trace.clone(),
+            fingerprint: row.error_fingerprint.clone(),
+        }),
+        client: Some(ClientInfo {
+            ip: row.client_ip.clone(),
+            user_agent: row.client_user_agent.clone(),
+        }),
+        ingest,
+    }
+}
+
+/// A row of `<db>.chain_skips`: a chain link whose event the sink did not insert because the
+/// same event (same id, same content) was stored before.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct ChainSkip {
+    pub raw_partition: i32,
+    pub epoch: String,
+    pub seq: i64,
+    pub prev: String,
+    pub hash: String,
+    pub content_digest: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+}
+
+impl ChainSkip {
+    /// The skip of a row left out as a replay; `None` for a row without a chain link.
+    pub fn of(row: &EventRow) -> Option<Self> {
+        (row.chain_seq >= 0).then(|| Self {
+            raw_partition: row.raw_partition,
+            epoch: row.chain_epoch.clone(),
+            seq: row.chain_seq,
+            prev: row.chain_prev.clone(),
+            hash: row.chain_hash.clone(),
+            content_digest: content_digest(row),
+            event_id: row.event_id,
+        })
+    }
+}
+
+/// The SHA-256 (hex) of a row's canonical content: what its chain link must have been made from.
+pub fn content_digest(row: &EventRow) -> String {
+    let canonical = chain::canonical(&raw_event(row), row.raw_partition, row.raw_offset);
+    hex::encode(chain::content_digest(&canonical))
 }
 
 /// The month partition of the events table a row lands in (`toYYYYMM(timestamp)`).
@@ -279,6 +388,41 @@ pub(crate) mod tests {
             event_time: Default::default(),
             chain: None,
         }
+    }
+
+    #[test]
+    fn a_row_gives_back_the_content_its_chain_link_was_made_from() {
+        let mut e = event(1_700_000_000_123_456);
+        e.event.ingest = Some(IngestContext {
+            credential: Credential::BrowserToken,
+            key_id: Some("k1".into()),
+            peer_ip: Some("10.0.0.9".into()),
+            overridden: [("user_id".to_string(), "mallory".to_string())].into(),
+        });
+        e.event.client = Some(ClientInfo {
+            ip: Some("1.2.3.4".into()),
+            user_agent: None,
+        });
+        e.event
+            .params
+            .insert("q".into(), "{\"rows\": [1, 2.5, null]}".into());
+        let want = chain::canonical(&e.event, 1, 2);
+        let r = row(
+            e,
+            "t",
+            Origin {
+                partition: 0,
+                offset: 0,
+            },
+        );
+        assert_eq!(
+            chain::canonical(&raw_event(&r), r.raw_partition, r.raw_offset),
+            want
+        );
+        assert_eq!(r.chain_seq, -1, "no link: -1");
+        let mut altered = r.clone();
+        altered.message = Some("edited".into());
+        assert_ne!(content_digest(&altered), content_digest(&r));
     }
 
     #[test]

@@ -169,6 +169,61 @@ WHERE e.event_type = 'audit.rule-drops'
 ",
         ],
     },
+    Migration {
+        version: 7,
+        name: "hash chains, digests and skips",
+        statements: &[
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_epoch String DEFAULT '' COMMENT 'the hash chain (one per raw partition and enricher start) the event is a link of'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_seq Int64 DEFAULT -1 COMMENT 'the link''s place in its chain; -1: not chained'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_prev String DEFAULT '' COMMENT 'hex SHA-256 of the previous link'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_hash String DEFAULT '' COMMENT 'hex SHA-256 of this link (chain, seq, prev, content)'",
+            r"
+CREATE TABLE IF NOT EXISTS {db}.chain_digests
+(
+    raw_partition Int32,
+    epoch         String,
+    seq           Int64 COMMENT 'the last link the digest covers',
+    head          String COMMENT 'hex SHA-256 of that link',
+    signed_at     DateTime64(6, 'UTC'),
+    key_id        String,
+    signature     String COMMENT 'base64 Ed25519 over the fields above',
+    digest_id     UUID,
+    inserted_at   DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (raw_partition, epoch, seq)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.chain_digests_from_events TO {db}.chain_digests AS
+SELECT
+    toInt32OrZero(e.params['raw_partition']) AS raw_partition,
+    JSONExtractString(e.params['epoch']) AS epoch,
+    toInt64OrZero(e.params['seq']) AS seq,
+    JSONExtractString(e.params['head']) AS head,
+    fromUnixTimestamp64Micro(toInt64OrZero(e.params['signed_at']), 'UTC') AS signed_at,
+    JSONExtractString(e.params['key_id']) AS key_id,
+    JSONExtractString(e.params['signature']) AS signature,
+    e.event_id AS digest_id
+FROM {db}.events AS e
+WHERE e.event_type = 'audit.chain-digest'
+",
+            r"
+CREATE TABLE IF NOT EXISTS {db}.chain_skips
+(
+    raw_partition  Int32,
+    epoch          String,
+    seq            Int64,
+    prev           String,
+    hash           String,
+    content_digest String COMMENT 'hex SHA-256 of the skipped copy''s content: a stored event with this id must have it',
+    event_id       UUID,
+    skipped_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (raw_partition, epoch, seq)
+",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

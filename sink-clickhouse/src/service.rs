@@ -169,6 +169,29 @@ impl Store {
         }
     }
 
+    /// Stores chain skips (see [`crate::encoder::ChainSkip`]); a skip stored twice is harmless.
+    pub async fn insert_skips(
+        &self,
+        skips: &[crate::encoder::ChainSkip],
+    ) -> Result<(), StoreError> {
+        if skips.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .retrying("storing chain skips", || async {
+                let mut insert = self
+                    .client
+                    .insert::<crate::encoder::ChainSkip>("chain_skips")
+                    .await?;
+                for skip in skips {
+                    insert.write(skip).await?;
+                }
+                insert.end().await
+            })
+            .await?;
+        result.map_err(StoreError::Fatal)
+    }
+
     /// The event id stored at each (Kafka partition, offset) of `topic` in the offset range.
     pub async fn stored_at(
         &self,

@@ -10,7 +10,7 @@
 //! | wrong credentials or permissions | the sink stops, uncommitted, saying which setting to check |
 //! | a partition was revoked while its batch was in hand | its records are not inserted (the runtime drops them; the new owner reads them) |
 
-use crate::encoder::{already_stored, insert_groups, row, EventRow, Origin, Stored};
+use crate::encoder::{already_stored, insert_groups, row, ChainSkip, EventRow, Origin, Stored};
 use crate::service::Store;
 use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::dead_letter::{self, DeadLetters};
@@ -47,12 +47,17 @@ impl ClickHouseSink {
         let replays = self
             .recent
             .drop_replays(&mut rows, |r| (r.source_partition, r.event_id));
-        if replays > 0 {
+        if !replays.is_empty() {
             tracing::info!(
-                replays,
+                replays = replays.len(),
                 "events published again by an enricher (same event id); not inserted again"
             );
-            metrics::counter!("audit_clickhouse_replays_skipped_total").increment(replays as u64);
+            metrics::counter!("audit_clickhouse_replays_skipped_total")
+                .increment(replays.len() as u64);
+            // Each replay is a link of its own chain: kept as a skip, so `auditctl verify` can
+            // tell the link left out here from one deleted later.
+            let skips: Vec<ChainSkip> = replays.iter().filter_map(ChainSkip::of).collect();
+            self.store.insert_skips(&skips).await?;
         }
         for (&partition, &(_, last)) in &spans {
             self.recent.handled(partition, last);

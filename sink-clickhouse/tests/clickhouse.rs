@@ -197,7 +197,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -207,6 +207,9 @@ async fn migrations_twice_are_harmless() {
     assert_eq!(
         tables,
         vec![
+            "chain_digests",
+            "chain_digests_from_events",
+            "chain_skips",
             "entity_activity",
             "entity_activity_mv",
             "events",

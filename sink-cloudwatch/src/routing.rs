@@ -100,11 +100,13 @@ impl Routes {
         })
     }
 
-    /// The stream for a type, or `None` to skip it. The enricher's rule-drop summaries are
-    /// bookkeeping for ClickHouse's `rule_drops`: they go only where a route names their type
-    /// exactly, never by a glob or the default stream.
+    /// The stream for a type, or `None` to skip it. The enricher's rule-drop summaries and chain
+    /// digests are bookkeeping for ClickHouse (`rule_drops`, `chain_digests`): they go only where
+    /// a route names their type exactly, never by a glob or the default stream.
     pub fn stream_for(&self, event_type: &str) -> Option<&str> {
-        if event_type == audit_schemas::drops::SUMMARY_TYPE {
+        if event_type == audit_schemas::drops::SUMMARY_TYPE
+            || event_type == audit_schemas::chain::DIGEST_TYPE
+        {
             return self.exact.get(event_type).map(String::as_str);
         }
         self.exact

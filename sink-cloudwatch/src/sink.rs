@@ -123,9 +123,12 @@ impl BatchHandler for CloudWatchSink {
                 self.recent.load(partition, spans[&partition].0, []);
             }
         }
-        let replays = self.recent.drop_replays(&mut events, |r| {
-            (batch[r.event.origin].partition(), r.event_id)
-        });
+        let replays = self
+            .recent
+            .drop_replays(&mut events, |r| {
+                (batch[r.event.origin].partition(), r.event_id)
+            })
+            .len();
         if replays > 0 {
             tracing::info!(
                 replays,

@@ -255,6 +255,17 @@ pub struct Pipeline {
     http_client: reqwest::Client,
 }
 
+/// The enricher's digest key in every run (base64 of a 32-byte Ed25519 seed); its public key is
+/// [`chain_public_key`].
+pub const CHAIN_SEED: &str = "ZTJlLWNoYWluLXNlZWQtMzItYnl0ZXMtbG9uZy0wMDA=";
+
+/// The public key of [`CHAIN_SEED`], as `auditctl verify` is configured with it.
+pub fn chain_public_key() -> String {
+    audit_schemas::chain::SigningKey::from_seed_b64("e2e", CHAIN_SEED)
+        .map(|k| k.public_b64())
+        .unwrap_or_default()
+}
+
 impl Pipeline {
     /// Fresh topics on `kafka` with `partitions` each, and names for everything else.
     pub async fn create(kafka: KafkaConfig, partitions: i32) -> Result<Self> {
@@ -359,7 +370,9 @@ impl Pipeline {
                         "AUDIT__ENRICHER__GROUP_ID",
                         format!("e2e-enricher-{}", self.run),
                     )
-                    .env("AUDIT__ENRICHER__SESSION_WAIT_MS", "1000");
+                    .env("AUDIT__ENRICHER__SESSION_WAIT_MS", "1000")
+                    .env("AUDIT__CHAIN__SIGNING_KEY", CHAIN_SEED)
+                    .env("AUDIT__CHAIN__KEY_ID", "e2e");
             }
             Stage::ClickHouseSink => {
                 cmd.arg("run")
@@ -541,10 +554,11 @@ impl Pipeline {
     }
 
     /// Rows in `events` and distinct event ids among them (0, 0 before the sink created it),
-    /// leaving out the enricher's rule-drop summaries (see [`Pipeline::rule_drops`]).
+    /// leaving out the enricher's rule-drop summaries (see [`Pipeline::rule_drops`]) and chain
+    /// digests.
     pub async fn clickhouse_counts(&self) -> (u64, u64) {
         self.clickhouse()
-            .query("SELECT count(), uniqExact(event_id) FROM events WHERE event_type != 'audit.rule-drops'")
+            .query("SELECT count(), uniqExact(event_id) FROM events WHERE event_type NOT IN ('audit.rule-drops', 'audit.chain-digest')")
             .fetch_one::<(u64, u64)>()
             .await
             .unwrap_or((0, 0))

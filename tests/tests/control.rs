@@ -32,7 +32,8 @@ async fn control_events(
                 "SELECT event_type, assumeNotNull(claimed_user_id), params['key'], params['old'],
                         params['new'], ifNull(client_ip, '')
                  FROM events
-                 WHERE startsWith(event_type, 'audit.') AND event_type != 'audit.rule-drops'
+                 WHERE startsWith(event_type, 'audit.')
+                   AND event_type NOT IN ('audit.rule-drops', 'audit.chain-digest')
                  ORDER BY timestamp",
             )
             .fetch_all()

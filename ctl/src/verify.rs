@@ -1,0 +1,489 @@
+//! `auditctl verify`: checks stored events against the enricher's hash chains and signed
+//! digests (`audit_schemas::chain`) and names every event deleted, altered or inserted.
+//!
+//! For each chain with a digest signed in the range, every link from the previous digest (or
+//! the chain's start) to the last digest in the range is walked in order:
+//!
+//! - a stored row at the link whose content and `prev` give its hash: the link is intact;
+//! - a stored row that does not: **altered** (its content, or its chain fields);
+//! - no stored row: the sink may have left the link out as the copy of an event it had
+//!   already stored (an enricher replaying after a crash); it then recorded a skip with the
+//!   copy's content digest, which must hash to the link and match the stored event of that id.
+//!   A link without a row and without such a skip: **deleted**;
+//! - at each digest, the walked chain must end in the signed head.
+//!
+//! Rows enriched in the range that are no link of a walked chain are **inserted** when they
+//! carry no link (or claim a link another row holds), and *unsigned* when their chain has no
+//! digest after them yet. Events the rules dropped were never linked, so they leave no gap.
+
+use crate::rule_impact::ClickHouseSettings;
+use crate::settings::Settings;
+use anyhow::{Context, Result};
+use audit_schemas::chain::{self, Digest};
+use audit_sink_clickhouse::encoder::{content_digest, ChainSkip, EventRow};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// `[verify]`: the public keys digests are checked with, by key id (`audit-enricher
+/// public-key` prints them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySettings {
+    pub public_keys: BTreeMap<String, String>,
+}
+
+/// One finding, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Finding {
+    Deleted {
+        raw_partition: i32,
+        epoch: String,
+        seq: i64,
+        /// The raw offsets of the links around the missing one, when stored.
+        between: (Option<i64>, Option<i64>),
+    },
+    Altered {
+        raw_partition: i32,
+        raw_offset: i64,
+        event_id: String,
+        epoch: String,
+        seq: i64,
+    },
+    Inserted {
+        raw_partition: i32,
+        raw_offset: i64,
+        event_id: String,
+        why: String,
+    },
+    /// The walked chain does not end in the head a digest signed.
+    HeadMismatch {
+        raw_partition: i32,
+        epoch: String,
+        seq: i64,
+    },
+    /// A digest whose signature does not verify with any configured key.
+    BadDigest {
+        raw_partition: i32,
+        epoch: String,
+        seq: i64,
+        key_id: String,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Deleted {
+                raw_partition,
+                epoch,
+                seq,
+                between,
+            } => {
+                let around = |o: Option<i64>| o.map_or("?".to_string(), |o| o.to_string());
+                write!(
+                    f,
+                    "DELETED  raw partition {raw_partition}, between raw offsets {} and {} (chain {epoch} link {seq})",
+                    around(between.0),
+                    around(between.1)
+                )
+            }
+            Finding::Altered {
+                raw_partition,
+                raw_offset,
+                event_id,
+                epoch,
+                seq,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}, offset {raw_offset}: event {event_id} (chain {epoch} link {seq})"
+            ),
+            Finding::Inserted {
+                raw_partition,
+                raw_offset,
+                event_id,
+                why,
+            } => write!(
+                f,
+                "INSERTED raw partition {raw_partition}, offset {raw_offset}: event {event_id} ({why})"
+            ),
+            Finding::HeadMismatch {
+                raw_partition,
+                epoch,
+                seq,
+            } => write!(
+                f,
+                "MISMATCH raw partition {raw_partition}: chain {epoch} does not end in the signed head at link {seq}"
+            ),
+            Finding::BadDigest {
+                raw_partition,
+                epoch,
+                seq,
+                key_id,
+            } => write!(
+                f,
+                "FORGED   digest of raw partition {raw_partition}, chain {epoch} link {seq}: the signature does not verify with key {key_id:?}"
+            ),
+        }
+    }
+}
+
+/// What a verification found and covered.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub links_verified: u64,
+    pub chains: u64,
+    pub digests: u64,
+    /// Rows in the range whose chain has no digest after them yet.
+    pub unsigned: u64,
+    /// Links the sink left out as copies of stored events.
+    pub skips: u64,
+    /// The intact links, (partition, epoch, seq) -> (hash, event id): what CloudWatch is
+    /// checked against.
+    pub intact: HashMap<(i32, String, i64), (String, String)>,
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+struct DigestRow {
+    raw_partition: i32,
+    epoch: String,
+    seq: i64,
+    head: String,
+    signed_at: i64,
+    key_id: String,
+    signature: String,
+}
+
+impl DigestRow {
+    fn digest(&self) -> Digest {
+        Digest {
+            raw_partition: self.raw_partition,
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            head: self.head.clone(),
+            signed_at: self.signed_at,
+            key_id: self.key_id.clone(),
+            signature: self.signature.clone(),
+        }
+    }
+}
+
+pub fn client(ch: &ClickHouseSettings) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default()
+        .with_url(&ch.url)
+        .with_database(&ch.database);
+    if let Some(user) = &ch.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &ch.password {
+        client = client.with_password(password);
+    }
+    client
+}
+
+const DIGEST_COLUMNS: &str =
+    "raw_partition, epoch, seq, head, toUnixTimestamp64Micro(signed_at) AS signed_at, key_id, signature";
+
+/// Verifies the ClickHouse rows of every chain with a digest signed in `[from_us, to_us]`.
+pub async fn verify_clickhouse(
+    settings: &Settings,
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    from_us: i64,
+    to_us: i64,
+) -> Result<Report> {
+    let db = client(&settings.clickhouse);
+    let mut report = Report::default();
+    let in_range: Vec<DigestRow> = db
+        .query(&format!(
+            "SELECT DISTINCT {DIGEST_COLUMNS} FROM chain_digests
+             WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
+             ORDER BY raw_partition, epoch, seq"
+        ))
+        .bind(from_us)
+        .bind(to_us)
+        .fetch_all()
+        .await
+        .with_context(|| {
+            format!(
+                "reading chain digests from {} (database {}; settings clickhouse.*)",
+                settings.clickhouse.url, settings.clickhouse.database
+            )
+        })?;
+    let mut chains: BTreeMap<(i32, String), Vec<DigestRow>> = BTreeMap::new();
+    for d in in_range {
+        let signed = keys.get(&d.key_id).is_some_and(|k| d.digest().verify(k));
+        report.digests += 1;
+        if !signed {
+            report.findings.push(Finding::BadDigest {
+                raw_partition: d.raw_partition,
+                epoch: d.epoch.clone(),
+                seq: d.seq,
+                key_id: d.key_id.clone(),
+            });
+            continue;
+        }
+        chains
+            .entry((d.raw_partition, d.epoch.clone()))
+            .or_default()
+            .push(d);
+    }
+    for ((partition, epoch), digests) in &chains {
+        report.chains += 1;
+        // Where the walk starts: after the last signed digest before the range, or the start.
+        let before: Vec<DigestRow> = db
+            .query(&format!(
+                "SELECT {DIGEST_COLUMNS} FROM chain_digests
+                 WHERE raw_partition = ? AND epoch = ? AND seq < ?
+                 ORDER BY seq DESC LIMIT 1"
+            ))
+            .bind(partition)
+            .bind(epoch)
+            .bind(digests[0].seq)
+            .fetch_all()
+            .await?;
+        let start = before
+            .first()
+            .filter(|d| keys.get(&d.key_id).is_some_and(|k| d.digest().verify(k)))
+            .map_or((0, chain::genesis()), |d| (d.seq + 1, d.head.clone()));
+        walk(&db, *partition, epoch, start, digests, &mut report).await?;
+    }
+    find_inserted(&db, &chains, from_us, to_us, &mut report).await?;
+    report.findings.sort();
+    report.findings.dedup();
+    Ok(report)
+}
+
+/// Walks one chain from `start` (seq, prev) to its last digest in the range.
+async fn walk(
+    db: &clickhouse::Client,
+    partition: i32,
+    epoch: &str,
+    (first, mut expected): (i64, String),
+    digests: &[DigestRow],
+    report: &mut Report,
+) -> Result<()> {
+    let last = digests.last().map_or(first - 1, |d| d.seq);
+    let heads: HashMap<i64, &str> = digests.iter().map(|d| (d.seq, d.head.as_str())).collect();
+    let mut rows: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
+    let mut cursor = db
+        .query(
+            "SELECT ?fields FROM events WHERE raw_partition = ? AND chain_epoch = ?
+             AND chain_seq BETWEEN ? AND ? AND event_type != 'audit.chain-digest'",
+        )
+        .bind(partition)
+        .bind(epoch)
+        .bind(first)
+        .bind(last)
+        .fetch::<EventRow>()?;
+    while let Some(row) = cursor.next().await? {
+        rows.entry(row.chain_seq).or_default().push(row);
+    }
+    let skips: HashMap<i64, Vec<ChainSkip>> = {
+        let list: Vec<ChainSkip> = db
+            .query(
+                "SELECT ?fields FROM chain_skips WHERE raw_partition = ? AND epoch = ?
+                 AND seq BETWEEN ? AND ?",
+            )
+            .bind(partition)
+            .bind(epoch)
+            .bind(first)
+            .bind(last)
+            .fetch_all()
+            .await?;
+        let mut by_seq: HashMap<i64, Vec<ChainSkip>> = HashMap::new();
+        for s in list {
+            by_seq.entry(s.seq).or_default().push(s);
+        }
+        by_seq
+    };
+    let stored_digests = stored_content(db, skips.values().flatten()).await?;
+    let mut last_offset: Option<i64> = None;
+    for seq in first..=last {
+        let here = rows.get(&seq).map(Vec::as_slice).unwrap_or_default();
+        let intact = here.iter().find(|r| {
+            r.chain_prev == expected && chain_hash_of(r, partition, epoch, seq) == r.chain_hash
+        });
+        match intact {
+            Some(row) => {
+                report.links_verified += 1;
+                report.intact.insert(
+                    (partition, epoch.to_string(), seq),
+                    (row.chain_hash.clone(), row.event_id.to_string()),
+                );
+                for other in here
+                    .iter()
+                    .filter(|r| r.event_id != row.event_id || r.chain_hash != row.chain_hash)
+                {
+                    report.findings.push(Finding::Inserted {
+                        raw_partition: other.raw_partition,
+                        raw_offset: other.raw_offset,
+                        event_id: other.event_id.to_string(),
+                        why: format!(
+                            "claims link {seq} of chain {epoch}, which another event holds"
+                        ),
+                    });
+                }
+                expected = row.chain_hash.clone();
+                last_offset = Some(row.raw_offset);
+            }
+            None if !here.is_empty() => {
+                for r in here {
+                    report.findings.push(Finding::Altered {
+                        raw_partition: r.raw_partition,
+                        raw_offset: r.raw_offset,
+                        event_id: r.event_id.to_string(),
+                        epoch: epoch.to_string(),
+                        seq,
+                    });
+                }
+                // Go on from what the row says, so later links are judged on their own.
+                expected = here[0].chain_hash.clone();
+                last_offset = Some(here[0].raw_offset);
+            }
+            None => {
+                let skip = skips.get(&seq).into_iter().flatten().find(|s| {
+                    s.prev == expected
+                        && hex_digest(&s.content_digest).is_some_and(|d| {
+                            chain::link_hash(partition, epoch, seq, &s.prev, &d) == s.hash
+                        })
+                        && stored_digests
+                            .get(&s.event_id.to_string())
+                            .is_some_and(|c| c.contains(&s.content_digest))
+                });
+                match skip {
+                    Some(s) => {
+                        report.skips += 1;
+                        report.intact.insert(
+                            (partition, epoch.to_string(), seq),
+                            (s.hash.clone(), s.event_id.to_string()),
+                        );
+                        expected = s.hash.clone();
+                    }
+                    None => {
+                        let next = rows.range(seq + 1..).next();
+                        report.findings.push(Finding::Deleted {
+                            raw_partition: partition,
+                            epoch: epoch.to_string(),
+                            seq,
+                            between: (
+                                last_offset,
+                                next.and_then(|(_, r)| r.first()).map(|r| r.raw_offset),
+                            ),
+                        });
+                        // The next link says what this one's hash was.
+                        if let Some(r) = rows.get(&(seq + 1)).and_then(|r| r.first()) {
+                            expected = r.chain_prev.clone();
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(head) = heads.get(&seq) {
+            if expected != *head {
+                report.findings.push(Finding::HeadMismatch {
+                    raw_partition: partition,
+                    epoch: epoch.to_string(),
+                    seq,
+                });
+                expected = head.to_string();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn chain_hash_of(row: &EventRow, partition: i32, epoch: &str, seq: i64) -> String {
+    let digest = hex_digest(&content_digest(row)).unwrap_or([0; 32]);
+    chain::link_hash(partition, epoch, seq, &row.chain_prev, &digest)
+}
+
+fn hex_digest(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+/// The content digests of the stored events the skips name, by event id.
+async fn stored_content<'a>(
+    db: &clickhouse::Client,
+    skips: impl Iterator<Item = &'a ChainSkip>,
+) -> Result<HashMap<String, HashSet<String>>> {
+    let ids: Vec<String> = skips.map(|s| s.event_id.to_string()).collect();
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for chunk in ids.chunks(1_000) {
+        let rows: Vec<EventRow> = db
+            .query("SELECT ?fields FROM events WHERE toString(event_id) IN ?")
+            .bind(chunk)
+            .fetch_all()
+            .await?;
+        for r in rows {
+            out.entry(r.event_id.to_string())
+                .or_default()
+                .insert(content_digest(&r));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Placed {
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: uuid::Uuid,
+    raw_partition: i32,
+    raw_offset: i64,
+    chain_epoch: String,
+    chain_seq: i64,
+}
+
+/// Rows enriched in the range that are no link of a walked chain.
+async fn find_inserted(
+    db: &clickhouse::Client,
+    chains: &BTreeMap<(i32, String), Vec<DigestRow>>,
+    from_us: i64,
+    to_us: i64,
+    report: &mut Report,
+) -> Result<()> {
+    let mut cursor = db
+        .query(
+            "SELECT ?fields FROM events
+             WHERE enriched_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
+             AND event_type != 'audit.chain-digest'",
+        )
+        .bind(from_us)
+        .bind(to_us)
+        .fetch::<Placed>()?;
+    while let Some(p) = cursor.next().await? {
+        if p.chain_seq < 0 {
+            report.findings.push(Finding::Inserted {
+                raw_partition: p.raw_partition,
+                raw_offset: p.raw_offset,
+                event_id: p.event_id.to_string(),
+                why: "carries no chain link".into(),
+            });
+            continue;
+        }
+        let walked_to = chains
+            .get(&(p.raw_partition, p.chain_epoch.clone()))
+            .and_then(|d| d.last())
+            .map(|d| d.seq);
+        match walked_to {
+            // Within a walked chain: judged there.
+            Some(last) if p.chain_seq <= last => {}
+            _ => report.unsigned += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The configured public keys, checked.
+pub fn public_keys(
+    configured: &BTreeMap<String, String>,
+) -> Result<HashMap<String, ed25519_dalek::VerifyingKey>> {
+    configured
+        .iter()
+        .map(|(id, b64)| {
+            chain::public_key(b64)
+                .map(|k| (id.clone(), k))
+                .with_context(|| format!("setting `verify.public_keys.{id}`"))
+        })
+        .collect()
+}
