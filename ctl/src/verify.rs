@@ -150,7 +150,8 @@ struct DigestRow {
     epoch: String,
     seq: i64,
     head: String,
-    signed_at: i64,
+    /// Aliased: ClickHouse would otherwise compare this alias, not the column, in WHERE.
+    signed_us: i64,
     key_id: String,
     signature: String,
 }
@@ -162,7 +163,7 @@ impl DigestRow {
             epoch: self.epoch.clone(),
             seq: self.seq,
             head: self.head.clone(),
-            signed_at: self.signed_at,
+            signed_at: self.signed_us,
             key_id: self.key_id.clone(),
             signature: self.signature.clone(),
         }
@@ -183,7 +184,7 @@ pub fn client(ch: &ClickHouseSettings) -> clickhouse::Client {
 }
 
 const DIGEST_COLUMNS: &str =
-    "raw_partition, epoch, seq, head, toUnixTimestamp64Micro(signed_at) AS signed_at, key_id, signature";
+    "raw_partition, epoch, seq, head, toUnixTimestamp64Micro(signed_at) AS signed_us, key_id, signature";
 
 /// Verifies the ClickHouse rows of every chain with a digest signed in `[from_us, to_us]`.
 pub async fn verify_clickhouse(

@@ -27,6 +27,8 @@ pub struct Chaining {
     acked: Arc<Mutex<Acked>>,
     /// Resolved when the previous batch's heads are recorded as acknowledged.
     previous: Option<oneshot::Receiver<()>>,
+    /// When the last batch ended: an idle wake-up comes an interval after it, not sooner.
+    last_batch: Instant,
 }
 
 /// Heads the broker acknowledged, and which of them a digest signed.
@@ -59,6 +61,7 @@ impl Chaining {
                 last_digest: Instant::now(),
             })),
             previous: None,
+            last_batch: Instant::now(),
         }
     }
 
@@ -95,6 +98,7 @@ impl Chaining {
             .filter_map(|p| self.chains.head(p))
             .collect();
         let (done, next) = oneshot::channel();
+        self.last_batch = Instant::now();
         AfterAck {
             heads,
             previous: self.previous.replace(next),
@@ -105,12 +109,18 @@ impl Chaining {
         }
     }
 
-    /// When an idle enricher should run an empty batch to sign what is still unsigned.
+    /// When an idle enricher should run an empty batch to sign what is still unsigned: links
+    /// made (acknowledged or still on their way) that no digest covers yet.
     pub fn wake_at(&self) -> Option<Instant> {
         self.signer.as_ref()?;
         let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        let unsigned = acked.unsigned().next().is_some() || !self.touched.is_empty();
-        unsigned.then(|| acked.last_digest + self.interval)
+        let unsigned = self.chains.heads().any(|h| {
+            acked
+                .signed
+                .get(&h.raw_partition)
+                .is_none_or(|(epoch, seq)| *epoch != h.epoch || *seq < h.seq)
+        });
+        unsigned.then(|| (acked.last_digest + self.interval).max(self.last_batch + self.interval))
     }
 }
 

@@ -219,6 +219,11 @@ impl Chains {
         })
     }
 
+    /// The head of every chain with links.
+    pub fn heads(&self) -> impl Iterator<Item = ChainHead> + '_ {
+        self.heads.keys().filter_map(|&p| self.head(p))
+    }
+
     /// Partitions no longer owned: their next owner starts new epochs.
     pub fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
