@@ -14,6 +14,7 @@ mod streams;
 mod table;
 mod topics;
 mod verify;
+mod verify_cloudwatch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -89,6 +90,10 @@ struct VerifyArgs {
     /// A public key as KEY_ID=BASE64 (repeatable), beside verify.public_keys.
     #[arg(long = "public-key")]
     public_keys: Vec<String>,
+    /// Also check this CloudWatch log group (the sink's cloudwatch.log_group) against what
+    /// ClickHouse proved intact; cloudwatch.endpoint_url and cloudwatch.region say where.
+    #[arg(long)]
+    cloudwatch_group: Option<String>,
 }
 
 #[tokio::main]
@@ -150,6 +155,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
     let started = std::time::Instant::now();
     let report =
         verify::verify_clickhouse(settings, &keys, from.as_micros(), to.as_micros()).await?;
+    let mut findings = report.findings.len();
     for f in &report.findings {
         println!("{f}");
     }
@@ -163,12 +169,31 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         report.findings.len(),
         started.elapsed().as_secs_f64()
     );
-    if report.findings.is_empty() {
+    if let Some(group) = args
+        .cloudwatch_group
+        .as_ref()
+        .or(settings.cloudwatch.log_group.as_ref())
+    {
+        let started = std::time::Instant::now();
+        let client = verify_cloudwatch::client(&settings.cloudwatch).await;
+        let cw =
+            verify_cloudwatch::verify(&client, group, &report, from.as_micros(), to.as_micros())
+                .await?;
+        for f in &cw.findings {
+            println!("{f}");
+        }
+        println!(
+            "CloudWatch {group}: {} of {} events verified against ClickHouse's intact links; {} findings; {:.1} s",
+            cw.verified,
+            cw.events,
+            cw.findings.len(),
+            started.elapsed().as_secs_f64()
+        );
+        findings += cw.findings.len();
+    }
+    if findings == 0 {
         Ok(())
     } else {
-        anyhow::bail!(
-            "the trail was tampered with: {} findings",
-            report.findings.len()
-        )
+        anyhow::bail!("the trail was tampered with: {findings} findings")
     }
 }

@@ -3,6 +3,7 @@
 use crate::operator::OperatorSettings;
 use crate::rule_impact::ClickHouseSettings;
 use crate::verify::VerifySettings;
+use crate::verify_cloudwatch::CloudWatchSettings;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, LogFormat, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ pub struct Settings {
     pub clickhouse: ClickHouseSettings,
     /// The public keys `verify` checks digests with.
     pub verify: VerifySettings,
+    /// Where `verify` reads the CloudWatch copies.
+    pub cloudwatch: CloudWatchSettings,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             operator: OperatorSettings::default(),
             clickhouse: ClickHouseSettings::default(),
             verify: VerifySettings::default(),
+            cloudwatch: CloudWatchSettings::default(),
         }
     }
 }

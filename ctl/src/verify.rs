@@ -139,9 +139,19 @@ pub struct Report {
     pub unsigned: u64,
     /// Links the sink left out as copies of stored events.
     pub skips: u64,
-    /// The intact links, (partition, epoch, seq) -> (hash, event id): what CloudWatch is
-    /// checked against.
-    pub intact: HashMap<(i32, String, i64), (String, String)>,
+    /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against.
+    pub intact: HashMap<(i32, String, i64), IntactLink>,
+}
+
+/// An intact link as ClickHouse holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntactLink {
+    pub hash: String,
+    pub event_id: String,
+    pub raw_offset: i64,
+    /// `None` for a link the sink left out as a duplicate (its stored copy is elsewhere).
+    pub event_type: Option<String>,
+    pub enriched_at_us: i64,
 }
 
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
@@ -310,7 +320,13 @@ async fn walk(
                 report.links_verified += 1;
                 report.intact.insert(
                     (partition, epoch.to_string(), seq),
-                    (row.chain_hash.clone(), row.event_id.to_string()),
+                    IntactLink {
+                        hash: row.chain_hash.clone(),
+                        event_id: row.event_id.to_string(),
+                        raw_offset: row.raw_offset,
+                        event_type: Some(row.event_type.clone()),
+                        enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64 / 1_000,
+                    },
                 );
                 for other in here
                     .iter()
@@ -357,7 +373,13 @@ async fn walk(
                         report.skips += 1;
                         report.intact.insert(
                             (partition, epoch.to_string(), seq),
-                            (s.hash.clone(), s.event_id.to_string()),
+                            IntactLink {
+                                hash: s.hash.clone(),
+                                event_id: s.event_id.to_string(),
+                                raw_offset: -1,
+                                event_type: None,
+                                enriched_at_us: 0,
+                            },
                         );
                         expected = s.hash.clone();
                     }

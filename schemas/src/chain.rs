@@ -47,20 +47,22 @@ pub struct ChainLink {
 /// The ClickHouse row and the CloudWatch message of one event give the same value.
 pub fn canonical(event: &RawAuditEvent, raw_partition: i32, raw_offset: i64) -> Value {
     let value = serde_json::to_value(event).unwrap_or(Value::Null);
-    canonical_value(value, raw_partition, raw_offset)
+    canonical_value(value, Form::Serde, raw_partition, raw_offset)
 }
 
-/// [`canonical`] from an event already in JSON form: the serde form, or a CloudWatch message's
-/// `event` (RFC 3339 `timestamp`, params as values).
-pub fn canonical_value(mut event: Value, raw_partition: i32, raw_offset: i64) -> Value {
-    if let Value::Object(e) = &mut event {
-        if let Some(t) = e.get_mut("timestamp") {
-            if let Some(text) = t.as_str() {
-                if let Ok(ts) = crate::Timestamp::parse_rfc3339(text) {
-                    *t = Value::from(ts.as_micros());
-                }
-            }
-        }
+/// The JSON form an event is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Its serde form: params and response are JSON text.
+    Serde,
+    /// A CloudWatch message's `event`: params and response already parsed (parsing again would
+    /// turn the string `"42"` into the number 42), `timestamp` in RFC 3339.
+    Message,
+}
+
+/// [`canonical`] from an event already in JSON form.
+pub fn canonical_value(mut event: Value, form: Form, raw_partition: i32, raw_offset: i64) -> Value {
+    if let (Value::Object(e), Form::Serde) = (&mut event, form) {
         if let Some(Value::Object(params)) = e.get_mut("params") {
             for v in params.values_mut() {
                 parse_text(v);
@@ -68,6 +70,15 @@ pub fn canonical_value(mut event: Value, raw_partition: i32, raw_offset: i64) ->
         }
         if let Some(v) = e.get_mut("response") {
             parse_text(v);
+        }
+    }
+    if let Value::Object(e) = &mut event {
+        if let Some(t) = e.get_mut("timestamp") {
+            if let Some(text) = t.as_str() {
+                if let Ok(ts) = crate::Timestamp::parse_rfc3339(text) {
+                    *t = Value::from(ts.as_micros());
+                }
+            }
         }
     }
     prune(&mut event);
@@ -400,14 +411,14 @@ mod tests {
     #[test]
     fn the_serde_form_and_a_cloudwatch_message_give_the_same_content() {
         let serde_form = json!({"event_id": "e1", "timestamp": 1_700_000_000_123_456i64,
-            "params": {"rows": "12", "q": "\"select 1\"", "gone": "null"},
+            "params": {"rows": "12", "q": "\"select 1\"", "n": "\"42\"", "gone": "null"},
             "client": {"ip": null, "user_agent": null}, "message": null, "entities": []});
         let message_form = json!({"event_id": "e1",
             "timestamp": crate::Timestamp::from_micros(1_700_000_000_123_456).to_rfc3339(),
-            "params": {"rows": 12, "q": "select 1"}, "client": {}, "entities": []});
+            "params": {"rows": 12, "q": "select 1", "n": "42"}, "client": {}, "entities": []});
         assert_eq!(
-            canonical_value(serde_form, 3, 9),
-            canonical_value(message_form, 3, 9)
+            canonical_value(serde_form, Form::Serde, 3, 9),
+            canonical_value(message_form, Form::Message, 3, 9)
         );
     }
 }

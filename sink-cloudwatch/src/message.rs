@@ -74,6 +74,7 @@ fn drop_nulls(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use audit_schemas::chain;
     use audit_schemas::*;
 
     fn example() -> EnrichedAuditEvent {
@@ -129,6 +130,18 @@ mod tests {
             event_time: EventTimeCheck::Plausible,
             chain: None,
         }
+    }
+
+    #[test]
+    fn a_message_gives_back_the_content_its_chain_link_was_made_from() {
+        let mut e = example();
+        e.event.params.insert("quoted".into(), r#""42""#.into());
+        e.event.params.insert("nothing".into(), "null".into());
+        let want = chain::canonical(&e.event, 0, 5);
+        let m: Value = serde_json::from_str(&message(&e).unwrap()).unwrap();
+        let got = chain::canonical_value(m["event"].clone(), chain::Form::Message, 0, 5);
+        assert_eq!(got, want);
+        assert_eq!(chain::content_digest(&got), chain::content_digest(&want));
     }
 
     #[test]

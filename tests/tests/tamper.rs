@@ -1,6 +1,7 @@
 //! Tamper evidence on the real stack: events through the enricher (hash chains, signed digests)
-//! into ClickHouse, `auditctl verify` passing on the untouched range, then naming exactly the row
-//! deleted, the row altered (`ALTER TABLE ... UPDATE`) and the row inserted by hand.
+//! into ClickHouse and CloudWatch, `auditctl verify` passing on the untouched range, finding an
+//! event removed from its CloudWatch stream, then naming exactly the row deleted, the row
+//! altered (`ALTER TABLE ... UPDATE`) and the row inserted by hand in ClickHouse.
 
 use anyhow::Result;
 use audit_schemas::Timestamp;
@@ -18,14 +19,22 @@ async fn signed_links(p: &Pipeline) -> u64 {
         .unwrap_or(0)
 }
 
-fn verify(p: &Pipeline, from: &str, to: &str) -> Result<(bool, String)> {
+fn verify(p: &Pipeline, from: &str, to: &str, cloudwatch: bool) -> Result<(bool, String)> {
     let db = p.database.clone();
     let key = format!("e2e={}", chain_public_key());
+    let mut args = vec!["verify", "--from", from, "--to", to, "--public-key", &key];
+    if cloudwatch {
+        args.extend(["--cloudwatch-group", &p.log_group]);
+    }
     let out = p.auditctl(
-        &["verify", "--from", from, "--to", to, "--public-key", &key],
+        &args,
         &[
             ("AUDIT__CLICKHOUSE__URL", &clickhouse_url()),
             ("AUDIT__CLICKHOUSE__DATABASE", &db),
+            ("AUDIT__CLOUDWATCH__ENDPOINT_URL", &cloudwatch_url()),
+            ("AUDIT__CLOUDWATCH__REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
         ],
     )?;
     let text = format!(
@@ -50,6 +59,7 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
     let _producer = p.start(Stage::Producer).await?;
     let _enricher = p.start(Stage::Enricher).await?;
     let _sink = p.start(Stage::ClickHouseSink).await?;
+    let mut cloudwatch = p.start(Stage::CloudWatchSink).await?;
     let from = Timestamp::now().to_rfc3339();
     let events: Vec<_> = (0..40)
         .map(|i| {
@@ -70,9 +80,64 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
     }
     let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
 
-    let (ok, text) = verify(&p, &from, &to)?;
+    let logs = logs_client(&cloudwatch_url()).await;
+    wait_for_distinct_events(&logs, &p.log_group, 40, Duration::from_secs(60)).await?;
+    let (ok, text) = verify(&p, &from, &to, true)?;
     assert!(ok, "untouched: {text}");
     assert!(text.contains("40 links verified"), "{text}");
+    assert!(text.contains("40 of 40 events verified"), "{text}");
+
+    // One event removed from its CloudWatch stream (CloudWatch has no call for that: the stream
+    // is written again without it, the sink stopped meanwhile).
+    cloudwatch.stop()?;
+    let stream = p.stream_of("log").to_string();
+    let stored = read_group(&logs, &p.log_group).await?;
+    let events = &stored[&stream];
+    let removed = events[events.len() / 2].1["event"]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    logs.delete_log_stream()
+        .log_group_name(&p.log_group)
+        .log_stream_name(&stream)
+        .send()
+        .await?;
+    logs.create_log_stream()
+        .log_group_name(&p.log_group)
+        .log_stream_name(&stream)
+        .send()
+        .await?;
+    let kept: Vec<_> = events
+        .iter()
+        .filter(|(_, m)| m["event"]["event_id"] != removed.as_str())
+        .map(|(t, m)| {
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(*t)
+                .message(m.to_string())
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    logs.put_log_events()
+        .log_group_name(&p.log_group)
+        .log_stream_name(&stream)
+        .set_log_events(Some(kept))
+        .send()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, true)?;
+    assert!(!ok, "removed from CloudWatch: {text}");
+    let findings: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["DELETED", "ALTERED", "INSERTED", "MISMATCH", "FORGED"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    assert_eq!(findings.len(), 1, "{text}");
+    assert!(
+        findings[0].starts_with("DELETED  from CloudWatch") && findings[0].contains(&removed),
+        "{text}"
+    );
 
     // Three rows in the middle of their chains: one deleted, one altered, one copied as new.
     let links: Vec<Link> = p
@@ -103,7 +168,7 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
         .execute()
         .await?;
 
-    let (ok, text) = verify(&p, &from, &to)?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
     assert!(!ok, "tampered: {text}");
     let findings: Vec<&str> = text
         .lines()
