@@ -183,9 +183,10 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
             println!("{f}");
         }
         println!(
-            "CloudWatch {group}: {} of {} events verified against ClickHouse's intact links; {} findings; {:.1} s",
+            "CloudWatch {group}: {} of {} events verified against ClickHouse's intact links, {} not yet under a digest; {} findings; {:.1} s",
             cw.verified,
             cw.events,
+            cw.unsigned,
             cw.findings.len(),
             started.elapsed().as_secs_f64()
         );

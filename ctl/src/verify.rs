@@ -141,6 +141,8 @@ pub struct Report {
     pub skips: u64,
     /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against.
     pub intact: HashMap<(i32, String, i64), IntactLink>,
+    /// The links walked per chain (first, last seq): a link outside is not judged here.
+    pub walked: HashMap<(i32, String), (i64, i64)>,
 }
 
 /// An intact link as ClickHouse holds it.
@@ -275,6 +277,9 @@ async fn walk(
     report: &mut Report,
 ) -> Result<()> {
     let last = digests.last().map_or(first - 1, |d| d.seq);
+    report
+        .walked
+        .insert((partition, epoch.to_string()), (first, last));
     let heads: HashMap<i64, &str> = digests.iter().map(|d| (d.seq, d.head.as_str())).collect();
     let mut rows: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
     let mut cursor = db

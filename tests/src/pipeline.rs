@@ -503,6 +503,53 @@ impl Pipeline {
             .output()?)
     }
 
+    /// `auditctl verify` of this run's ClickHouse database (and CloudWatch log group) for
+    /// digests signed between `from` and `to` (RFC 3339): whether it passed, and what it said.
+    pub fn verify(&self, from: &str, to: &str, cloudwatch: bool) -> Result<(bool, String)> {
+        let key = format!("e2e={}", chain_public_key());
+        let mut args = vec!["verify", "--from", from, "--to", to, "--public-key", &key];
+        if cloudwatch {
+            args.extend(["--cloudwatch-group", &self.log_group]);
+        }
+        let out = self.auditctl(
+            &args,
+            &[
+                ("AUDIT__CLICKHOUSE__URL", &clickhouse_url()),
+                ("AUDIT__CLICKHOUSE__DATABASE", &self.database),
+                ("AUDIT__CLOUDWATCH__ENDPOINT_URL", &cloudwatch_url()),
+                ("AUDIT__CLOUDWATCH__REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+            ],
+        )?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// Waits until the enricher's signed digests cover at least `links` links of this run.
+    pub async fn wait_signed(&self, links: u64, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let signed: u64 = self
+                .clickhouse()
+                .query("SELECT toUInt64(sum(m)) FROM (SELECT max(seq) + 1 AS m FROM chain_digests GROUP BY raw_partition, epoch)")
+                .fetch_one()
+                .await
+                .unwrap_or(0);
+            if signed >= links {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("signed digests cover {signed} links, not {links}, after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// A request with this run's token to the ingest service (directory writes, SCIM): status
     /// and JSON body (`null` when empty).
     pub async fn request(

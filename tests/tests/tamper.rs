@@ -5,44 +5,13 @@
 
 use anyhow::Result;
 use audit_schemas::Timestamp;
-use audit_tests::pipeline::{chain_public_key, Pipeline, Stage};
+use audit_tests::pipeline::{Pipeline, Stage};
 use audit_tests::*;
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-/// Links the signed digests cover, summed over chains.
-async fn signed_links(p: &Pipeline) -> u64 {
-    p.clickhouse()
-        .query("SELECT toUInt64(sum(m)) FROM (SELECT max(seq) + 1 AS m FROM chain_digests GROUP BY raw_partition, epoch)")
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 fn verify(p: &Pipeline, from: &str, to: &str, cloudwatch: bool) -> Result<(bool, String)> {
-    let db = p.database.clone();
-    let key = format!("e2e={}", chain_public_key());
-    let mut args = vec!["verify", "--from", from, "--to", to, "--public-key", &key];
-    if cloudwatch {
-        args.extend(["--cloudwatch-group", &p.log_group]);
-    }
-    let out = p.auditctl(
-        &args,
-        &[
-            ("AUDIT__CLICKHOUSE__URL", &clickhouse_url()),
-            ("AUDIT__CLICKHOUSE__DATABASE", &db),
-            ("AUDIT__CLOUDWATCH__ENDPOINT_URL", &cloudwatch_url()),
-            ("AUDIT__CLOUDWATCH__REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-        ],
-    )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
+    p.verify(from, to, cloudwatch)
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
