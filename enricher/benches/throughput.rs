@@ -81,9 +81,47 @@ async fn main() -> anyhow::Result<()> {
     let stall = Duration::from_secs(60);
     let raw_rate = read_rate(&kafka_config(), &topics.raw.name, PARTITIONS, total, stall).await?;
 
-    // The enricher, as a process, alone on the machine with the broker: timed from the first
-    // record it takes in to the moment every record's output is acknowledged and its offset
-    // stored (`audit_consumer_records_committed_total`), read from its /metrics.
+    // The enricher twice over the same raw records, each run into its own enriched topic:
+    // without the hash chain, then with it and signed digests.
+    let plain = enrich_once(&topics, total, &[("AUDIT__CHAIN__ENABLED", "false")]).await?;
+    let mut chained_topics = topics.clone();
+    chained_topics.enriched.name = format!("{}-chained", topics.enriched.name);
+    create_topics(&chained_topics).await?;
+    let chained = enrich_once(
+        &chained_topics,
+        total,
+        &[
+            ("AUDIT__CHAIN__ENABLED", "true"),
+            (
+                "AUDIT__CHAIN__SIGNING_KEY",
+                audit_tests::pipeline::CHAIN_SEED,
+            ),
+        ],
+    )
+    .await?;
+    let enricher_rate = chained;
+
+    println!("events: {total} over {PARTITIONS} partitions (produce rate {produce_rate:.0}/s), share naming unknown sessions: {unknown}");
+    println!("raw consume rate (plain rdkafka consumer, discarding): {raw_rate:>9.0} events/s");
+    println!("enricher throughput without the hash chain:         {plain:>9.0} events/s");
+    println!("enricher throughput (decode, join, rules, chain, encode, produce, commit): {enricher_rate:>9.0} events/s");
+    println!("ratio with chain / without: {:.2}", chained / plain);
+    println!(
+        "ratio enricher / raw consume: {:.2}",
+        enricher_rate / raw_rate
+    );
+    Ok(())
+}
+
+/// One enricher process over `topics` (with `chain` settings), timed from the first record it
+/// takes in to the moment every record's output is acknowledged and its offset stored
+/// (`audit_consumer_records_committed_total`, read from its /metrics); then the enriched topic
+/// is read back to prove every record is there.
+async fn enrich_once(
+    topics: &audit_runtime::TopicsConfig,
+    total: usize,
+    chain: &[(&str, &str)],
+) -> anyhow::Result<f64> {
     let ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-enricher"));
     cmd.arg("run")
@@ -95,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
             std::env::var("BENCH_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::null());
-    cmd.envs(topics_env(&topics));
+    cmd.envs(topics_env(topics));
+    cmd.envs(chain.iter().copied());
     let mut child = cmd.spawn()?;
     let timed = async {
         let poll = Duration::from_millis(10);
@@ -160,13 +199,5 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )
     .await?;
-
-    println!("events: {total} over {PARTITIONS} partitions (produce rate {produce_rate:.0}/s), share naming unknown sessions: {unknown}");
-    println!("raw consume rate (plain rdkafka consumer, discarding): {raw_rate:>9.0} events/s");
-    println!("enricher throughput (decode, join, rules, encode, produce, commit): {enricher_rate:>9.0} events/s");
-    println!(
-        "ratio enricher / raw consume: {:.2}",
-        enricher_rate / raw_rate
-    );
-    Ok(())
+    Ok(enricher_rate)
 }
