@@ -135,8 +135,8 @@ where
         .set("fetch.queue.backoff.ms", "10")
         // What a batch needs, not librdkafka's 64 MiB prefetch and 50 MiB fetches: records
         // waiting in memory are memory a stage holds for nothing (override in [kafka.properties]).
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "8388608")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "4194304")
         // A broker that holds a fetch for its whole wait even when records arrive (Tansu does)
         // would add this to every stage's latency; Kafka answers as soon as records arrive.
         .set("fetch.wait.max.ms", "100");

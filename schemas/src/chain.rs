@@ -116,41 +116,58 @@ fn prune(v: &mut Value) -> bool {
 }
 
 /// SHA-256 of the canonical content's JSON text, object keys sorted here (whatever order the
-/// map kept them in: serde_json preserves insertion order when a dependency enables it).
+/// map kept them in: serde_json preserves insertion order when a dependency enables it). The
+/// text is fed to the hash as it is written, never held.
 pub fn content_digest(canonical: &Value) -> [u8; 32] {
-    let mut text = String::new();
-    write_sorted(canonical, &mut text);
-    Sha256::digest(text.as_bytes()).into()
+    let mut hasher = Hashing(Sha256::new());
+    // Writing into a hash cannot fail, nor can serializing a Value.
+    let _ = write_sorted(canonical, &mut hasher);
+    hasher.0.finalize().into()
 }
 
-fn write_sorted(v: &Value, out: &mut String) {
+/// An `io::Write` that hashes what is written.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_sorted(v: &Value, out: &mut Hashing) -> serde_json::Result<()> {
+    use std::io::Write;
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
+            keys.sort_unstable();
+            let _ = out.write(b"{");
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    let _ = out.write(b",");
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_sorted(&m[k], out);
+                serde_json::to_writer(&mut *out, k)?;
+                let _ = out.write(b":");
+                write_sorted(&m[k], out)?;
             }
-            out.push('}');
+            let _ = out.write(b"}");
         }
         Value::Array(items) => {
-            out.push('[');
+            let _ = out.write(b"[");
             for (i, x) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    let _ = out.write(b",");
                 }
-                write_sorted(x, out);
+                write_sorted(x, out)?;
             }
-            out.push(']');
+            let _ = out.write(b"]");
         }
-        other => out.push_str(&other.to_string()),
+        other => serde_json::to_writer(&mut *out, other)?,
     }
+    Ok(())
 }
 
 /// The hash of a link.

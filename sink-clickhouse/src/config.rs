@@ -69,13 +69,13 @@ impl Default for ClickHouseConfig {
             user: None,
             password: None,
             group_id: "audit-sink-clickhouse".to_string(),
-            batch_max_rows: 10_000,
+            batch_max_rows: 5_000,
             batch_max_wait_ms: 1_000,
             min_insert_interval_ms: 200,
             ttl_days: None,
             max_backoff_ms: 10_000,
             replay_window: 200_000,
-            replay_window_bytes: 16 * 1024 * 1024,
+            replay_window_bytes: 8 * 1024 * 1024,
         }
     }
 }

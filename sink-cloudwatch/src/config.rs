@@ -76,11 +76,11 @@ impl Default for CloudWatchConfig {
             default_stream: Some("audit_events".to_string()),
             endpoint_url: None,
             region: None,
-            batch_max_records: 10_000,
+            batch_max_records: 2_000,
             batch_max_wait_ms: 1_000,
             max_attempts: 30,
             replay_window: 100_000,
-            replay_window_bytes: 16 * 1024 * 1024,
+            replay_window_bytes: 8 * 1024 * 1024,
         }
     }
 }
