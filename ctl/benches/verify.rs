@@ -39,8 +39,10 @@ fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
         event: RawAuditEvent {
             event_id: uuid::Uuid::new_v4(),
             timestamp: now,
-            event_type: EventType::new(["query-created", "log", "job-start", "error"][n as usize % 4])
-                .expect("a catalog type"),
+            event_type: EventType::new(
+                ["query-created", "log", "job-start", "error"][n as usize % 4],
+            )
+            .expect("a catalog type"),
             source: Source::Server,
             service: "bench".into(),
             session_id: Some(format!("s{}", n % 500)),
@@ -56,7 +58,10 @@ fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
             }],
             params: [
                 ("rows".to_string(), (n % 1000).to_string()),
-                ("sql".to_string(), "\"select region, sum(x) from sales group by 1\"".to_string()),
+                (
+                    "sql".to_string(),
+                    "\"select region, sum(x) from sales group by 1\"".to_string(),
+                ),
             ]
             .into(),
             response: None,
@@ -114,7 +119,14 @@ async fn main() -> anyhow::Result<()> {
             let sign = (link.seq + 1) % DIGEST_EVERY == 0 || i + (PARTITIONS as u64) >= total;
             e.chain = Some(link);
             insert
-                .write(&row(e, "bench", Origin { partition: p, offset }))
+                .write(&row(
+                    e,
+                    "bench",
+                    Origin {
+                        partition: p,
+                        offset,
+                    },
+                ))
                 .await?;
             if sign {
                 if let Some(head) = chains.head(p) {
@@ -161,10 +173,21 @@ async fn main() -> anyhow::Result<()> {
         .output()?;
     let elapsed = started.elapsed();
     let said = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "verify failed: {said}{}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "verify failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("rows: {total} chained events over {PARTITIONS} raw partitions, {} signed digests (written in {:.1} s)", digests.len(), written.as_secs_f64());
-    println!("auditctl verify: {:.1} s, {:.0} rows/s", elapsed.as_secs_f64(), total as f64 / elapsed.as_secs_f64());
+    println!(
+        "auditctl verify: {:.1} s, {:.0} rows/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
     print!("{said}");
-    admin.query(&format!("DROP DATABASE IF EXISTS {db}")).execute().await?;
+    admin
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use audit_schemas::redaction::Redactor;
 use audit_schemas::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
+use std::time::Duration;
 
 /// The id of session `n`: UUIDs, as platforms issue them.
 fn session_id(n: u64) -> String {
@@ -179,6 +180,30 @@ fn bench(c: &mut Criterion) {
                 if let Step::Publish { event, .. } =
                     enrich(raw, pos, lookup, &redactor, true, Timestamp::from_micros(1))
                 {
+                    out.clear();
+                    event.encode_into(&mut out).unwrap();
+                    black_box(&out);
+                }
+            }
+        })
+    });
+    // The same with every event linked into its hash chain (canonical content, SHA-256), as
+    // the enricher does with `chain.enabled` (the default): the chain's cost per core.
+    group.bench_function("decode_join_rules_chain_encode", |b| {
+        let mut chaining = audit_enricher::chaining::Chaining::new(None, Duration::from_secs(1));
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            for (i, bytes) in records.iter().enumerate() {
+                let raw = RawAuditEvent::decode(black_box(bytes)).unwrap();
+                let pos = RawPosition {
+                    partition: 0,
+                    offset: i as i64,
+                    received_at: Timestamp::from_micros(0),
+                };
+                if let Step::Publish { mut event, .. } =
+                    enrich(raw, pos, lookup, &redactor, true, Timestamp::from_micros(1))
+                {
+                    chaining.link(&mut event);
                     out.clear();
                     event.encode_into(&mut out).unwrap();
                     black_box(&out);

@@ -68,11 +68,7 @@ impl Chaining {
     /// Sets `event.chain` to the next link of its raw partition's chain.
     pub fn link(&mut self, event: &mut EnrichedAuditEvent) {
         let p = event.pipeline.raw_partition;
-        let content = chain::content_digest(&chain::canonical(
-            &event.event,
-            p,
-            event.pipeline.raw_offset,
-        ));
+        let content = chain::event_digest(&event.event, p, event.pipeline.raw_offset);
         event.chain = Some(self.chains.link(p, &content));
         self.touched.insert(p);
     }

@@ -125,6 +125,188 @@ pub fn content_digest(canonical: &Value) -> [u8; 32] {
     hasher.0.finalize().into()
 }
 
+/// [`content_digest`] of [`canonical`], written straight from the event: the same bytes (a
+/// property test holds the two together), without building the JSON tree, for the enricher's
+/// hot path.
+pub fn event_digest(event: &RawAuditEvent, raw_partition: i32, raw_offset: i64) -> [u8; 32] {
+    let mut h = Hashing(Sha256::new());
+    // Writing into a hash cannot fail, nor can serializing strings and Values.
+    let _ = write_event(event, raw_partition, raw_offset, &mut h);
+    h.0.finalize().into()
+}
+
+/// Writes `"key":` after a comma when something came before in the object.
+struct Fields<'a> {
+    out: &'a mut Hashing,
+    first: bool,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, key: &str) -> serde_json::Result<()> {
+        use std::io::Write;
+        if !std::mem::replace(&mut self.first, false) {
+            let _ = self.out.write(b",");
+        }
+        serde_json::to_writer(&mut *self.out, key)?;
+        let _ = self.out.write(b":");
+        Ok(())
+    }
+
+    fn string(&mut self, key: &str, value: &str) -> serde_json::Result<()> {
+        self.key(key)?;
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    fn opt(&mut self, key: &str, value: Option<&str>) -> serde_json::Result<()> {
+        match value {
+            Some(v) => self.string(key, v),
+            None => Ok(()),
+        }
+    }
+
+    /// A JSON text field as its parsed value, left out when it prunes to nothing.
+    fn parsed(&mut self, key: &str, text: &str) -> serde_json::Result<()> {
+        let mut v =
+            serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_string()));
+        if prune(&mut v) {
+            return Ok(());
+        }
+        self.key(key)?;
+        write_sorted(&v, self.out)
+    }
+}
+
+fn write_event(
+    e: &RawAuditEvent,
+    raw_partition: i32,
+    raw_offset: i64,
+    out: &mut Hashing,
+) -> serde_json::Result<()> {
+    use std::io::Write;
+    let _ = out.write(b"{\"event\":{");
+    let mut f = Fields { out, first: true };
+    // Keys in sorted order, absent and empty values left out, as `canonical` does.
+    if let Some(c) = &e.client {
+        if c.ip.is_some() || c.user_agent.is_some() {
+            f.key("client")?;
+            let _ = f.out.write(b"{");
+            let mut g = Fields {
+                out: f.out,
+                first: true,
+            };
+            g.opt("ip", c.ip.as_deref())?;
+            g.opt("user_agent", c.user_agent.as_deref())?;
+            let _ = f.out.write(b"}");
+        }
+    }
+    f.key("entities")?;
+    let _ = f.out.write(b"[");
+    for (i, x) in e.entities.iter().enumerate() {
+        if i > 0 {
+            let _ = f.out.write(b",");
+        }
+        let _ = f.out.write(b"{");
+        let mut g = Fields {
+            out: f.out,
+            first: true,
+        };
+        g.string("id", &x.id)?;
+        g.opt("name", x.name.as_deref())?;
+        g.string("type", &x.kind)?;
+        let _ = f.out.write(b"}");
+    }
+    let _ = f.out.write(b"]");
+    if let Some(err) = &e.error {
+        let fields = [
+            ("code", err.code.as_deref()),
+            ("fingerprint", err.fingerprint.as_deref()),
+            ("message", err.message.as_deref()),
+            ("stack_trace", err.stack_trace.as_deref()),
+        ];
+        if fields.iter().any(|(_, v)| v.is_some()) {
+            f.key("error")?;
+            let _ = f.out.write(b"{");
+            let mut g = Fields {
+                out: f.out,
+                first: true,
+            };
+            for (k, v) in fields {
+                g.opt(k, v)?;
+            }
+            let _ = f.out.write(b"}");
+        }
+    }
+    f.key("event_id")?;
+    serde_json::to_writer(&mut *f.out, &e.event_id.hyphenated().to_string())?;
+    f.string("event_type", e.event_type.as_str())?;
+    if let Some(i) = &e.ingest {
+        f.key("ingest")?;
+        let _ = f.out.write(b"{");
+        let mut g = Fields {
+            out: f.out,
+            first: true,
+        };
+        g.string("credential", i.credential.as_str())?;
+        g.opt("key_id", i.key_id.as_deref())?;
+        if !i.overridden.is_empty() {
+            g.key("overridden")?;
+            let _ = g.out.write(b"{");
+            let mut o = Fields {
+                out: g.out,
+                first: true,
+            };
+            for (k, v) in &i.overridden {
+                o.string(k, v)?;
+            }
+            let _ = g.out.write(b"}");
+        }
+        g.opt("peer_ip", i.peer_ip.as_deref())?;
+        let _ = f.out.write(b"}");
+    }
+    f.opt("message", e.message.as_deref())?;
+    // Params: written into a buffer first, as all of them may prune away.
+    let mut params: Vec<(&String, Value)> = Vec::new();
+    for (k, text) in &e.params {
+        let mut v =
+            serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.clone()));
+        if !prune(&mut v) {
+            params.push((k, v));
+        }
+    }
+    if !params.is_empty() {
+        f.key("params")?;
+        let _ = f.out.write(b"{");
+        let mut g = Fields {
+            out: f.out,
+            first: true,
+        };
+        for (k, v) in &params {
+            g.key(k)?;
+            write_sorted(v, g.out)?;
+        }
+        let _ = f.out.write(b"}");
+    }
+    if let Some(r) = &e.response {
+        f.parsed("response", r)?;
+    }
+    f.string("service", &e.service)?;
+    f.opt("session_id", e.session_id.as_deref())?;
+    f.string("source", e.source.as_str())?;
+    f.key("success")?;
+    let _ = f.out.write(if e.success { b"true" } else { b"false" });
+    f.opt("tenant", e.tenant.as_deref())?;
+    f.key("timestamp")?;
+    serde_json::to_writer(&mut *f.out, &e.timestamp.as_micros())?;
+    f.opt("user_id", e.user_id.as_deref())?;
+    f.opt("username", e.username.as_deref())?;
+    let _ = out.write(b"},\"raw_offset\":");
+    serde_json::to_writer(&mut *out, &raw_offset)?;
+    let _ = out.write(b",\"raw_partition\":");
+    serde_json::to_writer(&mut *out, &raw_partition)?;
+    let _ = out.write(b"}");
+    Ok(())
+}
+
 /// An `io::Write` that hashes what is written.
 struct Hashing(Sha256);
 

@@ -245,8 +245,11 @@ impl ChainSkip {
 
 /// The SHA-256 (hex) of a row's canonical content: what its chain link must have been made from.
 pub fn content_digest(row: &EventRow) -> String {
-    let canonical = chain::canonical(&raw_event(row), row.raw_partition, row.raw_offset);
-    hex::encode(chain::content_digest(&canonical))
+    hex::encode(chain::event_digest(
+        &raw_event(row),
+        row.raw_partition,
+        row.raw_offset,
+    ))
 }
 
 /// The month partition of the events table a row lands in (`toYYYYMM(timestamp)`).

@@ -532,3 +532,27 @@ fn raw_v1_records_decode_without_ingest_context() {
     assert_eq!(decoded.error.unwrap().code.as_deref(), Some("E1"));
     assert_eq!(decoded.event_id, example.event_id);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The enricher's direct content digest and the verifier's (through the JSON tree) agree.
+    #[test]
+    fn the_direct_content_digest_is_the_canonical_ones(
+        e in arb_raw(),
+        partition in any::<i32>(),
+        offset in any::<i64>(),
+        json_params in vec((text(), prop_oneof![
+            Just("null".to_string()), Just("{}".to_string()), Just("{\"a\":null}".to_string()),
+            Just("[null,{},1.5]".to_string()), Just("\"42\"".to_string()), Just("{\"b\":{\"c\":[]}}".to_string()),
+        ]), 0..4),
+    ) {
+        let mut e = e;
+        e.params.extend(json_params);
+        let canonical = crate::chain::canonical(&e, partition, offset);
+        prop_assert_eq!(
+            crate::chain::event_digest(&e, partition, offset),
+            crate::chain::content_digest(&canonical)
+        );
+    }
+}
