@@ -38,15 +38,7 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
         .collect();
     p.post(&events).await?;
     p.wait_for_rows(40, Duration::from_secs(60)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while signed_links(&p).await < 40 {
-        assert!(
-            Instant::now() < deadline,
-            "digests cover {} links",
-            signed_links(&p).await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    p.wait_signed(40, Duration::from_secs(60)).await?;
     let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
 
     let logs = logs_client(&cloudwatch_url()).await;
