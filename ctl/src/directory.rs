@@ -364,28 +364,12 @@ async fn import(
             slot.insert(table::read(settings, settings.topics.for_directory(topic)).await?);
         }
     }
-    let changes: Vec<ControlChange> = writes
-        .iter()
-        .map(|w| {
-            let key = w.key();
-            let old = before
-                .get(&key.topic())
-                .and_then(|t| t.get(&key.record_key()))
-                .map(|bytes| stored_json(&key, bytes));
-            let (change, new) = match w {
-                DirectoryWrite::Put(record) => (Change::Set, Some(record.to_json())),
-                DirectoryWrite::Delete(_) => (Change::Delete, None),
-            };
-            ControlChange {
-                subject: Subject::Directory,
-                change,
-                key: key.to_string(),
-                old,
-                new,
-                old_known: true,
-            }
-        })
-        .collect();
+    let changes = audit_schemas::control::directory_changes(&writes, true, |key| {
+        before
+            .get(&key.topic())
+            .and_then(|t| t.get(&key.record_key()))
+            .map(|bytes| stored_json(key, bytes))
+    });
     let encoded = writes
         .iter()
         .map(DirectoryWrite::encoded)

@@ -194,15 +194,7 @@ pub async fn dry_run(
     last: u64,
 ) -> Result<DryRun> {
     let ch = &settings.clickhouse;
-    let mut client = clickhouse::Client::default()
-        .with_url(&ch.url)
-        .with_database(&ch.database);
-    if let Some(user) = &ch.user {
-        client = client.with_user(user);
-    }
-    if let Some(password) = &ch.password {
-        client = client.with_password(password);
-    }
+    let client = crate::verify::client(ch);
     let events: Vec<StoredEvent> = client
         .query(
             "SELECT event_type, user_id, user_login, group_ids, group_names FROM events
