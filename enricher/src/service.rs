@@ -661,12 +661,15 @@ impl PipelinedHandler for Enricher {
     }
 }
 
-/// How often a batch's publication is tried before the enricher gives up and exits (its
-/// offsets uncommitted, so a restart redoes the batch): about a minute in all.
+/// A batch's publication is retried for as long as the broker stays away, like every stage's
+/// writes: exiting would not bring the broker back, and a restarted enricher would face the same
+/// outage with its chains broken. Meanwhile the consumer fetches nothing more (at most
+/// `max_in_flight` batches wait), so memory stays bounded; backoff stays short so a returning
+/// broker is used within seconds.
 const PUBLISH_RETRY: RetryPolicy = RetryPolicy {
-    initial: Duration::from_millis(500),
-    max_backoff: Duration::from_secs(15),
-    max_attempts: Some(8),
+    initial: Duration::from_millis(200),
+    max_backoff: Duration::from_secs(5),
+    max_attempts: None,
 };
 
 /// Where an output record goes.
@@ -709,25 +712,28 @@ impl Publisher {
             .await
     }
 
-    /// Publishes digest events and waits for their acknowledgement (a failure fails the batch:
-    /// the service stops, and a restart starts new chains).
+    /// Publishes digest events and waits for their acknowledgement, retried like a batch (a
+    /// digest published twice is the same signed statement twice).
     async fn publish_digests(&self, digests: &[EnrichedAuditEvent]) -> anyhow::Result<()> {
         if digests.is_empty() {
             return Ok(());
         }
-        let payloads = digests
+        let records = digests
             .iter()
-            .map(|d| d.encode())
-            .collect::<Result<Vec<_>, _>>()?;
-        let acks = self
-            .producer
-            .publish(payloads.iter().map(|payload| Record {
-                topic: &self.enriched_topic,
-                key: Some(audit_schemas::chain::DIGEST_TYPE.as_bytes()),
-                payload,
-            }))
-            .await?;
-        let rejected = acks.acknowledged().await?;
+            .map(|d| {
+                Ok(OutRecord {
+                    to: Target::Enriched,
+                    key: Some(audit_schemas::chain::DIGEST_TYPE.as_bytes().to_vec()),
+                    payload: d.encode()?,
+                    origin: (-1, -1),
+                })
+            })
+            .collect::<Result<Vec<_>, audit_schemas::EncodeError>>()?;
+        let first = match self.enqueue(&records).await {
+            Ok(acks) => acks.acknowledged().await,
+            Err(e) => Err(e),
+        };
+        let rejected = self.retry_until_acknowledged(&records, first).await?;
         anyhow::ensure!(
             rejected.is_empty(),
             "the broker refused a chain digest: {:?}",
@@ -738,9 +744,9 @@ impl Publisher {
 
     /// A broker restart or leader move can fail records the producer already retried; the
     /// whole batch is published again (records that did land become duplicates downstream,
-    /// never losses, and a retried batch can land after its successors), and only a failure
-    /// that outlasts every attempt fails the batch, which stops the service. Records refused
-    /// one by one are returned, not retried.
+    /// never losses, and a retried batch can land after its successors) until the broker takes
+    /// it; only a setting or permission error fails the batch, which stops the service. Records
+    /// refused one by one are returned, not retried.
     async fn retry_until_acknowledged(
         &self,
         records: &[OutRecord],
