@@ -55,6 +55,7 @@ fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
                 kind: "query".into(),
                 id: format!("q{}", n % 1000),
                 name: Some("Sales by region".into()),
+                role: Default::default(),
             }],
             params: [
                 ("rows".to_string(), (n % 1000).to_string()),
@@ -71,6 +72,7 @@ fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
                 user_agent: None,
             }),
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: None,
         groups: vec![],
@@ -85,6 +87,7 @@ fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     }
 }
 

@@ -126,6 +126,7 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
                     kind: "query".into(),
                     id: format!("q{n}"),
                     name: None,
+                    role: Default::default(),
                 }],
                 params: [
                     ("rows".to_string(), n.to_string()),
@@ -149,6 +150,7 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
                 error: None,
                 client: None,
                 ingest: None,
+                utc_offset_minutes: None,
             }
             .encode()
             .unwrap()

@@ -204,12 +204,14 @@ pub fn digest_event(d: &Digest, now: Timestamp) -> EnrichedAuditEvent {
                 kind: "audit-chain".into(),
                 id: d.epoch.clone(),
                 name: None,
+                role: Default::default(),
             }],
             params,
             response: None,
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: None,
         groups: Vec::new(),
@@ -224,6 +226,7 @@ pub fn digest_event(d: &Digest, now: Timestamp) -> EnrichedAuditEvent {
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     }
 }
 

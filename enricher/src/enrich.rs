@@ -134,6 +134,7 @@ pub fn enrich(
             // Checked by the service, which holds the configured limits.
             event_time: Default::default(),
             chain: None,
+            catalog: None,
         }),
         redacted,
     }
@@ -216,6 +217,7 @@ mod tests {
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         }
     }
 

@@ -177,6 +177,7 @@ fn raw(
         error: None,
         client: None,
         ingest: None,
+        utc_offset_minutes: None,
     }
 }
 

@@ -118,6 +118,7 @@ pub fn event(rng: &mut StdRng, sessions: &[(String, String)], n: u64) -> RawAudi
             kind: kind.to_string(),
             id: format!("{kind}-{}", rng.random_range(0..1000)),
             name: None,
+            role: Default::default(),
         })
         .into_iter()
         .collect();
@@ -159,6 +160,7 @@ pub fn event(rng: &mut StdRng, sessions: &[(String, String)], n: u64) -> RawAudi
             user_agent: Some("Mozilla/5.0".into()),
         }),
         ingest: None,
+        utc_offset_minutes: None,
     }
 }
 

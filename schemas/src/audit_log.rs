@@ -9,7 +9,12 @@
 //!
 //! Mapping: `auditCode` -> `event_type`, `userId`, `username`, `tenantName` -> `tenant`,
 //! `success`, each key of `arguments` -> one param, `response`, `error {errorCode, errorMessage}`;
-//! entities are the objects named by `object:…` locators anywhere in arguments and response.
+//! entities are the objects named by `object:…` locators and `//…#kind` resource paths anywhere
+//! in arguments and response: each path's last segment the target, the earlier ones its
+//! containers. The person a login or credential entry is about is a `SUBJECT` entity (the log
+//! names the system user), the schedule that started a run an `ACTOR`, a schedule's data flow
+//! (`dataflowId`) and a node's audit log file (`auditLog`) `LINKED`. The UTC offset the time was
+//! written with is kept (`utc_offset_minutes`).
 //!
 //! Quirks of real lines this accepts: duplicate keys (the last wins, as in most JSON readers),
 //! 7-digit second fractions (truncated to microseconds), any UTC offset, spaces after colons,
@@ -18,9 +23,11 @@
 //! event says so in its `_repaired` param rather than silently differing from the file.
 
 use crate::redaction::Redactor;
-use crate::{locator, EntityRef, ErrorInfo, EventType, RawAuditEvent, Source, Timestamp};
+use crate::{
+    locator, EntityRef, EntityRole, ErrorInfo, EventType, RawAuditEvent, Source, Timestamp,
+};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// The param that records a repair of the line's JSON.
@@ -58,9 +65,9 @@ pub fn convert_line(
         return Err(AuditLogError::NotObject);
     };
 
-    let timestamp = match obj.remove("timestamp") {
+    let (timestamp, utc_offset) = match obj.remove("timestamp") {
         Some(Value::String(s)) => {
-            Timestamp::parse_rfc3339(&s).map_err(|e| invalid("timestamp", e))?
+            Timestamp::parse_rfc3339_with_offset(&s).map_err(|e| invalid("timestamp", e))?
         }
         Some(_) => return Err(invalid("timestamp", "not a string")),
         None => return Err(AuditLogError::Missing("timestamp")),
@@ -105,11 +112,19 @@ pub fn convert_line(
         redactor.redact_value(r);
     }
 
-    let mut entities = Vec::new();
-    let mut seen = HashSet::new();
+    let mut entities = Entities::default();
     for v in arguments.iter().chain(response.iter()) {
-        collect_entities(v, &mut entities, &mut seen);
+        entities.collect(v, None);
     }
+    if let Some(args) = arguments.as_ref() {
+        entities.people(
+            event_type.as_str(),
+            args,
+            user_id.as_deref(),
+            username.as_deref(),
+        );
+    }
+    let entities = entities.into_vec();
 
     let mut params = BTreeMap::new();
     match arguments {
@@ -149,6 +164,7 @@ pub fn convert_line(
         error,
         client: None,
         ingest: None,
+        utc_offset_minutes: Some(utc_offset),
     };
     redactor.redact_event(&mut event);
     Ok(event)
@@ -178,26 +194,165 @@ fn parse_lenient(line: &str) -> Result<(Value, Option<&'static str>), serde_json
     Err(first)
 }
 
-fn collect_entities(v: &Value, out: &mut Vec<EntityRef>, seen: &mut HashSet<(String, String)>) {
-    match v {
-        Value::String(s) => add_entity(s, out, seen),
-        Value::Array(items) => items.iter().for_each(|i| collect_entities(i, out, seen)),
-        Value::Object(map) => {
-            for (k, v) in map {
-                add_entity(k, out, seen);
-                collect_entities(v, out, seen);
+/// The entities of one line, in the order met, each `(kind, id)` once per role; an entity that
+/// is a target in one locator and a container in another is a container.
+#[derive(Default)]
+struct Entities {
+    list: Vec<EntityRef>,
+    index: HashMap<(String, String, EntityRole), usize>,
+}
+
+/// Most entities one line yields; the rest are left out (the params still hold them).
+const MAX_ENTITIES: usize = 256;
+
+impl Entities {
+    fn push(&mut self, e: EntityRef) {
+        let placed = |r: EntityRole| matches!(r, EntityRole::Target | EntityRole::Container);
+        if placed(e.role) {
+            let other = match e.role {
+                EntityRole::Target => EntityRole::Container,
+                _ => EntityRole::Target,
+            };
+            let key = (e.kind.clone(), e.id.clone(), other);
+            if let Some(&i) = self.index.get(&key) {
+                if e.role == EntityRole::Container {
+                    self.list[i].role = EntityRole::Container;
+                    self.index.remove(&key);
+                    self.index
+                        .insert((e.kind.clone(), e.id.clone(), EntityRole::Container), i);
+                }
+                return;
             }
         }
-        _ => {}
+        let key = (e.kind.clone(), e.id.clone(), e.role);
+        if self.list.len() >= MAX_ENTITIES || self.index.contains_key(&key) {
+            return;
+        }
+        self.index.insert(key, self.list.len());
+        self.list.push(e);
+    }
+
+    /// Locators and resource paths anywhere in `v` (keys included); `key` is the argument name
+    /// `v` is the value of.
+    fn collect(&mut self, v: &Value, key: Option<&str>) {
+        match v {
+            Value::String(s) => self.text(s, key),
+            Value::Array(items) => items.iter().for_each(|i| self.collect(i, key)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    self.text(k, None);
+                    match (k.as_str(), v) {
+                        // A schedule names the data flow it runs by id alone.
+                        ("dataflowId", Value::String(id)) if !id.is_empty() => {
+                            self.push(EntityRef {
+                                role: EntityRole::Linked,
+                                ..EntityRef::target("graph", id.as_str(), None)
+                            });
+                        }
+                        // A node's file accesses are in the node audit log this names.
+                        ("auditLog", Value::String(path)) => {
+                            if let Some(e) = node_log_entity(path, EntityRole::Linked) {
+                                self.push(e);
+                            }
+                        }
+                        _ => self.collect(v, Some(k)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn text(&mut self, text: &str, key: Option<&str>) {
+        let found = locator::entities(text).or_else(|| locator::resource_path(text));
+        for mut e in found.into_iter().flatten() {
+            // `containerLocator` names where the target was made, not what was acted on.
+            if key == Some("containerLocator") {
+                e.role = EntityRole::Container;
+            }
+            self.push(e);
+        }
+    }
+
+    /// The person a login or credential entry is about, and the schedule that started a run:
+    /// the log names the system user (or the schedule's owner) as the user.
+    fn people(&mut self, code: &str, args: &Value, user_id: Option<&str>, username: Option<&str>) {
+        let arg = |k: &str| {
+            args.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        if is_login(code) {
+            if let Some(login) = arg("username") {
+                self.push(EntityRef {
+                    role: EntityRole::Subject,
+                    ..EntityRef::target("user", login, Some(login.to_string()))
+                });
+            }
+        }
+        if code.starts_with("userCredentialService.") {
+            if let Some(user) = arg("userLocator").and_then(locator::entity) {
+                let name = (user_id == Some(user.id.as_str()))
+                    .then(|| username.map(str::to_string))
+                    .flatten();
+                self.push(EntityRef {
+                    role: EntityRole::Subject,
+                    name,
+                    ..user
+                });
+            }
+        }
+        if let Some(schedule) = arg("scheduledTaskId") {
+            self.push(EntityRef {
+                role: EntityRole::Actor,
+                ..EntityRef::target(
+                    "scheduled-task",
+                    schedule,
+                    arg("scheduledTaskName").map(str::to_string),
+                )
+            });
+        }
+    }
+
+    fn into_vec(self) -> Vec<EntityRef> {
+        self.list
     }
 }
 
-fn add_entity(text: &str, out: &mut Vec<EntityRef>, seen: &mut HashSet<(String, String)>) {
-    if let Some(e) = locator::entity(text) {
-        if seen.insert((e.kind.clone(), e.id.clone())) {
-            out.push(e);
-        }
+/// Login attempts (`authenticationSuccess`, `authenticationFailure`): not the authentication
+/// configuration service's calls.
+fn is_login(code: &str) -> bool {
+    code.starts_with("authentication") && !code.contains('.')
+}
+
+/// The entity kind of a node audit log file.
+pub const NODE_LOG_KIND: &str = "node-audit-log";
+
+/// A node audit log as an entity: its id is its path below the site's `logs/nodes` folder
+/// (`<Date>/<User>/<DataFlow>/<runId>/<id>.log`), however the product wrote the path (absolute,
+/// Windows separators), so the `nodeProcessed` entry naming it and the lines read from it share
+/// one id.
+pub fn node_log_entity(path: &str, role: EntityRole) -> Option<EntityRef> {
+    let id = node_log_id(path)?;
+    let name = id.rsplit('/').next().map(str::to_string);
+    Some(EntityRef {
+        role,
+        ..EntityRef::target(NODE_LOG_KIND, id, name)
+    })
+}
+
+/// See [`node_log_entity`]: the part after the last `nodes` folder, else the last five parts.
+pub fn node_log_id(path: &str) -> Option<String> {
+    let path = path.trim().replace('\\', "/");
+    if path.is_empty() || path.len() > 4096 {
+        return None;
     }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let after = match parts.iter().rposition(|p| *p == "nodes") {
+        Some(i) if i + 1 < parts.len() => &parts[i + 1..],
+        _ => &parts[parts.len().saturating_sub(5)..],
+    };
+    (!after.is_empty()).then(|| after.join("/"))
 }
 
 fn opt_string(

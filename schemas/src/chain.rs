@@ -14,7 +14,7 @@
 //! copies against the digests: every link up to a digest present (or shown to be a duplicate the
 //! sink skipped), each hash recomputed, each `prev` the hash before it.
 
-use crate::event::RawAuditEvent;
+use crate::event::{EntityRole, RawAuditEvent};
 use base64::Engine;
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,14 @@ pub fn canonical_value(mut event: Value, form: Form, raw_partition: i32, raw_off
                 if let Ok(ts) = crate::Timestamp::parse_rfc3339(text) {
                     *t = Value::from(ts.as_micros());
                 }
+            }
+        }
+    }
+    if let Some(Value::Array(entities)) = event.get_mut("entities") {
+        // The default role is left out, so events from before roles hash as they did.
+        for e in entities.iter_mut().filter_map(Value::as_object_mut) {
+            if e.get("role").and_then(Value::as_str) == Some(EntityRole::Target.as_str()) {
+                e.remove("role");
             }
         }
     }
@@ -212,6 +220,9 @@ fn write_event(
         };
         g.string("id", &x.id)?;
         g.opt("name", x.name.as_deref())?;
+        if x.role != EntityRole::Target {
+            g.string("role", x.role.as_str())?;
+        }
         g.string("type", &x.kind)?;
         let _ = f.out.write(b"}");
     }
@@ -299,6 +310,10 @@ fn write_event(
     serde_json::to_writer(&mut *f.out, &e.timestamp.as_micros())?;
     f.opt("user_id", e.user_id.as_deref())?;
     f.opt("username", e.username.as_deref())?;
+    if let Some(m) = e.utc_offset_minutes {
+        f.key("utc_offset_minutes")?;
+        serde_json::to_writer(&mut *f.out, &m)?;
+    }
     let _ = out.write(b"},\"raw_offset\":");
     serde_json::to_writer(&mut *out, &raw_offset)?;
     let _ = out.write(b",\"raw_partition\":");

@@ -290,6 +290,22 @@ macro_rules! avro_record {
             }
         }
     };
+    ($ty:ty, $name:literal, [$($file:literal),+ $(,)?], $decode:path, encode = $encode:path) => {
+        impl AvroRecord for $ty {
+            avro_record!(@schemas $name, [$($file),+]);
+
+            fn decode_current(body: &[u8]) -> Option<Result<Self, DecodeError>> {
+                Some($decode(body).map_err(|e| DecodeError::Direct { record: $name, source: e }))
+            }
+
+            fn encode_into(&self, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
+                buf.extend_from_slice(&MAGIC);
+                buf.extend_from_slice(&Self::schemas().current().fingerprint.0);
+                $encode(self, buf);
+                Ok(())
+            }
+        }
+    };
     ($ty:ty, $name:literal, [$($file:literal),+ $(,)?], encode = $direct:path) => {
         impl AvroRecord for $ty {
             avro_record!(@schemas $name, [$($file),+]);
@@ -307,8 +323,13 @@ macro_rules! avro_record {
 avro_record!(
     RawAuditEvent,
     "RawAuditEvent",
-    ["raw_audit_event.v1.avsc", "raw_audit_event.v2.avsc"],
-    direct::raw_audit_event
+    [
+        "raw_audit_event.v1.avsc",
+        "raw_audit_event.v2.avsc",
+        "raw_audit_event.v3.avsc"
+    ],
+    direct::raw_audit_event,
+    encode = direct_write::raw_audit_event
 );
 avro_record!(
     EnrichedAuditEvent,
@@ -317,7 +338,8 @@ avro_record!(
         "enriched_audit_event.v1.avsc",
         "enriched_audit_event.v2.avsc",
         "enriched_audit_event.v3.avsc",
-        "enriched_audit_event.v4.avsc"
+        "enriched_audit_event.v4.avsc",
+        "enriched_audit_event.v5.avsc"
     ],
     encode = direct_write::enriched_audit_event
 );

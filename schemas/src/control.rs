@@ -163,6 +163,7 @@ impl ControlChange {
                 kind: self.subject.entity_kind().to_string(),
                 id: self.key.clone(),
                 name: None,
+                role: Default::default(),
             }],
             params,
             response: None,
@@ -172,6 +173,7 @@ impl ControlChange {
                 user_agent: None,
             }),
             ingest: None,
+            utc_offset_minutes: None,
         }
     }
 }

@@ -138,12 +138,14 @@ fn summary(key: Key, mut t: Tally, now: Timestamp) -> Option<EnrichedAuditEvent>
                 kind: "audit-rule".into(),
                 id: key.rule_id.clone(),
                 name: None,
+                role: Default::default(),
             }],
             params,
             response: None,
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: None,
         groups: Vec::new(),
@@ -158,6 +160,7 @@ fn summary(key: Key, mut t: Tally, now: Timestamp) -> Option<EnrichedAuditEvent>
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     })
 }
 

@@ -33,6 +33,77 @@ pub struct EntityRef {
     pub kind: String,
     pub id: String,
     pub name: Option<String>,
+    /// What the entity is to the event; events from before roles existed read as `TARGET`.
+    #[serde(default)]
+    pub role: EntityRole,
+}
+
+impl EntityRef {
+    /// A target entity: what the event acted on.
+    pub fn target(kind: impl Into<String>, id: impl Into<String>, name: Option<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            id: id.into(),
+            name,
+            role: EntityRole::Target,
+        }
+    }
+}
+
+/// What an entity is to its event. An entity's activity history shows every event that names it
+/// in any role: a folder's history holds what happened inside it (`CONTAINER`), a person's the
+/// logins they attempted (`SUBJECT`), a schedule's the runs it started (`ACTOR`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntityRole {
+    /// What the event acted on (the last segment of a locator or resource path).
+    #[default]
+    Target,
+    /// Holds a target: an earlier segment of its locator or path (tenant excepted).
+    Container,
+    /// The person the event is about when the logged user is someone else: who tried to log in
+    /// (the log names the system user), whose password was stored.
+    Subject,
+    /// Who acted when it was not the logged user: the schedule that started a run.
+    Actor,
+    /// Tied to the target without being acted on: the data flow a schedule runs. Links let an
+    /// entity's history include what was done through the entities linked to it.
+    Linked,
+}
+
+impl EntityRole {
+    pub const ALL: [EntityRole; 5] = [
+        EntityRole::Target,
+        EntityRole::Container,
+        EntityRole::Subject,
+        EntityRole::Actor,
+        EntityRole::Linked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityRole::Target => "TARGET",
+            EntityRole::Container => "CONTAINER",
+            EntityRole::Subject => "SUBJECT",
+            EntityRole::Actor => "ACTOR",
+            EntityRole::Linked => "LINKED",
+        }
+    }
+
+    /// The Avro enum index.
+    pub fn index(self) -> i64 {
+        self as i64
+    }
+
+    pub fn from_index(i: i64) -> Option<Self> {
+        Self::ALL.get(usize::try_from(i).ok()?).copied()
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -76,6 +147,10 @@ pub struct RawAuditEvent {
     /// What the ingest API saw of the request; `None` for events that did not come through it.
     #[serde(default)]
     pub ingest: Option<IngestContext>,
+    /// The UTC offset the event time was written with (`+01:00` -> 60), when the source wrote
+    /// one: `timestamp` is UTC, this keeps the local time the log showed.
+    #[serde(default)]
+    pub utc_offset_minutes: Option<i32>,
 }
 
 /// What authenticated an ingest request.
@@ -190,6 +265,19 @@ pub struct EnrichedAuditEvent {
     /// The event's link in its raw partition's hash chain (see [`crate::chain`]).
     #[serde(default)]
     pub chain: Option<crate::chain::ChainLink>,
+    /// The catalog type the event's type means ([`crate::vocabulary`]): the type itself when it
+    /// is a catalog type, a server audit code's equivalent, or none.
+    #[serde(default)]
+    pub catalog: Option<CatalogMatch>,
+}
+
+/// A catalog type, with its entity kind and action, that an event's type maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CatalogMatch {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub kind: Option<String>,
+    pub action: String,
 }
 
 /// The event time is the sender's claim; the enricher checks it against the time the pipeline

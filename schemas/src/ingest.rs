@@ -201,6 +201,7 @@ pub fn event_from_json(
             error: error?,
             client: client?,
             ingest: None,
+            utc_offset_minutes: None,
         })
     })();
     match event {
@@ -291,9 +292,12 @@ impl Validator {
                 false,
             );
             match (kind, id, name) {
-                (Some(Some(kind)), Some(Some(id)), Some(name)) => {
-                    out.push(EntityRef { kind, id, name })
-                }
+                (Some(Some(kind)), Some(Some(id)), Some(name)) => out.push(EntityRef {
+                    kind,
+                    id,
+                    name,
+                    role: Default::default(),
+                }),
                 (Some(None), _, _) => self.push(&format!("{base}/type"), "required".to_string()),
                 (_, Some(None), _) => self.push(&format!("{base}/id"), "required".to_string()),
                 _ => {}

@@ -35,6 +35,7 @@ pub mod redaction;
 pub mod rule;
 pub mod stream_map;
 pub mod timestamp;
+pub mod vocabulary;
 
 pub use catalog::EventType;
 pub use codec::{AvroRecord, DecodeError, EncodeError};
@@ -43,8 +44,9 @@ pub use directory::{
     DirectoryEntry, DirectoryKey, DirectoryRecord, DirectoryTopic, Group, Session, User,
 };
 pub use event::{
-    ClientInfo, Credential, EnrichedAuditEvent, Enrichment, EntityRef, ErrorInfo, EventTimeCheck,
-    GroupRef, IngestContext, PipelineMeta, RawAuditEvent, ResolvedUser, SessionInfo, Source,
+    CatalogMatch, ClientInfo, Credential, EnrichedAuditEvent, Enrichment, EntityRef, EntityRole,
+    ErrorInfo, EventTimeCheck, GroupRef, IngestContext, PipelineMeta, RawAuditEvent, ResolvedUser,
+    SessionInfo, Source,
 };
 pub use rule::{AuditRule, RuleAction};
 pub use stream_map::StreamMapping;

@@ -5,7 +5,7 @@
 //! Node locators have no tenant and end in a `child` segment (`object:element:…~child:…`): the
 //! child of a data-flow element.
 
-use crate::EntityRef;
+use crate::{EntityRef, EntityRole};
 
 const PREFIX: &str = "object:";
 
@@ -27,20 +27,83 @@ pub fn segments(text: &str) -> Option<Vec<(&str, &str)>> {
 /// The entity a locator points at: its last segment. A trailing `child` segment is reported as
 /// `<parent kind>-child` so that a data-flow node is not confused with any other `child`.
 pub fn entity(text: &str) -> Option<EntityRef> {
+    entities(text)?.pop()
+}
+
+/// Every entity a locator names: the earlier segments (the tenant excepted) as containers,
+/// outermost first, then the last segment as the target. A segment repeating the target (the
+/// product writes `…~directory:X~directory:X`) is not also its container.
+pub fn entities(text: &str) -> Option<Vec<EntityRef>> {
     let segs = segments(text)?;
     let (kind, id) = *segs.last()?;
     if kind == "tenant" {
         return None;
     }
-    let kind = match (kind, segs.len().checked_sub(2).map(|i| segs[i])) {
+    let target_kind = match (kind, segs.len().checked_sub(2).map(|i| segs[i])) {
         ("child", Some((parent, _))) => format!("{parent}-child"),
         _ => kind.to_string(),
     };
-    Some(EntityRef {
-        name: decode_name(id),
-        kind,
-        id: id.to_string(),
-    })
+    let mut out: Vec<EntityRef> = segs[..segs.len() - 1]
+        .iter()
+        .filter(|(k, i)| *k != "tenant" && !(*k == kind && *i == id))
+        .map(|&(k, i)| EntityRef {
+            role: EntityRole::Container,
+            ..EntityRef::target(k, i, decode_name(i))
+        })
+        .collect();
+    out.push(EntityRef::target(target_kind, id, decode_name(id)));
+    Some(out)
+}
+
+/// Longest resource path read, and most segments: anything longer is not taken apart.
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_PATH_SEGMENTS: usize = 64;
+
+/// The entities of a resource path such as
+/// `//admin/My Data Collection#data-collection/file_1.txt#data-file`: each `name#kind` segment
+/// (a first segment without a kind after `//` is a workspace, a later one a data directory, the
+/// last a data file). A path names no ids, so each entity's id is the path up to and including
+/// it, which is unique where the name alone is not. `None` when the text is not such a path:
+/// it must start with `//`, or with `/` and carry a `#kind`.
+pub fn resource_path(text: &str) -> Option<Vec<EntityRef>> {
+    if text.len() > MAX_PATH_BYTES {
+        return None;
+    }
+    let (rest, workspace_first) = match text.strip_prefix("//") {
+        Some(rest) => (rest, true),
+        None => (
+            text.strip_prefix('/').filter(|_| text.contains('#'))?,
+            false,
+        ),
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() > MAX_PATH_SEGMENTS || parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    let prefix = &text[..text.len() - rest.len()];
+    let mut out = Vec::with_capacity(parts.len());
+    let mut end = prefix.len();
+    for (i, part) in parts.iter().enumerate() {
+        end += part.len() + usize::from(i > 0);
+        let last = i + 1 == parts.len();
+        let (name, kind) = match part.rsplit_once('#') {
+            Some((name, kind)) if !name.is_empty() && !kind.is_empty() => (name, kind),
+            Some(_) => return None,
+            None if i == 0 && workspace_first => (*part, "workspace"),
+            None if last => (*part, "data-file"),
+            None => (*part, "data-directory"),
+        };
+        let role = if last {
+            EntityRole::Target
+        } else {
+            EntityRole::Container
+        };
+        out.push(EntityRef {
+            role,
+            ..EntityRef::target(kind, &text[..end], Some(name.to_string()))
+        });
+    }
+    Some(out)
 }
 
 /// Ids that are names carry `_XX` hex escapes (`My_20Data_20Folder`, `file_5F1_2Etxt`); the
@@ -105,6 +168,79 @@ mod tests {
         assert_eq!(e.name.as_deref(), Some("file_1.txt"));
         let d = entity("object:!tenant:t~data-directory:My_20Data_20Folder").unwrap();
         assert_eq!(d.name.as_deref(), Some("My Data Folder"));
+    }
+
+    #[test]
+    fn containers_come_before_the_target() {
+        let es = entities("object:!tenant:defaultTenant~directory:__Root__~directory:__Users__~directory:c5eb~scheduled-task:6e14").unwrap();
+        let got: Vec<_> = es
+            .iter()
+            .map(|e| (e.kind.as_str(), e.id.as_str(), e.role))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("directory", "__Root__", EntityRole::Container),
+                ("directory", "__Users__", EntityRole::Container),
+                ("directory", "c5eb", EntityRole::Container),
+                ("scheduled-task", "6e14", EntityRole::Target),
+            ]
+        );
+        // The product repeats a deleted folder's segment: it is the target, not its container.
+        let es = entities("object:!tenant:t~directory:a~directory:b~directory:b").unwrap();
+        assert_eq!(es.len(), 2);
+        assert_eq!((es[1].id.as_str(), es[1].role), ("b", EntityRole::Target));
+        let node = entities("object:element:27c4~child:e325").unwrap();
+        assert_eq!(
+            (node[0].kind.as_str(), node[0].role),
+            ("element", EntityRole::Container)
+        );
+    }
+
+    #[test]
+    fn resource_paths() {
+        let es = resource_path("//admin/My Data Collection#data-collection/file_1.txt#data-file")
+            .unwrap();
+        let got: Vec<_> = es
+            .iter()
+            .map(|e| {
+                (
+                    e.kind.as_str(),
+                    e.id.as_str(),
+                    e.name.as_deref().unwrap(),
+                    e.role,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("workspace", "//admin", "admin", EntityRole::Container),
+                (
+                    "data-collection",
+                    "//admin/My Data Collection#data-collection",
+                    "My Data Collection",
+                    EntityRole::Container
+                ),
+                (
+                    "data-file",
+                    "//admin/My Data Collection#data-collection/file_1.txt#data-file",
+                    "file_1.txt",
+                    EntityRole::Target
+                ),
+            ]
+        );
+        let mount =
+            resource_path("/Users#directory/admin#directory/My Data Collection#data-collection")
+                .unwrap();
+        assert_eq!(mount[0].id, "/Users#directory");
+        assert_eq!(mount[2].kind, "data-collection");
+        let file = resource_path("//Public Documents/Public data#data-collection/samples#data-directory/Transactions.csv").unwrap();
+        assert_eq!(file.last().unwrap().kind, "data-file");
+        assert!(resource_path("/unresolved path").is_none());
+        assert!(resource_path("file:///C:/test/").is_none());
+        assert!(resource_path("//a//b").is_none());
+        assert!(resource_path(&format!("//{}", "a/".repeat(100))).is_none());
     }
 
     #[test]

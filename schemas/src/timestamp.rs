@@ -54,6 +54,17 @@ impl Timestamp {
         )
     }
 
+    /// [`Self::parse_rfc3339`], also returning the UTC offset the text was written with, in
+    /// minutes (`+01:00` -> 60, `Z` -> 0).
+    pub fn parse_rfc3339_with_offset(text: &str) -> Result<(Self, i32), TimestampParseError> {
+        OffsetDateTime::parse(text.trim(), &Rfc3339)
+            .map(|dt| {
+                let (h, m, _) = dt.offset().as_hms();
+                (Self::from_datetime(dt), i32::from(h) * 60 + i32::from(m))
+            })
+            .map_err(|e| TimestampParseError(e.to_string()))
+    }
+
     /// Parses RFC 3339 with any offset (`Z`, `+02:00`, `-07:00`) and 1 to 9 fraction digits.
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampParseError> {
         OffsetDateTime::parse(text.trim(), &Rfc3339)
@@ -77,6 +88,18 @@ impl fmt::Display for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_the_offset_as_written() {
+        let off = |t: &str| Timestamp::parse_rfc3339_with_offset(t).unwrap().1;
+        assert_eq!(off("2018-08-03T12:53:00.163+01:00"), 60);
+        assert_eq!(off("2020-06-05T06:30:00.193-07:00"), -420);
+        assert_eq!(off("2018-11-05T10:20:29.411Z"), 0);
+        assert_eq!(off("2024-01-01T00:00:00+05:45"), 345);
+        assert_eq!(off("2024-01-01T00:00:00-03:30"), -210);
+        let (a, _) = Timestamp::parse_rfc3339_with_offset("2018-08-03T12:53:00+01:00").unwrap();
+        assert_eq!(a, Timestamp::parse_rfc3339("2018-08-03T11:53:00Z").unwrap());
+    }
 
     #[test]
     fn parses_the_seed_variants() {

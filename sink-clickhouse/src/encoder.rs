@@ -196,6 +196,7 @@ pub fn raw_event(row: &EventRow) -> RawAuditEvent {
                 kind: kind.clone(),
                 id: id.clone(),
                 name: name.clone(),
+                role: Default::default(),
             })
             .collect(),
         params: row.params.iter().cloned().collect(),
@@ -211,6 +212,7 @@ pub fn raw_event(row: &EventRow) -> RawAuditEvent {
             user_agent: row.client_user_agent.clone(),
         }),
         ingest,
+        utc_offset_minutes: None,
     }
 }
 
@@ -348,6 +350,7 @@ pub(crate) mod tests {
                     kind: "query".into(),
                     id: "q1".into(),
                     name: Some("Sales".into()),
+                    role: Default::default(),
                 }],
                 params: [("a".to_string(), "1".to_string())].into(),
                 response: None,
@@ -359,6 +362,7 @@ pub(crate) mod tests {
                 }),
                 client: None,
                 ingest: None,
+                utc_offset_minutes: None,
             },
             user: Some(ResolvedUser {
                 id: "u".into(),
@@ -390,6 +394,7 @@ pub(crate) mod tests {
             },
             event_time: Default::default(),
             chain: None,
+            catalog: None,
         }
     }
 

@@ -99,6 +99,7 @@ fn event(
                 user_agent: Some("Mozilla".into()),
             }),
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: Some(ResolvedUser {
             id: "u1".into(),
@@ -130,6 +131,7 @@ fn event(
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     }
 }
 
@@ -231,6 +233,7 @@ async fn every_field_round_trips_and_entity_activity_is_in_time_order() {
         kind: "query".into(),
         id: id.into(),
         name: Some("Sales".into()),
+        role: Default::default(),
     };
     let events = [
         event(
@@ -249,6 +252,7 @@ async fn every_field_round_trips_and_entity_activity_is_in_time_order() {
                     kind: "project".into(),
                     id: "p1".into(),
                     name: None,
+                    role: Default::default(),
                 },
             ],
         ),
@@ -337,6 +341,7 @@ async fn every_analyst_query_runs() {
                     kind: "query".into(),
                     id: "q1".into(),
                     name: None,
+                    role: Default::default(),
                 }],
             )
         })

@@ -37,12 +37,14 @@ fn event(n: usize) -> EnrichedAuditEvent {
                 kind: "query".into(),
                 id: format!("q{}", n % 500),
                 name: None,
+                role: Default::default(),
             }],
             params: [("rows".to_string(), n.to_string())].into(),
             response: None,
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: Some(ResolvedUser {
             id: format!("u{}", n % 100),
@@ -64,6 +66,7 @@ fn event(n: usize) -> EnrichedAuditEvent {
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     }
 }
 

@@ -95,6 +95,7 @@ mod tests {
                     kind: "query".into(),
                     id: "q1".into(),
                     name: None,
+                    role: Default::default(),
                 }],
                 params: [
                     ("rows".to_string(), "12".to_string()),
@@ -107,6 +108,7 @@ mod tests {
                 error: None,
                 client: None,
                 ingest: None,
+                utc_offset_minutes: None,
             },
             user: Some(ResolvedUser {
                 id: "u1".into(),
@@ -129,6 +131,7 @@ mod tests {
             },
             event_time: EventTimeCheck::Plausible,
             chain: None,
+            catalog: None,
         }
     }
 

@@ -69,6 +69,7 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: None,
         groups: vec![],
@@ -83,6 +84,7 @@ fn event(event_type: &str, timestamp: Timestamp, partition_hint: usize) -> Enric
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     }
 }
 

@@ -76,6 +76,7 @@ async fn a_dead_letter_replayed_twice_is_stored_once() {
             error: None,
             client: None,
             ingest: None,
+            utc_offset_minutes: None,
         },
         user: None,
         groups: vec![],
@@ -90,6 +91,7 @@ async fn a_dead_letter_replayed_twice_is_stored_once() {
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     };
     let original = event.encode().unwrap();
     let letter = audit_runtime::dead_letter::build(

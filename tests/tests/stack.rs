@@ -28,6 +28,7 @@ fn raw_event(session: &str) -> RawAuditEvent {
             kind: "query".into(),
             id: "q-1".into(),
             name: Some("Sales".into()),
+            role: Default::default(),
         }],
         params: [("test".to_string(), "\"value\"".to_string())].into(),
         response: None,
@@ -37,6 +38,7 @@ fn raw_event(session: &str) -> RawAuditEvent {
             user_agent: Some("test".into()),
         }),
         ingest: None,
+        utc_offset_minutes: None,
     }
 }
 
@@ -73,6 +75,7 @@ async fn raw_and_enriched_events_survive_the_real_broker() {
         },
         event_time: Default::default(),
         chain: None,
+        catalog: None,
     };
     produce(
         &producer,

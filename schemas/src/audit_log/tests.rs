@@ -67,11 +67,11 @@ fn maps_the_documented_fields() {
     );
     assert_eq!(
         e.entities,
-        vec![EntityRef {
-            kind: "user".into(),
-            id: "21fad3f0-f8a2-4d66-846e-240dca92b16f".into(),
-            name: None
-        }]
+        vec![EntityRef::target(
+            "user",
+            "21fad3f0-f8a2-4d66-846e-240dca92b16f",
+            None
+        )]
     );
 }
 
@@ -113,8 +113,19 @@ fn errors_offsets_and_failures() {
 #[test]
 fn node_locators_with_child_and_spaces_after_colons() {
     let e = find("nodeProcessed");
-    assert_eq!(e.entities.len(), 1);
-    assert_eq!(e.entities[0].kind, "element-child");
+    let kinds: Vec<_> = e
+        .entities
+        .iter()
+        .map(|x| (x.kind.as_str(), x.role))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("element", EntityRole::Container),
+            ("element-child", EntityRole::Target)
+        ]
+    );
+    assert_eq!(e.utc_offset_minutes, Some(-420), "written at -07:00");
     assert_eq!(e.params["elapsedTimeMS"], "266");
     assert_eq!(
         e.timestamp,
@@ -131,8 +142,155 @@ fn locators_in_keys_and_arrays_are_entities() {
         .any(|x| x.kind == "graph" && x.id == "067b1366-488e-4854-b938-0593bc365937"));
     assert!(e.entities.iter().any(|x| x.kind == "edit-session"));
     let d = find("dataFileDownloaded");
-    assert_eq!(d.entities.len(), 1);
-    assert_eq!(d.entities[0].name.as_deref(), Some("file_1.txt"));
+    let targets: Vec<_> = d
+        .entities
+        .iter()
+        .filter(|x| x.role == EntityRole::Target)
+        .map(|x| (x.kind.as_str(), x.name.as_deref()))
+        .collect();
+    // The locator's file and the resource path's file: the path names no id.
+    assert_eq!(
+        targets,
+        vec![
+            ("data-file", Some("file_1.txt")),
+            ("data-file", Some("file_1.txt"))
+        ]
+    );
+    assert!(d.entities.iter().any(|x| x.kind == "data-collection"
+        && x.id == "5d772432-e218-4673-85d6-c7a7df24f589"
+        && x.role == EntityRole::Container));
+    assert!(d
+        .entities
+        .iter()
+        .any(|x| x.kind == "workspace" && x.id == "//admin" && x.role == EntityRole::Container));
+}
+
+fn with_role(e: &RawAuditEvent, role: EntityRole) -> Vec<(&str, &str, Option<&str>)> {
+    e.entities
+        .iter()
+        .filter(|x| x.role == role)
+        .map(|x| (x.kind.as_str(), x.id.as_str(), x.name.as_deref()))
+        .collect()
+}
+
+#[test]
+fn a_login_is_about_the_person_named_in_its_arguments() {
+    let e = find("authenticationSuccess");
+    assert_eq!(
+        e.user_id.as_deref(),
+        Some("_system_"),
+        "the actor stays the system user"
+    );
+    assert_eq!(
+        with_role(&e, EntityRole::Subject),
+        vec![("user", "User1234", Some("User1234"))]
+    );
+    let failed = convert(
+        r#"{"timestamp":"2018-11-05T09:58:00Z","auditCode":"authenticationFailure","userId":"_system_","username":"system","tenantName":"defaultTenant","success":false,"arguments":{"remoteHost":null,"username":"mallory"}}"#,
+    );
+    assert_eq!(
+        with_role(&failed, EntityRole::Subject),
+        vec![("user", "mallory", Some("mallory"))]
+    );
+    // Configuring authentication is not a login.
+    let conf = find("authenticationConfigurationService.create");
+    assert!(with_role(&conf, EntityRole::Subject).is_empty());
+}
+
+#[test]
+fn a_credential_entry_is_about_the_user_whose_password_it_is() {
+    let own = find("userCredentialService.updateCurrentUserPassword");
+    assert_eq!(
+        with_role(&own, EntityRole::Subject),
+        vec![(
+            "user",
+            "21fad3f0-f8a2-4d66-846e-240dca92b16f",
+            Some("User1234")
+        )]
+    );
+    let by_admin = find("userCredentialService.createOrUpdate");
+    assert_eq!(
+        with_role(&by_admin, EntityRole::Subject),
+        vec![("user", "19e5d5c7-a7ab-4bc0-b571-c90c57b53a8e", None)]
+    );
+}
+
+#[test]
+fn a_scheduled_run_names_its_schedule_as_the_actor() {
+    let e = find("executionPlanExecute");
+    assert_eq!(
+        with_role(&e, EntityRole::Actor),
+        vec![(
+            "scheduled-task",
+            "4930fcfe-2e64-49db-a5c2-bb67bdf7bcf3",
+            Some("new schedule")
+        )]
+    );
+    assert_eq!(
+        with_role(&e, EntityRole::Target),
+        vec![(
+            "execution-plan",
+            "3730329e-f1b4-4948-a36d-eabf4bd2ea0b",
+            None
+        )]
+    );
+    assert!(with_role(&e, EntityRole::Container).contains(&(
+        "scheduled-task",
+        "4930fcfe-2e64-49db-a5c2-bb67bdf7bcf3",
+        None
+    )));
+}
+
+#[test]
+fn a_schedule_links_to_its_data_flow_and_sits_in_its_folder() {
+    let e = find("simpleScheduledTaskService.create");
+    assert_eq!(
+        with_role(&e, EntityRole::Linked),
+        vec![("graph", "6ca06e21-73d0-4816-b44d-238903d3768f", None)],
+        "the worked example's data flow"
+    );
+    assert_eq!(
+        with_role(&e, EntityRole::Target),
+        vec![(
+            "scheduled-task",
+            "6e140249-5b0d-4428-9913-c19672336633",
+            None
+        )]
+    );
+    // The folder is the containerLocator's leaf and the response's container: a container.
+    assert!(with_role(&e, EntityRole::Container).contains(&(
+        "directory",
+        "c5eb280e-773f-d5bc-679a-455d6d702462",
+        None
+    )));
+    assert!(!with_role(&e, EntityRole::Target)
+        .iter()
+        .any(|(k, _, _)| *k == "directory"));
+}
+
+#[test]
+fn a_node_entry_links_to_its_node_audit_log() {
+    let e = convert(
+        r#"{"timestamp":"2024-04-03T16:57:56+02:00","auditCode":"nodeProcessed","userId":"admin","username":"admin","tenantName":"defaultTenant","success":true,"arguments":{"node":"Untitled Data Flow.Output","auditLog":"C:\\site-7731\\logs\\nodes\\2024-04-03\\admin\\Untitled Data Flow\\aaf03abb\\17.log"}}"#,
+    );
+    assert_eq!(
+        with_role(&e, EntityRole::Linked),
+        vec![(
+            NODE_LOG_KIND,
+            "2024-04-03/admin/Untitled Data Flow/aaf03abb/17.log",
+            Some("17.log")
+        )]
+    );
+    assert_eq!(e.utc_offset_minutes, Some(120));
+    assert_eq!(
+        node_log_id("/srv/site/logs/nodes/2024-04-03/admin/Flow/run/17.log").as_deref(),
+        Some("2024-04-03/admin/Flow/run/17.log")
+    );
+    assert_eq!(
+        node_log_id("2024-04-03/admin/Flow/run/17.log").as_deref(),
+        Some("2024-04-03/admin/Flow/run/17.log")
+    );
+    assert_eq!(node_log_id("  "), None);
 }
 
 #[test]

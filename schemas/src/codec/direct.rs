@@ -5,8 +5,8 @@
 //! decoders agree on arbitrary events.
 
 use crate::{
-    ClientInfo, Credential, EntityRef, ErrorInfo, EventType, IngestContext, RawAuditEvent, Source,
-    Timestamp,
+    ClientInfo, Credential, EntityRef, EntityRole, ErrorInfo, EventType, IngestContext,
+    RawAuditEvent, Source, Timestamp,
 };
 use std::collections::BTreeMap;
 
@@ -148,10 +148,18 @@ pub fn raw_audit_event(body: &[u8]) -> Result<RawAuditEvent, DirectError> {
     let message = c.opt_string()?;
     let mut entities = Vec::new();
     c.blocks(|c| {
+        let kind = c.string()?;
+        let id = c.string()?;
+        let name = c.opt_string()?;
+        let role = c.long()?;
+        let Some(role) = EntityRole::from_index(role) else {
+            return c.fail(format!("EntityRole symbol {role}"));
+        };
         entities.push(EntityRef {
-            kind: c.string()?,
-            id: c.string()?,
-            name: c.opt_string()?,
+            kind,
+            id,
+            name,
+            role,
         });
         Ok(())
     })?;
@@ -200,6 +208,7 @@ pub fn raw_audit_event(body: &[u8]) -> Result<RawAuditEvent, DirectError> {
             overridden,
         })
     })?;
+    let utc_offset_minutes = c.optional(|c| c.int())?;
     if c.at != body.len() {
         return c.fail(format!("{} unexpected trailing bytes", body.len() - c.at));
     }
@@ -221,5 +230,6 @@ pub fn raw_audit_event(body: &[u8]) -> Result<RawAuditEvent, DirectError> {
         error,
         client,
         ingest,
+        utc_offset_minutes,
     })
 }

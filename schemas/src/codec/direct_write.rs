@@ -81,11 +81,21 @@ fn raw(w: &mut Writer<'_>, e: &RawAuditEvent) {
     w.opt_string(e.tenant.as_deref());
     w.boolean(e.success);
     w.opt_string(e.message.as_deref());
-    w.block(e.entities.iter(), |w, EntityRef { kind, id, name }| {
-        w.string(kind);
-        w.string(id);
-        w.opt_string(name.as_deref());
-    });
+    w.block(
+        e.entities.iter(),
+        |w,
+         EntityRef {
+             kind,
+             id,
+             name,
+             role,
+         }| {
+            w.string(kind);
+            w.string(id);
+            w.opt_string(name.as_deref());
+            w.long(role.index());
+        },
+    );
     w.block(e.params.iter(), |w, (k, v)| {
         w.string(k);
         w.string(v);
@@ -123,6 +133,7 @@ fn raw(w: &mut Writer<'_>, e: &RawAuditEvent) {
             w.string(v);
         });
     });
+    w.optional(e.utc_offset_minutes, |w, m| w.long(i64::from(m)));
 }
 
 /// Appends the body (no single-object header) of `e` in the current schema.
@@ -164,4 +175,14 @@ pub fn enriched_audit_event(e: &EnrichedAuditEvent, buf: &mut Vec<u8>) {
         w.string(&c.prev);
         w.string(&c.hash);
     });
+    w.optional(e.catalog.as_ref(), |w, c| {
+        w.string(c.event_type.as_str());
+        w.opt_string(c.kind.as_deref());
+        w.string(&c.action);
+    });
+}
+
+/// Appends the body (no single-object header) of `e` in the current `RawAuditEvent` schema.
+pub fn raw_audit_event(e: &RawAuditEvent, buf: &mut Vec<u8>) {
+    raw(&mut Writer { buf }, e);
 }

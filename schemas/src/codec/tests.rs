@@ -22,6 +22,7 @@ fn raw_example() -> RawAuditEvent {
             kind: "query".into(),
             id: "q1".into(),
             name: Some("Sales".into()),
+            role: Default::default(),
         }],
         params: [("test".to_string(), "\"value\"".to_string())].into(),
         response: Some("{}".into()),
@@ -31,6 +32,7 @@ fn raw_example() -> RawAuditEvent {
             user_agent: None,
         }),
         ingest: None,
+        utc_offset_minutes: None,
     }
 }
 
@@ -61,6 +63,7 @@ fn enriched_example() -> EnrichedAuditEvent {
         },
         event_time: EventTimeCheck::TooOld,
         chain: None,
+        catalog: None,
     }
 }
 
@@ -337,12 +340,13 @@ prop_compose! {
         tenant in option::of(text()),
         success in any::<bool>(),
         message in option::of(text()),
-        entities in vec((text(), text(), option::of(text())), 0..4),
+        entities in vec((text(), text(), option::of(text()), 0..5i64), 0..4),
         params in btree_map(text(), text(), 0..6),
         response in option::of(text()),
         error in option::of((option::of(text()), option::of(text()), option::of(text()), option::of(text()))),
         client_info in option::of((option::of(text()), option::of(text()))),
         ingest in option::of((0..3u8, option::of(text()), option::of(text()), btree_map(text(), text(), 0..3))),
+        utc_offset_minutes in option::of(-1440..1440i32),
     ) -> RawAuditEvent {
         RawAuditEvent {
             event_id: Uuid::from_u128(id),
@@ -350,7 +354,7 @@ prop_compose! {
             event_type: EventType::new(event_type).unwrap(),
             source: if client { Source::Client } else { Source::Server },
             service, session_id, user_id, username, tenant, success, message,
-            entities: entities.into_iter().map(|(kind, id, name)| EntityRef { kind, id, name }).collect(),
+            entities: entities.into_iter().map(|(kind, id, name, role)| EntityRef { kind, id, name, role: EntityRole::from_index(role).unwrap() }).collect(),
             params, response,
             error: error.map(|(code, message, stack_trace, fingerprint)| ErrorInfo { code, message, stack_trace, fingerprint }),
             client: client_info.map(|(ip, user_agent)| ClientInfo { ip, user_agent }),
@@ -358,6 +362,7 @@ prop_compose! {
                 credential: [Credential::ServiceToken, Credential::BrowserToken, Credential::Anonymous][usize::from(credential)],
                 key_id, peer_ip, overridden,
             }),
+            utc_offset_minutes,
         }
     }
 }
@@ -373,6 +378,7 @@ prop_compose! {
         meta in (any::<i64>(), any::<i64>(), any::<i32>(), any::<i64>()),
         event_time in prop_oneof![Just(EventTimeCheck::Plausible), Just(EventTimeCheck::TooOld), Just(EventTimeCheck::Ahead)],
         chain in option::of((text(), any::<i64>(), text(), text())),
+        catalog in option::of((0..47usize, any::<bool>())),
     ) -> EnrichedAuditEvent {
         EnrichedAuditEvent {
             event,
@@ -389,6 +395,14 @@ prop_compose! {
             },
             event_time,
             chain: chain.map(|(epoch, seq, prev, hash)| crate::chain::ChainLink { epoch, seq, prev, hash }),
+            catalog: catalog.map(|(i, kind)| {
+                let entry = crate::catalog::CATALOG[i];
+                CatalogMatch {
+                    event_type: EventType::new(entry.name).unwrap(),
+                    kind: kind.then(|| entry.entity_kind.unwrap_or("x").to_string()),
+                    action: entry.action.to_string(),
+                }
+            }),
         }
     }
 }
