@@ -3,8 +3,8 @@
 
 use audit_schemas::chain::{self, ChainLink};
 use audit_schemas::{
-    ClientInfo, Credential, EnrichedAuditEvent, EntityRef, ErrorInfo, EventType, IngestContext,
-    RawAuditEvent, Source, Timestamp,
+    CatalogMatch, ClientInfo, Credential, EnrichedAuditEvent, EntityRef, EntityRole, ErrorInfo,
+    EventType, IngestContext, RawAuditEvent, Source, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -65,6 +65,23 @@ pub struct EventRow {
     pub chain_seq: i64,
     pub chain_prev: String,
     pub chain_hash: String,
+    /// Each entity's role (`entities[i]` is `entity_roles[i]`); rows from before roles have none,
+    /// which reads as all `TARGET`.
+    pub entity_roles: Vec<String>,
+    /// The UTC offset the source wrote the time with, in minutes.
+    pub utc_offset_minutes: Option<i32>,
+    /// The catalog type the event's type means, with its entity kind and action; '' for none.
+    pub catalog_type: String,
+    pub catalog_kind: String,
+    pub catalog_action: String,
+    /// The person the event is about when the logged user is someone else (a login's system
+    /// user): the first `SUBJECT` entity.
+    pub subject_id: Option<String>,
+    pub subject_name: Option<String>,
+    /// Who acted: the `ACTOR` entity (a schedule that started a run), else the user.
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub actor_name: Option<String>,
 }
 
 /// Where a row was read from: its identity for effectively-once inserts.
@@ -106,6 +123,35 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         None => (None, None, None),
     };
     let (group_ids, group_names) = e.groups.into_iter().map(|g| (g.id, g.name)).unzip();
+    let with_role = |role: EntityRole| raw.entities.iter().find(|x| x.role == role);
+    let subject = with_role(EntityRole::Subject);
+    let (subject_id, subject_name) = (
+        subject.map(|x| x.id.clone()),
+        subject.and_then(|x| x.name.clone()),
+    );
+    let (actor_type, actor_id, actor_name) = match with_role(EntityRole::Actor) {
+        Some(a) => (a.kind.clone(), Some(a.id.clone()), a.name.clone()),
+        None => (
+            "user".to_string(),
+            user_id.clone().or_else(|| raw.user_id.clone()),
+            user_login.clone().or_else(|| raw.username.clone()),
+        ),
+    };
+    let catalog = e.catalog.unwrap_or(CatalogMatch {
+        event_type: raw.event_type.clone(),
+        kind: None,
+        action: String::new(),
+    });
+    let catalog_type = if catalog.action.is_empty() {
+        String::new()
+    } else {
+        catalog.event_type.to_string()
+    };
+    let entity_roles = raw
+        .entities
+        .iter()
+        .map(|x| x.role.as_str().to_string())
+        .collect();
     EventRow {
         event_id: raw.event_id,
         timestamp: datetime(raw.timestamp),
@@ -123,6 +169,16 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
             .into_iter()
             .map(|x| (x.kind, x.id, x.name))
             .collect(),
+        entity_roles,
+        utc_offset_minutes: raw.utc_offset_minutes,
+        catalog_type,
+        catalog_kind: catalog.kind.unwrap_or_default(),
+        catalog_action: catalog.action,
+        subject_id,
+        subject_name,
+        actor_type,
+        actor_id,
+        actor_name,
         params: raw.params.into_iter().collect(),
         response: raw.response,
         error_code: error.code,
@@ -192,11 +248,16 @@ pub fn raw_event(row: &EventRow) -> RawAuditEvent {
         entities: row
             .entities
             .iter()
-            .map(|(kind, id, name)| EntityRef {
+            .enumerate()
+            .map(|(i, (kind, id, name))| EntityRef {
                 kind: kind.clone(),
                 id: id.clone(),
                 name: name.clone(),
-                role: Default::default(),
+                role: row
+                    .entity_roles
+                    .get(i)
+                    .and_then(|r| EntityRole::parse(r))
+                    .unwrap_or_default(),
             })
             .collect(),
         params: row.params.iter().cloned().collect(),
@@ -212,7 +273,7 @@ pub fn raw_event(row: &EventRow) -> RawAuditEvent {
             user_agent: row.client_user_agent.clone(),
         }),
         ingest,
-        utc_offset_minutes: None,
+        utc_offset_minutes: row.utc_offset_minutes,
     }
 }
 
@@ -414,6 +475,11 @@ pub(crate) mod tests {
         e.event
             .params
             .insert("q".into(), "{\"rows\": [1, 2.5, null]}".into());
+        e.event.utc_offset_minutes = Some(-420);
+        e.event.entities.push(EntityRef {
+            role: EntityRole::Subject,
+            ..EntityRef::target("user", "User1234", Some("User1234".into()))
+        });
         let want = chain::canonical(&e.event, 1, 2);
         let r = row(
             e,
@@ -428,6 +494,11 @@ pub(crate) mod tests {
             want
         );
         assert_eq!(r.chain_seq, -1, "no link: -1");
+        assert_eq!(r.entity_roles, ["TARGET", "SUBJECT"]);
+        assert_eq!(
+            (r.subject_id.as_deref(), r.subject_name.as_deref()),
+            (Some("User1234"), Some("User1234"))
+        );
         let mut altered = r.clone();
         altered.message = Some("edited".into());
         assert_ne!(content_digest(&altered), content_digest(&r));

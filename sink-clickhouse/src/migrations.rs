@@ -224,6 +224,65 @@ ORDER BY (raw_partition, epoch, seq)
 ",
         ],
     },
+    Migration {
+        version: 8,
+        name: "entity roles, links, subject and actor, catalog vocabulary, UTC offset",
+        statements: &[
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS entity_roles Array(LowCardinality(String)) DEFAULT [] COMMENT 'role of each entity (TARGET, CONTAINER, SUBJECT, ACTOR, LINKED); none: all TARGET'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS utc_offset_minutes Nullable(Int32) COMMENT 'the UTC offset the source wrote the time with'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS catalog_type LowCardinality(String) DEFAULT '' COMMENT 'the catalog type the event type means (itself, or a server code''s equivalent); empty: none'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS catalog_kind LowCardinality(String) DEFAULT '' COMMENT 'the catalog type''s entity kind'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS catalog_action LowCardinality(String) DEFAULT '' COMMENT 'the catalog type''s action'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS subject_id Nullable(String) COMMENT 'the person the event is about when the logged user is someone else (a login''s system user)'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS subject_name Nullable(String)",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS actor_type LowCardinality(String) DEFAULT 'user' COMMENT 'who acted: user, or the entity kind of an ACTOR entity (scheduled-task)'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS actor_id Nullable(String)",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS actor_name Nullable(String)",
+            "ALTER TABLE {db}.entity_activity ADD COLUMN IF NOT EXISTS role LowCardinality(String) DEFAULT 'TARGET' COMMENT 'what the entity is to the event'",
+            "ALTER TABLE {db}.entity_activity ADD COLUMN IF NOT EXISTS catalog_type LowCardinality(String) DEFAULT ''",
+            "DROP VIEW IF EXISTS {db}.entity_activity_mv",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.entity_activity_mv TO {db}.entity_activity AS
+SELECT
+    entity.1 AS entity_type,
+    entity.2 AS entity_id,
+    entity.3 AS entity_name,
+    role,
+    timestamp, event_id, event_type, catalog_type, user_id, user_login, session_id, success, message
+FROM {db}.events
+ARRAY JOIN
+    entities AS entity,
+    arrayResize(entity_roles, length(entities), 'TARGET') AS role
+",
+            r"
+CREATE TABLE IF NOT EXISTS {db}.entity_links
+(
+    linked_type LowCardinality(String) COMMENT 'the entity linked to (a data flow)',
+    linked_id   String,
+    entity_type LowCardinality(String) COMMENT 'the target tied to it (a schedule)',
+    entity_id   String,
+    timestamp   DateTime64(6, 'UTC'),
+    event_id    UUID
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (linked_type, linked_id, entity_type, entity_id, event_id)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.entity_links_mv TO {db}.entity_links AS
+SELECT
+    linked.1 AS linked_type,
+    linked.2 AS linked_id,
+    target.1 AS entity_type,
+    target.2 AS entity_id,
+    timestamp,
+    event_id
+FROM {db}.events
+ARRAY JOIN arrayFilter((e, r) -> r = 'TARGET', entities, arrayResize(entity_roles, length(entities), 'TARGET')) AS target
+ARRAY JOIN arrayFilter((e, r) -> r = 'LINKED', entities, entity_roles) AS linked
+WHERE has(entity_roles, 'LINKED')
+",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -199,7 +199,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -214,6 +214,8 @@ async fn migrations_twice_are_harmless() {
             "chain_skips",
             "entity_activity",
             "entity_activity_mv",
+            "entity_links",
+            "entity_links_mv",
             "events",
             "rule_drops",
             "rule_drops_from_events",
@@ -377,7 +379,7 @@ async fn every_analyst_query_runs() {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 8);
+    assert_eq!(files.len(), 10);
     let http = reqwest_free_post;
     for f in files {
         let sql = std::fs::read_to_string(&f)
@@ -400,7 +402,9 @@ async fn every_analyst_query_runs() {
         let rows = body.lines().count();
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         match name.as_str() {
-            "entity_activity.sql" | "user_actions.sql" => assert_eq!(rows, 20, "{name}: {body}"),
+            "entity_activity.sql" | "user_actions.sql" | "entity_history.sql" => {
+                assert_eq!(rows, 20, "{name}: {body}")
+            }
             // n = 0, 3, ..., 18 carry errors; fingerprints fp0 (even n) and fp1 (odd n).
             "errors_by_fingerprint.sql" => {
                 let counts: Vec<(String, String)> = body
@@ -425,6 +429,7 @@ async fn every_analyst_query_runs() {
                 );
             }
             "failed_logins_per_day.sql"
+            | "failed_logins_per_user.sql"
             | "sessions_of_user.sql"
             | "errors_by_type.sql"
             | "top_event_types_per_group.sql" => assert!(rows > 0, "{name}: {body}"),
