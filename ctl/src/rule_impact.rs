@@ -8,7 +8,7 @@ use crate::settings::Settings;
 use crate::table;
 use anyhow::{Context, Result};
 use audit_enricher::directory::Directory;
-use audit_enricher::rules::{Decision, Explained, RuleSet, Verdict};
+use audit_enricher::rules::{Decision, Explained, RuleSet, Types, Verdict};
 use audit_schemas::{
     AuditRule, AvroRecord, DirectoryEntry, DirectoryRecord, GroupRef, ResolvedUser,
 };
@@ -180,6 +180,8 @@ pub struct DryRun {
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct StoredEvent {
     event_type: String,
+    /// What the enricher found the type to mean in the catalog; '' for nothing.
+    catalog_type: String,
     user_id: Option<String>,
     user_login: Option<String>,
     group_ids: Vec<String>,
@@ -197,7 +199,7 @@ pub async fn dry_run(
     let client = crate::verify::client(ch);
     let events: Vec<StoredEvent> = client
         .query(
-            "SELECT event_type, user_id, user_login, group_ids, group_names FROM events
+            "SELECT event_type, catalog_type, user_id, user_login, group_ids, group_names FROM events
              WHERE NOT startsWith(event_type, 'audit.')
              ORDER BY inserted_at DESC LIMIT ?",
         )
@@ -232,9 +234,14 @@ pub async fn dry_run(
             .zip(e.group_names)
             .map(|(id, name)| GroupRef { id, name })
             .collect();
-        if let Decision::Drop { rule_id, .. } =
-            proposed.decide(&e.event_type, user.as_ref(), &groups)
-        {
+        if let Decision::Drop { rule_id, .. } = proposed.decide(
+            Types {
+                event_type: &e.event_type,
+                catalog: Some(e.catalog_type.as_str()).filter(|c| !c.is_empty()),
+            },
+            user.as_ref(),
+            &groups,
+        ) {
             result.would_drop += 1;
             if rule_id == rule.id {
                 *result.by_type.entry(e.event_type).or_insert(0) += 1;

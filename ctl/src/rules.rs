@@ -6,7 +6,9 @@ use crate::rule_impact::{self, Tables};
 use crate::settings::Settings;
 use crate::table;
 use anyhow::{bail, Context, Result};
+use audit_enricher::rules::Types;
 use audit_schemas::control::{Change, ControlChange, Subject};
+use audit_schemas::vocabulary::Vocabulary;
 use audit_schemas::{AuditRule, AvroRecord, RuleAction};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -260,7 +262,13 @@ pub async fn run(cmd: RulesCommand, settings: &Settings, actor: &Actor) -> Resul
                 (None, None) => bail!("--user or --session is required"),
             };
             let (resolved, groups) = tables.user(&user_id);
-            let explained = tables.rules.explain(&event_type, Some(&resolved), &groups);
+            // The shipped vocabulary: an enricher's own `[vocabulary]` pairs are not known here.
+            let catalog = Vocabulary::default().lookup(&event_type);
+            let types = Types {
+                event_type: &event_type,
+                catalog: catalog.as_ref().map(|c| c.event_type.as_str()),
+            };
+            let explained = tables.rules.explain(types, Some(&resolved), &groups);
             let text = rule_impact::report(&event_type, &resolved, &groups, &explained);
             print!("{text}");
             let decision = text.lines().last().unwrap_or_default().to_string();

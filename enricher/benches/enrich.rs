@@ -160,11 +160,13 @@ fn setup(session_count: u64) -> (Sessions, Directory, RuleSet, Vec<Vec<u8>>) {
 }
 
 fn bench(c: &mut Criterion) {
+    let vocabulary = audit_schemas::vocabulary::Vocabulary::default();
     let (sessions, directory, rules, records) = setup(20_000);
     let lookup = Lookup {
         sessions: &sessions,
         directory: &directory,
         rules: &rules,
+        vocabulary: &vocabulary,
     };
     let redactor = Redactor::default();
     let mut group = c.benchmark_group("enrich");
@@ -329,11 +331,13 @@ fn by_sessions(c: &mut Criterion) {
     let redactor = Redactor::default();
     let mut group = c.benchmark_group("sessions");
     for count in [20_000, large] {
+        let vocabulary = audit_schemas::vocabulary::Vocabulary::default();
         let (sessions, directory, rules, records) = setup(count);
         let lookup = Lookup {
             sessions: &sessions,
             directory: &directory,
             rules: &rules,
+            vocabulary: &vocabulary,
         };
         group.throughput(Throughput::Elements(records.len() as u64));
         group.bench_function(format!("decode_join_rules_encode_{count}"), |b| {

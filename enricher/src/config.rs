@@ -17,6 +17,11 @@ pub struct Settings {
     pub redaction: RedactionSettings,
     /// Tamper evidence: hash chains and signed digests (see `audit_schemas::chain`).
     pub chain: ChainConfig,
+    /// `[vocabulary]`: server audit codes and the catalog types they mean, over the shipped
+    /// pairs (`audit_schemas::vocabulary::SHIPPED`), e.g.
+    /// `"executionSessionService.execute" = "job-start"`. Stored beside each event's type, so a
+    /// rule or stream mapping on the catalog type covers the code too.
+    pub vocabulary: std::collections::BTreeMap<String, String>,
 }
 
 /// `[chain]`: the hash chain over enriched events and the signed digests of its heads.
@@ -57,6 +62,7 @@ impl Default for Settings {
             enricher: EnricherConfig::default(),
             redaction: RedactionSettings::default(),
             chain: ChainConfig::default(),
+            vocabulary: Default::default(),
         }
     }
 }
@@ -127,6 +133,8 @@ impl Default for EnricherConfig {
 impl Validate for Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
+        audit_schemas::vocabulary::Vocabulary::with(&self.vocabulary)
+            .map_err(|e| ConfigError::invalid("vocabulary", e.to_string()))?;
         self.topics.validate()?;
         if self.enricher.group_id.trim().is_empty() {
             return Err(ConfigError::invalid(

@@ -6,10 +6,11 @@
 //! browser token, whose user the ingest API took from the token the platform signed.
 
 use crate::directory::Directory;
-use crate::rules::{Decision, RuleSet};
+use crate::rules::{Decision, RuleSet, Types};
 use crate::sessions::Sessions;
 use audit_schemas::drops::Drop;
 use audit_schemas::redaction::Redactor;
+use audit_schemas::vocabulary::Vocabulary;
 use audit_schemas::{
     Credential, EnrichedAuditEvent, Enrichment, PipelineMeta, RawAuditEvent, Source, Timestamp,
 };
@@ -45,6 +46,8 @@ pub struct Lookup<'a> {
     pub sessions: &'a Sessions,
     pub directory: &'a Directory,
     pub rules: &'a RuleSet,
+    /// What server codes mean in the catalog.
+    pub vocabulary: &'a Vocabulary,
 }
 
 /// Enriches one event. With `give_up_waiting`, an unknown session yields SESSION_UNKNOWN
@@ -61,6 +64,7 @@ pub fn enrich(
         sessions,
         directory,
         rules,
+        vocabulary,
     } = tables;
     let trusted_claim = raw.source == Source::Server
         || raw
@@ -101,9 +105,12 @@ pub fn enrich(
         None => (None, Vec::new()),
     };
 
-    if let Decision::Drop { rule_id, group } =
-        rules.decide(raw.event_type.as_str(), user.as_ref(), &groups)
-    {
+    let catalog = vocabulary.lookup(raw.event_type.as_str());
+    let types = Types {
+        event_type: raw.event_type.as_str(),
+        catalog: catalog.as_ref().map(|c| c.event_type.as_str()),
+    };
+    if let Decision::Drop { rule_id, group } = rules.decide(types, user.as_ref(), &groups) {
         return Step::Dropped {
             drop: Drop {
                 rule_id,
@@ -134,7 +141,7 @@ pub fn enrich(
             // Checked by the service, which holds the configured limits.
             event_time: Default::default(),
             chain: None,
-            catalog: None,
+            catalog,
         }),
         redacted,
     }
@@ -235,6 +242,7 @@ mod tests {
                 sessions: &sessions(),
                 directory: &directory(),
                 rules,
+                vocabulary: &Vocabulary::default(),
             },
             &Redactor::default(),
             give_up,
@@ -328,6 +336,55 @@ mod tests {
         ));
         assert_eq!(e.enrichment, Enrichment::SessionUnknown);
         assert_eq!(e.user, None);
+    }
+
+    #[test]
+    fn a_rule_on_a_catalog_type_decides_the_server_codes_that_mean_it() {
+        let mut rules = RuleSet::default();
+        rules
+            .upsert(AuditRule {
+                id: "no-connection-events".into(),
+                order: 1,
+                description: None,
+                groups: vec![],
+                users: vec![],
+                event_types: vec!["connection-created".into()],
+                action: RuleAction::Drop,
+            })
+            .unwrap();
+        for code in ["connection-created", "dataConnectionCreated"] {
+            match run(raw(Source::Server, None, None, code), &rules, false) {
+                Step::Dropped { drop, .. } => {
+                    assert_eq!(drop.rule_id, "no-connection-events");
+                    assert_eq!(drop.event_type, code, "the drop names the original code");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        // Kept events carry what their type means, and the type stays the server's code.
+        match run(
+            raw(Source::Server, None, None, "dataConnectionDeleted"),
+            &rules,
+            false,
+        ) {
+            Step::Publish { event, .. } => {
+                assert_eq!(event.event.event_type.as_str(), "dataConnectionDeleted");
+                let c = event.catalog.unwrap();
+                assert_eq!(
+                    (c.event_type.as_str(), c.kind.as_deref(), c.action.as_str()),
+                    ("connection-deleted", Some("connection"), "deleted")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match run(
+            raw(Source::Server, None, None, "userService.create"),
+            &rules,
+            false,
+        ) {
+            Step::Publish { event, .. } => assert_eq!(event.catalog, None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

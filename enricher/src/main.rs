@@ -12,6 +12,7 @@ use audit_runtime::follow::follow;
 use audit_runtime::kafka::{GroupContext, RebalanceEvent};
 use audit_runtime::ops::Health;
 use audit_runtime::Shutdown;
+use audit_schemas::vocabulary::Vocabulary;
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::Consumer;
 use std::path::PathBuf;
@@ -176,6 +177,9 @@ async fn run(cli: Cli) -> Result<()> {
             max_event_age: Duration::from_millis(settings.enricher.max_event_age_ms),
             max_event_lead: Duration::from_millis(settings.enricher.max_event_lead_ms),
             chaining: chaining(&settings, signer),
+            // Checked when the settings were loaded.
+            vocabulary: Vocabulary::with(&settings.vocabulary)
+                .context("the [vocabulary] settings")?,
         },
     );
     let options = BatchOptions {

@@ -63,7 +63,7 @@ impl CompiledRule {
     /// `None`: no match; `Some(group)`: a match, on `group` when the rule names groups.
     fn matches<'g>(
         &self,
-        event_type: &str,
+        types: Types<'_>,
         user: Option<&ResolvedUser>,
         groups: &[&'g str],
     ) -> Option<Option<&'g str>> {
@@ -80,8 +80,28 @@ impl CompiledRule {
         };
         self.types
             .as_ref()
-            .is_none_or(|t| t.is_match(event_type))
+            .is_none_or(|t| {
+                t.is_match(types.event_type) || types.catalog.is_some_and(|c| t.is_match(c))
+            })
             .then_some(group)
+    }
+}
+
+/// An event's type and the catalog type it means (`audit_schemas::vocabulary`): a rule on
+/// `connection-created` also decides the server's `dataConnectionCreated`.
+#[derive(Debug, Clone, Copy)]
+pub struct Types<'a> {
+    pub event_type: &'a str,
+    pub catalog: Option<&'a str>,
+}
+
+impl<'a> Types<'a> {
+    /// A type with no catalog meaning beyond itself.
+    pub fn of(event_type: &'a str) -> Self {
+        Self {
+            event_type,
+            catalog: None,
+        }
     }
 }
 
@@ -105,7 +125,7 @@ pub struct Explained {
 
 impl CompiledRule {
     /// The first criterion that fails, said so an administrator can act on it.
-    fn why_not(&self, event_type: &str, user: Option<&ResolvedUser>, groups: &[&str]) -> String {
+    fn why_not(&self, types: Types<'_>, user: Option<&ResolvedUser>, groups: &[&str]) -> String {
         if !self.users.is_empty()
             && !user.is_some_and(|u| self.users.contains(&u.id) || self.users.contains(&u.login))
         {
@@ -120,10 +140,16 @@ impl CompiledRule {
                 self.rule.groups, groups
             );
         }
-        format!(
-            "types {:?} do not match {event_type:?}",
-            self.rule.event_types
-        )
+        match types.catalog.filter(|c| *c != types.event_type) {
+            Some(c) => format!(
+                "types {:?} match neither {:?} nor its catalog type {c:?}",
+                self.rule.event_types, types.event_type
+            ),
+            None => format!(
+                "types {:?} do not match {:?}",
+                self.rule.event_types, types.event_type
+            ),
+        }
     }
 }
 
@@ -178,12 +204,12 @@ impl RuleSet {
 
     pub fn decide(
         &self,
-        event_type: &str,
+        types: Types<'_>,
         user: Option<&ResolvedUser>,
         groups: &[GroupRef],
     ) -> Decision {
         // Control events record changes to auditing itself: no rule may silence them.
-        if self.rules.is_empty() || audit_schemas::control::is_control(event_type) {
+        if self.rules.is_empty() || audit_schemas::control::is_control(types.event_type) {
             return Decision::Keep;
         }
         // The event's group ids and names, once, rather than per rule. A user is in a handful of
@@ -195,7 +221,7 @@ impl RuleSet {
         match self
             .rules
             .iter()
-            .find_map(|r| Some((r, r.matches(event_type, user, &names)?)))
+            .find_map(|r| Some((r, r.matches(types, user, &names)?)))
         {
             Some((r, group)) if r.rule.action == RuleAction::Drop => Decision::Drop {
                 rule_id: r.rule.id.clone(),
@@ -209,7 +235,7 @@ impl RuleSet {
     /// spelled out.
     pub fn explain(
         &self,
-        event_type: &str,
+        types: Types<'_>,
         user: Option<&ResolvedUser>,
         groups: &[GroupRef],
     ) -> Vec<Explained> {
@@ -217,12 +243,12 @@ impl RuleSet {
             .iter()
             .flat_map(|g| [g.id.as_str(), g.name.as_str()])
             .collect();
-        let control = audit_schemas::control::is_control(event_type);
+        let control = audit_schemas::control::is_control(types.event_type);
         let mut decided = false;
         self.rules
             .iter()
             .map(|r| {
-                let verdict = match r.matches(event_type, user, &names) {
+                let verdict = match r.matches(types, user, &names) {
                     _ if control => Verdict::NoMatch(
                         "control events (audit.*) are kept whatever the rules say".into(),
                     ),
@@ -233,7 +259,7 @@ impl RuleSet {
                             group: group.map(str::to_string),
                         }
                     }
-                    None => Verdict::NoMatch(r.why_not(event_type, user, &names)),
+                    None => Verdict::NoMatch(r.why_not(types, user, &names)),
                 };
                 Explained {
                     rule: r.rule.clone(),
@@ -328,7 +354,7 @@ mod tests {
             .unwrap();
         let contractors = groups(&["contractors"]);
         assert_eq!(
-            rules.decide("query-created", Some(&user("bob")), &contractors),
+            rules.decide(Types::of("query-created"), Some(&user("bob")), &contractors),
             Decision::Drop {
                 rule_id: "drop-queries".into(),
                 group: Some("contractors".into())
@@ -336,16 +362,24 @@ mod tests {
         );
         // Alice's keep rule comes first.
         assert_eq!(
-            rules.decide("query-created", Some(&user("alice")), &contractors),
+            rules.decide(
+                Types::of("query-created"),
+                Some(&user("alice")),
+                &contractors
+            ),
             Decision::Keep
         );
         // Other types and other groups are kept.
         assert_eq!(
-            rules.decide("job-created", Some(&user("bob")), &contractors),
+            rules.decide(Types::of("job-created"), Some(&user("bob")), &contractors),
             Decision::Keep
         );
         assert_eq!(
-            rules.decide("query-created", Some(&user("bob")), &groups(&["sales"])),
+            rules.decide(
+                Types::of("query-created"),
+                Some(&user("bob")),
+                &groups(&["sales"])
+            ),
             Decision::Keep
         );
         // Group ids match as well as names.
@@ -354,11 +388,14 @@ mod tests {
             name: "x".into(),
         }];
         assert!(matches!(
-            rules.decide("query-edited", None, &by_id),
+            rules.decide(Types::of("query-edited"), None, &by_id),
             Decision::Drop { .. }
         ));
         // A group rule never matches an event without groups.
-        assert_eq!(rules.decide("query-created", None, &[]), Decision::Keep);
+        assert_eq!(
+            rules.decide(Types::of("query-created"), None, &[]),
+            Decision::Keep
+        );
     }
 
     #[test]
@@ -368,14 +405,14 @@ mod tests {
             .upsert(rule("r", 1, &[], &[], &["log"], RuleAction::Drop))
             .unwrap();
         assert!(matches!(
-            rules.decide("log", None, &[]),
+            rules.decide(Types::of("log"), None, &[]),
             Decision::Drop { .. }
         ));
         rules
             .upsert(rule("r", 1, &[], &[], &["error"], RuleAction::Drop))
             .unwrap();
         assert_eq!(rules.len(), 1);
-        assert_eq!(rules.decide("log", None, &[]), Decision::Keep);
+        assert_eq!(rules.decide(Types::of("log"), None, &[]), Decision::Keep);
         rules.apply_bytes(b"r", None).unwrap();
         assert!(rules.is_empty());
     }
@@ -407,7 +444,7 @@ mod tests {
             ))
             .unwrap();
         let got = rules.explain(
-            "query-created",
+            Types::of("query-created"),
             Some(&user("bob")),
             &groups(&["contractors"]),
         );
@@ -427,7 +464,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let decided = rules.decide(
-            "query-created",
+            Types::of("query-created"),
             Some(&user("bob")),
             &groups(&["contractors"]),
         );
@@ -438,7 +475,7 @@ mod tests {
                 group: Some("contractors".into())
             }
         );
-        let control = rules.explain("audit.rule-set", None, &[]);
+        let control = rules.explain(Types::of("audit.rule-set"), None, &[]);
         assert!(control
             .iter()
             .all(|e| matches!(e.verdict, Verdict::NoMatch(_))));
@@ -453,11 +490,11 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            rules.decide("audit.rule-deleted", Some(&user("root")), &[]),
+            rules.decide(Types::of("audit.rule-deleted"), Some(&user("root")), &[]),
             Decision::Keep
         );
         assert!(matches!(
-            rules.decide("log", None, &[]),
+            rules.decide(Types::of("log"), None, &[]),
             Decision::Drop { .. }
         ));
     }

@@ -29,6 +29,7 @@ use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::drops::{self, Drop, DropTally};
 use audit_schemas::redaction::Redactor;
+use audit_schemas::vocabulary::Vocabulary;
 use audit_schemas::{
     AvroRecord, DeadLetter, EnrichedAuditEvent, EventTimeCheck, RawAuditEvent, Timestamp,
 };
@@ -108,6 +109,7 @@ pub struct Options {
     pub max_event_lead: Duration,
     /// Hash chains and digests; `None` with `chain.enabled = false`.
     pub chaining: Option<Chaining>,
+    pub vocabulary: Vocabulary,
 }
 
 pub struct Enricher {
@@ -123,6 +125,7 @@ pub struct Enricher {
     max_event_lead_us: i64,
     /// Behind a mutex only because linking happens in `process(&self)`; never contended.
     chaining: Option<Mutex<Chaining>>,
+    vocabulary: Vocabulary,
 }
 
 /// A raw record held back for its session: decoded again when released (rare), so nothing is
@@ -173,6 +176,7 @@ impl Enricher {
             max_event_age_us: options.max_event_age.as_micros().min(i64::MAX as u128) as i64,
             max_event_lead_us: options.max_event_lead.as_micros().min(i64::MAX as u128) as i64,
             chaining: options.chaining.map(Mutex::new),
+            vocabulary: options.vocabulary,
         }
     }
 
@@ -203,6 +207,7 @@ impl Enricher {
                     sessions: &sessions,
                     directory: &directory,
                     rules: &rules,
+                    vocabulary: &self.vocabulary,
                 },
                 &self.redactor,
                 give_up,

@@ -100,23 +100,30 @@ impl Routes {
         })
     }
 
-    /// The stream for a type, or `None` to skip it. The enricher's rule-drop summaries and chain
+    /// The stream for a type, or `None` to skip it. `catalog` is the catalog type the event's
+    /// type means (the enricher's vocabulary): a route on `connection-created` also takes the
+    /// server's `dataConnectionCreated`. A route naming the type itself wins over one naming its
+    /// catalog type, and exact routes over globs. The enricher's rule-drop summaries and chain
     /// digests are bookkeeping for ClickHouse (`rule_drops`, `chain_digests`): they go only where
     /// a route names their type exactly, never by a glob or the default stream.
-    pub fn stream_for(&self, event_type: &str) -> Option<&str> {
+    pub fn stream_for(&self, event_type: &str, catalog: Option<&str>) -> Option<&str> {
         if event_type == audit_schemas::drops::SUMMARY_TYPE
             || event_type == audit_schemas::chain::DIGEST_TYPE
         {
             return self.exact.get(event_type).map(String::as_str);
         }
+        let catalog = catalog.filter(|c| *c != event_type);
+        let glob = |t: &str| {
+            self.globs
+                .iter()
+                .find(|(m, _)| m.is_match(t))
+                .map(|(_, s)| s)
+        };
         self.exact
             .get(event_type)
-            .or_else(|| {
-                self.globs
-                    .iter()
-                    .find(|(m, _)| m.is_match(event_type))
-                    .map(|(_, s)| s)
-            })
+            .or_else(|| catalog.and_then(|c| self.exact.get(c)))
+            .or_else(|| glob(event_type))
+            .or_else(|| catalog.and_then(glob))
             .or(self.default_stream.as_ref())
             .map(String::as_str)
     }
@@ -152,22 +159,31 @@ mod tests {
     #[test]
     fn exact_then_most_specific_glob_then_default() {
         let r = routes(Some("other"));
-        assert_eq!(r.stream_for("log"), Some("datagrok_log"));
-        assert_eq!(r.stream_for("error"), Some("datagrok_errors"));
-        assert_eq!(r.stream_for("query-created"), Some("queries"));
+        assert_eq!(r.stream_for("log", None), Some("datagrok_log"));
+        assert_eq!(r.stream_for("error", None), Some("datagrok_errors"));
+        assert_eq!(r.stream_for("query-created", None), Some("queries"));
         assert_eq!(
-            r.stream_for("query-transformations-edited"),
+            r.stream_for("query-transformations-edited", None),
             Some("transformations")
         );
-        assert_eq!(r.stream_for("userService.create"), Some("server"));
-        assert_eq!(r.stream_for("job-start"), Some("other"));
-        assert_eq!(routes(None).stream_for("job-start"), None);
+        assert_eq!(r.stream_for("userService.create", None), Some("server"));
+        assert_eq!(r.stream_for("job-start", None), Some("other"));
+        // A server code goes where its catalog type goes, unless a route names the code.
         assert_eq!(
-            r.stream_for("audit.rule-drops"),
+            r.stream_for("dataQueryRan", Some("query-created")),
+            Some("queries")
+        );
+        assert_eq!(
+            r.stream_for("userService.create", Some("query-created")),
+            Some("server")
+        );
+        assert_eq!(routes(None).stream_for("job-start", None), None);
+        assert_eq!(
+            r.stream_for("audit.rule-drops", None),
             None,
             "summaries: exact routes only"
         );
-        assert_eq!(r.stream_for("audit.rule-set"), Some("other"));
+        assert_eq!(r.stream_for("audit.rule-set", None), Some("other"));
     }
 
     #[test]
@@ -184,13 +200,13 @@ mod tests {
         put(&mut map, "log", "logs-v2").unwrap();
         put(&mut map, "query-*", "queries").unwrap();
         let routes = map.routes().unwrap();
-        assert_eq!(routes.stream_for("log"), Some("logs-v2"));
-        assert_eq!(routes.stream_for("query-edited"), Some("queries"));
+        assert_eq!(routes.stream_for("log", None), Some("logs-v2"));
+        assert_eq!(routes.stream_for("query-edited", None), Some("queries"));
         let v = map.version();
         map.apply_bytes(b"log", None).unwrap();
         assert!(map.version() > v);
         assert_eq!(
-            map.routes().unwrap().stream_for("log"),
+            map.routes().unwrap().stream_for("log", None),
             Some("datagrok_log")
         );
         // Refused, and nothing changes.

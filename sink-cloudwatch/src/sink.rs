@@ -90,7 +90,10 @@ impl BatchHandler for CloudWatchSink {
                     continue;
                 }
             };
-            let Some(stream) = self.routes.stream_for(decoded.event.event_type.as_str()) else {
+            let Some(stream) = self.routes.stream_for(
+                decoded.event.event_type.as_str(),
+                decoded.catalog.as_ref().map(|c| c.event_type.as_str()),
+            ) else {
                 metrics::counter!("audit_cloudwatch_skipped_total", "event_type" => audit_runtime::labels::event_type(decoded.event.event_type.as_str())).increment(1);
                 continue;
             };
