@@ -187,6 +187,12 @@ pub struct TailConfig {
     /// On a first start (no position file), read the rotated files beside the log (oldest
     /// first) before the live one.
     pub backfill: bool,
+    /// Given the site's `logs` folder: how often `nodes/` is listed for node audit logs, in
+    /// milliseconds.
+    pub node_scan_ms: u64,
+    /// A node audit log that has not grown for this many milliseconds is finished: its last
+    /// line is taken even without a newline, and it is no longer read unless it grows.
+    pub node_idle_ms: u64,
 }
 
 impl Default for TailConfig {
@@ -198,6 +204,8 @@ impl Default for TailConfig {
             batch_lines: 500,
             rotation_grace_ms: 1_000,
             backfill: false,
+            node_scan_ms: 1_000,
+            node_idle_ms: 30_000,
         }
     }
 }
@@ -271,6 +279,12 @@ impl Validate for Settings {
         self.browser.validate()?;
         if self.tail.batch_lines == 0 {
             return Err(ConfigError::invalid("tail.batch_lines", "must be positive"));
+        }
+        if self.tail.node_scan_ms == 0 {
+            return Err(ConfigError::invalid(
+                "tail.node_scan_ms",
+                "must be positive",
+            ));
         }
         if self.tail.poll_ms == 0 {
             return Err(ConfigError::invalid("tail.poll_ms", "must be positive"));

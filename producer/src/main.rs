@@ -5,6 +5,7 @@ use audit_producer::auth::Tokens;
 use audit_producer::body::Caller;
 use audit_producer::browser::BrowserTokens;
 use audit_producer::config::Settings;
+use audit_producer::tail::nodes::{NodeLogs, NodeOptions, NodeStats};
 use audit_producer::tail::{TailOptions, Tailer};
 use audit_producer::{gen, http, send};
 use audit_runtime::budget::SizeBudget;
@@ -21,6 +22,9 @@ use std::time::Duration;
 /// Kafka client threads cost a large share of the CPU.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The audit log in a site's logs folder.
+const SITE_AUDIT_LOG: &str = "lae-audit.log";
 
 /// Publish audit events to the pipeline's raw topic (audit.raw), validated and with secrets
 /// redacted, keyed by session so a session's events stay in order.
@@ -48,13 +52,14 @@ enum Command {
     /// http.max_body_bytes or http.max_events, 415 for other content types, 503 with Retry-After
     /// when the producer is at capacity. Also serves /metrics and /healthz.
     Serve,
-    /// Follow a JSON-lines audit log (lae-audit.log) through daily rotation and publish each line.
+    /// Follow a site's audit logs and publish each line: lae-audit.log through daily rotation
+    /// and, given the site's logs folder, every node audit log under nodes/ as it appears.
     ///
-    /// The position is saved beside the log (PATH.position) after every acknowledged batch, so a
-    /// restart neither loses nor repeats a line. Lines that do not convert go to the dead-letter
-    /// topic with the reason.
+    /// The position is saved beside the log (lae-audit.log.position; the node logs' in
+    /// lae-audit.log.position.nodes) after every acknowledged batch, so a restart neither loses
+    /// nor repeats a line. Lines that do not convert go to the dead-letter topic with the reason.
     Tail {
-        /// The log file, e.g. <site>/logs/lae-audit.log.
+        /// The site's logs folder (<site>/logs: lae-audit.log and nodes/), or one log file.
         path: PathBuf,
         /// Stop at the end of the file instead of following it.
         #[arg(long)]
@@ -183,32 +188,71 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tail { path, once } => {
             let shutdown = Shutdown::on_signals();
             let publisher = publisher()?;
+            // A folder is a site's logs: its audit log and the node audit logs below it.
+            let (log, nodes) = if path.is_dir() {
+                (path.join(SITE_AUDIT_LOG), Some(path.join("nodes")))
+            } else {
+                (path, None)
+            };
             let position_file = settings.tail.position_file.clone().unwrap_or_else(|| {
-                let mut p = path.clone().into_os_string();
+                let mut p = log.clone().into_os_string();
                 p.push(".position");
                 PathBuf::from(p)
             });
-            let options = TailOptions {
-                service: settings.tail.service.clone(),
-                position_file,
-                batch_lines: settings.tail.batch_lines,
-                poll: Duration::from_millis(settings.tail.poll_ms),
-                rotation_grace: Duration::from_millis(settings.tail.rotation_grace_ms),
-                backfill: settings.tail.backfill,
+            let tail = &settings.tail;
+            let node_options = NodeOptions {
+                service: tail.service.clone(),
+                state_file: audit_producer::tail::node_state_file(&position_file),
+                batch_lines: tail.batch_lines,
+                scan: Duration::from_millis(tail.node_scan_ms),
+                idle: Duration::from_millis(tail.node_idle_ms),
                 once,
             };
-            let stats = Tailer::new(path, options, &publisher, &settings.kafka, &redactor)
-                .run(&shutdown)
-                .await?;
+            let options = TailOptions {
+                service: tail.service.clone(),
+                position_file,
+                batch_lines: tail.batch_lines,
+                poll: Duration::from_millis(tail.poll_ms),
+                rotation_grace: Duration::from_millis(tail.rotation_grace_ms),
+                backfill: tail.backfill,
+                once,
+            };
+            let audit_log = async {
+                let stats = Tailer::new(log, options, &publisher, &settings.kafka, &redactor)
+                    .run(&shutdown)
+                    .await;
+                if stats.is_err() {
+                    shutdown.trigger();
+                }
+                stats
+            };
+            let node_logs = async {
+                let Some(root) = nodes else {
+                    return Ok(NodeStats::default());
+                };
+                let stats =
+                    NodeLogs::new(root, node_options, &publisher, &settings.kafka, &redactor)
+                        .run(&shutdown)
+                        .await;
+                if stats.is_err() {
+                    shutdown.trigger();
+                }
+                stats
+            };
+            let (stats, nodes) = tokio::join!(audit_log, node_logs);
+            let (stats, nodes) = (stats?, nodes.context("following the node audit logs")?);
             tracing::info!(
                 published = stats.published,
                 dead_letters = stats.dead_letters,
                 skipped = stats.skipped,
+                node_logs = nodes.files,
+                node_lines = nodes.published,
+                node_dead_letters = nodes.dead_letters,
                 "tail stopped"
             );
             eprintln!(
-                "published {} events, {} dead letters",
-                stats.published, stats.dead_letters
+                "published {} events, {} dead letters; node logs: {} files, {} events, {} dead letters",
+                stats.published, stats.dead_letters, nodes.files, nodes.published, nodes.dead_letters
             );
         }
         Command::Send { file, service } => {

@@ -33,17 +33,18 @@
 //! The position file is written through a new temporary file (never through an existing one or
 //! a symlink) and refused when it is a symlink.
 
+mod lines;
+pub mod nodes;
 mod position;
 
 use anyhow::{Context, Result};
-use audit_runtime::dead_letter::Stage;
 use audit_runtime::ingest::Publisher;
 use audit_runtime::KafkaConfig;
 use audit_runtime::Shutdown;
-use audit_schemas::audit_log::convert_line;
-use audit_schemas::dead_letter::Cause;
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{AvroRecord, DeadLetter, RawAuditEvent};
+use audit_schemas::{AvroRecord, RawAuditEvent};
+pub use lines::MAX_LINE_BYTES;
+use lines::{split_lines, Convert, DEAD_LETTER_PREFIX_BYTES, READ_CHUNK};
 pub use position::{FileId, Pending, Position};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
@@ -58,10 +59,6 @@ use uuid::Uuid;
 
 /// Namespace of line event ids (UUID v5 of `dev:inode:offset`).
 const LINE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a44_8d0e_4c7b_9b1e_51a2_7f3d_90c1);
-/// Longest line accepted; a longer one becomes a dead letter holding its first bytes.
-pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
-const READ_CHUNK: usize = MAX_LINE_BYTES + 1;
-const DEAD_LETTER_PREFIX_BYTES: usize = 64 * 1024;
 
 pub struct TailOptions {
     pub service: String,
@@ -186,21 +183,11 @@ impl<'a> Tailer<'a> {
         Ok(self.stats)
     }
 
-    /// Runs a broker request until it succeeds (the runtime's retry policy, no attempt limit):
-    /// an outage of any length is waited out.
     async fn until_broker_answers<T, Fut>(&self, what: &str, op: impl FnMut() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        audit_runtime::retry::RetryPolicy::default()
-            .run(
-                what,
-                |_| audit_runtime::retry::ErrorClass::Retryable,
-                |_| {},
-                op,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        until_broker_answers(what, op).await
     }
 
     /// copytruncate: the file was copied to its dated name and emptied in place (it is shorter
@@ -299,76 +286,11 @@ impl<'a> Tailer<'a> {
     }
 
     fn partitions(&self) -> Result<Vec<i32>> {
-        let topic = self.publisher.raw_topic();
-        let client = Producer::client(self.publisher.producer());
-        Ok(audit_runtime::kafka::partitions(
-            client,
-            topic,
-            Duration::from_secs(30),
-        )?)
+        raw_partitions(self.publisher)
     }
 
-    /// The raw topic's high watermark per partition.
     fn watermarks(&self) -> Result<Vec<(i32, i64)>> {
-        let topic = self.publisher.raw_topic();
-        let client = Producer::client(self.publisher.producer());
-        let marks = audit_runtime::kafka::watermarks(
-            client,
-            topic,
-            &self.raw_partitions,
-            Duration::from_secs(30),
-        )
-        .with_context(|| format!("reading the end offsets of {topic}"))?;
-        Ok(marks.into_iter().map(|(p, _, high)| (p, high)).collect())
-    }
-
-    /// The event ids the broker received since `watermarks`: what of a pending batch arrived.
-    async fn published_since(&self, watermarks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
-        let topic = self.publisher.raw_topic();
-        let now = self.watermarks()?;
-        let consumer = audit_runtime::kafka::reader(self.kafka, "audit-producer-tail-recovery")?;
-        let mut tpl = TopicPartitionList::new();
-        let mut remaining = 0usize;
-        for &(p, from) in watermarks {
-            let to = now.iter().find(|(q, _)| *q == p).map_or(from, |(_, h)| *h);
-            if to > from {
-                tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-                remaining += 1;
-            }
-        }
-        let mut ids = HashSet::new();
-        if remaining == 0 {
-            return Ok(ids);
-        }
-        consumer.assign(&tpl)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut done = HashSet::new();
-        while done.len() < remaining {
-            let message = tokio::time::timeout_at(deadline, consumer.recv())
-                .await
-                .context("timed out reading the raw topic to recover a pending batch")?;
-            match message {
-                Ok(m) => {
-                    if let Some(Ok(e)) = m.payload().map(RawAuditEvent::decode) {
-                        ids.insert(e.event_id);
-                    }
-                    let to = now
-                        .iter()
-                        .find(|(q, _)| *q == m.partition())
-                        .map_or(0, |(_, h)| *h);
-                    if m.offset() + 1 >= to {
-                        done.insert(m.partition());
-                    }
-                }
-                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                    done.insert(p);
-                }
-                Err(e) => {
-                    return Err(e).context("reading the raw topic to recover a pending batch")
-                }
-            }
-        }
-        Ok(ids)
+        watermarks(self.publisher, &self.raw_partitions)
     }
 
     /// Opens the file to read and the offset to start at, from the saved position.
@@ -410,13 +332,8 @@ impl<'a> Tailer<'a> {
         Ok(live)
     }
 
-    /// The ids of a pending batch's lines that reached the broker, waiting out an outage.
-    async fn recover_pending(&self, watermarks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
-        self.until_broker_answers(
-            "checking what of the pending batch reached the broker",
-            || self.published_since(watermarks),
-        )
-        .await
+    async fn recover_pending(&self, marks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
+        recover_pending(self.publisher, self.kafka, &self.raw_partitions, marks).await
     }
 
     fn at_offset(&self, mut current: Current, offset: u64) -> Current {
@@ -495,123 +412,39 @@ impl<'a> Tailer<'a> {
         buf: &[u8],
         batch: &[(usize, usize)],
     ) -> Result<()> {
-        let mut events: Vec<RawAuditEvent> = Vec::with_capacity(batch.len());
-        let mut sources: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-        let mut letters = Vec::new();
-        for &(start, end) in batch {
-            let raw = trim_line(&buf[start..end]);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let offset = base + start as u64;
-            let id = line_id(current, offset);
-            let converted = std::str::from_utf8(raw)
-                .map_err(|e| format!("line is not valid UTF-8 (bad byte at {})", e.valid_up_to()))
-                .and_then(|line| {
-                    convert_line(line, &self.options.service, id, self.redactor)
-                        .map_err(|e| e.to_string())
-                });
-            match converted {
-                Ok(event) if self.already_published.contains(&event.event_id) => {
-                    self.stats.skipped += 1;
-                }
-                Ok(event) => {
-                    events.push(event);
-                    sources.push((offset, raw));
-                }
-                Err(reason) => {
-                    letters.push(self.dead_letter(current, offset, raw, Cause::Invalid, &reason))
-                }
-            }
-        }
-        // A line that converts to an event over the size budget cannot be published: it is a
-        // dead letter (capped, with the whole line's hash), and the lines after it go on.
-        let limit = self.publisher.budget().raw_record_max();
-        let mut fitting = Vec::with_capacity(events.len());
-        for (event, (offset, raw)) in events.into_iter().zip(sources) {
-            match Publisher::encoded_len(&event) {
-                Ok(size) if size <= limit => fitting.push(event),
-                Ok(size) => letters.push(self.dead_letter(
-                    current,
-                    offset,
-                    raw,
-                    Cause::TooLarge,
-                    &format!("the line converts to an event of {size} bytes; at most {limit} are accepted (kafka.message_max_bytes less room for enrichment)"),
-                )),
-                Err(e) => letters.push(self.dead_letter(
-                    current,
-                    offset,
-                    raw,
-                    Cause::Invalid,
-                    &format!("cannot encode the event: {e}"),
-                )),
-            }
-        }
-        let events = fitting;
-        self.publisher
-            .publish(&events)
-            .await
-            .context("publishing log lines")?;
-        for letter in &letters {
-            self.publisher
-                .dead_letter(None, letter)
-                .await
-                .context("publishing a dead letter")?;
-        }
-        self.stats.published += events.len() as u64;
-        self.stats.dead_letters += letters.len() as u64;
+        let converted = self.converter(current).batch(
+            batch
+                .iter()
+                .map(|&(start, end)| (base + start as u64, &buf[start..end])),
+            |offset| line_id(current, offset),
+            &self.already_published,
+        );
+        self.stats.skipped += converted.skipped;
+        publish_converted(self.publisher, &converted).await?;
+        self.stats.published += converted.events.len() as u64;
+        self.stats.dead_letters += converted.letters.len() as u64;
         Ok(())
     }
 
-    async fn skip_long_line(&mut self, current: &mut Current, head: &[u8]) -> Result<u64> {
-        let mut end = current.offset;
-        // Find the end of the line (or of the file) without holding the line in memory.
-        current.file.seek(SeekFrom::Start(end))?;
-        let mut chunk = vec![0u8; 1024 * 1024];
-        loop {
-            let n = current.file.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
-                end += i as u64 + 1;
-                break;
-            }
-            end += n as u64;
+    fn converter<'c>(&'c self, current: &'c Current) -> Convert<'c> {
+        Convert {
+            service: &self.options.service,
+            redactor: self.redactor,
+            budget: self.publisher.budget(),
+            path: &current.path,
+            file_entity: None,
         }
-        let reason = format!(
-            "line is longer than {MAX_LINE_BYTES} bytes; its first {} bytes are kept",
-            head.len()
-        );
-        let letter = self.dead_letter(current, current.offset, head, Cause::TooLarge, &reason);
+    }
+
+    async fn skip_long_line(&mut self, current: &mut Current, head: &[u8]) -> Result<u64> {
+        let end = lines::end_of_line(&mut current.file, current.offset)?;
+        let letter = self.converter(current).too_long(current.offset, head);
         self.publisher
             .dead_letter(None, &letter)
             .await
             .context("publishing a dead letter")?;
         self.stats.dead_letters += 1;
         Ok(end)
-    }
-
-    fn dead_letter(
-        &self,
-        current: &Current,
-        offset: u64,
-        raw: &[u8],
-        cause: Cause,
-        reason: &str,
-    ) -> DeadLetter {
-        tracing::warn!(path = %current.path.display(), offset, %cause, "log line dead-lettered");
-        let mut letter = audit_runtime::dead_letter::build(
-            self.publisher.budget(),
-            Stage::Tailer,
-            cause,
-            &format!("{} at byte {offset}: {reason}", current.path.display()),
-            None,
-            Some(raw),
-            None,
-        );
-        letter.source_offset = Some(offset as i64);
-        letter
     }
 
     fn save(&self, current: &Current) -> Result<()> {
@@ -695,9 +528,12 @@ fn rotated_paths(path: &Path, position_file: &Path) -> Result<Vec<PathBuf>> {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return Ok(Vec::new());
     };
+    let nodes = node_state_file(position_file);
     let skip = [
         position_file.to_path_buf(),
         position::temporary(position_file),
+        position::temporary(&nodes),
+        nodes,
     ];
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -745,38 +581,127 @@ fn find_rotated(path: &Path, id: FileId) -> Result<Option<Current>> {
     Ok(None)
 }
 
-/// `(start, end)` of each complete line in `buf`, `end` just past its newline; with `final_read`
-/// a trailing unterminated line counts too.
-fn split_lines(buf: &[u8], final_read: bool) -> Vec<(usize, usize)> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    for (i, &b) in buf.iter().enumerate() {
-        if b == b'\n' {
-            lines.push((start, i + 1));
-            start = i + 1;
+/// Where the node logs' progress is kept, beside the audit log's position.
+pub fn node_state_file(position_file: &Path) -> PathBuf {
+    let mut name = position_file.as_os_str().to_owned();
+    name.push(".nodes");
+    PathBuf::from(name)
+}
+
+/// Publishes a converted batch's events, then its dead letters.
+async fn publish_converted(publisher: &Publisher, converted: &lines::Converted) -> Result<()> {
+    publisher
+        .publish(&converted.events)
+        .await
+        .context("publishing log lines")?;
+    for letter in &converted.letters {
+        publisher
+            .dead_letter(None, letter)
+            .await
+            .context("publishing a dead letter")?;
+    }
+    Ok(())
+}
+
+/// Runs a broker request until it succeeds (the runtime's retry policy, no attempt limit): an
+/// outage of any length is waited out.
+async fn until_broker_answers<T, Fut>(what: &str, op: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    audit_runtime::retry::RetryPolicy::default()
+        .run(
+            what,
+            |_| audit_runtime::retry::ErrorClass::Retryable,
+            |_| {},
+            op,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+fn raw_partitions(publisher: &Publisher) -> Result<Vec<i32>> {
+    let topic = publisher.raw_topic();
+    let client = Producer::client(publisher.producer());
+    Ok(audit_runtime::kafka::partitions(
+        client,
+        topic,
+        Duration::from_secs(30),
+    )?)
+}
+
+/// The raw topic's high watermark per partition.
+fn watermarks(publisher: &Publisher, partitions: &[i32]) -> Result<Vec<(i32, i64)>> {
+    let topic = publisher.raw_topic();
+    let client = Producer::client(publisher.producer());
+    let marks =
+        audit_runtime::kafka::watermarks(client, topic, partitions, Duration::from_secs(30))
+            .with_context(|| format!("reading the end offsets of {topic}"))?;
+    Ok(marks.into_iter().map(|(p, _, high)| (p, high)).collect())
+}
+
+/// The ids of a pending batch's lines that reached the broker, waiting out an outage.
+async fn recover_pending(
+    publisher: &Publisher,
+    kafka: &KafkaConfig,
+    partitions: &[i32],
+    marks: &[(i32, i64)],
+) -> Result<HashSet<Uuid>> {
+    until_broker_answers(
+        "checking what of the pending batch reached the broker",
+        || published_since(publisher, kafka, partitions, marks),
+    )
+    .await
+}
+
+/// The event ids the broker received since `marks`: what of a pending batch arrived.
+async fn published_since(
+    publisher: &Publisher,
+    kafka: &KafkaConfig,
+    partitions: &[i32],
+    marks: &[(i32, i64)],
+) -> Result<HashSet<Uuid>> {
+    let topic = publisher.raw_topic();
+    let now = watermarks(publisher, partitions)?;
+    let consumer = audit_runtime::kafka::reader(kafka, "audit-producer-tail-recovery")?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0usize;
+    for &(p, from) in marks {
+        let to = now.iter().find(|(q, _)| *q == p).map_or(from, |(_, h)| *h);
+        if to > from {
+            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+            remaining += 1;
         }
     }
-    if final_read && start < buf.len() {
-        lines.push((start, buf.len()));
+    let mut ids = HashSet::new();
+    if remaining == 0 {
+        return Ok(ids);
     }
-    lines
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_complete_lines_only() {
-        let buf = b"a\nbb\r\nccc";
-        assert_eq!(split_lines(buf, false), vec![(0, 2), (2, 6)]);
-        assert_eq!(split_lines(buf, true), vec![(0, 2), (2, 6), (6, 9)]);
-        assert_eq!(trim_line(&buf[2..6]), b"bb");
-        assert!(split_lines(b"no newline", false).is_empty());
+    consumer.assign(&tpl)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut done = HashSet::new();
+    while done.len() < remaining {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .context("timed out reading the raw topic to recover a pending batch")?;
+        match message {
+            Ok(m) => {
+                if let Some(Ok(e)) = m.payload().map(RawAuditEvent::decode) {
+                    ids.insert(e.event_id);
+                }
+                let to = now
+                    .iter()
+                    .find(|(q, _)| *q == m.partition())
+                    .map_or(0, |(_, h)| *h);
+                if m.offset() + 1 >= to {
+                    done.insert(m.partition());
+                }
+            }
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                done.insert(p);
+            }
+            Err(e) => return Err(e).context("reading the raw topic to recover a pending batch"),
+        }
     }
+    Ok(ids)
 }

@@ -333,3 +333,152 @@ async fn backfill_reads_the_dated_files_first() {
     ));
     exactly(&topics, 12).await;
 }
+
+/// A site's logs folder built from the seed: `lae-audit.log` holds the seed's audit log lines and
+/// a `nodeProcessed` entry naming its node log; the node audit log lines of the seed sit in node
+/// log files laid out as the product writes them.
+struct Site {
+    _dir: tempfile::TempDir,
+    logs: std::path::PathBuf,
+    audit_lines: usize,
+}
+
+const NODE_RUN: &str = "2024-04-03/admin/Untitled Data Flow/aaf03abb-3461-4c5f-8223-081dd89ebed2";
+
+fn site() -> (Site, Vec<&'static str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("site-7731/logs");
+    let run = logs.join("nodes").join(NODE_RUN);
+    std::fs::create_dir_all(&run).unwrap();
+    let (node_lines, audit): (Vec<&str>, Vec<&str>) = sample_lines(SEED_003)
+        .into_iter()
+        .partition(|l| l.contains("\"dataFlowLocator\""));
+    assert_eq!(node_lines.len(), 3, "the seed's node audit log lines");
+    let processed = format!(
+        r#"{{"timestamp":"2024-04-03T16:57:56.0000001+02:00","auditCode":"nodeProcessed","userId":"admin","username":"admin","tenantName":"defaultTenant","success":false,"arguments":{{"node":"Untitled Data Flow.Output","runState":"FAILED","auditLog":"{}"}}}}"#,
+        run.join("17.log").display()
+    );
+    let mut lines = audit.clone();
+    lines.push(&processed);
+    append(&logs.join("lae-audit.log"), &lines);
+    append(&run.join("17.log"), &node_lines);
+    let audit_lines = lines.len();
+    (
+        Site {
+            _dir: dir,
+            logs,
+            audit_lines,
+        },
+        node_lines,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_folder_publishes_its_audit_log_and_every_node_log_once() {
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let (site, node_lines) = site();
+    let node_log_id = format!("{NODE_RUN}/17.log");
+
+    wait_ok(tail(&topics, &site.logs, true));
+    let first = exactly(&topics, site.audit_lines + node_lines.len()).await;
+    let from_node_log: Vec<&RawAuditEvent> = first
+        .iter()
+        .filter(|e| {
+            e.entities.iter().any(|x| {
+                x.kind == "node-audit-log" && x.id == node_log_id && x.role == EntityRole::Container
+            })
+        })
+        .collect();
+    assert_eq!(from_node_log.len(), 3, "each node log line names its file");
+    let processed = first
+        .iter()
+        .find(|e| e.event_type.as_str() == "nodeProcessed" && !e.success)
+        .unwrap();
+    assert!(
+        processed.entities.iter().any(|x| x.kind == "node-audit-log"
+            && x.id == node_log_id
+            && x.role == EntityRole::Linked),
+        "the nodeProcessed entry links to the same file: {:?}",
+        processed.entities
+    );
+
+    // More runs: a line appended to the finished log, a new run's log whose last line has no
+    // newline, a symlink planted in the tree (never read) and a file that is not a log.
+    let run = site.logs.join("nodes").join(NODE_RUN);
+    append(&run.join("17.log"), &node_lines[..1]);
+    let second = site.logs.join("nodes/2024-04-04/bob/Flow/d8b0595d");
+    std::fs::create_dir_all(&second).unwrap();
+    append(&second.join("5.log"), &node_lines[1..2]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(second.join("5.log"))
+        .unwrap();
+    write!(f, "{}", node_lines[2]).unwrap();
+    drop(f);
+    std::fs::write(site.logs.join("secret"), node_lines[0]).unwrap();
+    std::os::unix::fs::symlink(site.logs.join("secret"), second.join("6.log")).unwrap();
+    std::fs::write(second.join("notes.txt"), b"not a log\n").unwrap();
+
+    wait_ok(tail(&topics, &site.logs, true));
+    let all = exactly(&topics, site.audit_lines + node_lines.len() + 3).await;
+    let new: Vec<&RawAuditEvent> = all
+        .iter()
+        .filter(|e| first.iter().all(|f| f.event_id != e.event_id))
+        .collect();
+    assert_eq!(new.len(), 3, "only the new lines: {new:?}");
+    assert!(new.iter().all(|e| e
+        .entities
+        .iter()
+        .any(|x| x.kind == "node-audit-log" && x.role == EntityRole::Container)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_following_node_logs_then_restart_loses_nothing() {
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let (site, node_lines) = site();
+    // Many node logs, many lines: the kill lands mid-way.
+    let per_file = 2_000;
+    for n in 0..6 {
+        let run = site
+            .logs
+            .join(format!("nodes/2024-05-0{n}/admin/Flow {n}/run-{n}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let lines: Vec<&str> = (0..per_file).map(|i| node_lines[i % 3]).collect();
+        append(&run.join(format!("{n}.log")), &lines);
+    }
+    let total = site.audit_lines + node_lines.len() + 6 * per_file;
+
+    let mut child = tail(&topics, &site.logs, false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let state = std::fs::read_to_string(site.logs.join("lae-audit.log.position.nodes")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let read: u64 = state["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .sum();
+    let written: u64 = std::fs::read_dir(site.logs.join("nodes")).unwrap().count() as u64; // date folders: 1 seed run + 6
+    assert_eq!(written, 7);
+    let bytes: u64 = (0..6)
+        .map(|n| {
+            std::fs::metadata(
+                site.logs
+                    .join(format!("nodes/2024-05-0{n}/admin/Flow {n}/run-{n}/{n}.log")),
+            )
+            .unwrap()
+            .len()
+        })
+        .sum();
+    assert!(
+        read > 0 && read < bytes,
+        "killed mid-way through the node logs ({read} of {bytes} bytes read); change the timing if this fails"
+    );
+
+    wait_ok(tail(&topics, &site.logs, true));
+    exactly(&topics, total).await;
+}

@@ -65,6 +65,11 @@ pub fn temporary(path: &Path) -> PathBuf {
 }
 
 pub fn load(path: &Path) -> Result<Option<Position>> {
+    load_json(path)
+}
+
+/// Reads a JSON state file, refusing a symlink; `None` when there is none yet.
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         anyhow::bail!(
             "position file {} is a symlink; refusing to follow it (replace it with a regular file or point tail.position_file elsewhere)",
@@ -87,6 +92,11 @@ pub fn load(path: &Path) -> Result<Option<Position>> {
 /// symlink), then renames it over the position file (a rename replaces a symlink, never its
 /// target): nobody can redirect the write.
 pub fn save(path: &Path, position: &Position) -> Result<()> {
+    save_json(path, position)
+}
+
+/// [`save`] for any state.
+pub fn save_json<T: Serialize>(path: &Path, state: &T) -> Result<()> {
     let tmp = temporary(path);
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -98,7 +108,7 @@ pub fn save(path: &Path, position: &Position) -> Result<()> {
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    serde_json::to_writer(&mut file, position)?;
+    serde_json::to_writer(&mut file, state)?;
     file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
