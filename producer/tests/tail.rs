@@ -50,14 +50,7 @@ fn wait_ok(child: Child) {
 }
 
 fn append(path: &Path, lines: &[&str]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
+    append_lines(path, lines)
 }
 
 async fn raw_events(topics: &audit_runtime::TopicsConfig, count: usize) -> Vec<RawAuditEvent> {

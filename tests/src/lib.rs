@@ -43,6 +43,23 @@ pub fn kafka_config() -> KafkaConfig {
 }
 
 /// A name no other test (or earlier run) uses, so tests run in parallel on one broker.
+/// Appends `lines` to the file at `path` (created, with its folders, when missing), each ended by
+/// a newline: how a product writes its log.
+pub fn append_lines(path: &std::path::Path, lines: &[impl AsRef<str>]) {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("creating the log's folder");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("opening the log");
+    for l in lines {
+        writeln!(f, "{}", l.as_ref()).expect("appending to the log");
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

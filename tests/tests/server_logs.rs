@@ -18,7 +18,6 @@ use audit_schemas::{AuditRule, RuleAction, Timestamp};
 use audit_tests::pipeline::{Pipeline, Stage};
 use audit_tests::*;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,18 +27,6 @@ const DATA_FLOW: &str = "6ca06e21-73d0-4816-b44d-238903d3768f";
 const SCHEDULE: &str = "6e140249-5b0d-4428-9913-c19672336633";
 const FOLDER: &str = "c5eb280e-773f-d5bc-679a-455d6d702462";
 const NODE_RUN: &str = "2024-04-03/admin/Untitled Data Flow/aaf03abb-3461-4c5f-8223-081dd89ebed2";
-
-fn append(path: &Path, lines: &[String]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-}
 
 /// Lines in the seed's format that its samples lack: a run of the worked example's schedule,
 /// failed logins, and the `nodeProcessed` entry naming the node log.
@@ -90,11 +77,8 @@ async fn a_site_folder_answers_the_seeds_questions_from_clickhouse() {
         .partition(|l| l.contains("\"dataFlowLocator\""));
     let mut audit: Vec<String> = audit.into_iter().map(str::to_string).collect();
     audit.extend(extra_lines(&node_log));
-    append(&logs.join("lae-audit.log"), &audit);
-    append(
-        &node_log,
-        &node_lines.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-    );
+    append_lines(&logs.join("lae-audit.log"), &audit);
+    append_lines(&node_log, &node_lines);
 
     let tail_log = dir.path().join("tail.log");
     let status = pipeline
