@@ -475,3 +475,39 @@ async fn kill_9_while_following_node_logs_then_restart_loses_nothing() {
     wait_ok(tail(&topics, &site.logs, true));
     exactly(&topics, total).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_log_left_idle_is_finished_with_its_unterminated_last_line() {
+    let topics = unique_topics(1);
+    create_topics(&topics).await.unwrap();
+    let (site, node_lines) = site();
+    let run = site.logs.join("nodes/2024-04-05/carol/Flow/run-9");
+    std::fs::create_dir_all(&run).unwrap();
+    let log = run.join("9.log");
+    append(&log, &node_lines[..1]);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    write!(f, "{}", node_lines[1]).unwrap();
+    drop(f);
+
+    let _tail = Killed(tail_with(
+        &topics,
+        &site.logs,
+        false,
+        &[
+            ("AUDIT__TAIL__NODE_IDLE_MS", "500"),
+            ("AUDIT__TAIL__NODE_SCAN_MS", "100"),
+        ],
+    ));
+    // The seed run's 3 lines, the audit log, and both lines of the idle log: the last one only
+    // once the file has stayed unchanged for the idle time.
+    let events = exactly(&topics, site.audit_lines + node_lines.len() + 2).await;
+    let from_idle_log = events
+        .iter()
+        .filter(|e| {
+            e.entities
+                .iter()
+                .any(|x| x.id == "2024-04-05/carol/Flow/run-9/9.log")
+        })
+        .count();
+    assert_eq!(from_idle_log, 2);
+}

@@ -67,6 +67,10 @@ struct Known {
     offset: u64,
     /// Unchanged for the idle time and read to its very end.
     finished: bool,
+    /// The size last seen: a change restarts the idle time (the offset stops short of an
+    /// unterminated last line, so it cannot tell).
+    #[serde(default)]
+    seen: u64,
     /// When it last grew (not saved: a restart gives every file a new idle time).
     #[serde(skip)]
     grew_at: Option<Instant>,
@@ -98,6 +102,8 @@ pub struct NodeLogs<'a> {
     raw_partitions: Vec<i32>,
     /// Ids of the pending batch's lines the broker already has.
     already_published: HashSet<Uuid>,
+    /// Logs that could not be opened, warned about once.
+    unreadable: HashSet<String>,
 }
 
 impl<'a> NodeLogs<'a> {
@@ -119,6 +125,7 @@ impl<'a> NodeLogs<'a> {
             stats: NodeStats::default(),
             raw_partitions: Vec::new(),
             already_published: HashSet::new(),
+            unreadable: HashSet::new(),
         }
     }
 
@@ -184,13 +191,17 @@ impl<'a> NodeLogs<'a> {
             // Gone since the listing, or not a regular file: nothing to read.
             _ => return Ok(true),
         };
-        let id = FileId::of_path(path).with_context(|| format!("reading {}", path.display()))?;
+        let Ok(id) = FileId::of_path(path) else {
+            // Gone since the listing.
+            return Ok(true);
+        };
         let len = meta.len();
         let now = Instant::now();
         let known = self.state.files.entry(rel.to_string()).or_insert(Known {
             file: id,
             offset: 0,
             finished: false,
+            seen: 0,
             grew_at: Some(now),
         });
         if known.file != id || len < known.offset {
@@ -199,13 +210,15 @@ impl<'a> NodeLogs<'a> {
                 file: id,
                 offset: 0,
                 finished: false,
+                seen: 0,
                 grew_at: Some(now),
             };
         }
         if known.finished && len == known.offset {
             return Ok(true);
         }
-        if len > known.offset {
+        if len != known.seen {
+            known.seen = len;
             known.finished = false;
             known.grew_at = Some(now);
         }
@@ -233,7 +246,18 @@ impl<'a> NodeLogs<'a> {
     /// Publishes the lines after the file's offset (with `final_read`, an unterminated last line
     /// too), batch by batch, saving the offset after each acknowledged batch.
     async fn read(&mut self, rel: &str, path: &Path, id: FileId, final_read: bool) -> Result<()> {
-        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                // Gone since the look, or not readable by the tailer: the other logs go on, and
+                // this one is tried again at the next pass (said once).
+                if self.unreadable.insert(rel.to_string()) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open a node log; skipping it until it can be read");
+                }
+                return Ok(());
+            }
+        };
+        self.unreadable.remove(rel);
         if FileId::of_file(&file)? != id {
             // Replaced between the look and the open: the next pass sees the new file.
             return Ok(());
@@ -282,7 +306,8 @@ impl<'a> NodeLogs<'a> {
                 self.stats.published += converted.events.len() as u64;
                 self.stats.dead_letters += converted.letters.len() as u64;
                 self.stats.skipped += converted.skipped;
-                self.already_published.clear();
+                // `already_published` is kept (one batch of ids at most): the pending batch's
+                // file may come later in the listing than the files read first.
                 self.set_offset(rel, end)?;
             }
         }
