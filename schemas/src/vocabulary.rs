@@ -20,10 +20,12 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("dataConnectionDeleted", "connection-deleted"),
 ];
 
-/// The mapping in force: shipped pairs, then the configured ones over them.
+/// The mapping in force: every catalog type to itself, the shipped pairs, then the configured
+/// ones over them. Each meaning is built once here, so a lookup on the enricher's hot path is one
+/// map lookup and a clone.
 #[derive(Debug, Clone)]
 pub struct Vocabulary {
-    codes: BTreeMap<String, &'static CatalogEntry>,
+    meanings: BTreeMap<String, CatalogMatch>,
 }
 
 /// A configured pair that cannot be used.
@@ -40,15 +42,27 @@ pub enum VocabularyError {
 impl Default for Vocabulary {
     fn default() -> Self {
         Self::with(&BTreeMap::new()).unwrap_or_else(|_| Self {
-            codes: BTreeMap::new(),
+            meanings: BTreeMap::new(),
         })
     }
+}
+
+/// What a catalog entry means, as stored with an event.
+fn meaning(entry: &CatalogEntry) -> Option<CatalogMatch> {
+    Some(CatalogMatch {
+        event_type: EventType::new(entry.name).ok()?,
+        kind: entry.entity_kind.map(str::to_string),
+        action: entry.action.to_string(),
+    })
 }
 
 impl Vocabulary {
     /// The shipped mapping with `configured` (code -> catalog type) laid over it.
     pub fn with(configured: &BTreeMap<String, String>) -> Result<Self, VocabularyError> {
-        let mut codes = BTreeMap::new();
+        let mut meanings: BTreeMap<String, CatalogMatch> = catalog::CATALOG
+            .iter()
+            .filter_map(|e| Some((e.name.to_string(), meaning(e)?)))
+            .collect();
         let shipped = SHIPPED.iter().map(|(c, t)| (c.to_string(), t.to_string()));
         let configured = configured.iter().map(|(c, t)| (c.clone(), t.clone()));
         for (code, target) in shipped.chain(configured) {
@@ -59,31 +73,28 @@ impl Vocabulary {
             if catalog::lookup(&code).is_some() {
                 return Err(VocabularyError::CatalogCode { code });
             }
-            let entry = catalog::lookup(&target).ok_or_else(|| VocabularyError::NotCatalog {
-                code: code.clone(),
-                target,
+            let m = catalog::lookup(&target).and_then(meaning).ok_or_else(|| {
+                VocabularyError::NotCatalog {
+                    code: code.clone(),
+                    target,
+                }
             })?;
-            codes.insert(code, entry);
+            meanings.insert(code, m);
         }
-        Ok(Self { codes })
+        Ok(Self { meanings })
     }
 
     /// The catalog type `event_type` means: itself when it is one, else its mapped type.
     pub fn lookup(&self, event_type: &str) -> Option<CatalogMatch> {
-        let entry = catalog::lookup(event_type).or_else(|| self.codes.get(event_type).copied())?;
-        Some(CatalogMatch {
-            event_type: EventType::new(entry.name).ok()?,
-            kind: entry.entity_kind.map(str::to_string),
-            action: entry.action.to_string(),
-        })
+        self.meanings.get(event_type).cloned()
     }
 
     /// Every code mapped to `catalog_type`: what a rule or stream mapping on the catalog type
     /// also covers.
     pub fn codes_for<'a>(&'a self, catalog_type: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.codes
+        self.meanings
             .iter()
-            .filter(move |(_, e)| e.name == catalog_type)
+            .filter(move |(code, m)| m.event_type.as_str() == catalog_type && *code != catalog_type)
             .map(|(c, _)| c.as_str())
     }
 }

@@ -3,8 +3,8 @@
 
 use audit_schemas::chain::{self, ChainLink};
 use audit_schemas::{
-    CatalogMatch, ClientInfo, Credential, EnrichedAuditEvent, EntityRef, EntityRole, ErrorInfo,
-    EventType, IngestContext, RawAuditEvent, Source, Timestamp,
+    ClientInfo, Credential, EnrichedAuditEvent, EntityRef, EntityRole, ErrorInfo, EventType,
+    IngestContext, RawAuditEvent, Source, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -137,15 +137,13 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
             user_login.clone().or_else(|| raw.username.clone()),
         ),
     };
-    let catalog = e.catalog.unwrap_or(CatalogMatch {
-        event_type: raw.event_type.clone(),
-        kind: None,
-        action: String::new(),
-    });
-    let catalog_type = if catalog.action.is_empty() {
-        String::new()
-    } else {
-        catalog.event_type.to_string()
+    let (catalog_type, catalog_kind, catalog_action) = match e.catalog {
+        Some(c) => (
+            c.event_type.to_string(),
+            c.kind.unwrap_or_default(),
+            c.action,
+        ),
+        None => Default::default(),
     };
     let entity_roles = raw
         .entities
@@ -172,8 +170,8 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         entity_roles,
         utc_offset_minutes: raw.utc_offset_minutes,
         catalog_type,
-        catalog_kind: catalog.kind.unwrap_or_default(),
-        catalog_action: catalog.action,
+        catalog_kind,
+        catalog_action,
         subject_id,
         subject_name,
         actor_type,
