@@ -193,6 +193,10 @@ pub struct TailConfig {
     /// A node audit log that has not grown for this many milliseconds is finished: its last
     /// line is taken even without a newline, and it is no longer read unless it grows.
     pub node_idle_ms: u64,
+    /// How long one attempt at finding which lines of a batch in flight reached the raw topic
+    /// (after a crash or a broker outage) reads before it saves how far it got and starts a new
+    /// attempt from there; no attempt starts over from the batch's own marks.
+    pub recovery_budget_ms: u64,
 }
 
 impl Default for TailConfig {
@@ -206,6 +210,7 @@ impl Default for TailConfig {
             backfill: false,
             node_scan_ms: 1_000,
             node_idle_ms: 30_000,
+            recovery_budget_ms: 60_000,
         }
     }
 }
