@@ -207,6 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
                 scan: Duration::from_millis(tail.node_scan_ms),
                 idle: Duration::from_millis(tail.node_idle_ms),
                 once,
+                recovery_budget: Duration::from_millis(tail.recovery_budget_ms),
             };
             let options = TailOptions {
                 service: tail.service.clone(),
@@ -216,6 +217,7 @@ async fn run(cli: Cli) -> Result<()> {
                 rotation_grace: Duration::from_millis(tail.rotation_grace_ms),
                 backfill: tail.backfill,
                 once,
+                recovery_budget: Duration::from_millis(tail.recovery_budget_ms),
             };
             let audit_log = async {
                 let stats = Tailer::new(log, options, &publisher, &settings.kafka, &redactor)

@@ -1,5 +1,5 @@
 //! `audit-producer tail PATH`: follows a JSON-lines audit log (seed 003's `lae-audit.log`)
-//! through daily rotation and publishes each line as a [`RawAuditEvent`].
+//! through daily rotation and publishes each line as a [`RawAuditEvent`](audit_schemas::RawAuditEvent).
 //!
 //! Rotation is rename-and-recreate: `lae-audit.log` becomes `lae-audit.log.2018-10-31` and a new
 //! `lae-audit.log` starts. The tailer follows the file it has open (by device and inode) to its
@@ -9,10 +9,13 @@
 //!
 //! Each line's event id is derived from the file identity and the line's byte offset. Before a
 //! batch is sent, the position file records it as pending together with the raw topic's high
-//! watermarks; after the acknowledgement it records the new offset. A restart that finds a
-//! pending batch reads the raw topic from those watermarks and re-publishes only the lines whose
-//! ids are not there: a `kill -9` at any moment neither loses nor repeats a line. Lines that do
-//! not convert become dead letters with the file, offset and reason; the tail goes on.
+//! watermarks and, for each line, its id and the raw partition its key goes to; after the
+//! acknowledgement it records the new offset. A restart that finds a pending batch reads those
+//! partitions from the watermarks, only until every id is found or up to the end offsets noted
+//! when the recovery began, saving how far it got as it goes (see [`recovery`]), and re-publishes
+//! only the lines whose ids are not there: a `kill -9` at any moment neither loses nor repeats a
+//! line, and on a topic as busy as any the recovery ends. Lines that do not convert become dead
+//! letters with the file, offset and reason; the tail goes on.
 //!
 //! What else the tailer survives:
 //!
@@ -36,20 +39,18 @@
 mod lines;
 pub mod nodes;
 mod position;
+pub mod recovery;
 
 use anyhow::{Context, Result};
 use audit_runtime::ingest::Publisher;
 use audit_runtime::KafkaConfig;
 use audit_runtime::Shutdown;
 use audit_schemas::redaction::Redactor;
-use audit_schemas::{AvroRecord, RawAuditEvent};
 pub use lines::MAX_LINE_BYTES;
 use lines::{split_lines, Convert, DEAD_LETTER_PREFIX_BYTES, READ_CHUNK};
 pub use position::{FileId, Pending, Position};
-use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
+use recovery::{Lines, Partitioner, Recovery, Scan};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -71,6 +72,9 @@ pub struct TailOptions {
     pub backfill: bool,
     /// Stop once the file is read to its end instead of following it.
     pub once: bool,
+    /// How long one attempt at recovering a batch in flight reads before it saves its progress
+    /// and goes on in a new attempt (`tail.recovery_budget_ms`).
+    pub recovery_budget: Duration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +110,12 @@ pub struct Tailer<'a> {
     stats: TailStats,
     /// Ids of a pending batch's lines that the broker already has (see the module docs).
     already_published: HashSet<Uuid>,
+    /// The file and end offset of the batch `already_published` belongs to: forgotten once read
+    /// past.
+    already_until: Option<(FileId, u64)>,
     raw_partitions: Vec<i32>,
+    /// How the producer places a line's key on a partition.
+    partitioner: Partitioner,
 }
 
 impl<'a> Tailer<'a> {
@@ -125,7 +134,9 @@ impl<'a> Tailer<'a> {
             redactor,
             stats: TailStats::default(),
             already_published: HashSet::new(),
+            already_until: None,
             raw_partitions: Vec::new(),
+            partitioner: Partitioner::from_properties(kafka.librdkafka_properties()),
         }
     }
 
@@ -296,13 +307,50 @@ impl<'a> Tailer<'a> {
     /// Opens the file to read and the offset to start at, from the saved position.
     async fn resume(&mut self) -> Result<Current> {
         let saved = position::load(&self.options.position_file)?;
-        if let Some(pending) = saved.as_ref().and_then(|s| s.pending.as_ref()) {
-            self.already_published = self.recover_pending(&pending.watermarks).await?;
+        let mut current = self.open_saved(saved.as_ref())?;
+        if let Some((saved, pending)) = saved
+            .as_ref()
+            .and_then(|s| s.pending.as_ref().map(|p| (s, p)))
+        {
+            let lines = match &pending.lines {
+                Some(lines) => lines.clone(),
+                // Recorded by an older tailer: the batch's ids are those of its bytes' lines.
+                None if current.id == saved.file => {
+                    let starts = lines::line_starts(
+                        &mut current.file,
+                        saved.offset,
+                        Some(pending.end),
+                        usize::MAX,
+                    )?;
+                    let ids = starts.into_iter().map(|o| line_id(&current, o));
+                    Lines::anywhere(ids, self.raw_partitions.len())
+                }
+                None => Lines::default(),
+            };
+            let mut scan = pending.scan.clone().unwrap_or_default();
             tracing::info!(
-                found = self.already_published.len(),
-                "a batch was in flight when the tailer stopped; its lines already on the broker will not be sent again"
+                lines = lines.ids.iter().map(|(_, ids)| ids.len()).sum::<usize>(),
+                resumed = scan.read > 0,
+                "a batch was in flight when the tailer stopped; looking for what of it reached the broker"
             );
+            let position_file = &self.options.position_file;
+            self.already_published = self
+                .recovery()
+                .run(&pending.watermarks, &lines, &mut scan, |scan| {
+                    let mut progress = saved.clone();
+                    if let Some(p) = progress.pending.as_mut() {
+                        p.scan = Some(scan.clone());
+                    }
+                    position::save(position_file, &progress)
+                })
+                .await?;
+            self.already_until = Some((saved.file, pending.end));
         }
+        Ok(current)
+    }
+
+    /// The file of the saved position, at its offset (else the file to start with).
+    fn open_saved(&self, saved: Option<&Position>) -> Result<Current> {
         let live = open(&self.path)?;
         let Some(saved) = saved else {
             if self.options.backfill {
@@ -332,8 +380,13 @@ impl<'a> Tailer<'a> {
         Ok(live)
     }
 
-    async fn recover_pending(&self, marks: &[(i32, i64)]) -> Result<HashSet<Uuid>> {
-        recover_pending(self.publisher, self.kafka, &self.raw_partitions, marks).await
+    fn recovery(&self) -> Recovery<'_> {
+        Recovery {
+            publisher: self.publisher,
+            kafka: self.kafka,
+            partitions: &self.raw_partitions,
+            budget: self.options.recovery_budget,
+        }
     }
 
     fn at_offset(&self, mut current: Current, offset: u64) -> Current {
@@ -377,27 +430,14 @@ impl<'a> Tailer<'a> {
             }
             for batch in lines.chunks(self.options.batch_lines) {
                 let end = base + batch[batch.len() - 1].1 as u64;
-                let watermarks = self
-                    .until_broker_answers("reading the raw topic's end offsets", || async {
-                        self.watermarks()
-                    })
-                    .await?;
-                let pending = Pending {
-                    end,
-                    watermarks: watermarks.clone(),
-                };
-                self.save_pending(current, Some(pending))?;
-                let mut attempt = 1;
-                while let Err(e) = self.publish_batch(current, base, &buf, batch).await {
-                    // A broker outage: wait, learn what of the batch arrived (as after a
-                    // restart) and send the rest; never give up on a line.
-                    let delay = audit_runtime::retry::RetryPolicy::default().delay(attempt);
-                    tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "publishing log lines failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    self.already_published = self.recover_pending(&watermarks).await?;
-                    attempt += 1;
+                self.publish_batch(current, base, &buf, batch, end).await?;
+                if self
+                    .already_until
+                    .is_some_and(|(file, until)| file != current.id || end >= until)
+                {
+                    self.already_published.clear();
+                    self.already_until = None;
                 }
-                self.already_published.clear();
                 current.offset = end;
                 self.save(current)?;
             }
@@ -405,22 +445,68 @@ impl<'a> Tailer<'a> {
         }
     }
 
+    /// Records the batch as pending (its lines' ids by partition, the raw topic's end offsets)
+    /// and publishes it, waiting out a broker outage of any length: after each failure it learns
+    /// what of the batch arrived (as after a restart) and sends the rest.
     async fn publish_batch(
         &mut self,
         current: &Current,
         base: u64,
         buf: &[u8],
         batch: &[(usize, usize)],
+        end: u64,
     ) -> Result<()> {
-        let converted = self.converter(current).batch(
+        let mut converted = self.converter(current).batch(
             batch
                 .iter()
                 .map(|&(start, end)| (base + start as u64, &buf[start..end])),
             |offset| line_id(current, offset),
-            &self.already_published,
+            &HashSet::new(),
         );
-        self.stats.skipped += converted.skipped;
-        publish_converted(self.publisher, &converted).await?;
+        let known = known_delivered(&mut converted, &self.already_published);
+        self.stats.skipped += known.len() as u64;
+        let watermarks = self
+            .until_broker_answers("reading the raw topic's end offsets", || async {
+                self.watermarks()
+            })
+            .await?;
+        let lines = lines_of(
+            &converted,
+            &known,
+            self.partitioner,
+            self.raw_partitions.len(),
+        );
+        let mut pending = Pending {
+            end,
+            watermarks,
+            lines: Some(lines.clone()),
+            scan: Scan::knowing(known),
+        };
+        self.save_pending(current, Some(pending.clone()))?;
+        let mut attempt = 1;
+        while let Err(e) = publish_converted(self.publisher, &converted).await {
+            let delay = audit_runtime::retry::RetryPolicy::default().delay(attempt);
+            tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "publishing log lines failed; retrying");
+            tokio::time::sleep(delay).await;
+            let mut scan = pending.scan.take().unwrap_or_default();
+            let found = self
+                .recovery()
+                .run(&pending.watermarks, &lines, &mut scan, |scan| {
+                    let progress = Pending {
+                        scan: Some(scan.clone()),
+                        ..pending.clone()
+                    };
+                    self.save_pending(current, Some(progress))
+                })
+                .await?;
+            converted.events.retain(|e| !found.contains(&e.event_id));
+            // The next attempt may add records past this recovery's end: a later recovery
+            // notes its own.
+            scan.until = None;
+            pending.scan = Some(scan);
+            self.save_pending(current, Some(pending.clone()))?;
+            attempt += 1;
+        }
         self.stats.published += converted.events.len() as u64;
         self.stats.dead_letters += converted.letters.len() as u64;
         Ok(())
@@ -485,15 +571,53 @@ impl<'a> Tailer<'a> {
 /// A line's event id: the same line always gets the same id (so a resend is recognised), and a
 /// file emptied in place gives its new lines new ids.
 fn line_id(current: &Current, offset: u64) -> Uuid {
-    let name = if current.generation == 0 {
-        format!("{}:{}:{offset}", current.id.dev, current.id.ino)
+    line_event_id(current.id, current.generation, offset)
+}
+
+/// The event id of the audit log's line at byte `offset` of the file `file` after it was emptied
+/// in place `generation` times: how a line's event is found on the topics.
+pub fn line_event_id(file: FileId, generation: u64, offset: u64) -> Uuid {
+    let name = if generation == 0 {
+        format!("{}:{}:{offset}", file.dev, file.ino)
     } else {
-        format!(
-            "{}:{}:{}:{offset}",
-            current.id.dev, current.id.ino, current.generation
-        )
+        format!("{}:{}:{generation}:{offset}", file.dev, file.ino)
     };
     Uuid::new_v5(&LINE_ID_NAMESPACE, name.as_bytes())
+}
+
+/// Takes out of `converted` the events whose ids are in `already` (delivered before a restart,
+/// as a recovery found), returning those ids.
+fn known_delivered(converted: &mut lines::Converted, already: &HashSet<Uuid>) -> Vec<Uuid> {
+    let mut known = Vec::new();
+    converted.events.retain(|e| {
+        let delivered = already.contains(&e.event_id);
+        if delivered {
+            known.push(e.event_id);
+        }
+        !delivered
+    });
+    known
+}
+
+/// A batch's record for recovery: the ids of the events to send and of those known delivered,
+/// by the partition each key goes to (the known ones with no partition: they are found already).
+fn lines_of(
+    converted: &lines::Converted,
+    known: &[Uuid],
+    partitioner: Partitioner,
+    partitions: usize,
+) -> Lines {
+    let keys: Vec<(Uuid, String)> = converted
+        .events
+        .iter()
+        .map(|e| (e.event_id, e.partition_key()))
+        .chain(known.iter().map(|id| (*id, String::new())))
+        .collect();
+    Lines::group(
+        keys.iter().map(|(id, key)| (*id, key.as_bytes())),
+        partitioner,
+        partitions,
+    )
 }
 
 fn read_head(file: &mut File) -> Result<Vec<u8>> {
@@ -638,70 +762,4 @@ fn watermarks(publisher: &Publisher, partitions: &[i32]) -> Result<Vec<(i32, i64
         audit_runtime::kafka::watermarks(client, topic, partitions, Duration::from_secs(30))
             .with_context(|| format!("reading the end offsets of {topic}"))?;
     Ok(marks.into_iter().map(|(p, _, high)| (p, high)).collect())
-}
-
-/// The ids of a pending batch's lines that reached the broker, waiting out an outage.
-async fn recover_pending(
-    publisher: &Publisher,
-    kafka: &KafkaConfig,
-    partitions: &[i32],
-    marks: &[(i32, i64)],
-) -> Result<HashSet<Uuid>> {
-    until_broker_answers(
-        "checking what of the pending batch reached the broker",
-        || published_since(publisher, kafka, partitions, marks),
-    )
-    .await
-}
-
-/// The event ids the broker received since `marks`: what of a pending batch arrived.
-async fn published_since(
-    publisher: &Publisher,
-    kafka: &KafkaConfig,
-    partitions: &[i32],
-    marks: &[(i32, i64)],
-) -> Result<HashSet<Uuid>> {
-    let topic = publisher.raw_topic();
-    let now = watermarks(publisher, partitions)?;
-    let consumer = audit_runtime::kafka::reader(kafka, "audit-producer-tail-recovery")?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0usize;
-    for &(p, from) in marks {
-        let to = now.iter().find(|(q, _)| *q == p).map_or(from, |(_, h)| *h);
-        if to > from {
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-            remaining += 1;
-        }
-    }
-    let mut ids = HashSet::new();
-    if remaining == 0 {
-        return Ok(ids);
-    }
-    consumer.assign(&tpl)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut done = HashSet::new();
-    while done.len() < remaining {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .context("timed out reading the raw topic to recover a pending batch")?;
-        match message {
-            Ok(m) => {
-                if let Some(Ok(e)) = m.payload().map(RawAuditEvent::decode) {
-                    ids.insert(e.event_id);
-                }
-                let to = now
-                    .iter()
-                    .find(|(q, _)| *q == m.partition())
-                    .map_or(0, |(_, h)| *h);
-                if m.offset() + 1 >= to {
-                    done.insert(m.partition());
-                }
-            }
-            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                done.insert(p);
-            }
-            Err(e) => return Err(e).context("reading the raw topic to recover a pending batch"),
-        }
-    }
-    Ok(ids)
 }

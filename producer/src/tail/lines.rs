@@ -141,6 +141,28 @@ pub fn end_of_line(file: &mut std::fs::File, from: u64) -> std::io::Result<u64> 
     }
 }
 
+/// Where each line after `from` starts, up to `to` (else to the end of the next read chunk),
+/// at most `max` of them, a last unterminated line included: the lines a batch in flight covered,
+/// for a record of it that names only its bytes (written by an older tailer).
+pub fn line_starts(
+    file: &mut std::fs::File,
+    from: u64,
+    to: Option<u64>,
+    max: usize,
+) -> std::io::Result<Vec<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    let want = to.map_or(READ_CHUNK as u64, |to| to.saturating_sub(from));
+    file.take(want.min(READ_CHUNK as u64))
+        .read_to_end(&mut buf)?;
+    Ok(split_lines(&buf, true)
+        .into_iter()
+        .map(|(start, _)| from + start as u64)
+        .take(max)
+        .collect())
+}
+
 /// `(start, end)` of each complete line in `buf`, `end` just past its newline; with `final_read`
 /// a trailing unterminated line counts too.
 pub fn split_lines(buf: &[u8], final_read: bool) -> Vec<(usize, usize)> {
@@ -174,6 +196,20 @@ mod tests {
         assert_eq!(split_lines(buf, true), vec![(0, 2), (2, 6), (6, 9)]);
         assert_eq!(trim_line(&buf[2..6]), b"bb");
         assert!(split_lines(b"no newline", false).is_empty());
+    }
+
+    #[test]
+    fn line_starts_of_a_byte_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, b"a\nbb\nccc\ndd").unwrap();
+        let mut f = std::fs::File::open(&p).unwrap();
+        assert_eq!(
+            line_starts(&mut f, 2, Some(9), usize::MAX).unwrap(),
+            vec![2, 5]
+        );
+        assert_eq!(line_starts(&mut f, 0, None, 3).unwrap(), vec![0, 2, 5]);
+        assert_eq!(line_starts(&mut f, 5, None, 10).unwrap(), vec![5, 9]);
     }
 
     #[test]

@@ -12,12 +12,16 @@
 //! Each line's event names its file as a `node-audit-log` entity (its path below `nodes`), the
 //! id the `nodeProcessed` entry links to, so the entry and the file's lines are found together.
 //! Line ids come from the file's identity and the line's offset; the batch in flight is recorded
-//! with the raw topic's watermarks before it is sent, as the audit log's tailer does, so a
-//! `kill -9` at any moment neither loses nor repeats a line.
+//! with the raw topic's watermarks and its lines' ids by partition before it is sent, and
+//! recovered as the audit log's tailer does (see [`super::recovery`]), so a `kill -9` at any
+//! moment neither loses nor repeats a line.
 
 use super::lines::{split_lines, Convert, Converted, DEAD_LETTER_PREFIX_BYTES, READ_CHUNK};
 use super::position::{load_json, save_json, FileId};
-use super::{publish_converted, raw_partitions, recover_pending, until_broker_answers, watermarks};
+use super::recovery::{Lines, Partitioner, Recovery, Scan};
+use super::{
+    known_delivered, lines_of, publish_converted, raw_partitions, until_broker_answers, watermarks,
+};
 use anyhow::{Context, Result};
 use audit_runtime::ingest::Publisher;
 use audit_runtime::{KafkaConfig, Shutdown};
@@ -49,6 +53,9 @@ pub struct NodeOptions {
     pub idle: Duration,
     /// Read what is there, then stop.
     pub once: bool,
+    /// How long one attempt at recovering a batch in flight reads before it saves its progress
+    /// and goes on in a new attempt (`tail.recovery_budget_ms`).
+    pub recovery_budget: Duration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +96,12 @@ struct State {
 struct Pending {
     path: String,
     watermarks: Vec<(i32, i64)>,
+    /// Its lines' ids by partition (absent in a record of an older tailer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lines: Option<Lines>,
+    /// How far a recovery of it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scan: Option<Scan>,
 }
 
 pub struct NodeLogs<'a> {
@@ -104,6 +117,7 @@ pub struct NodeLogs<'a> {
     already_published: HashSet<Uuid>,
     /// Logs that could not be opened, warned about once.
     unreadable: HashSet<String>,
+    partitioner: Partitioner,
 }
 
 impl<'a> NodeLogs<'a> {
@@ -126,6 +140,7 @@ impl<'a> NodeLogs<'a> {
             raw_partitions: Vec::new(),
             already_published: HashSet::new(),
             unreadable: HashSet::new(),
+            partitioner: Partitioner::from_properties(kafka.librdkafka_properties()),
         }
     }
 
@@ -136,14 +151,26 @@ impl<'a> NodeLogs<'a> {
             })
             .await?;
         self.state = load_json(&self.options.state_file)?.unwrap_or_default();
-        if let Some(p) = &self.state.pending {
-            self.already_published = recover_pending(
-                self.publisher,
-                self.kafka,
-                &self.raw_partitions,
-                &p.watermarks,
-            )
-            .await?;
+        if let Some(p) = self.state.pending.clone() {
+            let lines = match &p.lines {
+                Some(lines) => lines.clone(),
+                None => self.legacy_lines(&p.path),
+            };
+            let mut scan = p.scan.clone().unwrap_or_default();
+            let mut progress = self.state.clone();
+            let state_file = self.options.state_file.clone();
+            self.already_published = self
+                .recovery()
+                .run(&p.watermarks, &lines, &mut scan, |scan| {
+                    if let Some(p) = progress.pending.as_mut() {
+                        p.scan = Some(scan.clone());
+                    }
+                    save_json(&state_file, &progress)
+                })
+                .await?;
+            if let Some(pending) = self.state.pending.as_mut() {
+                pending.scan = Some(scan);
+            }
             tracing::info!(path = %p.path, found = self.already_published.len(), "a node log batch was in flight when the tailer stopped; its lines already on the broker will not be sent again");
         }
         loop {
@@ -158,6 +185,33 @@ impl<'a> NodeLogs<'a> {
         }
         self.stats.files = self.state.files.len() as u64;
         Ok(self.stats)
+    }
+
+    fn recovery(&self) -> Recovery<'_> {
+        Recovery {
+            publisher: self.publisher,
+            kafka: self.kafka,
+            partitions: &self.raw_partitions,
+            budget: self.options.recovery_budget,
+        }
+    }
+
+    /// The ids a batch recorded by an older tailer (which named only its file) can have: those
+    /// of the lines a batch read from the file's offset holds.
+    fn legacy_lines(&self, rel: &str) -> Lines {
+        let count = self.raw_partitions.len();
+        let Some(known) = self.state.files.get(rel) else {
+            return Lines::default();
+        };
+        let path = self.root.join(rel);
+        let starts = File::open(&path)
+            .ok()
+            .filter(|f| FileId::of_file(f).is_ok_and(|id| id == known.file))
+            .and_then(|mut f| {
+                super::lines::line_starts(&mut f, known.offset, None, self.options.batch_lines).ok()
+            })
+            .unwrap_or_default();
+        Lines::anywhere(starts.into_iter().map(|o| line_id(known.file, o)), count)
     }
 
     /// One pass over the tree; returns whether nothing was left to read.
@@ -300,12 +354,9 @@ impl<'a> NodeLogs<'a> {
                 let converted = convert.batch(
                     batch.iter().map(|&(s, e)| (base + s as u64, &buf[s..e])),
                     |offset| line_id(id, offset),
-                    &self.already_published,
+                    &HashSet::new(),
                 );
-                self.publish(rel, &converted).await?;
-                self.stats.published += converted.events.len() as u64;
-                self.stats.dead_letters += converted.letters.len() as u64;
-                self.stats.skipped += converted.skipped;
+                self.publish(rel, converted).await?;
                 // `already_published` is kept (one batch of ids at most): the pending batch's
                 // file may come later in the listing than the files read first.
                 self.set_offset(rel, end)?;
@@ -313,42 +364,62 @@ impl<'a> NodeLogs<'a> {
         }
     }
 
-    /// Records the batch as pending with the raw topic's end offsets, then publishes it,
-    /// waiting out a broker outage (learning what of the batch arrived, as after a restart).
-    async fn publish(&mut self, rel: &str, converted: &Converted) -> Result<()> {
+    /// Records the batch as pending with the raw topic's end offsets and its lines' ids by
+    /// partition, then publishes it, waiting out a broker outage (learning what of the batch
+    /// arrived, as after a restart).
+    async fn publish(&mut self, rel: &str, mut converted: Converted) -> Result<()> {
+        let known = known_delivered(&mut converted, &self.already_published);
+        self.stats.skipped += known.len() as u64;
         let marks = until_broker_answers("reading the raw topic's end offsets", || async {
             watermarks(self.publisher, &self.raw_partitions)
         })
         .await?;
+        let lines = lines_of(
+            &converted,
+            &known,
+            self.partitioner,
+            self.raw_partitions.len(),
+        );
         self.state.pending = Some(Pending {
             path: rel.to_string(),
             watermarks: marks.clone(),
+            lines: Some(lines.clone()),
+            scan: Scan::knowing(known),
         });
         self.save()?;
         let mut attempt = 1;
-        let mut remaining: Option<Converted> = None;
-        loop {
-            let batch = remaining.as_ref().unwrap_or(converted);
-            let Err(e) = publish_converted(self.publisher, batch).await else {
-                break;
-            };
+        while let Err(e) = publish_converted(self.publisher, &converted).await {
             let delay = audit_runtime::retry::RetryPolicy::default().delay(attempt);
             tracing::warn!(error = %format!("{e:#}"), attempt, retry_in_ms = delay.as_millis() as u64, "publishing node log lines failed; retrying");
             tokio::time::sleep(delay).await;
-            let arrived =
-                recover_pending(self.publisher, self.kafka, &self.raw_partitions, &marks).await?;
-            remaining = Some(Converted {
-                events: converted
-                    .events
-                    .iter()
-                    .filter(|e| !arrived.contains(&e.event_id))
-                    .cloned()
-                    .collect(),
-                letters: converted.letters.clone(),
-                skipped: 0,
-            });
+            let mut scan = self
+                .state
+                .pending
+                .as_mut()
+                .and_then(|p| p.scan.take())
+                .unwrap_or_default();
+            let mut progress = self.state.clone();
+            let state_file = self.options.state_file.clone();
+            let found = self
+                .recovery()
+                .run(&marks, &lines, &mut scan, |scan| {
+                    if let Some(p) = progress.pending.as_mut() {
+                        p.scan = Some(scan.clone());
+                    }
+                    save_json(&state_file, &progress)
+                })
+                .await?;
+            converted.events.retain(|e| !found.contains(&e.event_id));
+            // The next attempt may add records past this recovery's end.
+            scan.until = None;
+            if let Some(p) = self.state.pending.as_mut() {
+                p.scan = Some(scan);
+            }
+            self.save()?;
             attempt += 1;
         }
+        self.stats.published += converted.events.len() as u64;
+        self.stats.dead_letters += converted.letters.len() as u64;
         self.state.pending = None;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! far into it. Saved by write-to-temp, fsync, rename, so a crash leaves the old or the new
 //! position, never a torn one.
 
+use super::recovery::{Lines, Scan};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -55,6 +56,13 @@ pub struct Position {
 pub struct Pending {
     pub end: u64,
     pub watermarks: Vec<(i32, i64)>,
+    /// Its lines' event ids by the raw partition each goes to: what recovery looks for, and
+    /// where. Absent in a record of an older tailer (the ids are then taken from the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Lines>,
+    /// How far a recovery of this batch got (see [`super::recovery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<Scan>,
 }
 
 /// The temporary file a new position is written to before it replaces the old one.
@@ -132,10 +140,26 @@ mod tests {
             pending: Some(Pending {
                 end: 9,
                 watermarks: vec![(0, 5)],
+                lines: Some(Lines {
+                    partitions: 1,
+                    ids: vec![(0, vec![uuid::Uuid::from_u128(1)])],
+                }),
+                scan: Some(Scan {
+                    next: vec![(0, 7)],
+                    ..Scan::default()
+                }),
             }),
         };
         save(&p, &pos).unwrap();
         assert_eq!(load(&p).unwrap(), Some(pos));
+        // A record written by a tailer that knew neither the lines nor the scan still loads.
+        std::fs::write(
+            &p,
+            br#"{"path":"x","file":{"dev":1,"ino":2},"offset":3,"pending":{"end":9,"watermarks":[[0,5]]}}"#,
+        )
+        .unwrap();
+        let old = load(&p).unwrap().unwrap().pending.unwrap();
+        assert_eq!((old.lines, old.scan), (None, None));
         std::fs::write(&p, b"{").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
     }
