@@ -20,6 +20,8 @@ pub struct Tokens {
 pub enum Refused {
     #[error("a valid bearer token is required")]
     NoValidToken,
+    #[error("the Authorization header is not \"Bearer <token>\"")]
+    NotBearer,
     #[error(transparent)]
     Browser(#[from] BrowserTokenError),
 }
@@ -44,8 +46,9 @@ impl Tokens {
                 .collect(),
             anonymous: anonymous_service.map(|service| Caller {
                 service: service.to_string(),
-                sources: vec![audit_schemas::Source::Client, audit_schemas::Source::Server],
-                // Local development only: events, never directory writes.
+                // Local development only: CLIENT events (whose user the enricher takes from the
+                // session, never from the event), never SERVER events, never directory writes.
+                sources: vec![audit_schemas::Source::Client],
                 scopes: vec![crate::config::Scope::Events],
                 tenant: None,
                 credential: Some(CallerCredential::Anonymous),
@@ -61,12 +64,16 @@ impl Tokens {
     }
 
     /// The caller for an `Authorization` header value, or why it grants nothing.
-    pub fn authorize(&self, header: Option<&str>) -> Result<Caller, Refused> {
-        let Some(token) = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-        else {
+    ///
+    /// Only a request with no `Authorization` header at all may be anonymous: a header that is
+    /// there but is not a valid bearer token (another scheme, no token, a wrong one) is refused,
+    /// so a typo or a stolen-looking credential is never quietly served with anonymous rights.
+    pub fn authorize(&self, header: Option<&[u8]>) -> Result<Caller, Refused> {
+        let Some(header) = header else {
             return self.anonymous.clone().ok_or(Refused::NoValidToken);
+        };
+        let Some(token) = bearer_token(header) else {
+            return Err(Refused::NotBearer);
         };
         if let Some(caller) = self.service_token(token) {
             return Ok(caller);
@@ -97,6 +104,23 @@ impl Tokens {
     }
 }
 
+/// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 9110 11.1), or
+/// `None` for any other scheme, a missing or blank token, or a header that is not text.
+fn bearer_token(header: &[u8]) -> Option<&str> {
+    let header = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    // token68 (RFC 9110 11.2): one word, no spaces or control characters.
+    (!token.is_empty()
+        && !token
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+    .then_some(token)
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -122,18 +146,15 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         let t = tokens(false);
-        assert_eq!(
-            t.authorize(Some("Bearer 0123456789abcdef-web"))
-                .unwrap()
-                .service,
-            "web"
-        );
-        assert!(t.authorize(Some("Bearer 0123456789abcdef-wex")).is_err());
-        assert!(t.authorize(Some("0123456789abcdef-web")).is_err());
+        let auth = |h: &str| t.authorize(Some(h.as_bytes()));
+        assert_eq!(auth("Bearer 0123456789abcdef-web").unwrap().service, "web");
+        assert_eq!(auth("bearer 0123456789abcdef-web").unwrap().service, "web");
+        assert!(auth("Bearer 0123456789abcdef-wex").is_err());
+        assert!(auth("0123456789abcdef-web").is_err());
         assert!(t.authorize(None).is_err());
         // Without browser keys, a JWT-shaped value is just a wrong token.
         assert_eq!(
-            t.authorize(Some("Bearer aaa.bbb.ccc")).unwrap_err(),
+            auth("Bearer aaa.bbb.ccc").unwrap_err(),
             Refused::NoValidToken
         );
     }
@@ -141,7 +162,24 @@ mod tests {
     #[test]
     fn anonymous_only_without_a_header() {
         let t = tokens(true);
-        assert_eq!(t.authorize(None).unwrap().service, "dev");
-        assert!(t.authorize(Some("Bearer wrong")).is_err());
+        let anonymous = t.authorize(None).unwrap();
+        assert_eq!(anonymous.service, "dev");
+        assert_eq!(anonymous.sources, vec![Source::Client]);
+        for header in [
+            "Bearer wrong",
+            "Basic dXNlcjpwYXNz",
+            "bearer x",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Token 0123456789abcdef-web",
+            "",
+        ] {
+            assert!(
+                t.authorize(Some(header.as_bytes())).is_err(),
+                "{header:?} must be refused, not served as anonymous"
+            );
+        }
+        assert!(t.authorize(Some(b"Bearer \xff\xfe")).is_err());
     }
 }

@@ -14,6 +14,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+mod shape;
+pub use shape::{check as check_shape, JsonLimits, Shape, ShapeError};
+
 /// One problem with one event of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventError {
@@ -38,6 +41,8 @@ pub enum BodyError {
     Malformed { at: Option<usize>, reason: String },
     #[error("{} of the request's events are invalid; none was accepted", .0.iter().map(|e| e.index).collect::<std::collections::BTreeSet<_>>().len())]
     Invalid(Vec<EventError>),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
 }
 
 impl BodyError {
@@ -53,7 +58,7 @@ impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
             BodyError::UnsupportedMediaType(_) => 415,
-            BodyError::TooManyEvents { .. } => 413,
+            BodyError::TooManyEvents { .. } | BodyError::Shape(_) => 413,
             BodyError::NotUtf8(_) | BodyError::Empty | BodyError::Malformed { .. } => 400,
             BodyError::Invalid(_) => 422,
         }
@@ -165,7 +170,7 @@ pub enum CallerCredential {
 
 impl Caller {
     pub fn may(&self, scope: crate::config::Scope) -> bool {
-        self.scopes.contains(&scope)
+        self.scopes.iter().any(|held| held.grants(scope))
     }
 
     /// What a browser token lets its holder do: CLIENT events of `service`, nothing else.

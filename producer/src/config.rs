@@ -29,6 +29,9 @@ pub struct Settings {
 pub struct HttpConfig {
     /// Address of the ingest API, which also serves /metrics and /healthz.
     pub listen: SocketAddr,
+    /// A second address serving only /metrics and /healthz, outside the ingest API's
+    /// connection caps, for probes that must answer whatever senders do. Unset: none.
+    pub ops_listen: Option<SocketAddr>,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Most events in one request; more get 413.
@@ -38,14 +41,48 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     /// Requests handled at once; more get 503 with Retry-After at once instead of queueing.
     pub max_in_flight_requests: usize,
-    /// Connections open at once; further ones wait in the kernel's accept queue.
+    /// Connections open at once. At the cap a new connection takes the slot of the one idle
+    /// the longest; only when every connection is handling a request does it wait in the
+    /// kernel's accept queue.
     pub max_connections: usize,
+    /// Connections open at once from one address; past it a new one takes that address's
+    /// longest-idle slot, or is closed when all of them are busy.
+    pub max_connections_per_ip: usize,
+    /// A request header must be complete within this many milliseconds of the connection
+    /// going idle (slow-header clients are closed).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request being handled (before its first, or between keep-alive
+    /// requests) is closed after this many milliseconds.
+    pub idle_timeout_ms: u64,
     /// A request body must arrive within this many milliseconds, else 408.
     pub body_timeout_ms: u64,
+    /// Requests one credential (a service token, a browser token's user, or an anonymous
+    /// sender's address) may have in flight; more get 429 with Retry-After.
+    pub max_requests_per_caller: usize,
+    /// Bytes one credential may have in flight: each request's body (its Content-Length, or
+    /// `max_body_bytes` without one) plus 64 bytes for each JSON value it parses into; past it
+    /// requests get 429 with Retry-After.
+    pub max_bytes_per_caller: usize,
+    /// The same count for all requests in flight together; past it requests get 503 with
+    /// Retry-After. This, not the connection count, is what bounds the API's memory.
+    pub max_bytes_in_flight: usize,
+    /// Deepest nesting of arrays and objects in a body; deeper gets 413.
+    pub max_json_depth: usize,
+    /// Most JSON values (every scalar, array and object) in one body; more gets 413.
+    pub max_json_values: usize,
+    /// Most keys in one JSON object (an event's params included); more gets 413.
+    pub max_object_keys: usize,
+    /// Most elements in one JSON array below the top level (entities, a param's list); more
+    /// gets 413. The top level is bounded by `max_events`.
+    pub max_array_elements: usize,
     /// Most event errors a 422 lists (it also says how many there were).
     pub max_errors_listed: usize,
-    /// Accept requests without a token. Only for local development.
+    /// Accept requests without an `Authorization` header, as CLIENT events of
+    /// `anonymous_service` (never SERVER, never directory writes). Only for local development:
+    /// refused unless `listen` is a loopback address or `allow_anonymous_on_network` is set.
     pub allow_anonymous: bool,
+    /// Let `allow_anonymous` serve a non-loopback `listen` address.
+    pub allow_anonymous_on_network: bool,
     /// The service name given to anonymous events that name none.
     pub anonymous_service: String,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed. An event's
@@ -58,14 +95,26 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: None,
             max_body_bytes: 1024 * 1024,
             max_events: 1_000,
             max_in_flight: 50_000,
             max_in_flight_requests: 256,
             max_connections: 1_024,
+            max_connections_per_ip: 256,
+            header_read_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
             body_timeout_ms: 10_000,
+            max_requests_per_caller: 16,
+            max_bytes_per_caller: 16 * 1024 * 1024,
+            max_bytes_in_flight: 48 * 1024 * 1024,
+            max_json_depth: 32,
+            max_json_values: 100_000,
+            max_object_keys: 256,
+            max_array_elements: 1_000,
             max_errors_listed: 100,
             allow_anonymous: false,
+            allow_anonymous_on_network: false,
             anonymous_service: "anonymous".to_string(),
             trusted_proxies: Vec::new(),
         }
@@ -82,12 +131,14 @@ pub struct TokenConfig {
     /// The sources events sent with this token may claim; when only one, it is the default.
     #[serde(default = "server_only")]
     pub sources: Vec<Source>,
-    /// What the token may do: `events` (post events; the default) and `directory` (write
-    /// sessions, users and groups). A platform's login service typically holds both.
+    /// What the token may do: `events` (post events; the default), `sessions`, `users`,
+    /// `groups` (directory writes of that kind, SCIM included), or `directory` for all three.
+    /// A platform's login service typically holds `events` and `sessions`.
     #[serde(default = "events_only")]
     pub scopes: Vec<Scope>,
     /// When set, every event sent with this token is of this tenant: an event naming another
-    /// tenant is refused (422), one naming none gets this one.
+    /// tenant is refused (422), one naming none gets this one. The directory is shared by all
+    /// tenants, so a tenant-bound token can write none of it (403).
     #[serde(default)]
     pub tenant: Option<String>,
 }
@@ -159,14 +210,32 @@ fn events_only() -> Vec<Scope> {
     vec![Scope::Events]
 }
 
-/// What an API token may do.
+/// What an API token may do. Directory writes are split by what they decide: a session binds
+/// events to a person, while users and groups decide which rules apply to them, so a login
+/// service that records sessions cannot move anyone into a group a rule drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// `POST /v1/events`.
     Events,
-    /// `PUT`/`DELETE /v1/directory/{kind}/{id}` and `POST /v1/directory`.
+    /// Directory writes of sessions (`/v1/directory/sessions/...`, bulk `session:` lines).
+    Sessions,
+    /// Directory writes of users, and SCIM `/Users`.
+    Users,
+    /// Directory writes of groups, and SCIM `/Groups`.
+    Groups,
+    /// Shorthand for `sessions`, `users` and `groups` together (an identity provider that
+    /// also records logins); prefer naming the narrower scopes.
     Directory,
+}
+
+impl Scope {
+    /// Whether holding `self` grants `wanted`.
+    pub fn grants(self, wanted: Scope) -> bool {
+        self == wanted
+            || (self == Scope::Directory
+                && matches!(wanted, Scope::Sessions | Scope::Users | Scope::Groups))
+    }
 }
 
 /// The audit-log tailer.
@@ -234,12 +303,61 @@ impl Validate for Settings {
                 self.http.max_in_flight_requests as u64,
             ),
             ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.max_connections_per_ip",
+                self.http.max_connections_per_ip as u64,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
             ("http.body_timeout_ms", self.http.body_timeout_ms),
+            (
+                "http.max_requests_per_caller",
+                self.http.max_requests_per_caller as u64,
+            ),
+            ("http.max_json_depth", self.http.max_json_depth as u64),
+            ("http.max_json_values", self.http.max_json_values as u64),
+            ("http.max_object_keys", self.http.max_object_keys as u64),
+            (
+                "http.max_array_elements",
+                self.http.max_array_elements as u64,
+            ),
             ("http.max_errors_listed", self.http.max_errors_listed as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(setting, "must be positive"));
             }
+        }
+        let largest = self.http.max_body_bytes.saturating_add(
+            self.http
+                .max_json_values
+                .saturating_mul(crate::quota::BYTES_PER_JSON_VALUE),
+        );
+        if self.http.max_bytes_per_caller < largest {
+            return Err(ConfigError::invalid(
+                "http.max_bytes_per_caller",
+                format!("must be at least http.max_body_bytes + 64 x http.max_json_values ({largest}), or the largest request allowed could never be taken"),
+            ));
+        }
+        if self.http.max_bytes_in_flight < self.http.max_bytes_per_caller {
+            return Err(ConfigError::invalid(
+                "http.max_bytes_in_flight",
+                "must be at least http.max_bytes_per_caller",
+            ));
+        }
+        if self.http.allow_anonymous
+            && !self.http.listen.ip().is_loopback()
+            && !self.http.allow_anonymous_on_network
+        {
+            return Err(ConfigError::invalid(
+                "http.allow_anonymous",
+                format!(
+                    "anonymous senders are only served on a loopback address, and http.listen is {}; set http.allow_anonymous_on_network = true to force it",
+                    self.http.listen
+                ),
+            ));
         }
         if self.http.max_in_flight < self.http.max_events {
             return Err(ConfigError::invalid(
@@ -269,7 +387,7 @@ impl Validate for Settings {
             if t.scopes.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("tokens[{i}].scopes"),
-                    "must name events, directory or both",
+                    "must name at least one of events, sessions, users, groups (directory = all three)",
                 ));
             }
         }

@@ -22,7 +22,10 @@
 
 use crate::auth::{Refused, Tokens};
 use crate::body::{self, BodyError, Caller, CallerCredential, EventError};
+use crate::body::{JsonLimits, Shape};
 use crate::config::Scope;
+use crate::quota::{CallerKey, Limited, QuotaLimits, Quotas, Ticket, BYTES_PER_JSON_VALUE};
+use crate::serve::Peer;
 use audit_runtime::ingest::{PublishError, Publisher};
 use audit_runtime::ops::Health;
 use audit_schemas::control::{self, Operator};
@@ -38,15 +41,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use serde_json::json;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 pub struct IngestState {
     pub publisher: Publisher,
@@ -112,6 +110,10 @@ pub struct Limits {
     pub body_timeout: Duration,
     pub max_errors_listed: usize,
     pub max_in_flight_requests: usize,
+    /// Caps on a body's JSON, checked before it is parsed.
+    pub json: JsonLimits,
+    /// What one credential, and all together, may hold at once.
+    pub quota: QuotaLimits,
 }
 
 impl Default for Limits {
@@ -122,6 +124,12 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             max_errors_listed: 100,
             max_in_flight_requests: 256,
+            json: JsonLimits::default(),
+            quota: QuotaLimits {
+                requests_per_caller: 16,
+                bytes_per_caller: 16 * 1024 * 1024,
+                bytes_in_flight: 48 * 1024 * 1024,
+            },
         }
     }
 }
@@ -129,6 +137,7 @@ impl Default for Limits {
 /// The full router: ingest plus the ops routes.
 pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router> {
     let capacity = Arc::new(Semaphore::new(state.limits.max_in_flight_requests.max(1)));
+    let quotas = Quotas::new(state.limits.quota);
     let mut routes = Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/directory", post(post_directory))
@@ -141,8 +150,12 @@ pub fn router(state: Arc<IngestState>, health: Health) -> anyhow::Result<Router>
     }
     let cors = state.network.cors()?;
     let mut ingest = routes
-        // Runs innermost: only requests with a valid token take a slot.
-        .layer(middleware::from_fn_with_state(capacity, within_capacity))
+        // Innermost: only requests with a valid token take a slot, and each is charged to
+        // its caller before its body is read.
+        .layer(middleware::from_fn_with_state(
+            (capacity, quotas, state.clone()),
+            within_capacity,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authorized))
         .with_state(state);
     if let Some(cors) = cors {
@@ -158,10 +171,14 @@ async fn authorized(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let auth = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let auth = values.next().map(|v| v.as_bytes());
+    // Two Authorization headers are ambiguous: refuse rather than pick one.
+    let auth = if values.next().is_some() {
+        Some(&b"(two Authorization headers)"[..])
+    } else {
+        auth
+    };
     match state.tokens.authorize(auth) {
         Ok(caller) => {
             if let Some(origin) = foreign_origin(&state.network, &caller, &request) {
@@ -201,17 +218,65 @@ fn foreign_origin(network: &Network, caller: &Caller, request: &Request) -> Opti
     (!network.cors_origins.iter().any(|o| *o == origin)).then(|| origin.chars().take(256).collect())
 }
 
-/// Refuses requests past the in-flight limit instead of queueing them.
+/// Refuses requests past the in-flight limit or past their caller's share instead of
+/// queueing them, and charges each admitted request to its caller until it is answered.
 async fn within_capacity(
-    State(capacity): State<Arc<Semaphore>>,
-    request: Request,
+    State((capacity, quotas, state)): State<(Arc<Semaphore>, Arc<Quotas>, Arc<IngestState>)>,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Ok(_permit) = capacity.try_acquire() else {
         metrics::counter!("audit_producer_requests_total", "outcome" => "busy").increment(1);
         return busy("the ingest API is handling as many requests as it may; retry after 1 second");
     };
-    next.run(request).await
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return busy("the request was not authorized");
+    };
+    let key = CallerKey::of(caller, state.network.sender(&request));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.limits.max_body_bytes;
+    let charge = match declared {
+        Some(n) if n > max as u64 => {
+            return client_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the body is larger than {max} bytes (http.max_body_bytes)")}),
+            )
+        }
+        Some(n) => n as usize,
+        // Without a length the body may be as large as allowed.
+        None if request.method() == axum::http::Method::GET
+            || request.method() == axum::http::Method::DELETE =>
+        {
+            0
+        }
+        None => max,
+    };
+    let class = key.class();
+    match quotas.admit(key, charge) {
+        Ok(ticket) => {
+            request.extensions_mut().insert(Arc::new(ticket));
+            next.run(request).await
+        }
+        Err(limited) => refuse_limited(class, limited),
+    }
+}
+
+fn refuse_limited(class: &'static str, limited: Limited) -> Response {
+    metrics::counter!("audit_producer_requests_limited_total", "class" => class, "limit" => limited.label())
+        .increment(1);
+    let status = StatusCode::from_u16(limited.status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    metrics::counter!("audit_producer_requests_total", "outcome" => status.as_str().to_string())
+        .increment(1);
+    (
+        status,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({ "error": limited.to_string() })),
+    )
+        .into_response()
 }
 
 fn busy(message: &str) -> Response {
@@ -223,24 +288,57 @@ fn busy(message: &str) -> Response {
         .into_response()
 }
 
-/// Reads the body within the size and time limits.
+/// Reads the body within the size and time limits, and checks its JSON's shape before anything
+/// parses it.
 pub(crate) async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Response> {
-    match tokio::time::timeout(
+    read_and_measure(body, limits).await.map(|(bytes, _)| bytes)
+}
+
+async fn read_and_measure(
+    body: Body,
+    limits: &Limits,
+) -> Result<(axum::body::Bytes, Shape), Response> {
+    let bytes = match tokio::time::timeout(
         limits.body_timeout,
         axum::body::to_bytes(body, limits.max_body_bytes),
     )
     .await
     {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(client_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("the body is larger than {} bytes (http.max_body_bytes) or was cut off", limits.max_body_bytes)}),
-        )),
-        Err(_) => Err(client_error(
-            StatusCode::REQUEST_TIMEOUT,
-            json!({"error": format!("the body did not arrive within {} ms (http.body_timeout_ms)", limits.body_timeout.as_millis())}),
-        )),
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(client_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the body is larger than {} bytes (http.max_body_bytes) or was cut off", limits.max_body_bytes)}),
+            ))
+        }
+        Err(_) => {
+            return Err(client_error(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": format!("the body did not arrive within {} ms (http.body_timeout_ms)", limits.body_timeout.as_millis())}),
+            ))
+        }
+    };
+    match body::check_shape(&bytes, &limits.json) {
+        Ok(shape) => Ok((bytes, shape)),
+        Err(e) => Err(reject(BodyError::Shape(e), limits.max_errors_listed)),
     }
+}
+
+/// Reads a request's body like [`read_body`] and charges its parsed size to the request's
+/// ticket, so a caller's share bounds the JSON trees it makes the API build, not just bytes.
+pub(crate) async fn read_request_body(
+    request: Request,
+    limits: &Limits,
+) -> Result<axum::body::Bytes, Response> {
+    let ticket = request.extensions().get::<Arc<Ticket>>().cloned();
+    let (bytes, shape) = read_and_measure(request.into_body(), limits).await?;
+    if let Some(ticket) = ticket {
+        let parsed = shape.values.saturating_mul(BYTES_PER_JSON_VALUE);
+        if let Err(limited) = ticket.grow(parsed) {
+            return Err(refuse_limited(ticket.key().class(), limited));
+        }
+    }
+    Ok(bytes)
 }
 
 fn client_error(status: StatusCode, body: serde_json::Value) -> Response {
@@ -263,7 +361,7 @@ async fn post_events(
     }
     let limits = &state.limits;
     let sender = state.network.sender(&request);
-    let body = match read_body(request.into_body(), limits).await {
+    let body = match read_request_body(request, limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -322,6 +420,49 @@ async fn post_events(
     }
 }
 
+/// The scope writing entries of `kind` needs.
+fn kind_scope(kind: Kind) -> Scope {
+    match kind {
+        Kind::Session => Scope::Sessions,
+        Kind::User => Scope::Users,
+        Kind::Group => Scope::Groups,
+    }
+}
+
+fn key_scope(key: &audit_schemas::DirectoryKey) -> Scope {
+    match key {
+        audit_schemas::DirectoryKey::Session(_) => Scope::Sessions,
+        audit_schemas::DirectoryKey::User(_) => Scope::Users,
+        audit_schemas::DirectoryKey::Group(_) => Scope::Groups,
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Events => "events",
+        Scope::Sessions => "sessions",
+        Scope::Users => "users",
+        Scope::Groups => "groups",
+        Scope::Directory => "directory",
+    }
+}
+
+/// Whether `caller` may write directory entries needing `scope`. The directory is shared by
+/// every tenant (entries carry none), so a token bound to one tenant may write none of it: a
+/// session or membership it wrote would decide other tenants' events too.
+pub(crate) fn may_write(caller: &Caller, scope: Scope) -> Result<(), Response> {
+    if !caller.may(scope) {
+        return Err(forbidden(scope_name(scope)));
+    }
+    if let Some(tenant) = &caller.tenant {
+        return Err(client_error(
+            StatusCode::FORBIDDEN,
+            json!({"error": format!("this token is bound to tenant {tenant:?} (tokens[].tenant) and the directory is shared by all tenants, so it cannot write it; use a token without a tenant")}),
+        ));
+    }
+    Ok(())
+}
+
 fn forbidden(scope: &str) -> Response {
     client_error(
         StatusCode::FORBIDDEN,
@@ -344,14 +485,14 @@ async fn put_directory(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
-    if !caller.may(Scope::Directory) {
-        return forbidden("directory");
-    }
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
+    if let Err(refused) = may_write(&caller, kind_scope(kind)) {
+        return refused;
+    }
     let sender = state.network.sender(&request);
-    let body = match read_body(request.into_body(), &state.limits).await {
+    let body = match read_request_body(request, &state.limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -383,12 +524,12 @@ async fn delete_directory(
     Path((kind, id)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    if !caller.may(Scope::Directory) {
-        return forbidden("directory");
-    }
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
+    if let Err(refused) = may_write(&caller, kind_scope(kind)) {
+        return refused;
+    }
     let sender = state.network.sender(&request);
     match directory_write::delete(kind, &id) {
         Ok(key) => publish_directory(&state, &caller, sender, &[DirectoryWrite::Delete(key)]).await,
@@ -403,12 +544,16 @@ async fn post_directory(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
-    if !caller.may(Scope::Directory) {
-        return forbidden("directory");
+    if let Err(refused) = may_write(&caller, Scope::Sessions)
+        .or_else(|_| may_write(&caller, Scope::Users))
+        .or_else(|_| may_write(&caller, Scope::Groups))
+    {
+        // Holds no directory scope at all; each line's kind is checked below.
+        return refused;
     }
     let limits = &state.limits;
     let sender = state.network.sender(&request);
-    let body = match read_body(request.into_body(), limits).await {
+    let body = match read_request_body(request, limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -430,6 +575,16 @@ async fn post_directory(
     }
     if !errors.is_empty() {
         return reject(BodyError::Invalid(errors), limits.max_errors_listed);
+    }
+    // All or none: one line of a kind the token may not write refuses the request.
+    for (index, write) in writes.iter().enumerate() {
+        let scope = key_scope(&write.key());
+        if !caller.may(scope) {
+            return client_error(
+                StatusCode::FORBIDDEN,
+                json!({"error": format!("line {index} writes {}, which needs the {:?} scope this token does not have (tokens[].scopes); nothing was accepted", write.key(), scope_name(scope)), "index": index}),
+            );
+        }
     }
     publish_directory(&state, &caller, sender, &writes).await
 }
@@ -513,110 +668,4 @@ fn reject(e: BodyError, max_listed: usize) -> Response {
         _ => json!({"error": e.to_string()}),
     };
     client_error(status, body)
-}
-
-/// A TCP listener that keeps at most a fixed number of connections open: past it, `accept`
-/// waits until one closes, so an open-and-idle flood cannot exhaust the process's sockets.
-pub struct LimitedListener {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-}
-
-impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
-        Self {
-            inner,
-            slots: Arc::new(Semaphore::new(max_connections.max(1))),
-        }
-    }
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // Never closed; a closed semaphore would only lift the limit.
-        let permit = self.slots.clone().acquire_owned().await.ok();
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    return (
-                        LimitedStream {
-                            stream,
-                            _slot: permit,
-                        },
-                        addr,
-                    )
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// The address a connection came from, for `into_make_service_with_connect_info::<Peer>()`.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// A connection holding one of the listener's slots until it closes.
-pub struct LimitedStream {
-    stream: TcpStream,
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

@@ -1,6 +1,7 @@
 //! Ingest for the audit pipeline: everything that puts events on `audit.raw`.
 //!
-//! - [`http`]: the ingest API (`serve`); its pure request handling is in [`body`] and [`auth`].
+//! - [`http`]: the ingest API's routes; its pure request handling is in [`body`] and [`auth`],
+//!   and [`serve`] accepts and times its connections.
 //! - [`scim`]: the SCIM 2.0 endpoint identity providers provision the directory through.
 //! - [`tail`]: the audit-log tailer.
 //! - [`send`]: JSON / NDJSON from a file or stdin.
@@ -17,6 +18,8 @@ pub mod config;
 pub mod gen;
 pub mod http;
 pub mod peer;
+pub mod quota;
 pub mod scim;
 pub mod send;
+pub mod serve;
 pub mod tail;

@@ -7,7 +7,7 @@ use audit_producer::browser::BrowserTokens;
 use audit_producer::config::Settings;
 use audit_producer::tail::nodes::{NodeLogs, NodeOptions, NodeStats};
 use audit_producer::tail::{TailOptions, Tailer};
-use audit_producer::{gen, http, send};
+use audit_producer::{gen, http, send, serve};
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::ingest::Publisher;
 use audit_runtime::ops::Health;
@@ -132,6 +132,24 @@ async fn run(cli: Cli) -> Result<()> {
                 body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
                 max_errors_listed: settings.http.max_errors_listed,
                 max_in_flight_requests: settings.http.max_in_flight_requests,
+                json: audit_producer::body::JsonLimits {
+                    max_depth: settings.http.max_json_depth,
+                    max_values: settings.http.max_json_values,
+                    max_object_keys: settings.http.max_object_keys,
+                    max_array_elements: settings.http.max_array_elements,
+                },
+                quota: audit_producer::quota::QuotaLimits {
+                    requests_per_caller: settings.http.max_requests_per_caller,
+                    bytes_per_caller: settings.http.max_bytes_per_caller,
+                    bytes_in_flight: settings.http.max_bytes_in_flight,
+                },
+            };
+            let serve_options = serve::ServeOptions {
+                max_connections: settings.http.max_connections,
+                max_connections_per_ip: settings.http.max_connections_per_ip,
+                header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(settings.http.idle_timeout_ms),
+                drain_timeout: Duration::from_secs(30),
             };
             let scim = audit_producer::scim::spawn(
                 &settings.kafka,
@@ -172,16 +190,30 @@ async fn run(cli: Cli) -> Result<()> {
                         settings.http.listen
                     )
                 })?;
+            if let Some(ops) = settings.http.ops_listen {
+                let ops_listener = tokio::net::TcpListener::bind(ops).await.with_context(|| {
+                    format!("setting `http.ops_listen`: cannot listen on {ops}")
+                })?;
+                let ops_app = audit_runtime::ops::router(health.clone())?;
+                let stop = shutdown.clone();
+                tokio::spawn(serve::serve(
+                    ops_listener,
+                    ops_app,
+                    serve::ServeOptions {
+                        max_connections: 64,
+                        max_connections_per_ip: 64,
+                        ..serve_options.clone()
+                    },
+                    async move { stop.requested().await },
+                ));
+            }
             health.set("kafka", true, "producer created");
             tracing::info!(listen = %settings.http.listen, topic = publisher.raw_topic(), "ingest API ready");
             let stop = shutdown.clone();
-            let listener = http::LimitedListener::new(listener, settings.http.max_connections);
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<http::Peer>(),
-            )
-            .with_graceful_shutdown(async move { stop.requested().await })
-            .await?;
+            serve::serve(listener, app, serve_options, async move {
+                stop.requested().await
+            })
+            .await;
             publisher.flush(Duration::from_secs(30));
             tracing::info!("ingest API stopped");
         }

@@ -6,7 +6,8 @@ use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENC
 use audit_producer::auth::Tokens;
 use audit_producer::browser::BrowserTokens;
 use audit_producer::config::{BrowserConfig, BrowserKeyAlgorithm, BrowserKeyConfig};
-use audit_producer::http::{router, IngestState, LimitedListener, Limits, Network, Peer};
+use audit_producer::http::{router, IngestState, Limits, Network};
+use audit_producer::serve::{serve, ServeOptions};
 use audit_runtime::ops::Health;
 use audit_schemas::redaction::Redactor;
 use audit_schemas::*;
@@ -62,13 +63,12 @@ async fn browsers_post_with_their_token_from_allowed_origins_only() {
     let app = router(state, Health::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            LimitedListener::new(listener, 16),
-            app.into_make_service_with_connect_info::<Peer>(),
-        )
-        .await
-    });
+    tokio::spawn(serve(
+        listener,
+        app,
+        ServeOptions::default(),
+        std::future::pending(),
+    ));
     let http = reqwest::Client::new();
 
     // The preflight is answered for the configured origin, and not for another.
