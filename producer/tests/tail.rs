@@ -511,3 +511,275 @@ async fn a_node_log_left_idle_is_finished_with_its_unterminated_last_line() {
         .count();
     assert_eq!(from_idle_log, 2);
 }
+
+/// The partitions librdkafka put keyed records on, as the tailer computes them for recovery.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recovery_partitioner_places_keys_where_the_producer_does() {
+    use audit_producer::tail::recovery::Partitioner;
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let producer = producer().unwrap();
+    let partitioner = Partitioner::from_properties(kafka_config().librdkafka_properties());
+    for i in 0..30 {
+        let key = format!("session-{i}-{}", uuid::Uuid::new_v4());
+        let (partition, _) = produce(&producer, &topics.raw.name, &key, b"x")
+            .await
+            .unwrap();
+        assert_eq!(
+            partitioner.partition(key.as_bytes(), 3),
+            Some(partition),
+            "{key}"
+        );
+    }
+}
+
+/// Writes `count` records of other producers (valid raw events, random sessions, so on every
+/// partition) to `topic`.
+async fn busy(producer: &rdkafka::producer::FutureProducer, topic: &str, count: usize) {
+    use rdkafka::producer::FutureRecord;
+    let template = audit_schemas::audit_log::convert_line(
+        sample_lines(SEED_003)[0],
+        "another-service",
+        uuid::Uuid::new_v4(),
+        &audit_schemas::redaction::Redactor::default(),
+    )
+    .unwrap();
+    let mut sent = 0;
+    while sent < count {
+        let chunk = (count - sent).min(10_000);
+        let records: Vec<(String, Vec<u8>)> = (0..chunk)
+            .map(|_| {
+                let mut e = template.clone();
+                e.event_id = uuid::Uuid::new_v4();
+                e.session_id = Some(uuid::Uuid::new_v4().to_string());
+                (e.partition_key(), e.encode().unwrap())
+            })
+            .collect();
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|(k, v)| {
+                producer
+                    .send_result(
+                        FutureRecord::to(topic)
+                            .key(k.as_str())
+                            .payload(v.as_slice()),
+                    )
+                    .map_err(|(e, _)| e)
+                    .unwrap()
+            })
+            .collect();
+        for d in futures::future::join_all(deliveries).await {
+            d.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+        sent += chunk;
+    }
+}
+
+/// How often each of `ids` is on `topic`, reading every partition to its end.
+async fn occurrences(
+    topic: &str,
+    partitions: i32,
+    ids: &HashSet<uuid::Uuid>,
+) -> std::collections::HashMap<uuid::Uuid, usize> {
+    let consumer = reader_from_beginning(&kafka_config(), topic, partitions).unwrap();
+    let mut at_end = HashSet::new();
+    let mut seen = std::collections::HashMap::new();
+    while at_end.len() < partitions as usize {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("the raw topic is read to its end")
+        {
+            Ok(m) => {
+                let e = RawAuditEvent::decode(m.payload().unwrap()).unwrap();
+                if ids.contains(&e.event_id) {
+                    *seen.entry(e.event_id).or_insert(0) += 1;
+                }
+            }
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
+        }
+    }
+    seen
+}
+
+fn saved_pending(position: &Path) -> Option<audit_producer::tail::Pending> {
+    let text = std::fs::read_to_string(position).ok()?;
+    serde_json::from_str::<audit_producer::tail::Position>(&text)
+        .ok()?
+        .pending
+}
+
+/// A long outage on a busy topic: the tailer died with a batch in flight, half of which had
+/// reached the broker, and other producers have written 200,000 records since, on every raw
+/// partition (the batch's too). One recovery attempt may take 250 ms, far less than reading them
+/// all takes: a recovery that starts over from the batch's marks when cut off (the old one, with
+/// its 60 s) never ends on a topic busy enough. This one keeps its progress: killed in the middle
+/// of its scan, the next run goes on from where the last one saved, and every line is on the
+/// topic exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
+    use audit_producer::tail::recovery::{Lines, Partitioner};
+    use audit_producer::tail::{line_event_id, FileId, Pending, Position};
+    let unrelated = env_count("AUDIT_TEST_RECOVERY_RECORDS", 200_000);
+    let topics = unique_topics(3);
+    create_topics(&topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lae-audit.log");
+    let position = dir.path().join("lae-audit.log.position");
+    let samples = sample_lines(SEED_003);
+    let lines: Vec<&str> = (0..40).map(|i| samples[i % samples.len()]).collect();
+    append(&log, &lines);
+
+    // The batch as the tailer makes it: the same ids, the same keys.
+    let file = FileId::of_path(&log).unwrap();
+    let service = audit_producer::config::TailConfig::default().service;
+    let redactor = audit_schemas::redaction::Redactor::default();
+    let mut offset = 0u64;
+    let mut events = Vec::new();
+    for line in &lines {
+        let id = line_event_id(file, 0, offset);
+        if let Ok(e) = audit_schemas::audit_log::convert_line(line, &service, id, &redactor) {
+            events.push(e);
+        }
+        offset += line.len() as u64 + 1;
+    }
+    assert!(events.len() >= 30, "the seed's lines convert");
+    let partitioner = Partitioner::from_properties(kafka_config().librdkafka_properties());
+    let keys: Vec<(uuid::Uuid, String)> = events
+        .iter()
+        .map(|e| (e.event_id, e.partition_key()))
+        .collect();
+    let batch = Lines::group(
+        keys.iter().map(|(id, k)| (*id, k.as_bytes())),
+        partitioner,
+        3,
+    );
+    assert!(batch.ids.len() >= 2, "the batch spans partitions");
+
+    // Records before the batch, its marks, then traffic, half the batch, more traffic.
+    let producer = producer().unwrap();
+    busy(&producer, &topics.raw.name, 5_000).await;
+    let marks: Vec<(i32, i64)> = audit_runtime::kafka::watermarks(
+        rdkafka::producer::Producer::client(&producer),
+        &topics.raw.name,
+        &[0, 1, 2],
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(p, _, high)| (p, high))
+    .collect();
+    busy(&producer, &topics.raw.name, unrelated / 2).await;
+    let delivered = events.len() / 2;
+    publisher(&topics, 100_000)
+        .unwrap()
+        .publish(&events[..delivered])
+        .await
+        .unwrap();
+    busy(&producer, &topics.raw.name, unrelated - unrelated / 2).await;
+
+    // The position as the crash left it: the batch in flight, never scanned.
+    let crashed = Position {
+        path: log.clone(),
+        file,
+        offset: 0,
+        generation: 0,
+        pending: Some(Pending {
+            end: std::fs::metadata(&log).unwrap().len(),
+            watermarks: marks.clone(),
+            lines: Some(batch),
+            scan: None,
+        }),
+    };
+    std::fs::write(&position, serde_json::to_vec(&crashed).unwrap()).unwrap();
+
+    // First run: killed once it has saved some progress.
+    let budget = [("AUDIT__TAIL__RECOVERY_BUDGET_MS", "250")];
+    let mut first = Killed(tail_with(&topics, &log, true, &budget));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let interrupted = loop {
+        let scan = saved_pending(&position).and_then(|p| p.scan);
+        if scan.is_some_and(|s| s.read > 0) {
+            first.0.kill().unwrap(); // SIGKILL
+            first.0.wait().unwrap();
+            break saved_pending(&position).expect("killed before the recovery finished; raise AUDIT_TEST_RECOVERY_RECORDS if this fails");
+        }
+        if let Ok(Some(status)) = first.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = first.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("the first run ended ({status}) before saving any recovery progress: {stderr}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery progress was saved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let scan = interrupted.scan.unwrap();
+    let until = scan.until.clone().expect("the end of the scan is saved");
+    let from = |p: i32| {
+        scan.next
+            .iter()
+            .chain(marks.iter())
+            .find(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .unwrap()
+    };
+    assert!(
+        scan.next.iter().any(|&(p, o)| o > from_marks(&marks, p)),
+        "the saved progress is past the batch's marks: {scan:?}"
+    );
+    let left: i64 = until.iter().map(|&(p, to)| (to - from(p)).max(0)).sum();
+    assert!(
+        left > 0,
+        "the first run was cut off with records left to read"
+    );
+
+    // Second run: goes on from the saved progress, however small its budget.
+    let out = tail_with(
+        &topics,
+        &log,
+        true,
+        &[budget[0], ("AUDIT__LOG__FORMAT", "json")],
+    )
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tail failed: {stderr}");
+    let summary = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("recovered a batch in flight"))
+        })
+        .unwrap_or_else(|| panic!("the recovery's summary is logged: {stderr}"));
+    let read = summary["records_read"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("records_read in {summary}"));
+    eprintln!("second run: {summary}; the first left {left} records");
+    assert!(
+        read <= left,
+        "the second run read {read} records, more than the {left} the first left: it started over"
+    );
+    assert!(
+        stderr.contains(&format!("published {} events", events.len() - delivered)),
+        "only the lines that had not arrived are sent: {stderr}"
+    );
+
+    // Every line of the batch exactly once on the topic.
+    let ids: HashSet<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+    let seen = occurrences(&topics.raw.name, 3, &ids).await;
+    for id in &ids {
+        assert_eq!(seen.get(id), Some(&1), "line {id} once");
+    }
+}
+
+fn from_marks(marks: &[(i32, i64)], p: i32) -> i64 {
+    marks.iter().find(|(q, _)| *q == p).map_or(0, |(_, o)| *o)
+}
