@@ -19,6 +19,7 @@
 //! - [`ops`]: the `/metrics` (Prometheus text) and `/healthz` endpoint.
 //! - [`shutdown`]: SIGINT/SIGTERM handling that lets in-flight work finish.
 
+pub mod breaker;
 pub mod budget;
 pub mod config;
 pub mod consume;
