@@ -63,6 +63,12 @@ pub struct HttpConfig {
     /// `max_body_bytes` without one) plus 64 bytes for each JSON value it parses into; past it
     /// requests get 429 with Retry-After.
     pub max_bytes_per_caller: usize,
+    /// Requests a browser token's user (or an anonymous sender's address) may have in
+    /// flight; more get 429 with Retry-After. A page sends a few at a time.
+    pub max_requests_per_browser: usize,
+    /// Bytes, counted as for `max_bytes_per_caller`, a browser token's user (or an anonymous
+    /// address) may have in flight.
+    pub max_bytes_per_browser: usize,
     /// The same count for all requests in flight together; past it requests get 503 with
     /// Retry-After. This, not the connection count, is what bounds the API's memory.
     pub max_bytes_in_flight: usize,
@@ -107,6 +113,8 @@ impl Default for HttpConfig {
             body_timeout_ms: 10_000,
             max_requests_per_caller: 16,
             max_bytes_per_caller: 16 * 1024 * 1024,
+            max_requests_per_browser: 4,
+            max_bytes_per_browser: 8 * 1024 * 1024,
             max_bytes_in_flight: 48 * 1024 * 1024,
             max_json_depth: 32,
             max_json_values: 100_000,
@@ -317,6 +325,10 @@ impl Validate for Settings {
                 "http.max_requests_per_caller",
                 self.http.max_requests_per_caller as u64,
             ),
+            (
+                "http.max_requests_per_browser",
+                self.http.max_requests_per_browser as u64,
+            ),
             ("http.max_json_depth", self.http.max_json_depth as u64),
             ("http.max_json_values", self.http.max_json_values as u64),
             ("http.max_object_keys", self.http.max_object_keys as u64),
@@ -335,11 +347,19 @@ impl Validate for Settings {
                 .max_json_values
                 .saturating_mul(crate::quota::BYTES_PER_JSON_VALUE),
         );
-        if self.http.max_bytes_per_caller < largest {
-            return Err(ConfigError::invalid(
-                "http.max_bytes_per_caller",
-                format!("must be at least http.max_body_bytes + 64 x http.max_json_values ({largest}), or the largest request allowed could never be taken"),
-            ));
+        for (setting, value) in [
+            ("http.max_bytes_per_caller", self.http.max_bytes_per_caller),
+            (
+                "http.max_bytes_per_browser",
+                self.http.max_bytes_per_browser,
+            ),
+        ] {
+            if value < largest {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("must be at least http.max_body_bytes + 64 x http.max_json_values ({largest}), or the largest request allowed could never be taken"),
+                ));
+            }
         }
         if self.http.max_bytes_in_flight < self.http.max_bytes_per_caller {
             return Err(ConfigError::invalid(

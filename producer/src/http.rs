@@ -128,6 +128,8 @@ impl Default for Limits {
             quota: QuotaLimits {
                 requests_per_caller: 16,
                 bytes_per_caller: 16 * 1024 * 1024,
+                requests_per_browser: 4,
+                bytes_per_browser: 8 * 1024 * 1024,
                 bytes_in_flight: 48 * 1024 * 1024,
             },
         }
@@ -198,9 +200,13 @@ async fn authorized(
                 metrics::counter!("audit_producer_browser_tokens_refused_total").increment(1);
                 tracing::debug!(%reason, "browser token refused");
             }
+            // The body is left unread, so the connection cannot carry another request.
             (
                 StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
+                [
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::CONNECTION, "close"),
+                ],
                 Json(json!({"error": refused.to_string()})),
             )
                 .into_response()
@@ -241,10 +247,15 @@ async fn within_capacity(
     let max = state.limits.max_body_bytes;
     let charge = match declared {
         Some(n) if n > max as u64 => {
-            return client_error(
+            let mut response = client_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("the body is larger than {max} bytes (http.max_body_bytes)")}),
-            )
+            );
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
         }
         Some(n) => n as usize,
         // Without a length the body may be as large as allowed.
@@ -273,16 +284,17 @@ fn refuse_limited(class: &'static str, limited: Limited) -> Response {
         .increment(1);
     (
         status,
-        [(header::RETRY_AFTER, "1")],
+        [(header::RETRY_AFTER, "1"), (header::CONNECTION, "close")],
         Json(json!({ "error": limited.to_string() })),
     )
         .into_response()
 }
 
+/// 503: over capacity. The body may be unread, so the connection is not reused.
 fn busy(message: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
+        [(header::RETRY_AFTER, "1"), (header::CONNECTION, "close")],
         Json(json!({ "error": message })),
     )
         .into_response()
@@ -450,17 +462,17 @@ fn scope_name(scope: Scope) -> &'static str {
 /// Whether `caller` may write directory entries needing `scope`. The directory is shared by
 /// every tenant (entries carry none), so a token bound to one tenant may write none of it: a
 /// session or membership it wrote would decide other tenants' events too.
-pub(crate) fn may_write(caller: &Caller, scope: Scope) -> Result<(), Response> {
+pub(crate) fn write_refused(caller: &Caller, scope: Scope) -> Option<Response> {
     if !caller.may(scope) {
-        return Err(forbidden(scope_name(scope)));
+        return Some(forbidden(scope_name(scope)));
     }
     if let Some(tenant) = &caller.tenant {
-        return Err(client_error(
+        return Some(client_error(
             StatusCode::FORBIDDEN,
             json!({"error": format!("this token is bound to tenant {tenant:?} (tokens[].tenant) and the directory is shared by all tenants, so it cannot write it; use a token without a tenant")}),
         ));
     }
-    Ok(())
+    None
 }
 
 fn forbidden(scope: &str) -> Response {
@@ -488,7 +500,7 @@ async fn put_directory(
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
-    if let Err(refused) = may_write(&caller, kind_scope(kind)) {
+    if let Some(refused) = write_refused(&caller, kind_scope(kind)) {
         return refused;
     }
     let sender = state.network.sender(&request);
@@ -527,7 +539,7 @@ async fn delete_directory(
     let Some(kind) = Kind::from_path(&kind) else {
         return unknown_kind(&kind);
     };
-    if let Err(refused) = may_write(&caller, kind_scope(kind)) {
+    if let Some(refused) = write_refused(&caller, kind_scope(kind)) {
         return refused;
     }
     let sender = state.network.sender(&request);
@@ -544,12 +556,14 @@ async fn post_directory(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
-    if let Err(refused) = may_write(&caller, Scope::Sessions)
-        .or_else(|_| may_write(&caller, Scope::Users))
-        .or_else(|_| may_write(&caller, Scope::Groups))
-    {
-        // Holds no directory scope at all; each line's kind is checked below.
-        return refused;
+    // Refused at once when no directory scope could serve any line; each line's kind is
+    // checked below.
+    let refusals =
+        [Scope::Sessions, Scope::Users, Scope::Groups].map(|s| write_refused(&caller, s));
+    if refusals.iter().all(Option::is_some) {
+        if let Some(refused) = refusals.into_iter().flatten().next() {
+            return refused;
+        }
     }
     let limits = &state.limits;
     let sender = state.network.sender(&request);

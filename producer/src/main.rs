@@ -141,6 +141,8 @@ async fn run(cli: Cli) -> Result<()> {
                 quota: audit_producer::quota::QuotaLimits {
                     requests_per_caller: settings.http.max_requests_per_caller,
                     bytes_per_caller: settings.http.max_bytes_per_caller,
+                    requests_per_browser: settings.http.max_requests_per_browser,
+                    bytes_per_browser: settings.http.max_bytes_per_browser,
                     bytes_in_flight: settings.http.max_bytes_in_flight,
                 },
             };

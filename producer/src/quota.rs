@@ -54,15 +54,30 @@ impl CallerKey {
 pub struct QuotaLimits {
     pub requests_per_caller: usize,
     pub bytes_per_caller: usize,
+    /// A browser token's user gets less: a page sends a few requests at a time, and browser
+    /// tokens are many and in many hands.
+    pub requests_per_browser: usize,
+    pub bytes_per_browser: usize,
     pub bytes_in_flight: usize,
+}
+
+impl QuotaLimits {
+    fn share(&self, key: &CallerKey) -> (usize, usize) {
+        match key {
+            CallerKey::Browser { .. } | CallerKey::Anonymous(_) => {
+                (self.requests_per_browser, self.bytes_per_browser)
+            }
+            CallerKey::Service(_) => (self.requests_per_caller, self.bytes_per_caller),
+        }
+    }
 }
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Limited {
-    #[error("this credential has {held} requests in flight, the most it may (http.max_requests_per_caller); retry after 1 second")]
+    #[error("this credential has {held} requests in flight, the most it may (http.max_requests_per_caller, or http.max_requests_per_browser for a browser token or an anonymous sender); retry after 1 second")]
     CallerRequests { held: usize },
-    #[error("this credential's requests in flight hold {held} bytes and this one needs {wanted} more, past http.max_bytes_per_caller ({limit}); retry after 1 second")]
+    #[error("this credential's requests in flight hold {held} bytes and this one needs {wanted} more, past its share of {limit} (http.max_bytes_per_caller, or http.max_bytes_per_browser); retry after 1 second")]
     CallerBytes {
         held: usize,
         wanted: usize,
@@ -129,12 +144,13 @@ impl Quotas {
     pub fn admit(self: &Arc<Self>, key: CallerKey, bytes: usize) -> Result<Ticket, Limited> {
         let mut table = self.lock();
         let usage = table.callers.get(&key).copied().unwrap_or_default();
-        if usage.requests >= self.limits.requests_per_caller {
+        let (max_requests, _) = self.limits.share(&key);
+        if usage.requests >= max_requests {
             return Err(Limited::CallerRequests {
                 held: usage.requests,
             });
         }
-        Self::check(&self.limits, &table, usage, bytes)?;
+        Self::check(&self.limits, &key, &table, usage, bytes)?;
         table.total_bytes += bytes;
         let entry = table.callers.entry(key.clone()).or_default();
         entry.requests += 1;
@@ -148,15 +164,17 @@ impl Quotas {
 
     fn check(
         limits: &QuotaLimits,
+        key: &CallerKey,
         table: &Table,
         usage: Usage,
         more: usize,
     ) -> Result<(), Limited> {
-        if usage.bytes.saturating_add(more) > limits.bytes_per_caller {
+        let (_, max_bytes) = limits.share(key);
+        if usage.bytes.saturating_add(more) > max_bytes {
             return Err(Limited::CallerBytes {
                 held: usage.bytes,
                 wanted: more,
-                limit: limits.bytes_per_caller,
+                limit: max_bytes,
             });
         }
         if table.total_bytes.saturating_add(more) > limits.bytes_in_flight {
@@ -193,7 +211,7 @@ impl Ticket {
     pub fn grow(&self, more: usize) -> Result<(), Limited> {
         let mut table = self.quotas.lock();
         let usage = table.callers.get(&self.key).copied().unwrap_or_default();
-        Quotas::check(&self.quotas.limits, &table, usage, more)?;
+        Quotas::check(&self.quotas.limits, &self.key, &table, usage, more)?;
         table.total_bytes += more;
         if let Some(u) = table.callers.get_mut(&self.key) {
             u.bytes += more;
@@ -227,6 +245,8 @@ mod tests {
         Quotas::new(QuotaLimits {
             requests_per_caller: 2,
             bytes_per_caller: 100,
+            requests_per_browser: 1,
+            bytes_per_browser: 50,
             bytes_in_flight: 150,
         })
     }
@@ -253,6 +273,26 @@ mod tests {
         drop(a1);
         assert_eq!(q.bytes_in_flight(), 40);
         assert!(q.admit(svc("a"), 50).is_ok());
+    }
+
+    #[test]
+    fn browser_users_get_the_smaller_share_each() {
+        let q = quotas();
+        let alice = || CallerKey::Browser {
+            user: "alice".into(),
+        };
+        let _a = q.admit(alice(), 10).unwrap();
+        assert!(matches!(
+            q.admit(alice(), 10),
+            Err(Limited::CallerRequests { held: 1 })
+        ));
+        let bob = q
+            .admit(CallerKey::Browser { user: "bob".into() }, 10)
+            .unwrap();
+        assert!(matches!(
+            bob.grow(45),
+            Err(Limited::CallerBytes { limit: 50, .. })
+        ));
     }
 
     #[test]

@@ -65,6 +65,30 @@ struct Conn {
     busy: usize,
     /// When the connection last became idle; meaningful while `busy == 0`.
     idle_since: Instant,
+    /// When its first byte arrived: a connection that has sent nothing is the first to go.
+    first_byte: Option<Instant>,
+    /// Whether a request of it was answered (an idle keep-alive connection, not a header
+    /// still arriving).
+    answered: bool,
+}
+
+/// How long a request header may be arriving before its connection can lose its slot: real
+/// clients send a header at once, so one still incomplete after this is trickling.
+const HEADER_GRACE: Duration = Duration::from_secs(1);
+
+impl Conn {
+    /// Eviction order when idle: lower goes first; `None` is not evicted.
+    fn eviction_class(&self, now: Instant) -> Option<u8> {
+        if self.busy > 0 {
+            return None;
+        }
+        match self.first_byte {
+            None => Some(0),
+            Some(_) if self.answered => Some(1),
+            Some(first) if now.duration_since(first) >= HEADER_GRACE => Some(1),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Why a connection was let go.
@@ -112,15 +136,16 @@ impl Admission {
     }
 
     /// Whether a new connection could be taken now (a free slot, or an idle one to evict).
-    pub fn has_room(&self) -> bool {
-        self.conns.len() < self.max_total || self.conns.values().any(|c| c.busy == 0)
+    pub fn has_room(&self, now: Instant) -> bool {
+        self.conns.len() < self.max_total
+            || self.conns.values().any(|c| c.eviction_class(now).is_some())
     }
 
     /// Takes a slot for a connection from `ip`, evicting the longest-idle connections needed.
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
         let mut evict = Vec::new();
         if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
-            match self.oldest_idle(Some(ip)) {
+            match self.oldest_idle(Some(ip), now) {
                 Some(id) => {
                     self.remove(id);
                     evict.push(id);
@@ -129,13 +154,11 @@ impl Admission {
             }
         }
         if self.conns.len() >= self.max_total {
-            match self.oldest_idle(None) {
-                Some(id) => {
-                    self.remove(id);
-                    evict.push(id);
-                }
-                // The caller waits for `has_room` before accepting; a race lets one through.
-                None => {}
+            // None idle: the caller waits for `has_room` before accepting; a race lets one
+            // through.
+            if let Some(id) = self.oldest_idle(None, now) {
+                self.remove(id);
+                evict.push(id);
             }
         }
         let id = self.next_id;
@@ -146,6 +169,8 @@ impl Admission {
                 ip,
                 busy: 0,
                 idle_since: now,
+                first_byte: None,
+                answered: false,
             },
         );
         *self.per_ip.entry(ip).or_default() += 1;
@@ -159,9 +184,17 @@ impl Admission {
         }
     }
 
+    /// The first byte of `id` arrived.
+    pub fn received(&mut self, id: ConnId, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.first_byte.get_or_insert(now);
+        }
+    }
+
     /// A request of `id` was answered.
     pub fn idle(&mut self, id: ConnId, now: Instant) {
         if let Some(c) = self.conns.get_mut(&id) {
+            c.answered = true;
             c.busy = c.busy.saturating_sub(1);
             if c.busy == 0 {
                 c.idle_since = now;
@@ -197,12 +230,15 @@ impl Admission {
         ids
     }
 
-    fn oldest_idle(&self, ip: Option<IpAddr>) -> Option<ConnId> {
+    /// The connection to give up first: one that never sent a byte, then an idle keep-alive
+    /// one or a header trickling past [`HEADER_GRACE`], each the longest idle first.
+    fn oldest_idle(&self, ip: Option<IpAddr>, now: Instant) -> Option<ConnId> {
         self.conns
             .iter()
-            .filter(|(_, c)| c.busy == 0 && ip.is_none_or(|ip| c.ip == ip))
-            .min_by_key(|(id, c)| (c.idle_since, **id))
-            .map(|(id, _)| *id)
+            .filter(|(_, c)| ip.is_none_or(|ip| c.ip == ip))
+            .filter_map(|(id, c)| Some(((c.eviction_class(now)?, c.idle_since, *id), *id)))
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, id)| id)
     }
 }
 
@@ -304,7 +340,7 @@ pub async fn serve(
         // Wait for room before taking a connection off the kernel's queue.
         loop {
             let notified = tracker.room.notified();
-            if tracker.lock().0.has_room() {
+            if tracker.lock().0.has_room(Instant::now()) {
                 break;
             }
             tokio::select! {
@@ -382,7 +418,13 @@ async fn connection(
                 response
             }
         });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = Watched {
+        stream,
+        tracker: tracker.clone(),
+        id,
+        seen: false,
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -408,6 +450,66 @@ async fn connection(
         }
     }
     tracker.closed(id);
+}
+
+/// A connection's stream that tells the tracker when its first byte arrives.
+struct Watched {
+    stream: tokio::net::TcpStream,
+    tracker: Arc<Tracker>,
+    id: ConnId,
+    seen: bool,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if !self.seen && buf.filled().len() > before {
+            self.seen = true;
+            self.tracker.lock().0.received(self.id, Instant::now());
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// Closes connections idle past the timeout, checking a few times per timeout.
@@ -459,7 +561,7 @@ mod tests {
         a.busy(busy);
         let (old, _) = id(a.admit(ip(2), t0 + Duration::from_secs(1)));
         let (_newer, _) = id(a.admit(ip(3), t0 + Duration::from_secs(2)));
-        assert!(a.has_room());
+        assert!(a.has_room(t0));
         let (_, evicted) = id(a.admit(ip(4), t0 + Duration::from_secs(3)));
         assert_eq!(evicted, vec![old]);
         assert_eq!(a.open(), 3);
@@ -473,7 +575,28 @@ mod tests {
             let (c, _) = id(a.admit(ip(n), t0));
             a.busy(c);
         }
-        assert!(!a.has_room());
+        assert!(!a.has_room(t0));
+    }
+
+    #[test]
+    fn a_connection_that_sent_nothing_goes_before_one_whose_header_is_arriving() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(2, 10);
+        let (sender, _) = id(a.admit(ip(1), t0));
+        let (silent, _) = id(a.admit(ip(2), t0 + Duration::from_millis(10)));
+        a.received(sender, t0 + Duration::from_millis(20));
+        let (_, evicted) = id(a.admit(ip(3), t0 + Duration::from_millis(30)));
+        assert_eq!(
+            evicted,
+            vec![silent],
+            "the older connection was sending its header"
+        );
+        // A header still incomplete past the grace is fair game, like an idle keep-alive.
+        let later = t0 + HEADER_GRACE + Duration::from_millis(30);
+        let newest = a.conns.keys().copied().max().unwrap_or_default();
+        a.received(newest, later);
+        let (_, evicted) = id(a.admit(ip(4), later + Duration::from_millis(1)));
+        assert_eq!(evicted, vec![sender]);
     }
 
     #[test]
