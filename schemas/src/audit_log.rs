@@ -361,7 +361,11 @@ fn opt_string(
 ) -> Result<Option<String>, AuditLogError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        // Ids are never redacted, so a credential-shaped one is refused as at the ingest API.
+        Some(Value::String(s)) => match crate::ingest::secret_shaped_id(&s) {
+            Some(reason) => Err(invalid(field, reason)),
+            None => Ok(Some(s)),
+        },
         Some(_) => Err(invalid(field, "not a string")),
     }
 }

@@ -3,6 +3,15 @@
 //!
 //! Validation never stops at the first problem: it returns every error with its JSON-pointer
 //! path (`/entities/2/id`), so a service fixes its emitter in one round trip.
+//!
+//! **Ids must not be secrets.** Ids (`event_id`, `service`, `session_id`, `user_id`, `username`,
+//! `tenant`, `entities[].type`, `entities[].id`, `client.ip`) are joined on and stored as sent,
+//! never redacted, so one shaped like a credential is refused ([`secret_shaped_id`]): a JWT, a
+//! PEM private key, an AWS access key id, a vendor token (`ghp_…`, `xoxb-…`, `sk_live_…`...), a
+//! `Bearer`/`Basic` credential, a URL with a password, an Express signed session cookie. Only
+//! those shapes: UUIDs, hex ids and hashes (a 40-character git SHA, a 64-character SHA-256),
+//! `sess-123`, `u1`, SCIM ids and random base64url session ids are ordinary ids. The reason
+//! names the shape, never the value.
 
 use crate::redaction::Redactor;
 use crate::{ClientInfo, EntityRef, ErrorInfo, EventType, RawAuditEvent, Source, Timestamp};
@@ -80,6 +89,14 @@ impl IngestDefaults {
     }
 }
 
+/// Why an id must be refused, when `value` is shaped like a credential
+/// ([`crate::redaction::credential_shape`]); `None` for every ordinary id. The reason names the
+/// shape only, so an error message never repeats the secret.
+pub fn secret_shaped_id(value: &str) -> Option<String> {
+    crate::redaction::credential_shape(value)
+        .map(|kind| format!("looks like a credential ({kind}); ids must not be secrets"))
+}
+
 /// Validates one JSON event, assigns an `event_id` when absent and redacts secrets.
 pub fn event_from_json(
     value: Value,
@@ -107,7 +124,11 @@ pub fn event_from_json(
         None | Some(Value::Null) => Some(Uuid::new_v4()),
         Some(Value::String(s)) => match Uuid::parse_str(&s) {
             Ok(id) => Some(id),
-            Err(e) => v.fail("/event_id", format!("not a UUID: {e}")),
+            // A credential is no UUID either, but the sender should hear which mistake it made.
+            Err(e) => {
+                let reason = secret_shaped_id(&s).unwrap_or_else(|| format!("not a UUID: {e}"));
+                v.fail("/event_id", reason)
+            }
         },
         Some(other) => v.fail("/event_id", expected("a UUID string", &other)),
     };
@@ -260,6 +281,8 @@ impl Validator {
                     )
                 } else if id_like && s.chars().any(char::is_control) {
                     self.fail(path, "must not contain control characters".to_string())
+                } else if let Some(reason) = id_like.then(|| secret_shaped_id(&s)).flatten() {
+                    self.fail(path, reason)
                 } else {
                     Some(Some(s))
                 }

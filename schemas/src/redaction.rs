@@ -33,6 +33,19 @@ pub fn built_in() -> &'static Redactor {
     &BUILT_IN
 }
 
+/// The kind of credential `text` is shaped as (`"JWT"`, `"PEM private key"`, `"AWS access key
+/// id"`, `"API token"`, `"Bearer token"`, `"Basic credential"`, `"URL with a password"`,
+/// `"signed session cookie"`), or `None`. Only shapes that are unambiguously credentials count,
+/// so it can judge ids, which are never redacted: UUIDs, hex hashes, `sess-123` or a random
+/// base64url session id are not credentials by their shape (see [`crate::ingest`]).
+pub fn credential_shape(text: &str) -> Option<&'static str> {
+    let found = built_in().triggers.scan(text.as_bytes());
+    if !found.any() {
+        return None;
+    }
+    shapes::credential_kind(text.as_bytes(), found)
+}
+
 /// The `[redaction]` settings of the binaries that redact (producer, enricher).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +93,10 @@ const HINTS: &[&str] = &[
     "conn",
     "jwt",
     "bearer",
+    // Session cookies by name (keys::SESSION_COOKIES): sessionid, JSESSIONID,
+    // ASP.NET_SessionId; PHPSESSID ("conn" above covers connect.sid).
+    "sessionid",
+    "sessid",
 ];
 
 /// Replaces the values of secret keys, at any depth: keys secret by meaning ([`keys`]), plus
@@ -318,7 +335,8 @@ impl Redactor {
 
     /// Redacts every text of an event that a sender writes freely: params and response (JSON
     /// text), message, error, entity names and the user agent. Ids are left alone: they are
-    /// joined on, and a secret-shaped id is rejected at ingest instead.
+    /// joined on, and a secret-shaped id is refused at ingest instead
+    /// ([`crate::ingest::secret_shaped_id`]).
     pub fn redact_event(&self, event: &mut RawAuditEvent) -> usize {
         if !self.enabled {
             return 0;
@@ -470,6 +488,13 @@ mod tests {
         let all = keys::SECRET_WORDS
             .iter()
             .chain(keys::RUN_IN)
+            .chain(&[
+                "sessionid",
+                "JSESSIONID",
+                "PHPSESSID",
+                "connect.sid",
+                "ASP.NET_SessionId",
+            ])
             .map(|w| w.to_string())
             .chain(pairs);
         for key in all {

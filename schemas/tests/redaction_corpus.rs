@@ -143,6 +143,64 @@ fn deeply_embedded_json_is_redacted() {
     redactor.redact_text(&mut deep);
 }
 
+/// Hostile text of a megabyte built from what the rules react to (unclosed brackets, bracket
+/// paths, `=>`, nested percent-encoding, repeated `?code=`, unclosed quotes...), with a secret
+/// after it: the redactor gets through it (linear rules: no backtracking regex, every scan moves
+/// on past what it read) and still finds the secret. Only the result is asserted, never the time.
+#[test]
+fn a_megabyte_of_hostile_text_is_redacted_correctly() {
+    const MIB: usize = 1 << 20;
+    let redactor = Redactor::default();
+    let tail = "Zq9TailSecret7x";
+    let patterns: &[&str] = &[
+        "\"password\": [",
+        "\"password\"=>[",
+        "a[token]",
+        "[token",
+        "user[password][",
+        "=>",
+        "%25",
+        "%253D",
+        "?code=",
+        "&code=?",
+        "password: \"",
+        "{\"auth\": {",
+        "s%3A",
+        "[[[[{{{{",
+        "\\\"",
+        "password=>password=>",
+        "%3Ftoken%3D",
+        "cookie=",
+        "://a:b@",
+        "sessionid",
+    ];
+    for pattern in patterns {
+        let mut text = pattern.repeat(MIB / pattern.len());
+        text.push_str(&format!(" password={tail}"));
+        let mut once = text.clone();
+        redactor.redact_text(&mut once);
+        assert!(
+            !once.contains(tail),
+            "{pattern:?}: the secret after it was kept"
+        );
+        let mut twice = once.clone();
+        assert_eq!(
+            redactor.redact_text(&mut twice),
+            0,
+            "{pattern:?}: second pass"
+        );
+        // The same as bytes (a dead letter) and inside JSON.
+        let (bytes, _) = redactor.redact_bytes(text.as_bytes());
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(tail),
+            "{pattern:?} as bytes"
+        );
+        let mut value = serde_json::json!({"note": [text]});
+        redactor.redact_value(&mut value);
+        assert!(!value.to_string().contains(tail), "{pattern:?} in JSON");
+    }
+}
+
 fn token(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop::sample::select(
@@ -179,6 +237,59 @@ proptest! {
         prop_assert!(!text.contains(&value), "{}", text);
     }
 
+    /// The shapes of issue #25 item 5: Ruby and PHP hashes, bracket paths of forms, arrays under
+    /// secret keys, percent-encoded pairs (once or twice) and OAuth codes in query strings.
+    #[test]
+    fn generated_nested_encoded_and_hash_secrets_vanish(
+        before in prose(),
+        key in prop::sample::select(vec![
+            "password", "api_key", "client_secret", "access_token", "refresh_token", "secret",
+        ]),
+        outer in prop::sample::select(vec!["user", "credentials", "account", "data"]),
+        value in token(8..40),
+        form in 0..9usize,
+    ) {
+        let redactor = Redactor::default();
+        let pair = match form {
+            0 => format!("\"{key}\"=>\"{value}\""),
+            1 => format!(":{key} => '{value}'"),
+            2 => format!("'{key}' => \"{value}\""),
+            3 => format!("{outer}[{key}]={value}&commit=1"),
+            4 => format!("{outer}%5B{key}%5D%3D{value}%26x%3D1"),
+            5 => format!("\"{key}\": [\"{value}\", \"x\"], \"n\": "),
+            6 => format!("redirect_uri=https%3A%2F%2Fa%2Fb%3F{key}%3D{value}%26s%3D1"),
+            7 => format!("r=https%253A%252F%252Fa%252Fb%253F{key}%253D{value}%2526s%253D1"),
+            _ => format!("GET /cb?state=s1&code={value}&x=1"),
+        };
+        let mut text = format!("{before} {pair} {before}");
+        redactor.redact_text(&mut text);
+        prop_assert!(!text.contains(&value), "{}", text);
+        let mut again = text.clone();
+        prop_assert_eq!(redactor.redact_text(&mut again), 0, "{}", text);
+    }
+
+    /// `code` outside a query string, arrow functions, bracket paths and encoded pairs of keys
+    /// that describe a secret: never changed.
+    #[test]
+    fn generated_code_and_path_look_alikes_stay(
+        value in "[A-Za-z0-9]{1,30}",
+        before in prose(),
+        form in 0..6usize,
+    ) {
+        let redactor = Redactor::default();
+        let original = match form {
+            0 => format!("{before} error code={value}"),
+            1 => format!("{before} status_code: {value}"),
+            2 => format!("{before} items.map(token => token.{value})"),
+            3 => format!("{before} user[password_policy]={value}&user[name]={value}"),
+            4 => format!("{before} next=%2Fa%3Ftoken_type%3D{value}%26page%3D2"),
+            _ => format!("{before} GET /geo?zip_code={value}&country_code=DE"),
+        };
+        let mut text = original.clone();
+        prop_assert_eq!(redactor.redact_text(&mut text), 0, "{}", text);
+        prop_assert_eq!(text, original);
+    }
+
     #[test]
     fn generated_url_passwords_vanish(
         scheme in prop::sample::select(vec!["postgres", "mysql", "https", "redis", "amqp"]),
@@ -210,7 +321,7 @@ proptest! {
     /// pass finds nothing more.
     #[test]
     fn any_text_is_redacted_without_panic_and_idempotently(
-        text in "([a-zA-Z0-9 =:;&<>/@'\"\\{}\\[\\],.\\-_+\n\x1b]|password|token|Bearer |AKIA|eyJ|://|-----BEGIN PRIVATE KEY-----|é){0,60}",
+        text in "([a-zA-Z0-9 =:;&<>/@'\"\\{}\\[\\],.\\-_+%\n\x1b]|password|token|Bearer |AKIA|eyJ|://|-----BEGIN PRIVATE KEY-----|é|=>|\\?code=|%3D|%253D|%5B|%22|s%3A){0,60}",
     ) {
         let redactor = Redactor::default();
         let mut once = text.clone();

@@ -12,7 +12,12 @@
 //!   `policy`, `type`, `length`, `expiry`, `expires`, `ttl`, `name`, `url`, `hint`, `format`,
 //!   `strength`, `required`, `enabled`, ... So `token_count`, `password_policy`,
 //!   `tokenType` and `password_expires_at` are kept, while `password`, `access_token` and
-//!   `reset_password_token` are not.
+//!   `reset_password_token` are not;
+//! - or the whole key is the name of a session cookie whose value is the session itself
+//!   (`sessionid`, `JSESSIONID`, `PHPSESSID`, `connect.sid`, `ASP.NET_SessionId`): those are
+//!   credentials although the last word may be `id`. `session_id` and `sessionId` stay ids:
+//!   they name the session an event belongs to, and the platform's session cookie is not
+//!   spelled that way.
 //!
 //! Operators add keys (matched as whole normalised keys) and exceptions in the settings.
 
@@ -86,6 +91,18 @@ pub(crate) const RUN_IN: &[&str] = &[
     "idtoken",
 ];
 
+/// Session cookies by their usual names, as normalised keys: Django's `sessionid`, Java's
+/// `JSESSIONID`, PHP's `PHPSESSID`, Express's `connect.sid`, ASP.NET's `ASP.NET_SessionId`. Their
+/// values are bearer credentials, whatever the key's last word says. `session_id` and
+/// `sessionId` normalise to `session_id`, which is not one of them.
+pub(crate) const SESSION_COOKIES: &[&str] = &[
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "connect_sid",
+    "asp_net_session_id",
+];
+
 /// A key ending in one of these describes a secret rather than holding it.
 const DESCRIBING_WORDS: &[&str] = &[
     "count",
@@ -136,6 +153,7 @@ const DESCRIBING_WORDS: &[&str] = &[
     "description",
     "mode",
     "method",
+    "methods",
     "scheme",
     "provider",
     "status",
@@ -188,6 +206,10 @@ pub fn names_a_secret(key: &str) -> bool {
     let Some(last) = words.last() else {
         return false;
     };
+    let normalised = words.join("_");
+    if SESSION_COOKIES.contains(&normalised.as_str()) {
+        return true;
+    }
     if words.len() > 1 && DESCRIBING_WORDS.contains(&last.as_str()) {
         return false;
     }
@@ -261,6 +283,11 @@ mod tests {
             "totp_secret",
             "pin",
             "card_cvv",
+            "sessionid",
+            "JSESSIONID",
+            "PHPSESSID",
+            "connect.sid",
+            "ASP.NET_SessionId",
         ] {
             assert!(names_a_secret(key), "{key} should be secret");
         }
@@ -297,6 +324,9 @@ mod tests {
             "spin",
             "pinned",
             "otp_enabled",
+            "auth_methods",
+            "sessionId",
+            "session-id",
             "",
         ] {
             assert!(!names_a_secret(key), "{key} should be kept");

@@ -39,6 +39,13 @@ enum Rule {
     KeyValue = 6,
     /// A run of 40 base64 characters: may be an AWS secret key.
     LongRun = 7,
+    /// `?code=`, `&code=`, `#code=`: an OAuth authorization code in a query string or fragment.
+    QueryCode = 8,
+    /// `s%3A…`: an Express signed session cookie.
+    SessionCookie = 9,
+    /// A percent-escape of a character the rules react to (`%3D` is `=`, `%22` is `"`...): the
+    /// rules run again over the decoded text.
+    Encoded = 10,
 }
 
 const TRIGGERS: &[(&str, Rule)] = &[
@@ -80,6 +87,20 @@ const TRIGGERS: &[(&str, Rule)] = &[
     ("gocspx-", Rule::Vendor),
     ("hooks.slack.com", Rule::Vendor),
     ("/api/webhooks/", Rule::Vendor),
+    ("?code=", Rule::QueryCode),
+    ("&code=", Rule::QueryCode),
+    ("#code=", Rule::QueryCode),
+    ("&amp;code=", Rule::QueryCode),
+    ("s%3a", Rule::SessionCookie),
+    // `= : " ' @ [ ] %` escaped (`%25` so that double encoding is decoded twice).
+    ("%3d", Rule::Encoded),
+    ("%3a", Rule::Encoded),
+    ("%22", Rule::Encoded),
+    ("%27", Rule::Encoded),
+    ("%40", Rule::Encoded),
+    ("%5b", Rule::Encoded),
+    ("%5d", Rule::Encoded),
+    ("%25", Rule::Encoded),
 ];
 
 /// Which rules can match a text, found in one case-insensitive pass: the shape rules' literal
@@ -100,7 +121,7 @@ pub(crate) struct Found(u32);
 
 impl Found {
     const NONE: Found = Found(0);
-    const ALL: Found = Found((1 << (Rule::LongRun as u8 + 1)) - 1);
+    const ALL: Found = Found((1 << (Rule::Encoded as u8 + 1)) - 1);
 
     fn of(rule: Rule) -> Self {
         Found(1 << rule as u8)
@@ -263,6 +284,13 @@ static PEM: LazyLock<Regex> = LazyLock::new(|| {
         r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
     ))
 });
+/// An OAuth authorization code (RFC 6749 4.1.2) or a one-time code in a link: `code` as a
+/// parameter of a query string or fragment. Only there: `error code=500` in prose is no query.
+static QUERY_CODE: LazyLock<Regex> = LazyLock::new(|| pattern(r"(?i-u)(?:[?&#]|&amp;)code="));
+/// An Express (`express-session`, `cookie-parser`) signed cookie as sent: `s:<id>.<HMAC>`, the
+/// colon percent-encoded, the HMAC base64 (43 characters, `+` and `/` possibly encoded too).
+static SESSION_COOKIE: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"(?-u)\bs%3[Aa][A-Za-z0-9_\-]{20,}\.[A-Za-z0-9%+/_\-]{20,}"));
 /// Authorization schemes that come before the credential in a `key: value` pair.
 const SCHEMES: &[&str] = &[
     "bearer",
@@ -276,9 +304,131 @@ const SCHEMES: &[&str] = &[
     "apikey",
 ];
 
+/// What kind of credential `text` holds, when a rule that finds only unambiguous credential
+/// shapes finds one: a JWT, a PEM private key, an AWS access key id, a vendor token, a
+/// `Bearer`/`Basic` credential, a URL with a password, a signed session cookie. The key/value rule
+/// and the 40-character rule are left out: an id such as `auth:saml` or a random 40-character
+/// session id is not a credential by its shape alone. `found` is [`Triggers::scan`] of `text`.
+pub(crate) fn credential_kind(text: &[u8], found: Found) -> Option<&'static str> {
+    if found.has(Rule::Jwt) && JWT.is_match(text) {
+        return Some("JWT");
+    }
+    if found.has(Rule::Pem)
+        && PEM.captures_iter(text).any(|c| {
+            c.get(1)
+                .is_some_and(|body| !body.as_bytes().iter().all(u8::is_ascii_whitespace))
+        })
+    {
+        return Some("PEM private key");
+    }
+    if found.has(Rule::AwsKeyId) && AWS_KEY_ID.is_match(text) {
+        return Some("AWS access key id");
+    }
+    if found.has(Rule::Vendor) && VENDOR.is_match(text) {
+        return Some("API token");
+    }
+    if found.has(Rule::Scheme) {
+        for c in SCHEME.captures_iter(text) {
+            let scheme = c.get(1).map_or(&b""[..], |m| m.as_bytes());
+            if c.get(2)
+                .is_some_and(|credential| scheme_credential(scheme, credential.as_bytes()))
+            {
+                return Some(if scheme.eq_ignore_ascii_case(b"basic") {
+                    "Basic credential"
+                } else {
+                    "Bearer token"
+                });
+            }
+        }
+    }
+    if found.has(Rule::Url) {
+        let mut ranges = Vec::new();
+        url_passwords(text, &mut ranges);
+        if !ranges.is_empty() {
+            return Some("URL with a password");
+        }
+    }
+    if found.has(Rule::SessionCookie) && SESSION_COOKIE.is_match(text) {
+        return Some("signed session cookie");
+    }
+    None
+}
+
+/// How many times percent-encoding is undone (`%253D` -> `%3D` -> `=`): a link carried in a
+/// link carried in a link.
+const MAX_DECODINGS: usize = 3;
+
 /// Finds the byte ranges of secrets in `text`, running only the rules `found` (from
 /// [`Triggers::scan`]) allows; `is_secret_key` decides which keys of key/value pairs are secret.
+///
+/// Percent-encoded text (`redirect_uri=https%3A%2F%2Fa%2Fb%3Ftoken%3Dabc`, a form body
+/// `user%5Bpassword%5D=x`, JSON in a query parameter) is decoded, up to [`MAX_DECODINGS`] times,
+/// and every rule runs over each decoded text as well; what they find there is mapped back to the
+/// encoded bytes it came from, so the secret is replaced as written.
 pub(crate) fn find(
+    text: &[u8],
+    triggers: &Triggers,
+    found: Found,
+    is_secret_key: &dyn Fn(&str) -> bool,
+) -> Vec<Range<usize>> {
+    let mut ranges = find_plain(text, triggers, found, is_secret_key);
+    if !found.has(Rule::Encoded) {
+        return ranges;
+    }
+    // The decoded text and where each of its bytes starts in `text` (one more entry: the end).
+    let mut decoded = percent_decoded(text);
+    for _ in 0..MAX_DECODINGS {
+        let (view, starts) = &decoded;
+        let found = triggers.scan(view);
+        ranges.extend(
+            find_plain(view, triggers, found, is_secret_key)
+                .into_iter()
+                .map(|r| starts[r.start]..starts[r.end]),
+        );
+        if !found.has(Rule::Encoded) {
+            break;
+        }
+        let (next, next_starts) = percent_decoded(view);
+        let starts = next_starts.iter().map(|&s| starts[s]).collect();
+        decoded = (next, starts);
+    }
+    ranges
+}
+
+/// `text` with every `%XX` escape decoded, and where each decoded byte starts in `text` (plus
+/// `text.len()` at the end, so a range `a..b` of the decoded text is `starts[a]..starts[b]`).
+fn percent_decoded(text: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len());
+    let mut starts = Vec::with_capacity(text.len() + 1);
+    let mut i = 0;
+    while i < text.len() {
+        starts.push(i);
+        let escaped = (text[i] == b'%')
+            .then(|| Some(hex(*text.get(i + 1)?)? << 4 | hex(*text.get(i + 2)?)?))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(text[i]);
+                i += 1;
+            }
+        }
+    }
+    starts.push(text.len());
+    (out, starts)
+}
+
+/// [`find`] over `text` as it is.
+fn find_plain(
     text: &[u8],
     triggers: &Triggers,
     found: Found,
@@ -317,6 +467,23 @@ pub(crate) fn find(
     }
     if found.has(Rule::LongRun) {
         aws_secret_runs(text, &mut ranges);
+    }
+    if found.has(Rule::SessionCookie) {
+        ranges.extend(SESSION_COOKIE.find_iter(text).map(|m| m.range()));
+    }
+    if found.has(Rule::QueryCode) {
+        // A code's value may run over the next `?code=` (`?` ends no value); that one is inside
+        // it and is not read again, so hostile repetition costs one pass.
+        let mut done = 0;
+        for m in QUERY_CODE.find_iter(text) {
+            if m.start() < done {
+                continue;
+            }
+            if let Some(value) = value_at(text, m.end(), "code") {
+                done = value.end;
+                ranges.push(value);
+            }
+        }
     }
     if found.mentions_a_key() && text.iter().any(|&b| matches!(b, b'=' | b':' | b'<' | b'-')) {
         key_values(text, triggers, is_secret_key, &mut ranges);
@@ -427,7 +594,17 @@ fn aws_secret_runs(text: &[u8], found: &mut Vec<Range<usize>>) {
 
 /// Key/value pairs, found from where the words of secret keys occur: the key is the run of
 /// `[A-Za-z0-9_.-]` around the word, followed by an optional (escaped) quote, ANSI colour codes
-/// and spaces, then `=` or `:`. Only a key followed by a separator is judged by the key rule.
+/// and spaces, then `=`, `:` or `=>` (Ruby and PHP hashes). Only a key followed by a separator is
+/// judged by the key rule.
+///
+/// A key may be one segment of a bracket path (`user[password]=`, `credentials[user]=`,
+/// `tokens[]=`, as forms and Rails write nested keys): the separator then follows the path's last
+/// `]`, and the value is secret when the segment is (a secret segment holds everything below it,
+/// as a secret key in JSON does).
+///
+/// `=>` also starts JavaScript arrow functions (`token => token.trim()`), so after `=>` a value
+/// is taken only when the key is quoted or a symbol (`"password" =>`, `:password =>`) or the
+/// value is quoted or bracketed.
 fn key_values(
     text: &[u8],
     triggers: &Triggers,
@@ -436,6 +613,9 @@ fn key_values(
 ) {
     let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
     let mut done = 0;
+    // Where the last bracket path walked ended: every segment inside it ends there too, so a
+    // path of many segments is walked once, not once per segment.
+    let mut walked = 0;
     for mention in triggers.key_mentions(text) {
         if mention < done {
             continue;
@@ -456,9 +636,28 @@ fn key_values(
             }
         }
         let key = std::str::from_utf8(&text[start..end]).unwrap_or_default();
-        let value = if let Some(value_start) = separator_after(text, end) {
-            // key=value, key: value
-            is_secret_key(key)
+        let path_end = if end < walked {
+            walked
+        } else {
+            let mut at = end;
+            if start > 0 && text[start - 1] == b'[' && text.get(end) == Some(&b']') {
+                at += 1;
+            }
+            while text.get(at) == Some(&b'[') {
+                let len = text[at + 1..].iter().take_while(|&&b| in_key(b)).count();
+                if text.get(at + 1 + len) != Some(&b']') {
+                    break;
+                }
+                at += len + 2;
+            }
+            walked = at;
+            at
+        };
+        let value = if let Some((value_start, rocket)) = separator_after(text, path_end) {
+            // key=value, key: value, "key" => value
+            let quoted_key = start > 0 && matches!(text[start - 1], b'"' | b'\'' | b':');
+            let quoted_value = matches!(text.get(value_start), Some(b'"' | b'\'' | b'[' | b'{'));
+            (is_secret_key(key) && (!rocket || quoted_key || quoted_value))
                 .then(|| value_at(text, value_start, key))
                 .flatten()
         } else if start > 0 && text[start - 1] == b'<' && text.get(end) == Some(&b'>') {
@@ -484,8 +683,9 @@ fn key_values(
     }
 }
 
-/// Where the value starts when `at` (the end of a key) is followed by a separator.
-fn separator_after(text: &[u8], mut at: usize) -> Option<usize> {
+/// Where the value starts when `at` (the end of a key) is followed by a separator, and whether
+/// that separator is `=>`.
+fn separator_after(text: &[u8], mut at: usize) -> Option<(usize, bool)> {
     // A closing quote, escaped any number of times (JSON in a string in JSON...).
     let slashes = text[at..].iter().take_while(|&&b| b == b'\\').count();
     if matches!(text.get(at + slashes), Some(b'"' | b'\'')) {
@@ -514,7 +714,8 @@ fn separator_after(text: &[u8], mut at: usize) -> Option<usize> {
     if text[at..].starts_with(b"://") {
         return None;
     }
-    skip(at + 1)
+    let rocket = text[at..].starts_with(b"=>");
+    Some((skip(at + if rocket { 2 } else { 1 })?, rocket))
 }
 
 /// The value starting at `start`: quoted (the inside), or up to the next delimiter. A value that
@@ -540,7 +741,15 @@ fn value_at(text: &[u8], start: usize, key: &str) -> Option<Range<usize>> {
         (end > 0).then(|| start + open.len()..start + open.len() + end)
     };
     let slashes = rest.iter().take_while(|&&b| b == b'\\').count();
-    let range = if slashes > 0 && rest.get(slashes) == Some(&b'"') {
+    let range = if matches!(rest.first(), Some(b'[' | b'{')) {
+        // An array or object (`"password": ["x"]` in JSON-ish text that does not parse): all of
+        // it, as the JSON rule replaces a secret key's value whatever its type.
+        let len = group_len(rest);
+        if only_redacted(&rest[..len]) {
+            return None;
+        }
+        start..start + len
+    } else if slashes > 0 && rest.get(slashes) == Some(&b'"') {
         let quote = &rest[..=slashes];
         quoted(quote, quote)?
     } else if rest.starts_with(b"\"") {
@@ -583,6 +792,60 @@ fn value_at(text: &[u8], start: usize, key: &str) -> Option<Range<usize>> {
         start..start + end
     };
     (&text[range.clone()] != REDACTED.as_bytes()).then_some(range)
+}
+
+/// The length of the array or object `rest` starts with, through its closing bracket: brackets
+/// nest, and those inside quoted strings do not count (an escaped quote, as in JSON carried in a
+/// string, opens none). One that is never closed (a truncated text) runs to the line end.
+fn group_len(rest: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut i = 0;
+    while i < rest.len() {
+        let b = rest[i];
+        match quote {
+            Some(q) => {
+                if b == b'\\' {
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'\\' => i += 1,
+                b'"' | b'\'' => quote = Some(b),
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
+}
+
+/// Whether an array or object holds nothing but markers (`["[NOT OUTPUT]"]`): already redacted.
+fn only_redacted(group: &[u8]) -> bool {
+    let mut i = 0;
+    while i < group.len() {
+        if group[i..].starts_with(REDACTED.as_bytes()) {
+            i += REDACTED.len();
+        } else if matches!(
+            group[i],
+            b'[' | b']' | b'{' | b'}' | b'"' | b'\'' | b',' | b'\\'
+        ) || group[i].is_ascii_whitespace()
+        {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// `text` with every range replaced by the marker (ranges may overlap and come in any order);
