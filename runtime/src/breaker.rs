@@ -136,6 +136,9 @@ pub struct Trip {
     pub class: String,
     /// The normalised reason.
     pub reason: String,
+    /// The refusal that tripped it as the destination said it (capped), for people: the
+    /// normalised reason has lost the names that tell which column or constraint.
+    pub example: String,
     /// What tripped it, for people: "12 records in a row", "40 of 50 records of a batch".
     pub evidence: String,
     /// Probes refused for the same reason since the trip.
@@ -300,6 +303,7 @@ impl Breaker {
         self.state = State::Open(Trip {
             class: label(class).to_string(),
             reason: normalise(reason),
+            example: crate::dead_letter::cap_text(reason, REASON_MAX),
             evidence,
             failed_probes: 0,
         });
@@ -477,6 +481,17 @@ impl Circuit {
         self.with(|b| b.is_tripped()).0
     }
 
+    /// Opens the breaker on the stage's own evidence (see [`Breaker::trip`]) unless it is out
+    /// already; the stage closes it with `accepted` once records go through again.
+    pub fn trip(&self, class: &str, reason: &str, evidence: &str) {
+        let (_, before, after) = self.with(|b| {
+            if !b.is_tripped() && b.config.enabled {
+                b.trip(class, reason, evidence.to_string());
+            }
+        });
+        self.report(&before, &after);
+    }
+
     pub fn state(&self) -> State {
         self.with(|b| b.state.clone()).0
     }
@@ -501,7 +516,7 @@ impl Circuit {
                 metrics::counter!("audit_circuit_trips_total", "stage" => stage, "reason_class" => trip.class.clone()).increment(1);
                 metrics::gauge!("audit_circuit_open", "stage" => stage, "reason_class" => trip.class.clone()).set(1.0);
                 tracing::error!(
-                    reason = %trip.reason,
+                    reason = %trip.example,
                     evidence = %trip.evidence,
                     "circuit breaker open: records are refused for one reason, so the cause is \
                      not the records; holding them uncommitted instead of dead-lettering them"
@@ -537,12 +552,11 @@ impl Circuit {
 
 fn detail(trip: &Trip, next_probe: Duration) -> String {
     format!(
-        "open ({}): {} refused for the same reason [{}] {}; nothing dead-lettered for it, \
+        "open ({}): {} refused for the same reason, e.g. {}; nothing dead-lettered for it, \
          nothing committed; next probe in {:.1} s",
         trip.class,
         trip.evidence,
-        trip.class,
-        trip.reason,
+        trip.example,
         next_probe.as_secs_f64()
     )
 }
@@ -789,6 +803,12 @@ mod tests {
         }
         assert!(c.is_tripped());
         assert!(!health.is_healthy());
+        let State::Open(trip) = c.state() else {
+            panic!("open");
+        };
+        let detail = detail(&trip, Duration::from_millis(100));
+        assert!(detail.contains("NO_SUCH_COLUMN_IN_TABLE"), "{detail}");
+        assert!(detail.contains("No such column x"), "{detail}");
         c.accepted(1);
         assert!(health.is_healthy());
     }

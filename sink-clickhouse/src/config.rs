@@ -1,5 +1,6 @@
 //! `audit-sink-clickhouse`'s settings.
 
+use audit_runtime::breaker::BreakerConfig;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,13 @@ pub struct ClickHouseConfig {
     /// All partitions' windows together take at most about this many bytes: with many
     /// partitions each window holds fewer ids than `replay_window`.
     pub replay_window_bytes: usize,
+    /// The circuit breaker for rows ClickHouse refuses (`[clickhouse.breaker]`, see
+    /// `audit_runtime::breaker`): when more than `max_refused_share` (0.5) of an insert of at
+    /// least `min_batch` (20) rows, or `max_consecutive` (10) rows in a row, are refused for
+    /// the same reason, the sink holds them uncommitted instead of dead-lettering them, and
+    /// probes every `probe_initial_ms` (1,000) doubling up to `probe_max_ms` (30,000) until
+    /// ClickHouse takes them.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for ClickHouseConfig {
@@ -76,6 +84,7 @@ impl Default for ClickHouseConfig {
             max_backoff_ms: 10_000,
             replay_window: 200_000,
             replay_window_bytes: 8 * 1024 * 1024,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -114,6 +123,7 @@ impl Validate for Settings {
                 "must be positive",
             ));
         }
+        ch.breaker.validate("clickhouse.breaker")?;
         if ch.ttl_days == Some(0) {
             return Err(ConfigError::invalid(
                 "clickhouse.ttl_days",

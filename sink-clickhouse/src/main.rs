@@ -1,6 +1,7 @@
 //! `audit-sink-clickhouse`: enriched audit events into ClickHouse.
 
 use anyhow::{Context, Result};
+use audit_runtime::breaker::Circuit;
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::{self, BatchOptions};
 use audit_runtime::dead_letter::{DeadLetters, Stage};
@@ -30,7 +31,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// crash, rows already stored are recognised by their topic offsets and not inserted again, so
 /// count() = uniqExact(event_id) holds without FINAL. While ClickHouse is unreachable it retries
 /// with backoff and stops consuming; rows ClickHouse rejects go to audit.dlq with the server's
-/// error. Serves /metrics and /healthz on ops.listen (default 127.0.0.1:9102).
+/// error, unless most rows are rejected for one reason (clickhouse.breaker): then they are held
+/// uncommitted and retried with backoff until ClickHouse takes them. Serves /metrics and /healthz on ops.listen (default 127.0.0.1:9102).
 #[derive(Debug, Parser)]
 #[command(name = "audit-sink-clickhouse", version, about, long_about)]
 struct Cli {
@@ -98,12 +100,18 @@ async fn run(cli: Cli) -> Result<()> {
         &[&settings.topics.dlq.name],
     )
     .await?;
+    let circuit = Circuit::new(
+        ch.breaker.clone(),
+        Stage::SinkClickHouse.as_str(),
+        health.clone(),
+    );
     let mut sink = ClickHouseSink {
         store: Store::new(
             audit_sink_clickhouse::client(ch),
             Duration::from_millis(ch.max_backoff_ms),
             health,
-        ),
+        )
+        .with_circuit(circuit.clone()),
         letters: DeadLetters::new(
             BatchProducer::new(&settings.kafka, "audit-sink-clickhouse")?,
             &settings.topics.dlq.name,
@@ -111,6 +119,8 @@ async fn run(cli: Cli) -> Result<()> {
             SizeBudget::from(&settings.kafka),
         ),
         recent: RecentIds::new(ch.replay_window).with_budget(ch.replay_window_bytes),
+        circuit,
+        shutdown: shutdown.clone(),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

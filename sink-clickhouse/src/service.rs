@@ -3,6 +3,7 @@
 //! already stored.
 
 use crate::encoder::EventRow;
+use audit_runtime::breaker::Circuit;
 use audit_runtime::ops::Health;
 use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use clickhouse::Client;
@@ -20,6 +21,8 @@ pub struct Store {
     client: Client,
     retry: RetryPolicy,
     health: Health,
+    /// Told when inserts fail for the table's schema (see [`SCHEMA_ERRORS`]).
+    circuit: Option<Circuit>,
 }
 
 /// A failed request, with what it means.
@@ -65,6 +68,18 @@ const ROW_ERRORS: &[u32] = &[
     1001, // STD_EXCEPTION (bad UTF-8 and the like, raised while reading a row)
 ];
 
+/// Server-wide errors that mean the table no longer fits the rows (a column the sink writes
+/// was dropped or renamed, a view reads one that is gone): every insert fails alike. They are
+/// waited out like the others — never dead-lettered — and reported as the circuit breaker
+/// being open, so one alert covers every "ClickHouse refuses all rows" case.
+const SCHEMA_ERRORS: &[u32] = &[
+    8,  // THERE_IS_NO_COLUMN
+    10, // NOT_FOUND_COLUMN_IN_BLOCK
+    16, // NO_SUCH_COLUMN_IN_TABLE
+    20, // NUMBER_OF_COLUMNS_DOESNT_MATCH
+    47, // UNKNOWN_IDENTIFIER
+];
+
 /// Errors a retry cannot cure: credentials and permissions.
 const FATAL_ERRORS: &[u32] = &[
     192, // UNKNOWN_USER
@@ -83,6 +98,36 @@ pub fn classify_code(code: Option<u32>) -> ErrorClass {
     }
 }
 
+/// The name of a server error (`NO_SUCH_COLUMN_IN_TABLE` in "Code: 16. DB::Exception: ...
+/// (NO_SUCH_COLUMN_IN_TABLE) (version ...)"): the circuit breaker's reason class, a metric
+/// label from the server's closed set of error names. "other" when the message names none.
+pub fn error_name(message: &str) -> &str {
+    message
+        .match_indices('(')
+        .filter_map(|(at, _)| {
+            let rest = &message[at + 1..];
+            let name = &rest[..rest.find(')')?];
+            let is_name = name.len() >= 3
+                && name.len() <= 48
+                && name.bytes().any(|b| b.is_ascii_uppercase())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            is_name.then_some(name)
+        })
+        .next_back()
+        .unwrap_or(audit_runtime::labels::OTHER)
+}
+
+/// The server's error code in a message ("Code: 16. DB::Exception: ...").
+fn error_code(message: &str) -> Option<u32> {
+    message
+        .split("Code: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|c| c.parse::<u32>().ok())
+}
+
 fn classify(e: clickhouse::error::Error) -> Failure {
     use clickhouse::error::Error as E;
     let message = e.to_string();
@@ -91,13 +136,7 @@ fn classify(e: clickhouse::error::Error) -> Failure {
         // Not from the server: the client could not use what it got (e.g. a schema this build
         // does not understand). Retrying would not help, dropping rows would lose them.
         _ if !message.contains("Code: ") => ErrorClass::Fatal,
-        _ => classify_code(
-            message
-                .split("Code: ")
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|c| c.parse::<u32>().ok()),
-        ),
+        _ => classify_code(error_code(&message)),
     };
     Failure { class, message }
 }
@@ -112,7 +151,14 @@ impl Store {
                 max_attempts: None,
             },
             health,
+            circuit: None,
         }
+    }
+
+    /// Reports inserts refused for the table's schema as the circuit breaker being open.
+    pub fn with_circuit(mut self, circuit: Circuit) -> Self {
+        self.circuit = Some(circuit);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -141,6 +187,15 @@ impl Store {
                     self.health
                         .set("clickhouse", false, format!("retrying: {}", f.message));
                     metrics::counter!("audit_clickhouse_retries_total").increment(1);
+                    if let Some(circuit) = &self.circuit {
+                        if error_code(&f.message).is_some_and(|c| SCHEMA_ERRORS.contains(&c)) {
+                            circuit.trip(
+                                error_name(&f.message),
+                                &f.message,
+                                "every insert (the table no longer fits the rows; retried until it does)",
+                            );
+                        }
+                    }
                 },
                 || {
                     let attempt = op();
@@ -284,9 +339,8 @@ impl Store {
 
     /// Inserts `rows` (one insert group, in offset order) up to the first row the server
     /// rejects, found by bisection: returns its index and the server's error, with every row
-    /// before it inserted and none after it. The caller dead-letters it before inserting the
-    /// rest, so no later offset of the partition is stored while a rejected one is neither
-    /// stored nor dead-lettered (a crash in between would otherwise skip it for good).
+    /// before it inserted and none after it, so the caller can judge the refusal (a dead
+    /// letter, or the circuit breaker's cause) before anything after it goes in.
     pub async fn insert_until_rejected(
         &self,
         rows: &[EventRow],
@@ -326,10 +380,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_names_are_taken_from_the_server_message() {
+        assert_eq!(
+            error_name("Code: 16. DB::Exception: No such column message in table db.events (4f1c-uuid). (NO_SUCH_COLUMN_IN_TABLE) (version 26.9.1.1)"),
+            "NO_SUCH_COLUMN_IN_TABLE"
+        );
+        assert_eq!(
+            error_name("Code: 469. DB::Exception: Constraint `c` for table db.events (x) is violated at row 1. Expression: (event_type != 'poison'). (VIOLATED_CONSTRAINT)"),
+            "VIOLATED_CONSTRAINT"
+        );
+        assert_eq!(error_name("connection reset (os error 104)"), "other");
+    }
+
+    #[test]
     fn only_row_errors_dead_letter_and_server_wide_ones_are_waited_out() {
         // READONLY, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE, MEMORY_LIMIT_EXCEEDED, TOO_MANY_PARTS,
-        // UNKNOWN_TABLE, UNKNOWN_DATABASE, TIMEOUT_EXCEEDED, no code at all.
-        for code in [164, 242, 243, 241, 252, 60, 81, 159] {
+        // UNKNOWN_TABLE, UNKNOWN_DATABASE, TIMEOUT_EXCEEDED, NO_SUCH_COLUMN_IN_TABLE (a column
+        // dropped under the sink), UNKNOWN_IDENTIFIER, no code at all.
+        for code in [164, 242, 243, 241, 252, 60, 81, 159, 16, 47] {
             assert_eq!(classify_code(Some(code)), ErrorClass::Retryable, "{code}");
         }
         assert_eq!(classify_code(None), ErrorClass::Retryable);

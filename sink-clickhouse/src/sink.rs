@@ -5,18 +5,21 @@
 //! | failure | what happens |
 //! |---|---|
 //! | a record does not decode | dead letter (`undecodable`, `no_value`) |
-//! | ClickHouse rejects a row (its values, a constraint) | found by bisection; dead letter (`rejected`) before any later row of its partition is inserted |
+//! | ClickHouse rejects a row (its values, a constraint) | found by bisection; dead letter (`rejected`), published before the batch's offsets are committed |
+//! | ClickHouse rejects (nearly) every row for one reason (a column dropped or renamed under the sink, a failing materialized view, a constraint every row breaks) | the circuit breaker ([`audit_runtime::breaker`], `clickhouse.breaker`) opens: nothing is dead-lettered for it, nothing committed; the rows are held and the first is tried again with backoff (up to `probe_max_ms`) until it goes in, then the sink goes on; `/healthz` says why (503, check `circuit_breaker`) |
 //! | ClickHouse is away, read-only, out of disk or memory, the table missing, too many parts | the insert is retried with backoff and jitter, as long as it takes; nothing is dead-lettered |
 //! | wrong credentials or permissions | the sink stops, uncommitted, saying which setting to check |
 //! | a partition was revoked while its batch was in hand | its records are not inserted (the runtime drops them; the new owner reads them) |
 
 use crate::encoder::{already_stored, insert_groups, row, ChainSkip, EventRow, Origin, Stored};
-use crate::service::Store;
+use crate::service::{error_name, Store};
+use audit_runtime::breaker::{Circuit, Verdict};
 use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::dead_letter::{self, DeadLetters};
 use audit_runtime::replays::RecentIds;
+use audit_runtime::Shutdown;
 use audit_schemas::dead_letter::Cause;
-use audit_schemas::EnrichedAuditEvent;
+use audit_schemas::{DeadLetter, EnrichedAuditEvent};
 use rdkafka::message::{Message, OwnedMessage};
 use std::collections::HashMap;
 
@@ -24,6 +27,10 @@ pub struct ClickHouseSink {
     pub store: Store,
     pub letters: DeadLetters,
     pub recent: RecentIds,
+    /// Tells rows refused for what they are (dead letters) from a cause that refuses them all.
+    pub circuit: Circuit,
+    /// A stop requested while the breaker holds rows ends the batch uncommitted.
+    pub shutdown: Shutdown,
 }
 
 impl ClickHouseSink {
@@ -132,27 +139,138 @@ impl BatchHandler for ClickHouseSink {
         }
         let rows = self.without_replays(&topic, batch, rows).await?;
         for (_, group) in insert_groups(rows) {
-            let mut rest: &[EventRow] = &group;
-            while let Some((index, error)) = self.store.insert_until_rejected(rest).await? {
-                // Dead-lettered before any later row of the partition is inserted: a crash
-                // now can neither skip it nor lose it.
-                let r = &rest[index];
-                let m = originals.get(&(r.source_partition, r.source_offset));
-                let letter = self.letters.letter(
-                    Cause::Rejected,
-                    &format!("ClickHouse rejected the row: {error}"),
-                    m.and_then(|m| m.key()),
-                    m.and_then(|m| m.payload()),
-                    Some(dead_letter::Origin {
-                        topic: &topic,
-                        partition: r.source_partition,
-                        offset: r.source_offset,
-                    }),
-                );
-                self.letters.publish(std::slice::from_ref(&letter)).await?;
-                rest = &rest[index + 1..];
-            }
+            let refused = self.store_group(group).await?;
+            let letters: Vec<DeadLetter> = refused
+                .iter()
+                .map(|(r, error)| {
+                    let m = originals.get(&(r.source_partition, r.source_offset));
+                    self.letters.letter(
+                        Cause::Rejected,
+                        &format!("ClickHouse rejected the row: {error}"),
+                        m.and_then(|m| m.key()),
+                        m.and_then(|m| m.payload()),
+                        Some(dead_letter::Origin {
+                            topic: &topic,
+                            partition: r.source_partition,
+                            offset: r.source_offset,
+                        }),
+                    )
+                })
+                .collect();
+            // Published before the batch's offsets are committed. Rows after a rejected one
+            // may be stored before its letter is out; a crash in between loses nothing: the
+            // batch is read again, the stored rows are recognised by (offset, event id) and
+            // the rejected one is refused and dead-lettered again.
+            self.letters.publish(&letters).await?;
         }
         Ok(())
+    }
+}
+
+impl ClickHouseSink {
+    /// Inserts one insert group (one partition and month, in offset order) and returns the rows
+    /// ClickHouse refused for what they are, with its error: the dead letters. Refusals go
+    /// through the circuit breaker first: when it opens, the refused rows and those not tried
+    /// yet are held (not dead-lettered; the batch is not done, so nothing is committed) and the
+    /// first of them is probed until it goes in; then the rest is inserted as usual.
+    async fn store_group(
+        &mut self,
+        group: Vec<EventRow>,
+    ) -> anyhow::Result<Vec<(EventRow, String)>> {
+        let mut todo = group;
+        let mut letters: Vec<(EventRow, String)> = Vec::new();
+        while !todo.is_empty() {
+            let (refused, tripped_at) = self.insert_pass(&todo).await?;
+            let reasons: Vec<(&str, &str)> = refused
+                .iter()
+                .map(|(_, e)| (error_name(e), e.as_str()))
+                .collect();
+            let tripped = tripped_at.is_some()
+                || self.circuit.judge_batch(todo.len(), &reasons) == Verdict::Open;
+            drop(reasons);
+            if !tripped {
+                let mut refused = refused.into_iter().peekable();
+                for (i, row) in todo.into_iter().enumerate() {
+                    if let Some((_, error)) = refused.next_if(|(at, _)| *at == i) {
+                        letters.push((row, error));
+                    }
+                }
+                break;
+            }
+            // Held: the rows refused in this pass and those after the trip, in offset order.
+            let untried = tripped_at.unwrap_or(todo.len());
+            let refused_at: std::collections::HashSet<usize> =
+                refused.iter().map(|(at, _)| *at).collect();
+            let held: Vec<EventRow> = todo
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i >= untried || refused_at.contains(i))
+                .map(|(_, row)| row)
+                .collect();
+            let mut held = held.into_iter();
+            let Some(first) = held.next() else {
+                break;
+            };
+            if let Some(error) = self.probe(&first).await? {
+                letters.push((first, error));
+            }
+            todo = held.collect();
+        }
+        letters.sort_by_key(|(r, _)| r.source_offset);
+        Ok(letters)
+    }
+
+    /// Inserts `rows` around the ones ClickHouse refuses: the refused ones by index with the
+    /// error, and the index the breaker opened at (that row and the rest were not inserted).
+    async fn insert_pass(
+        &self,
+        rows: &[EventRow],
+    ) -> anyhow::Result<(Vec<(usize, String)>, Option<usize>)> {
+        let mut refused = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let Some((index, error)) = self.store.insert_until_rejected(&rows[start..]).await?
+            else {
+                self.circuit.accepted(rows.len() - start);
+                break;
+            };
+            self.circuit.accepted(index);
+            let at = start + index;
+            let verdict = self.circuit.refused(error_name(&error), &error);
+            refused.push((at, error));
+            if verdict == Verdict::Open {
+                return Ok((refused, Some(at + 1)));
+            }
+            start = at + 1;
+        }
+        Ok((refused, None))
+    }
+
+    /// Probes the open breaker with one held row, after its backoff, until ClickHouse takes
+    /// the row (`None`) or refuses it for another reason (`Some(error)`: a dead letter).
+    async fn probe(&self, row: &EventRow) -> anyhow::Result<Option<String>> {
+        loop {
+            tokio::select! {
+                () = self.circuit.wait_for_probe() => {}
+                () = self.shutdown.requested() => anyhow::bail!(
+                    "stopping while the circuit breaker holds rows ClickHouse refuses; their offsets are not committed, so a restart reads them again"
+                ),
+            }
+            match self
+                .store
+                .insert_until_rejected(std::slice::from_ref(row))
+                .await?
+            {
+                None => {
+                    self.circuit.accepted(1);
+                    return Ok(None);
+                }
+                Some((_, error)) => {
+                    if self.circuit.refused(error_name(&error), &error) == Verdict::PerRecord {
+                        return Ok(Some(error));
+                    }
+                }
+            }
+        }
     }
 }
