@@ -1,5 +1,6 @@
 //! `audit-enricher`'s settings.
 
+use audit_runtime::breaker::BreakerConfig;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
 use audit_schemas::redaction::RedactionSettings;
@@ -108,6 +109,14 @@ pub struct EnricherConfig {
     pub session_idle_timeout_ms: u64,
     /// A session ends this many milliseconds after it started, active or not. 0: never.
     pub session_max_lifetime_ms: u64,
+    /// The circuit breaker for enriched events the broker refuses one by one
+    /// (`[enricher.breaker]`, see `audit_runtime::breaker`): when more than
+    /// `max_refused_share` (0.5) of a batch of at least `min_batch` (20), or `max_consecutive`
+    /// (10) in a row, are refused for the same reason (a topic policy, a size limit below
+    /// `kafka.message_max_bytes`), they are held and published again with backoff (from
+    /// `probe_initial_ms`, 1,000, up to `probe_max_ms`, 30,000) instead of dead-lettered, and
+    /// nothing after them is committed.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for EnricherConfig {
@@ -126,6 +135,7 @@ impl Default for EnricherConfig {
             session_end_grace_ms: 5 * 60_000,
             session_idle_timeout_ms: 8 * 3_600_000,
             session_max_lifetime_ms: 7 * 24 * 3_600_000,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -176,6 +186,7 @@ impl Validate for Settings {
                 "must be positive",
             ));
         }
+        self.enricher.breaker.validate("enricher.breaker")?;
         if self.enricher.max_unknown_sessions == 0 {
             return Err(ConfigError::invalid(
                 "enricher.max_unknown_sessions",

@@ -181,6 +181,14 @@ async fn run(cli: Cli) -> Result<()> {
             vocabulary: Vocabulary::with(&settings.vocabulary)
                 .context("the [vocabulary] settings")?,
         },
+    )
+    .with_circuit(
+        audit_runtime::breaker::Circuit::new(
+            settings.enricher.breaker.clone(),
+            "enricher",
+            health.clone(),
+        ),
+        shutdown.clone(),
     );
     let options = BatchOptions {
         max_records: settings.enricher.batch_max_records,

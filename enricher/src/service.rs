@@ -9,6 +9,7 @@
 //! | a raw record does not decode | dead letter (`undecodable`, `no_value`); the batch goes on |
 //! | its enriched form exceeds `kafka.message_max_bytes` | dead letter (`too_large`) with the raw record |
 //! | the broker refuses one enriched record | dead letter (`rejected`) with the enriched record |
+//! | the broker refuses most records for one reason (a topic policy, a size limit) | the circuit breaker (`enricher.breaker`) opens: nothing is dead-lettered for it; the refused records are published again with backoff until the broker takes them, and neither this batch nor any later one is committed meanwhile; `/healthz` says why (check `circuit_breaker`) |
 //! | the broker is away (any other produce error) | the batch is published again with backoff; after `PUBLISH_ATTEMPTS` the service stops uncommitted |
 //! | the session is not in the directory yet | that record (and later ones of its session) wait in the [`ParkingLot`], up to `enricher.session_wait_ms`; the rest of the batch goes on |
 //! | its partition was just assigned and its sessions are still being read | the batch waits for them (see [`crate::ownership`]) |
@@ -21,11 +22,13 @@ use crate::ownership::{Gate, Ownership};
 use crate::parking::{Held, ParkingLot, Release, UnknownSessions};
 use crate::rules::RuleSet;
 use crate::sessions::Sessions;
+use audit_runtime::breaker::{Circuit, Verdict};
 use audit_runtime::budget::SizeBudget;
 use audit_runtime::consume::PipelinedHandler;
 use audit_runtime::dead_letter::{self, DeadLetters, Origin};
-use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record};
+use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record, Rejected};
 use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
+use audit_runtime::Shutdown;
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::drops::{self, Drop, DropTally};
 use audit_schemas::redaction::Redactor;
@@ -126,6 +129,10 @@ pub struct Enricher {
     /// Behind a mutex only because linking happens in `process(&self)`; never contended.
     chaining: Option<Mutex<Chaining>>,
     vocabulary: Vocabulary,
+    /// Tells records the broker refuses for what they are from a cause that refuses them all.
+    circuit: Circuit,
+    /// Ends a delivery the breaker holds when the enricher stops (uncommitted).
+    shutdown: Shutdown,
 }
 
 /// A raw record held back for its session: decoded again when released (rare), so nothing is
@@ -177,7 +184,22 @@ impl Enricher {
             max_event_lead_us: options.max_event_lead.as_micros().min(i64::MAX as u128) as i64,
             chaining: options.chaining.map(Mutex::new),
             vocabulary: options.vocabulary,
+            circuit: Circuit::new(
+                Default::default(),
+                dead_letter::Stage::Enricher.as_str(),
+                audit_runtime::ops::Health::default(),
+            ),
+            shutdown: Shutdown::new(),
         }
+    }
+
+    /// The circuit breaker (`enricher.breaker`, reporting on the service's `/healthz`) and the
+    /// shutdown that ends a delivery it holds; without this call, the default settings and no
+    /// health report.
+    pub fn with_circuit(mut self, circuit: Circuit, shutdown: Shutdown) -> Self {
+        self.circuit = circuit;
+        self.shutdown = shutdown;
+        self
     }
 
     fn chaining(&self) -> Option<std::sync::MutexGuard<'_, Chaining>> {
@@ -601,6 +623,8 @@ impl PipelinedHandler for Enricher {
         let dead_letters = self.letters.clone();
         let raw_topic = self.raw_topic.clone();
         let first = publisher.enqueue(&records).await;
+        let circuit = self.circuit.clone();
+        let shutdown = self.shutdown.clone();
         Ok(Box::pin(async move {
             let first = match first {
                 Ok(acks) => acks.acknowledged().await,
@@ -608,15 +632,23 @@ impl PipelinedHandler for Enricher {
             };
             let rejected = publisher.retry_until_acknowledged(&records, first).await?;
             dead_letters.published(&letters);
-            // Records the broker refused one by one: dead letters, then the batch is done.
+            if let Some(r) = rejected.iter().find(|r| {
+                matches!(
+                    records.get(r.index).map(|r| r.to),
+                    Some(Target::DeadLetters)
+                )
+            }) {
+                anyhow::bail!("the broker refused a dead letter ({}); check audit.dlq's max.message.bytes against kafka.message_max_bytes", r.error);
+            }
+            // Records the broker refused one by one: through the breaker, then dead letters.
+            let rejected = publisher
+                .settle_refused(&circuit, &shutdown, &records, rejected)
+                .await?;
             let mut refused = Vec::new();
             for r in rejected {
                 let Some(record) = records.get(r.index) else {
                     continue;
                 };
-                if let Target::DeadLetters = record.to {
-                    anyhow::bail!("the broker refused a dead letter ({}); check audit.dlq's max.message.bytes against kafka.message_max_bytes", r.error);
-                }
                 refused.push(dead_letters.letter(
                     Cause::Rejected,
                     &format!("the broker refused the enriched event: {}", r.error),
@@ -677,6 +709,30 @@ const PUBLISH_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: None,
 };
 
+/// A produce error as the breaker compares it: the error code's name (a closed set) and the
+/// message.
+fn refusal(error: &rdkafka::error::KafkaError) -> (String, String) {
+    let class = match error {
+        rdkafka::error::KafkaError::MessageProduction(code) => format!("{code:?}"),
+        _ => audit_runtime::labels::OTHER.to_string(),
+    };
+    (class, error.to_string())
+}
+
+/// The breaker's verdict on the records refused out of `published` (each by its place among
+/// them).
+fn judge(circuit: &Circuit, published: usize, refused: &[(usize, Rejected)]) -> Verdict {
+    let reasons: Vec<(usize, (String, String))> = refused
+        .iter()
+        .map(|(at, r)| (*at, refusal(&r.error)))
+        .collect();
+    let indexed: Vec<(usize, &str, &str)> = reasons
+        .iter()
+        .map(|(i, (c, r))| (*i, c.as_str(), r.as_str()))
+        .collect();
+    circuit.judge_indexed(published, &indexed)
+}
+
 /// Where an output record goes.
 #[derive(Clone, Copy)]
 enum Target {
@@ -685,6 +741,7 @@ enum Target {
 }
 
 /// One record to publish, owned so a batch's delivery can outlive the consumer's batch.
+#[derive(Clone)]
 struct OutRecord {
     to: Target,
     key: Option<Vec<u8>>,
@@ -715,6 +772,91 @@ impl Publisher {
                 payload: &r.payload,
             }))
             .await
+    }
+
+    /// Judges the records the broker refused one by one (indexes into `records`) with the
+    /// circuit breaker and returns those to dead-letter. While it is open they are held: the
+    /// first is published again after the breaker's backoff until the broker takes it (or
+    /// refuses it for another reason: a dead letter), then the rest are published again and
+    /// judged anew. Meanwhile this delivery is not done, so neither its batch nor any later
+    /// one is committed.
+    async fn settle_refused(
+        &self,
+        circuit: &Circuit,
+        shutdown: &Shutdown,
+        records: &[OutRecord],
+        rejected: Vec<Rejected>,
+    ) -> anyhow::Result<Vec<Rejected>> {
+        let mut letters = Vec::new();
+        // The refused records, each with its place among those published with it (what the
+        // breaker's run rule orders by), and how many were published.
+        let mut pending: Vec<(usize, Rejected)> =
+            rejected.into_iter().map(|r| (r.index, r)).collect();
+        let mut published = records.len();
+        while !pending.is_empty() {
+            if judge(circuit, published, &pending) == Verdict::PerRecord {
+                letters.extend(pending.into_iter().map(|(_, r)| r));
+                break;
+            }
+            let (_, first) = pending.remove(0);
+            loop {
+                tokio::select! {
+                    () = circuit.wait_for_probe() => {}
+                    () = shutdown.requested() => anyhow::bail!(
+                        "stopping while the circuit breaker holds records the broker refuses; their batch is not committed, so a restart reads it again"
+                    ),
+                }
+                let probe = [records[first.index].clone()];
+                let refused = self.publish_again(&probe).await?;
+                let Some(again) = refused.into_iter().next() else {
+                    circuit.accepted(1);
+                    break;
+                };
+                let (class, reason) = refusal(&again.error);
+                if circuit.refused(&class, &reason) == Verdict::PerRecord {
+                    letters.push(Rejected {
+                        index: first.index,
+                        error: again.error,
+                    });
+                    break;
+                }
+            }
+            // The rest, published again together and judged as a batch of their own.
+            let rest: Vec<OutRecord> = pending
+                .iter()
+                .map(|(_, r)| records[r.index].clone())
+                .collect();
+            let refused = self.publish_again(&rest).await?;
+            published = rest.len();
+            pending = refused
+                .into_iter()
+                .filter_map(|again| {
+                    pending.get(again.index).map(|(_, r)| {
+                        (
+                            again.index,
+                            Rejected {
+                                index: r.index,
+                                error: again.error,
+                            },
+                        )
+                    })
+                })
+                .collect();
+        }
+        letters.sort_by_key(|r| r.index);
+        Ok(letters)
+    }
+
+    /// Publishes `records` again until acknowledged; returns those refused one by one.
+    async fn publish_again(&self, records: &[OutRecord]) -> anyhow::Result<Vec<Rejected>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = match self.enqueue(records).await {
+            Ok(acks) => acks.acknowledged().await,
+            Err(e) => Err(e),
+        };
+        self.retry_until_acknowledged(records, first).await
     }
 
     /// Publishes digest events and waits for their acknowledgement, retried like a batch (a
@@ -786,4 +928,55 @@ impl Publisher {
             GaveUp::PerRecord(e) | GaveUp::Fatal(e) => anyhow::anyhow!("publishing a batch: {e}"),
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    fn refused(at: usize, code: RDKafkaErrorCode) -> (usize, Rejected) {
+        (
+            at,
+            Rejected {
+                index: at,
+                error: KafkaError::MessageProduction(code),
+            },
+        )
+    }
+
+    fn circuit() -> Circuit {
+        Circuit::new(
+            Default::default(),
+            "enricher",
+            audit_runtime::ops::Health::default(),
+        )
+    }
+
+    #[test]
+    fn one_refused_record_among_good_ones_is_a_dead_letter() {
+        let c = circuit();
+        let one = [refused(7, RDKafkaErrorCode::MessageSizeTooLarge)];
+        for _ in 0..50 {
+            assert_eq!(judge(&c, 100, &one), Verdict::PerRecord);
+        }
+        assert!(!c.is_tripped());
+    }
+
+    #[test]
+    fn most_of_a_batch_refused_for_one_reason_holds_it() {
+        let c = circuit();
+        let many: Vec<_> = (0..60)
+            .filter(|i| i % 5 != 0)
+            .map(|i| refused(i, RDKafkaErrorCode::PolicyViolation))
+            .collect();
+        assert_eq!(judge(&c, 60, &many), Verdict::Open);
+        assert!(c.is_tripped());
+        let State::Open(trip) = c.state() else {
+            panic!("open");
+        };
+        assert_eq!(trip.class, "PolicyViolation");
+    }
+
+    use audit_runtime::breaker::State;
 }
