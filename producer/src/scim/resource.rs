@@ -13,6 +13,7 @@ use super::filter::{self, get_ci, Filter};
 use super::ScimError;
 use audit_schemas::{Group, Timestamp, User};
 use serde_json::{json, Map, Value};
+use std::collections::HashSet;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -74,13 +75,14 @@ impl Input {
             .unwrap_or_default()
     }
 
-    /// A group's member ids, in order, each once.
+    /// A group's member ids, in order, each once (linear: groups have thousands).
     pub fn member_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         if let Some(Value::Array(members)) = self.attributes.get("members") {
             for m in members {
                 if let Some(id) = m.get("value").and_then(Value::as_str) {
-                    if !ids.iter().any(|i| i == id) {
+                    if seen.insert(id) {
                         ids.push(id.to_string());
                     }
                 }
@@ -268,7 +270,13 @@ pub fn created_of(scim: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn meta(kind: Kind, id: &str, base: &str, attributes: &mut Map<String, Value>) -> Value {
+fn meta(
+    kind: Kind,
+    id: &str,
+    base: &str,
+    version: &str,
+    attributes: &mut Map<String, Value>,
+) -> Value {
     let stored = attributes.remove("meta");
     let now = Timestamp::now().to_rfc3339();
     let created = stored
@@ -286,20 +294,93 @@ fn meta(kind: Kind, id: &str, base: &str, attributes: &mut Map<String, Value>) -
         "created": created,
         "lastModified": modified,
         "location": format!("{base}/{}s/{id}", kind.name()),
-        "version": format!("W/\"{}\"", version(&modified)),
+        "version": version,
     })
 }
 
-fn version(modified: &str) -> String {
+/// A resource's version (`meta.version`, the `ETag`): a weak tag over everything the
+/// resource renders from, so any change of the entry or of its memberships changes it, and
+/// every instance holding the same directory computes the same tag.
+fn version(parts: &[&str], ids: &[&str]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(modified.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut hash = Sha256::new();
+    for p in parts.iter().chain(ids) {
+        hash.update((p.len() as u64).to_le_bytes());
+        hash.update(p.as_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("W/\"{hex}\"")
+}
+
+/// Whether an `If-Match` header value (a list of tags or `*`) admits `current`; weak and
+/// strong spellings of one tag compare equal.
+pub fn if_match(header: &str, current: &str) -> bool {
+    let opaque = |t: &str| {
+        let t = t.trim();
+        t.strip_prefix("W/").unwrap_or(t).to_string()
+    };
+    let current = opaque(current);
+    header
+        .split(',')
+        .any(|t| t.trim() == "*" || opaque(t) == current)
+}
+
+/// The version a user renders with.
+pub fn user_version(user: &User, groups: &[(String, String)]) -> String {
+    let ids: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
+    version(
+        &[
+            "user",
+            &user.login,
+            user.name.as_deref().unwrap_or("\u{0}"),
+            user.scim.as_deref().unwrap_or("\u{0}"),
+        ],
+        &ids,
+    )
+}
+
+/// The version a group renders with.
+pub fn group_version(group: &Group, derived_members: &[(String, Kind)]) -> String {
+    let ids: Vec<&str> = group
+        .parent_ids
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once("\u{0}"))
+        .chain(derived_members.iter().map(|(m, _)| m.as_str()))
+        .collect();
+    version(
+        &[
+            "group",
+            &group.name,
+            group.scim.as_deref().unwrap_or("\u{0}"),
+        ],
+        &ids,
+    )
+}
+
+/// The group without `member` in its SCIM members, when it listed it.
+pub fn without_member(group: &Group, member: &str) -> Option<Group> {
+    let mut attributes: Map<String, Value> = serde_json::from_str(group.scim.as_deref()?).ok()?;
+    let Some(Value::Array(members)) = attributes.get_mut("members") else {
+        return None;
+    };
+    let before = members.len();
+    members.retain(|m| m.get("value").and_then(Value::as_str) != Some(member));
+    if members.len() == before {
+        return None;
+    }
+    Some(Group {
+        scim: Some(Value::Object(attributes).to_string()),
+        ..group.clone()
+    })
 }
 
 /// A user as SCIM renders it; `groups` are (id, displayName) of the groups it is in.
 pub fn render_user(user: &User, groups: &[(String, String)], base: &str) -> Value {
     let mut attributes = attributes_of(user.scim.as_deref());
-    let meta = meta(Kind::User, &user.id, base, &mut attributes);
+    let version = user_version(user, groups);
+    let meta = meta(Kind::User, &user.id, base, &version, &mut attributes);
     attributes.insert("userName".into(), json!(user.login));
     if user.scim.is_none() {
         if let Some(name) = &user.name {
@@ -323,7 +404,8 @@ pub fn render_user(user: &User, groups: &[(String, String)], base: &str) -> Valu
 /// belong to it, when it was not written over SCIM.
 pub fn render_group(group: &Group, derived_members: &[(String, Kind)], base: &str) -> Value {
     let mut attributes = attributes_of(group.scim.as_deref());
-    let meta = meta(Kind::Group, &group.id, base, &mut attributes);
+    let version = group_version(group, derived_members);
+    let meta = meta(Kind::Group, &group.id, base, &version, &mut attributes);
     attributes.insert("displayName".into(), json!(group.name));
     if group.scim.is_none() && !derived_members.is_empty() {
         let members: Vec<Value> = derived_members
@@ -475,9 +557,11 @@ fn set(
         (None, None) => {
             let merged = match (obj.remove(&key), value) {
                 // `add` to a multi-valued attribute appends (each value once).
+                // Compared by their JSON text: a group's thousands of members stay linear.
                 (Some(Value::Array(mut old)), Value::Array(new)) if add => {
+                    let mut have: HashSet<String> = old.iter().map(Value::to_string).collect();
                     for v in new {
-                        if !old.contains(&v) {
+                        if have.insert(v.to_string()) {
                             old.push(v);
                         }
                     }
@@ -543,10 +627,17 @@ fn remove(
             // Azure AD sends `remove members` with the members to remove as its value.
             match (obj.get_mut(&key), value) {
                 (Some(Value::Array(items)), Some(Value::Array(gone))) => {
+                    let values: HashSet<String> = gone
+                        .iter()
+                        .filter_map(|g| g.get("value"))
+                        .map(Value::to_string)
+                        .collect();
+                    let whole: HashSet<String> = gone.iter().map(Value::to_string).collect();
                     items.retain(|i| {
-                        !gone.iter().any(|g| {
-                            g.get("value").is_some_and(|v| i.get("value") == Some(v)) || g == i
-                        })
+                        let by_value = i
+                            .get("value")
+                            .is_some_and(|v| values.contains(&v.to_string()));
+                        !by_value && !whole.contains(&i.to_string())
                     });
                 }
                 _ => {
