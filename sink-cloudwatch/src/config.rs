@@ -1,5 +1,6 @@
 //! `audit-sink-cloudwatch`'s settings.
 
+use audit_runtime::breaker::BreakerConfig;
 use audit_runtime::config::{self, ConfigError, Validate};
 use audit_runtime::{KafkaConfig, LogConfig, OpsConfig, TopicsConfig};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,13 @@ pub struct CloudWatchConfig {
     /// All partitions' windows together take at most about this many bytes: with many
     /// partitions each window holds fewer ids than `replay_window`.
     pub replay_window_bytes: usize,
+    /// The circuit breaker for events CloudWatch rejects (`[cloudwatch.breaker]`, see
+    /// `audit_runtime::breaker`): when more than `max_refused_share` (0.5) of a call of at
+    /// least `min_batch` (20) events, or `max_consecutive` (10) in a row, are rejected for the
+    /// same reason (too new: the clock is off; expired: a retention shorter than the backlog),
+    /// they are held uncommitted and sent again from `probe_initial_ms` (1,000) up to every
+    /// `probe_max_ms` (30,000) instead of dead-lettered. `enabled = false` dead-letters them.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for CloudWatchConfig {
@@ -81,6 +89,7 @@ impl Default for CloudWatchConfig {
             max_attempts: 30,
             replay_window: 100_000,
             replay_window_bytes: 8 * 1024 * 1024,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -123,6 +132,7 @@ impl Validate for Settings {
                 ));
             }
         }
+        cw.breaker.validate("cloudwatch.breaker")?;
         if cw.replay_window == 0 {
             return Err(ConfigError::invalid(
                 "cloudwatch.replay_window",

@@ -119,6 +119,12 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         recent: RecentIds::new(settings.cloudwatch.replay_window)
             .with_budget(settings.cloudwatch.replay_window_bytes),
+        circuit: audit_runtime::breaker::Circuit::new(
+            settings.cloudwatch.breaker.clone(),
+            audit_runtime::dead_letter::Stage::SinkCloudWatch.as_str(),
+            health.clone(),
+        ),
+        shutdown: shutdown.clone(),
     };
     let consumer = audit_runtime::kafka::consumer(
         &settings.kafka,

@@ -1,10 +1,14 @@
 //! Wiring: a consumed batch of enriched records -> routed log events -> planned calls ->
 //! CloudWatch, with every record that cannot go dead-lettered, and `Ok` only when all is durable.
+//! Events CloudWatch rejects go through the circuit breaker (`cloudwatch.breaker`): when most of
+//! a call, or a run of events, is rejected for one reason, they are held and sent again with
+//! backoff instead of dead-lettered, and `/healthz` says why (check `circuit_breaker`).
 
-use crate::batcher::{plan, LogEvent};
+use crate::batcher::{plan, Call, LogEvent};
 use crate::message::message;
 use crate::routing::{Routes, StreamMap};
 use crate::service::CloudWatch;
+use audit_runtime::breaker::{Circuit, Verdict};
 use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::dead_letter::{self, DeadLetters};
 use audit_runtime::replays::RecentIds;
@@ -25,6 +29,24 @@ pub struct CloudWatchSink {
     pub letters: DeadLetters,
     /// Per partition, the ids shipped lately and where this instance's reading left off.
     pub recent: RecentIds,
+    /// Tells events CloudWatch rejects for what they are from a cause that rejects them all
+    /// (a clock off, a retention shorter than the backlog): `cloudwatch.breaker`.
+    pub circuit: Circuit,
+    /// Ends a batch the breaker holds when the sink stops (uncommitted).
+    pub shutdown: audit_runtime::Shutdown,
+}
+
+/// A CloudWatch rejection's class (a closed set): the breaker's reason class.
+fn rejection_class(reason: &str) -> &'static str {
+    if reason.contains("too new") {
+        "too_new"
+    } else if reason.contains("too old") {
+        "too_old"
+    } else if reason.contains("retention") {
+        "expired"
+    } else {
+        audit_runtime::labels::OTHER
+    }
 }
 
 /// The time CloudWatch files an event under. The claimed event time when CloudWatch would take
@@ -152,6 +174,7 @@ impl BatchHandler for CloudWatchSink {
         }
         for call in &planned.calls {
             let rejected = self.cloudwatch.put(call).await?;
+            let rejected = self.settle_rejected(call, rejected).await?;
             let shipped = call.events.len() - rejected.len();
             metrics::counter!("audit_cloudwatch_events_shipped_total", "stream" => call.stream.clone()).increment(shipped as u64);
             for (index, reason) in rejected {
@@ -180,6 +203,75 @@ struct Rendered {
 }
 
 impl CloudWatchSink {
+    /// Judges the events CloudWatch rejected from `call` (by index) with the circuit breaker and
+    /// returns those to dead-letter. While it is open they are held (this batch is not done,
+    /// so nothing is committed): the first is sent again after the breaker's backoff until
+    /// CloudWatch takes it (or rejects it for another reason: a dead letter), then the rest are
+    /// sent again and judged anew.
+    async fn settle_rejected(
+        &self,
+        call: &Call,
+        rejected: Vec<(usize, String)>,
+    ) -> anyhow::Result<Vec<(usize, String)>> {
+        let mut letters = Vec::new();
+        // Each rejection with its place among the events sent with it, and how many were sent.
+        let mut pending: Vec<(usize, (usize, String))> =
+            rejected.into_iter().map(|r| (r.0, r)).collect();
+        let mut sent = call.events.len();
+        while !pending.is_empty() {
+            let indexed: Vec<(usize, &str, &str)> = pending
+                .iter()
+                .map(|(at, (_, reason))| (*at, rejection_class(reason), reason.as_str()))
+                .collect();
+            let verdict = self.circuit.judge_indexed(sent, &indexed);
+            drop(indexed);
+            if verdict == Verdict::PerRecord {
+                letters.extend(pending.into_iter().map(|(_, r)| r));
+                break;
+            }
+            let (_, (first, _)) = pending.remove(0);
+            loop {
+                tokio::select! {
+                    () = self.circuit.wait_for_probe() => {}
+                    () = self.shutdown.requested() => anyhow::bail!(
+                        "stopping while the circuit breaker holds events CloudWatch rejects; the batch is not committed, so a restart reads it again"
+                    ),
+                }
+                let probe = Call {
+                    stream: call.stream.clone(),
+                    events: call.events.get(first).cloned().into_iter().collect(),
+                };
+                let again = self.cloudwatch.put(&probe).await?;
+                let Some((_, reason)) = again.into_iter().next() else {
+                    self.circuit.accepted(1);
+                    break;
+                };
+                if self.circuit.refused(rejection_class(&reason), &reason) == Verdict::PerRecord {
+                    letters.push((first, reason));
+                    break;
+                }
+            }
+            let rest = Call {
+                stream: call.stream.clone(),
+                events: pending
+                    .iter()
+                    .filter_map(|(_, (i, _))| call.events.get(*i).cloned())
+                    .collect(),
+            };
+            if rest.events.is_empty() {
+                break;
+            }
+            sent = rest.events.len();
+            let again = self.cloudwatch.put(&rest).await?;
+            pending = again
+                .into_iter()
+                .filter_map(|(at, reason)| pending.get(at).map(|(_, (i, _))| (at, (*i, reason))))
+                .collect();
+        }
+        letters.sort_by_key(|(i, _)| *i);
+        Ok(letters)
+    }
+
     /// Records of `resumed` partitions may have been shipped before a crash or by the
     /// partition's previous owner: those CloudWatch already holds (same stream, same event id,
     /// within the batch's time span) are skipped and counted as the duplicates they would be.
@@ -218,5 +310,38 @@ impl CloudWatchSink {
                 .increment(skipped as u64);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+    use audit_runtime::breaker::BreakerConfig;
+
+    #[test]
+    fn rejections_have_bounded_classes_and_one_stays_a_dead_letter() {
+        assert_eq!(
+            rejection_class("CloudWatch rejected the event: too new"),
+            "too_new"
+        );
+        assert_eq!(
+            rejection_class("CloudWatch rejected the event: older than the group's retention"),
+            "expired"
+        );
+        assert_eq!(rejection_class("anything else"), "other");
+        let c = Circuit::new(
+            BreakerConfig::default(),
+            "sink-cloudwatch",
+            audit_runtime::ops::Health::default(),
+        );
+        let reason = "CloudWatch rejected the event: too old";
+        assert_eq!(
+            c.judge_indexed(100, &[(3, rejection_class(reason), reason)]),
+            Verdict::PerRecord
+        );
+        // A whole call rejected as too new (the sink's clock is off): held.
+        let reason = "CloudWatch rejected the event: too new";
+        let all: Vec<(usize, &str, &str)> = (0..30).map(|i| (i, "too_new", reason)).collect();
+        assert_eq!(c.judge_indexed(30, &all), Verdict::Open);
     }
 }
