@@ -56,6 +56,9 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// A request body must arrive within this many milliseconds, else 408.
     pub body_timeout_ms: u64,
+    /// A request must be answered within this many milliseconds, body and the broker's
+    /// acknowledgement included, else 503 with Retry-After (resend with the same event ids).
+    pub request_timeout_ms: u64,
     /// Requests one credential (a service token, a browser token's user, or an anonymous
     /// sender's address) may have in flight; more get 429 with Retry-After.
     pub max_requests_per_caller: usize,
@@ -111,6 +114,7 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 5_000,
             idle_timeout_ms: 30_000,
             body_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
             max_requests_per_caller: 16,
             max_bytes_per_caller: 16 * 1024 * 1024,
             max_requests_per_browser: 4,
@@ -321,6 +325,7 @@ impl Validate for Settings {
             ),
             ("http.idle_timeout_ms", self.http.idle_timeout_ms),
             ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
             (
                 "http.max_requests_per_caller",
                 self.http.max_requests_per_caller as u64,

@@ -114,6 +114,8 @@ pub struct Limits {
     pub json: JsonLimits,
     /// What one credential, and all together, may hold at once.
     pub quota: QuotaLimits,
+    /// The longest a request may take, body and broker acknowledgement included.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -132,6 +134,7 @@ impl Default for Limits {
                 bytes_per_browser: 8 * 1024 * 1024,
                 bytes_in_flight: 48 * 1024 * 1024,
             },
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -270,7 +273,20 @@ async fn within_capacity(
     match quotas.admit(key, charge) {
         Ok(ticket) => {
             request.extensions_mut().insert(Arc::new(ticket));
-            next.run(request).await
+            let limit = state.limits.request_timeout;
+            match tokio::time::timeout(limit, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    metrics::counter!("audit_producer_requests_total", "outcome" => "timeout")
+                        .increment(1);
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+                        Json(json!({"error": format!("the request was not answered within {} ms (http.request_timeout_ms); some of it may be stored: retry with the same event ids", limit.as_millis())})),
+                    )
+                        .into_response()
+                }
+            }
         }
         Err(limited) => refuse_limited(class, limited),
     }

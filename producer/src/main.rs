@@ -138,6 +138,7 @@ async fn run(cli: Cli) -> Result<()> {
                     max_object_keys: settings.http.max_object_keys,
                     max_array_elements: settings.http.max_array_elements,
                 },
+                request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
                 quota: audit_producer::quota::QuotaLimits {
                     requests_per_caller: settings.http.max_requests_per_caller,
                     bytes_per_caller: settings.http.max_bytes_per_caller,
