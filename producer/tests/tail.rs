@@ -623,6 +623,7 @@ async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
     use audit_producer::tail::recovery::{Lines, Partitioner};
     use audit_producer::tail::{line_event_id, FileId, Pending, Position};
     let unrelated = env_count("AUDIT_TEST_RECOVERY_RECORDS", 200_000);
+    let started = std::time::Instant::now();
     let topics = unique_topics(3);
     create_topics(&topics).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -680,6 +681,10 @@ async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
         .unwrap();
     busy(&producer, &topics.raw.name, unrelated - unrelated / 2).await;
 
+    eprintln!(
+        "{unrelated} other records written after {:?}",
+        started.elapsed()
+    );
     // The position as the crash left it: the batch in flight, never scanned.
     let crashed = Position {
         path: log.clone(),
@@ -719,6 +724,7 @@ async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!("first run killed after {:?}", started.elapsed());
     let scan = interrupted.scan.unwrap();
     let until = scan.until.clone().expect("the end of the scan is saved");
     let from = |p: i32| {
@@ -762,7 +768,10 @@ async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
     let read = summary["records_read"]
         .as_i64()
         .unwrap_or_else(|| panic!("records_read in {summary}"));
-    eprintln!("second run: {summary}; the first left {left} records");
+    eprintln!(
+        "second run ended after {:?}: {summary}; the first left {left} records",
+        started.elapsed()
+    );
     assert!(
         read <= left,
         "the second run read {read} records, more than the {left} the first left: it started over"
@@ -775,6 +784,7 @@ async fn recovery_on_a_busy_topic_resumes_from_its_saved_progress() {
     // Every line of the batch exactly once on the topic.
     let ids: HashSet<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
     let seen = occurrences(&topics.raw.name, 3, &ids).await;
+    eprintln!("raw topic read back after {:?}", started.elapsed());
     for id in &ids {
         assert_eq!(seen.get(id), Some(&1), "line {id} once");
     }
