@@ -281,8 +281,9 @@ async fn only_directory_tokens_write_and_bad_writes_are_named() {
         )
         .await;
     assert_eq!(status, 403, "{body}");
+    // The refusal names the scope a user write needs.
     assert!(
-        body["error"].as_str().unwrap().contains("directory"),
+        body["error"].as_str().unwrap().contains("\"users\" scope"),
         "{body}"
     );
     let (status, _) = api
