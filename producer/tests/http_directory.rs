@@ -126,7 +126,7 @@ impl Api {
     /// Every record of the directory topic, then of the sessions topic: the entry's name
     /// (`user:u`, `session:s`) and decoded value (`None` for a tombstone); waits for `count`.
     async fn directory(&self, count: usize) -> Vec<(String, Option<DirectoryRecord>)> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let mut records = Vec::new();
             for (topic, partitions, prefix) in [
