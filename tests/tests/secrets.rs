@@ -3,6 +3,10 @@
 //! (converted and unconvertible lines) and an undecodable record written straight to the raw
 //! topic. Then every byte of every topic, every ClickHouse table, every CloudWatch stream and
 //! every service's log (at debug level) is searched for every secret of the corpus.
+//!
+//! Ids are never redacted, so ids shaped like credentials (a JWT session id, a `Bearer` user id,
+//! an AWS key id as entity id, a GitHub token as username) are refused by every way in, and
+//! searched for in the same places.
 
 use anyhow::{Context, Result};
 use audit_tests::pipeline::{Pipeline, Stage};
@@ -14,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Case {
     text: String,
     secret: String,
@@ -27,6 +31,58 @@ fn corpus() -> Vec<Case> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("corpus line is JSON"))
         .collect()
+}
+
+/// Shapes of issue #25 item 5 the corpus must hold, so this test proves each of them end to end.
+const NEW_SHAPES: &[&str] = &[
+    "hash rocket",
+    "nested form key",
+    "nested form key, encoded brackets",
+    "percent-encoded pair",
+    "percent-encoded pair, double-encoded",
+    "percent-encoded JSON",
+    "array under a secret key",
+    "object under a secret key",
+    "oauth code",
+    "oauth token in fragment",
+    "session cookie",
+    "signed session cookie",
+];
+
+/// Events whose ids are credentials, each refused at ingest (422), with the path the API must
+/// name and the secret that must not be stored anywhere.
+fn secret_id_events() -> Vec<(Value, &'static str, Case)> {
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzaWQiOiJlMmUtc2Vzc2lvbi03NzEifQ.aWQtaXMtYS1jcmVkZW50aWFsLXNpZ25hdHVyZQ";
+    let bearer = "Bearer 7f3kQ9wLp2Zx4mN8vB1c";
+    let aws = "AKIAE2EIDSECRET77QZX";
+    let github = "ghp_E2eIdSecret0123456789abcdefghijKLMNOP";
+    let case = |secret: &str, shape: &str| Case {
+        text: secret.to_string(),
+        secret: secret.trim_start_matches("Bearer ").to_string(),
+        shape: shape.to_string(),
+    };
+    vec![
+        (
+            json!({"event_type": "log", "source": "SERVER", "session_id": jwt}),
+            "/session_id",
+            case(jwt, "jwt session id"),
+        ),
+        (
+            json!({"event_type": "log", "source": "SERVER", "user_id": bearer}),
+            "/user_id",
+            case(bearer, "bearer user id"),
+        ),
+        (
+            json!({"event_type": "log", "source": "SERVER", "entities": [{"type": "key", "id": aws}]}),
+            "/entities/0/id",
+            case(aws, "aws key as entity id"),
+        ),
+        (
+            json!({"event_type": "log", "source": "SERVER", "username": github}),
+            "/username",
+            case(github, "github token as username"),
+        ),
+    ]
 }
 
 /// One event carrying `text` in every free-text field a sender writes.
@@ -95,6 +151,14 @@ async fn count_records(topic: &audit_runtime::config::TopicConfig) -> Result<usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result<()> {
     let cases = corpus();
+    for shape in NEW_SHAPES {
+        assert!(
+            cases.iter().any(|c| c.shape == *shape),
+            "the corpus has no {shape:?} case"
+        );
+    }
+    let id_events = secret_id_events();
+    let id_cases: Vec<Case> = id_events.iter().map(|(_, _, c)| c.clone()).collect();
     let pipeline = Pipeline::create(kafka_config(), 2).await?;
     let dir = tempfile::tempdir()?;
     let log = |name: &str| dir.path().join(format!("{name}.log"));
@@ -115,6 +179,25 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
             .await?;
     }
 
+    // 1b. Credential-shaped ids: refused, each naming the id's path and never quoting it.
+    for (event, path, case) in &id_events {
+        let (status, body) = pipeline
+            .request(reqwest::Method::POST, "/v1/events", Some(json!([event])))
+            .await?;
+        assert_eq!(status, 422, "[{}] {body}", case.shape);
+        let printed = body.to_string();
+        assert!(
+            printed.contains(path) && printed.contains("ids must not be secrets"),
+            "[{}] {printed}",
+            case.shape
+        );
+        assert!(
+            !printed.contains(&case.secret),
+            "[{}] {printed}",
+            case.shape
+        );
+    }
+
     // 2. `send`: the good events, then a file of invalid ones holding the same texts (refused
     //    whole, with errors that must not quote them).
     let good = dir.path().join("good.ndjson");
@@ -129,6 +212,9 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
                 "{}",
                 json!({"event_type": 5, "message": c.text, "token": c.text})
             )?;
+        }
+        for (event, _, _) in &id_events {
+            writeln!(bad, "{event}")?;
         }
     }
     let status = pipeline
@@ -160,6 +246,10 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
             writeln!(f, "{}", audit_log_line(&c.text))?;
             writeln!(f, "not json: {}", c.text.replace(['\n', '\r'], " "))?;
         }
+        // A line whose user id is a credential: refused by the converter, a dead letter.
+        let mut line: Value = serde_json::from_str(&audit_log_line("id check"))?;
+        line["userId"] = json!(id_cases[0].secret);
+        writeln!(f, "{line}")?;
     }
     let status = pipeline
         .producer_command(
@@ -197,7 +287,8 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
         shipped, stored as usize,
         "every good event reaches CloudWatch"
     );
-    let letters = cases.len() + 1;
+    // One per unconvertible line, the hostile record and the line with a credential as user id.
+    let letters = cases.len() + 2;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count_records(&pipeline.topics.dlq).await? < letters {
         assert!(
@@ -219,6 +310,7 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
             &cases[..]
         };
         leaks(checked, &format!("topic {role}"), &bytes, &mut found);
+        leaks(&id_cases, &format!("topic {role}"), &bytes, &mut found);
     }
     let ch = pipeline.clickhouse();
     let tables: Vec<String> = ch
@@ -233,10 +325,12 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
             .collect()
             .await?;
         leaks(&cases, &format!("table {table}"), &bytes, &mut found);
+        leaks(&id_cases, &format!("table {table}"), &bytes, &mut found);
     }
     for (stream, events) in &streams {
         let bytes = serde_json::to_vec(events)?;
         leaks(&cases, &format!("stream {stream}"), &bytes, &mut found);
+        leaks(&id_cases, &format!("stream {stream}"), &bytes, &mut found);
     }
     let logs: Vec<PathBuf> = std::fs::read_dir(dir.path())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -245,12 +339,14 @@ async fn no_secret_of_the_corpus_reaches_a_topic_table_stream_or_log() -> Result
     assert!(logs.len() >= 7, "{logs:?}");
     for path in &logs {
         let bytes = std::fs::read(path)?;
-        leaks(
-            &cases,
-            &format!("log {}", path.display()),
-            &bytes,
-            &mut found,
-        );
+        for cases in [&cases, &id_cases] {
+            leaks(
+                cases,
+                &format!("log {}", path.display()),
+                &bytes,
+                &mut found,
+            );
+        }
     }
     assert!(
         found.is_empty(),

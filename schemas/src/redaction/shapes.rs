@@ -13,7 +13,12 @@
 //! | vendor | GitHub, GitLab, Slack, Stripe, Google API, npm and SendGrid tokens by prefix | the token |
 //! | pem | `-----BEGIN … PRIVATE KEY-----` blocks (certificates are public and stay) | the body |
 //! | url | `scheme://user:password@host` | the password |
-//! | key/value | `key=value`, `key: value`, `"key": "value"` whose key is secret by name | the value |
+//! | key/value | `key=value`, `key: value`, `"key": "value"`, `"key" => "value"`, `user[key]=value` whose key is secret by name | the value (an array or object whole) |
+//! | query code | `?code=…`, `&code=…`, `#code=…`: an OAuth authorization code | the code |
+//! | session cookie | `s%3A<id>.<signature>` (Express signed cookie) | the cookie |
+//!
+//! Percent-encoded text is decoded (`%253D` -> `%3D` -> `=`, at most three times) and every rule
+//! runs over it too; a secret found there is replaced where it stands in the encoded text.
 //!
 //! Cheap first: literal triggers (one Aho-Corasick pass) decide which rules can match at all, so
 //! a text that mentions none of them costs one scan and no regex.
