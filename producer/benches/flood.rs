@@ -16,8 +16,8 @@
 //! the abusers got, the other sender's p50/p99/max latency and the producer's peak resident
 //! memory (VmRSS sampled every 50 ms), then VmHWM over the whole run.
 
-use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENCE};
-use serde_json::{json, Value};
+use audit_tests::bench::{heavy_body, quantile};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -30,32 +30,7 @@ const TOKEN: &str = "flood-bench-token-0123456789";
 const SECRET: &str = "flood-bench-browser-secret-0123456789";
 
 fn browser_token(user: &str) -> anyhow::Result<String> {
-    Ok(mint(
-        &SigningKey::Hs256 {
-            kid: "k1".into(),
-            secret: SECRET.as_bytes().to_vec(),
-        },
-        &BrowserUser {
-            user_id: user.into(),
-            session_id: format!("sess-{user}"),
-            tenant: None,
-            login: None,
-        },
-        DEFAULT_AUDIENCE,
-        Duration::from_secs(3600),
-    )?)
-}
-
-/// A near-limit body that passes the shape caps: about 94,000 small JSON values in 900 KiB,
-/// the most parse work per byte the API lets through.
-fn heavy_body() -> String {
-    let params: serde_json::Map<String, Value> = (0..250)
-        .map(|i| (format!("p{i}"), json!(vec!["abcdefg"; 10])))
-        .collect();
-    let one =
-        json!({"event_type": "query-created", "source": "CLIENT", "params": params}).to_string();
-    let n = (900 * 1024) / (one.len() + 1);
-    format!("[{}]", vec![one; n.max(1)].join(","))
+    audit_tests::bench::browser_token("k1", SECRET, user, Duration::from_secs(3600))
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -138,12 +113,7 @@ fn merge(into: &mut Tally, from: Tally) {
 
 fn report(name: &str, tally: &Tally, mut latencies: Vec<f64>, peak_kib: u64) {
     latencies.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
+    let q = |p: f64| quantile(&latencies, p);
     let failed = latencies.iter().filter(|l| l.is_infinite()).count();
     println!(
         "{name}: abusers got {tally:?}; other sender {} events ({failed} failed), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; producer peak RSS {:.1} MiB",

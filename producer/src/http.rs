@@ -318,10 +318,6 @@ fn busy(message: &str) -> Response {
 
 /// Reads the body within the size and time limits, and checks its JSON's shape before anything
 /// parses it.
-pub(crate) async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Response> {
-    read_and_measure(body, limits).await.map(|(bytes, _)| bytes)
-}
-
 async fn read_and_measure(
     body: Body,
     limits: &Limits,
@@ -352,9 +348,10 @@ async fn read_and_measure(
     }
 }
 
-/// Reads a request's body like [`read_body`] and charges its parsed size to the request's
+/// Reads a request's body within the limits and charges its parsed size to the request's
 /// ticket, so a caller's share bounds the JSON trees it makes the API build, not just bytes.
-pub(crate) async fn read_request_body(
+/// Every route that takes a body (SCIM's too) reads it here.
+pub(crate) async fn read_body(
     request: Request,
     limits: &Limits,
 ) -> Result<axum::body::Bytes, Response> {
@@ -389,7 +386,7 @@ async fn post_events(
     }
     let limits = &state.limits;
     let sender = state.network.sender(&request);
-    let body = match read_request_body(request, limits).await {
+    let body = match read_body(request, limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -520,7 +517,7 @@ async fn put_directory(
         return refused;
     }
     let sender = state.network.sender(&request);
-    let body = match read_request_body(request, &state.limits).await {
+    let body = match read_body(request, &state.limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -583,7 +580,7 @@ async fn post_directory(
     }
     let limits = &state.limits;
     let sender = state.network.sender(&request);
-    let body = match read_request_body(request, limits).await {
+    let body = match read_body(request, limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };

@@ -413,7 +413,7 @@ async fn allowed_body(
 }
 
 async fn json_body(scim: &Scim, request: Request) -> Result<Value, Response> {
-    let bytes = read_body(request.into_body(), &scim.limits).await?;
+    let bytes = read_body(request, &scim.limits).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ScimError::bad_request("invalidSyntax", format!("the body is not JSON: {e}"))
             .into_response()

@@ -3,6 +3,7 @@
 //! slow-header connection floods, one credential flooding big bodies, malformed credentials,
 //! directory writes past a token's scope or tenant, and bodies shaped to blow up when parsed.
 
+use audit_tests::bench::{heavy_body, quantile};
 use audit_tests::pipeline::{binary, free_port};
 use audit_tests::*;
 use serde_json::{json, Value};
@@ -313,41 +314,16 @@ async fn a_slow_header_client_is_closed_and_others_are_served() {
     assert_eq!(status, 202);
 }
 
-fn browser_token(user: &str) -> String {
-    use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENCE};
-    mint(
-        &SigningKey::Hs256 {
-            kid: "k1".into(),
-            secret: BROWSER_SECRET.as_bytes().to_vec(),
-        },
-        &BrowserUser {
-            user_id: user.into(),
-            session_id: format!("sess-{user}"),
-            tenant: None,
-            login: None,
-        },
-        DEFAULT_AUDIENCE,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-}
-
-/// A near-limit body that passes the shape caps: about 94,000 small JSON values in 900 KiB,
-/// the most parse work per byte the API lets through.
-fn heavy_body() -> String {
-    let params: serde_json::Map<String, Value> = (0..250)
-        .map(|i| (format!("p{i}"), json!(vec!["abcdefg"; 10])))
-        .collect();
-    let one =
-        json!({"event_type": "query-created", "source": "CLIENT", "params": params}).to_string();
-    let n = (900 * 1024) / (one.len() + 1);
-    format!("[{}]", vec![one; n.max(1)].join(","))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_browser_token_flooding_big_bodies_does_not_slow_another_sender() {
     let producer = start("").await;
-    let flooder = browser_token("mallory");
+    let flooder = audit_tests::bench::browser_token(
+        "k1",
+        BROWSER_SECRET,
+        "mallory",
+        Duration::from_secs(600),
+    )
+    .unwrap();
     let body = heavy_body();
     let stop = Instant::now() + Duration::from_secs(15);
     let mut flood = Vec::new();
@@ -403,13 +379,6 @@ async fn one_browser_token_flooding_big_bodies_does_not_slow_another_sender() {
         statuses.get(&429).copied().unwrap_or(0) > 0,
         "one browser token held 48 big requests at once and was never told 429: {statuses:?}"
     );
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 #[tokio::test]

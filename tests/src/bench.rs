@@ -63,3 +63,40 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// A near-limit ingest body that passes the API's shape caps: about 94,000 small JSON values in
+/// 900 KiB of CLIENT events, the most parse work per byte the API lets through.
+pub fn heavy_body() -> String {
+    let params: serde_json::Map<String, Value> = (0..250)
+        .map(|i| (format!("p{i}"), json!(vec!["abcdefg"; 10])))
+        .collect();
+    let one =
+        json!({"event_type": "query-created", "source": "CLIENT", "params": params}).to_string();
+    let n = (900 * 1024) / (one.len() + 1);
+    format!("[{}]", vec![one; n.max(1)].join(","))
+}
+
+/// A browser token for `user` (session `sess-<user>`, no tenant), signed HS256 with `secret`
+/// under key id `kid`, as a platform server mints it.
+pub fn browser_token(
+    kid: &str,
+    secret: &str,
+    user: &str,
+    lifetime: std::time::Duration,
+) -> anyhow::Result<String> {
+    use audit_client::browser_token::{mint, BrowserUser, SigningKey, DEFAULT_AUDIENCE};
+    Ok(mint(
+        &SigningKey::Hs256 {
+            kid: kid.into(),
+            secret: secret.as_bytes().to_vec(),
+        },
+        &BrowserUser {
+            user_id: user.into(),
+            session_id: format!("sess-{user}"),
+            tenant: None,
+            login: None,
+        },
+        DEFAULT_AUDIENCE,
+        lifetime,
+    )?)
+}
