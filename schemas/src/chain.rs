@@ -13,6 +13,11 @@
 //! leaves unsigned links at most after a chain's last digest. `auditctl verify` checks stored
 //! copies against the digests: every link up to a digest present (or shown to be a duplicate the
 //! sink skipped), each hash recomputed, each `prev` the hash before it.
+//!
+//! The v2 proof format (issue #26) is built beside this: [`merkle`] (RFC 9162 trees and
+//! proofs), [`leaf`] (a link's leaf), [`content`] (byte-exact content with erasable personal
+//! data) and [`checkpoint`] (signed, hash-linked per-partition checkpoints). The pipeline does
+//! not use them yet; `docs/proof-format.md` describes the bytes.
 
 use crate::event::{EntityRole, RawAuditEvent};
 use base64::Engine;
@@ -21,6 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+
+pub mod checkpoint;
+pub mod content;
+pub mod leaf;
+pub mod merkle;
 
 /// The event type of digests; reserved, not chained, not dropped.
 pub const DIGEST_TYPE: &str = "audit.chain-digest";
@@ -335,8 +345,7 @@ impl std::io::Write for Hashing {
     }
 }
 
-fn write_sorted(v: &Value, out: &mut Hashing) -> serde_json::Result<()> {
-    use std::io::Write;
+fn write_sorted(v: &Value, out: &mut impl std::io::Write) -> serde_json::Result<()> {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
@@ -529,7 +538,7 @@ impl Digest {
 /// The enricher's digest key.
 pub struct SigningKey {
     pub id: String,
-    key: ed25519_dalek::SigningKey,
+    pub(crate) key: ed25519_dalek::SigningKey,
 }
 
 #[derive(Debug, thiserror::Error)]

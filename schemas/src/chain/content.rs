@@ -1,0 +1,195 @@
+//! What a link commits to: the enriched event's canonical content, byte-exact.
+//!
+//! The content is the enriched event's serde JSON (everything a sink stores: the raw event as
+//! redacted, the resolved user, groups, session, enrichment state, catalog match, pipeline
+//! times and raw position), without its `chain` field, keys sorted, no whitespace. It is
+//! computed once from the typed event, so one event has exactly one content; nothing is parsed
+//! or normalised (a param's text `abc` and `"abc"` are different bytes).
+//!
+//! Personal data is committed, not included: every value at an [`ERASABLE`] path is replaced by
+//! `sha256:<hex of SHA-256("audit-erasable-v2\n" ‖ salt ‖ value)>`, with a random 32-byte salt
+//! per event kept beside the cleartext (the ClickHouse row's `chain_salt`). Erasing a person's
+//! data deletes the cleartext and the salt; the commitment stays, so every proof still holds, and
+//! without the salt the value cannot be recovered by guessing.
+
+use super::write_sorted;
+use crate::event::EnrichedAuditEvent;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// A per-event random salt for the commitments of its personal data.
+pub type Salt = [u8; 32];
+
+/// The paths (in the enriched event's serde form) whose values are personal data, committed
+/// through salted digests so that they can be erased without breaking a proof.
+pub const ERASABLE: &[&[&str]] = &[
+    &["event", "user_id"],
+    &["event", "username"],
+    &["event", "client", "ip"],
+    &["event", "client", "user_agent"],
+    &["event", "ingest", "peer_ip"],
+    &["user", "id"],
+    &["user", "login"],
+    &["user", "name"],
+    &["session", "ip"],
+];
+
+/// The prefix of a commitment in the content.
+pub const COMMITMENT_PREFIX: &str = "sha256:";
+
+/// The commitment to one personal value: `sha256:` and the hex of
+/// `SHA-256("audit-erasable-v2\n" ‖ salt ‖ UTF-8 value)`.
+pub fn commitment(salt: &Salt, value: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"audit-erasable-v2\n");
+    h.update(salt);
+    h.update(value.as_bytes());
+    format!("{COMMITMENT_PREFIX}{}", hex::encode(h.finalize()))
+}
+
+/// Whether `value` is the value `committed` (a [`commitment`]) was made from.
+pub fn opens(committed: &str, salt: &Salt, value: &str) -> bool {
+    commitment(salt, value) == committed
+}
+
+/// A fresh random salt.
+pub fn new_salt() -> Salt {
+    let mut salt = [0u8; 32];
+    salt[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    salt[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    salt
+}
+
+/// The canonical content of `event` with its personal values committed under `salt`.
+pub fn content(event: &EnrichedAuditEvent, salt: &Salt) -> Vec<u8> {
+    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Value::Object(top) = &mut value {
+        top.remove("chain");
+    }
+    for path in ERASABLE {
+        if let Some(Value::String(s)) = pointer_mut(&mut value, path) {
+            *s = commitment(salt, s);
+        }
+    }
+    let mut out = Vec::with_capacity(1024);
+    // Writing into a Vec cannot fail, nor can serializing a Value.
+    let _ = write_sorted(&value, &mut out);
+    out
+}
+
+/// SHA-256 of a content.
+pub fn content_digest(content: &[u8]) -> [u8; 32] {
+    Sha256::digest(content).into()
+}
+
+/// The event a content holds, its personal values still commitments: what a verifier derives
+/// the stored columns from.
+pub fn parse(content: &[u8]) -> Result<EnrichedAuditEvent, serde_json::Error> {
+    serde_json::from_slice(content)
+}
+
+fn pointer_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+    use crate::Timestamp;
+
+    fn example() -> EnrichedAuditEvent {
+        let raw: RawAuditEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "6f1c2d3e-0000-4000-8000-000000000001",
+            "timestamp": 1_700_000_000_000_000i64,
+            "event_type": "dataset.create",
+            "source": "SERVER",
+            "service": "catalog",
+            "session_id": "s1",
+            "user_id": "u-7",
+            "username": "ada",
+            "tenant": null,
+            "success": true,
+            "message": "created",
+            "entities": [],
+            "params": {"q": "\"abc\"", "r": "abc"},
+            "response": null,
+            "error": null,
+            "client": {"ip": "10.0.0.9", "user_agent": null},
+            "ingest": null,
+            "utc_offset_minutes": null
+        }))
+        .unwrap();
+        EnrichedAuditEvent {
+            event: raw,
+            user: Some(ResolvedUser {
+                id: "u-7".into(),
+                login: "ada".into(),
+                name: Some("Ada L".into()),
+            }),
+            groups: vec![GroupRef {
+                id: "g1".into(),
+                name: "admins".into(),
+            }],
+            session: None,
+            enrichment: Enrichment::Enriched,
+            claimed_user_mismatch: false,
+            pipeline: PipelineMeta {
+                received_at: Timestamp::from_micros(1),
+                enriched_at: Timestamp::from_micros(2),
+                raw_partition: 3,
+                raw_offset: 9,
+            },
+            event_time: EventTimeCheck::Plausible,
+            chain: None,
+            catalog: None,
+        }
+    }
+
+    #[test]
+    fn personal_values_are_committed_and_everything_else_is_kept_byte_exact() {
+        let e = example();
+        let salt = [5u8; 32];
+        let c = content(&e, &salt);
+        let text = std::str::from_utf8(&c).unwrap();
+        for secret in ["u-7", "ada", "Ada L", "10.0.0.9"] {
+            assert!(
+                !text.contains(&format!("\"{secret}\"")),
+                "{secret} in {text}"
+            );
+        }
+        assert!(text.contains(r#""q":"\"abc\"""#) && text.contains(r#""r":"abc""#));
+        assert!(text.contains(r#""groups":[{"id":"g1","name":"admins"}]"#));
+        let back = parse(&c).unwrap();
+        assert!(opens(
+            back.user.as_ref().unwrap().login.as_str(),
+            &salt,
+            "ada"
+        ));
+        assert!(!opens(&back.user.unwrap().login, &salt, "eve"));
+        assert_eq!(back.groups, e.groups);
+        // The same event gives the same bytes; any change gives others.
+        assert_eq!(content(&e, &salt), c);
+        let mut moved = e.clone();
+        moved.pipeline.raw_partition = 4;
+        assert_ne!(content(&moved, &salt), c);
+        let mut regrouped = e.clone();
+        regrouped.groups.clear();
+        assert_ne!(content(&regrouped, &salt), c);
+        assert_ne!(content(&e, &[6u8; 32]), c);
+    }
+
+    #[test]
+    fn the_link_itself_is_not_part_of_the_content() {
+        let mut e = example();
+        let salt = [1u8; 32];
+        let before = content(&e, &salt);
+        e.chain = Some(crate::chain::ChainLink {
+            epoch: "x".into(),
+            seq: 1,
+            prev: "p".into(),
+            hash: "h".into(),
+        });
+        assert_eq!(content(&e, &salt), before);
+    }
+}
