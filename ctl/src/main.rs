@@ -90,6 +90,11 @@ struct VerifyArgs {
     /// A public key as KEY_ID=BASE64 (repeatable), beside verify.public_keys.
     #[arg(long = "public-key")]
     public_keys: Vec<String>,
+    /// How long a row may stay under no signed digest before that is a finding (UNSIGNED):
+    /// the enricher signs within `chain.digest_interval_ms` of acknowledging a batch, so
+    /// anything older than this that no digest covers proves nothing.
+    #[arg(long, default_value_t = 120)]
+    grace_seconds: u64,
     /// Also check this CloudWatch log group (the sink's cloudwatch.log_group) against what
     /// ClickHouse proved intact; cloudwatch.endpoint_url and cloudwatch.region say where.
     #[arg(long)]
@@ -154,18 +159,28 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
     let keys = verify::public_keys(&configured)?;
     let started = std::time::Instant::now();
     let report =
-        verify::verify_clickhouse(settings, &keys, from.as_micros(), to.as_micros()).await?;
+        verify::verify_clickhouse(
+            settings,
+            &keys,
+            from.as_micros(),
+            to.as_micros(),
+            i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        )
+        .await?;
     let mut findings = report.findings.len();
     for f in &report.findings {
         println!("{f}");
     }
     println!(
-        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink), {} rows not yet under a digest; {} findings; {:.1} s",
+        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
         report.links_verified,
         report.chains,
         report.digests,
         report.skips,
+        report.duplicates,
         report.unsigned,
+        report.unsigned_stale,
+        args.grace_seconds,
         report.findings.len(),
         started.elapsed().as_secs_f64()
     );

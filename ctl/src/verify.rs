@@ -62,6 +62,16 @@ pub enum Finding {
         epoch: String,
         seq: i64,
     },
+    /// Rows no signed digest covers although they were enriched longer than the grace ago
+    /// (or claim a time in the future): nothing is proven for them.
+    Unsigned {
+        rows: u64,
+        grace_s: u64,
+    },
+    /// Events exist in the range but not one signed digest: every digest may have been deleted.
+    NothingProven {
+        rows: u64,
+    },
     /// A digest whose signature does not verify with any configured key.
     BadDigest {
         raw_partition: i32,
@@ -115,6 +125,14 @@ impl fmt::Display for Finding {
                 f,
                 "MISMATCH raw partition {raw_partition}: chain {epoch} does not end in the signed head at link {seq}"
             ),
+            Finding::Unsigned { rows, grace_s } => write!(
+                f,
+                "UNSIGNED {rows} rows enriched more than {grace_s} s before the range's end (or dated after it) are under no signed digest: nothing proven for them"
+            ),
+            Finding::NothingProven { rows } => write!(
+                f,
+                "UNSIGNED {rows} events in the range and not one signed digest: nothing is proven (were the digests deleted?)"
+            ),
             Finding::BadDigest {
                 raw_partition,
                 epoch,
@@ -137,10 +155,19 @@ pub struct Report {
     pub digests: u64,
     /// Rows in the range whose chain has no digest after them yet.
     pub unsigned: u64,
+    /// Of those, rows older than the grace (or dated after the range): a finding.
+    pub unsigned_stale: u64,
+    /// Rows in the range (digests aside).
+    pub rows: u64,
+    /// Exact copies of an intact row at its link (counted, not a finding).
+    pub duplicates: u64,
     /// Links the sink left out as copies of stored events.
     pub skips: u64,
     /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against.
     pub intact: HashMap<(i32, String, i64), IntactLink>,
+    /// The content digest of every event an intact link holds, by event id: what explains an
+    /// unsigned copy (a crashed enricher's tail, re-linked by the next owner).
+    pub proven: HashMap<String, HashSet<String>>,
     /// The links walked per chain (first, last seq): a link outside is not judged here.
     pub walked: HashMap<(i32, String), (i64, i64)>,
 }
@@ -204,6 +231,7 @@ pub async fn verify_clickhouse(
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
     from_us: i64,
     to_us: i64,
+    grace_us: i64,
 ) -> Result<Report> {
     let db = client(&settings.clickhouse);
     let mut report = Report::default();
@@ -261,7 +289,16 @@ pub async fn verify_clickhouse(
             .map_or((0, chain::genesis()), |d| (d.seq + 1, d.head.clone()));
         walk(&db, *partition, epoch, start, digests, &mut report).await?;
     }
-    find_inserted(&db, &chains, from_us, to_us, &mut report).await?;
+    find_inserted(&db, &chains, from_us, to_us, grace_us, &mut report).await?;
+    if report.unsigned_stale > 0 {
+        report.findings.push(Finding::Unsigned {
+            rows: report.unsigned_stale,
+            grace_s: (grace_us / 1_000_000) as u64,
+        });
+    }
+    if report.rows > 0 && report.digests == 0 {
+        report.findings.push(Finding::NothingProven { rows: report.rows });
+    }
     report.findings.sort();
     report.findings.dedup();
     Ok(report)
@@ -333,18 +370,35 @@ async fn walk(
                         enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64 / 1_000,
                     },
                 );
-                for other in here
-                    .iter()
-                    .filter(|r| r.event_id != row.event_id || r.chain_hash != row.chain_hash)
-                {
-                    report.findings.push(Finding::Inserted {
-                        raw_partition: other.raw_partition,
-                        raw_offset: other.raw_offset,
-                        event_id: other.event_id.to_string(),
-                        why: format!(
-                            "claims link {seq} of chain {epoch}, which another event holds"
-                        ),
-                    });
+                report
+                    .proven
+                    .entry(row.event_id.to_string())
+                    .or_default()
+                    .insert(content_digest(row));
+                // Every other row at the link: an exact copy is counted; a copy of the event
+                // with other content (same id and link kept) is altered; another event is
+                // inserted. Analysts' counts would include each.
+                for other in here.iter().filter(|r| !std::ptr::eq(*r, row)) {
+                    if same_stored_event(other, row) {
+                        report.duplicates += 1;
+                    } else if other.event_id == row.event_id {
+                        report.findings.push(Finding::Altered {
+                            raw_partition: other.raw_partition,
+                            raw_offset: other.raw_offset,
+                            event_id: other.event_id.to_string(),
+                            epoch: epoch.to_string(),
+                            seq,
+                        });
+                    } else {
+                        report.findings.push(Finding::Inserted {
+                            raw_partition: other.raw_partition,
+                            raw_offset: other.raw_offset,
+                            event_id: other.event_id.to_string(),
+                            why: format!(
+                                "claims link {seq} of chain {epoch}, which another event holds"
+                            ),
+                        });
+                    }
                 }
                 expected = row.chain_hash.clone();
                 last_offset = Some(row.raw_offset);
@@ -386,6 +440,11 @@ async fn walk(
                                 enriched_at_us: 0,
                             },
                         );
+                        report
+                            .proven
+                            .entry(s.event_id.to_string())
+                            .or_default()
+                            .insert(s.content_digest.clone());
                         expected = s.hash.clone();
                     }
                     None => {
@@ -460,26 +519,33 @@ struct Placed {
     raw_offset: i64,
     chain_epoch: String,
     chain_seq: i64,
+    enriched_us: i64,
 }
 
-/// Rows enriched in the range that are no link of a walked chain.
+/// Rows enriched in the range that are no link of a walked chain. `enriched_at` is the
+/// forger's to choose, so rows dated after the range are read too (a planted row cannot hide
+/// in the future), and an unsigned row counts against the run once it is older than the grace.
 async fn find_inserted(
     db: &clickhouse::Client,
     chains: &BTreeMap<(i32, String), Vec<DigestRow>>,
     from_us: i64,
     to_us: i64,
+    grace_us: i64,
     report: &mut Report,
 ) -> Result<()> {
     let mut cursor = db
         .query(
-            "SELECT ?fields FROM events
-             WHERE enriched_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
-             AND event_type != 'audit.chain-digest'",
+            "SELECT event_id, raw_partition, raw_offset, chain_epoch, chain_seq,
+             toUnixTimestamp64Micro(enriched_at) AS enriched_us FROM events
+             WHERE enriched_at >= fromUnixTimestamp64Micro(?)
+             AND event_type NOT IN ('audit.chain-digest', 'audit.chain-checkpoint')",
         )
         .bind(from_us)
-        .bind(to_us)
         .fetch::<Placed>()?;
+    let stale_before = to_us.saturating_sub(grace_us);
+    let mut stale: Vec<Placed> = Vec::new();
     while let Some(p) = cursor.next().await? {
+        report.rows += 1;
         if p.chain_seq < 0 {
             report.findings.push(Finding::Inserted {
                 raw_partition: p.raw_partition,
@@ -496,10 +562,66 @@ async fn find_inserted(
         match walked_to {
             // Within a walked chain: judged there.
             Some(last) if p.chain_seq <= last => {}
-            _ => report.unsigned += 1,
+            _ => {
+                report.unsigned += 1;
+                if p.enriched_us < stale_before || p.enriched_us > to_us {
+                    stale.push(p);
+                }
+            }
+        }
+    }
+    // An old unsigned row is explained when an intact link proves the very same event: the
+    // tail of an enricher killed before its digest, which the next owner linked again. A copy
+    // with other content is altered; any other is unproven.
+    let ids: Vec<String> = stale
+        .iter()
+        .filter(|p| report.proven.contains_key(&p.event_id.to_string()))
+        .map(|p| p.event_id.to_string())
+        .collect();
+    let mut copies: HashMap<(String, i32, i64), String> = HashMap::new();
+    for chunk in ids.chunks(1_000) {
+        let rows: Vec<EventRow> = db
+            .query("SELECT ?fields FROM events WHERE toString(event_id) IN ?")
+            .bind(chunk)
+            .fetch_all()
+            .await?;
+        for r in rows {
+            copies.insert(
+                (r.event_id.to_string(), r.raw_partition, r.raw_offset),
+                content_digest(&r),
+            );
+        }
+    }
+    for p in stale {
+        let id = p.event_id.to_string();
+        let Some(proven) = report.proven.get(&id) else {
+            report.unsigned_stale += 1;
+            continue;
+        };
+        match copies.get(&(id.clone(), p.raw_partition, p.raw_offset)) {
+            Some(c) if proven.contains(c) => {}
+            _ => report.findings.push(Finding::Altered {
+                raw_partition: p.raw_partition,
+                raw_offset: p.raw_offset,
+                event_id: id,
+                epoch: p.chain_epoch.clone(),
+                seq: p.chain_seq,
+            }),
         }
     }
     Ok(())
+}
+
+/// Whether two rows hold the same event with the same content and link; where the sink read
+/// them from (`source_*`) may differ.
+fn same_stored_event(a: &EventRow, b: &EventRow) -> bool {
+    let plain = |r: &EventRow| EventRow {
+        source_topic: String::new(),
+        source_partition: 0,
+        source_offset: 0,
+        ..r.clone()
+    };
+    plain(a) == plain(b)
 }
 
 /// The configured public keys, checked.

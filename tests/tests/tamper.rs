@@ -162,3 +162,102 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
     );
     Ok(())
 }
+
+/// Rows `verify` must judge by what a forger cannot choose.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Placed {
+    event_id: String,
+    raw_partition: i32,
+    raw_offset: i64,
+}
+
+fn findings(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            ["DELETED", "ALTERED", "INSERTED", "MISMATCH", "FORGED", "UNSIGNED"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect()
+}
+
+/// Attacks the first verifier passed as clean: a copy of an event with other content that
+/// keeps its id and link, a planted row in a chain no digest names dated after the range, and
+/// every digest deleted. Each is named, and the run fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_altered_copies_unproven_rows_and_a_trail_without_digests() -> Result<()> {
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let _producer = p.start(Stage::Producer).await?;
+    let _enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let events: Vec<_> = (0..20)
+        .map(|i| json!({"event_type": "log", "source": "SERVER", "message": format!("m{i}")}))
+        .collect();
+    p.post(&events).await?;
+    p.wait_for_rows(20, Duration::from_secs(60)).await;
+    p.wait_signed(20, Duration::from_secs(60)).await?;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "untouched: {text}");
+    let ch = p.clickhouse();
+    let target: Placed = ch
+        .query(
+            "SELECT toString(event_id) AS event_id, raw_partition, raw_offset FROM events
+             WHERE event_type = 'log' AND chain_seq BETWEEN 1 AND 5 ORDER BY raw_partition, chain_seq LIMIT 1",
+        )
+        .fetch_one()
+        .await?;
+
+    // A second row for the event: same id, same link, another message.
+    ch.query("INSERT INTO events SELECT * REPLACE ('not what happened' AS message) FROM events WHERE raw_partition = ? AND raw_offset = ?")
+        .bind(target.raw_partition)
+        .bind(target.raw_offset)
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "altered copy: {text}");
+    let found = findings(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(
+        found[0].starts_with("ALTERED") && found[0].contains(&target.event_id),
+        "{text}"
+    );
+    ch.query("ALTER TABLE events DELETE WHERE message = 'not what happened' SETTINGS mutations_sync = 2")
+        .execute()
+        .await?;
+
+    // A planted event in a chain that does not exist, dated a day after the range.
+    let planted = uuid::Uuid::new_v4().to_string();
+    ch.query("INSERT INTO events SELECT * REPLACE (toUUID(?) AS event_id, 'planted' AS message, '00000000-0000-4000-8000-00000000f00d' AS chain_epoch, enriched_at + INTERVAL 1 DAY AS enriched_at) FROM events WHERE raw_partition = ? AND raw_offset = ?")
+        .bind(&planted)
+        .bind(target.raw_partition)
+        .bind(target.raw_offset)
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "planted in no chain: {text}");
+    let found = findings(&text);
+    assert_eq!(found.len(), 1, "{text}");
+    assert!(found[0].starts_with("UNSIGNED 1 rows"), "{text}");
+    ch.query("ALTER TABLE events DELETE WHERE message = 'planted' SETTINGS mutations_sync = 2")
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "restored: {text}");
+
+    // Every digest deleted: nothing is proven, and verify says so.
+    ch.query("ALTER TABLE events DELETE WHERE event_type = 'audit.chain-digest' SETTINGS mutations_sync = 2")
+        .execute()
+        .await?;
+    ch.query("TRUNCATE TABLE chain_digests").execute().await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "no digests: {text}");
+    assert!(
+        findings(&text)
+            .iter()
+            .any(|l| l.contains("not one signed digest")),
+        "{text}"
+    );
+    Ok(())
+}
