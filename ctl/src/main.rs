@@ -158,15 +158,14 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
     }
     let keys = verify::public_keys(&configured)?;
     let started = std::time::Instant::now();
-    let report =
-        verify::verify_clickhouse(
-            settings,
-            &keys,
-            from.as_micros(),
-            to.as_micros(),
-            i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-        )
-        .await?;
+    let report = verify::verify_clickhouse(
+        settings,
+        &keys,
+        from.as_micros(),
+        to.as_micros(),
+        i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+    )
+    .await?;
     let mut findings = report.findings.len();
     for f in &report.findings {
         println!("{f}");

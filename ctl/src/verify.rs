@@ -64,14 +64,9 @@ pub enum Finding {
     },
     /// Rows no signed digest covers although they were enriched longer than the grace ago
     /// (or claim a time in the future): nothing is proven for them.
-    Unsigned {
-        rows: u64,
-        grace_s: u64,
-    },
+    Unsigned { rows: u64, grace_s: u64 },
     /// Events exist in the range but not one signed digest: every digest may have been deleted.
-    NothingProven {
-        rows: u64,
-    },
+    NothingProven { rows: u64 },
     /// A digest whose signature does not verify with any configured key.
     BadDigest {
         raw_partition: i32,
@@ -297,7 +292,9 @@ pub async fn verify_clickhouse(
         });
     }
     if report.rows > 0 && report.digests == 0 {
-        report.findings.push(Finding::NothingProven { rows: report.rows });
+        report
+            .findings
+            .push(Finding::NothingProven { rows: report.rows });
     }
     report.findings.sort();
     report.findings.dedup();
@@ -425,7 +422,10 @@ async fn walk(
                         })
                         && stored_digests
                             .get(&s.event_id.to_string())
-                            .is_some_and(|c| c.contains(&s.content_digest))
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.content_digest == s.content_digest)
+                                    || is_resend(s, c)
+                            })
                 });
                 match skip {
                     Some(s) => {
@@ -489,13 +489,13 @@ fn hex_digest(text: &str) -> Option<[u8; 32]> {
     hex::decode(text).ok()?.try_into().ok()
 }
 
-/// The content digests of the stored events the skips name, by event id.
+/// The stored copies of the events the skips name, by event id.
 async fn stored_content<'a>(
     db: &clickhouse::Client,
     skips: impl Iterator<Item = &'a ChainSkip>,
-) -> Result<HashMap<String, HashSet<String>>> {
+) -> Result<HashMap<String, Vec<StoredCopy>>> {
     let ids: Vec<String> = skips.map(|s| s.event_id.to_string()).collect();
-    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut out: HashMap<String, Vec<StoredCopy>> = HashMap::new();
     for chunk in ids.chunks(1_000) {
         let rows: Vec<EventRow> = db
             .query("SELECT ?fields FROM events WHERE toString(event_id) IN ?")
@@ -505,10 +505,46 @@ async fn stored_content<'a>(
         for r in rows {
             out.entry(r.event_id.to_string())
                 .or_default()
-                .insert(content_digest(&r));
+                .push(StoredCopy {
+                    content_digest: content_digest(&r),
+                    raw_position: (r.raw_partition, r.raw_offset),
+                });
         }
     }
     Ok(out)
+}
+
+/// A stored event a skip may point at.
+struct StoredCopy {
+    content_digest: String,
+    raw_position: (i32, i64),
+}
+
+/// Whether `skip` left out a sender's resend: another raw record carrying an event id already
+/// stored, with other content. Its kept content must hash to its digest and name that very
+/// event id at a raw position no stored copy has, so a skip forged to hide a deleted row (whose
+/// content names its own id) does not pass.
+fn is_resend(skip: &ChainSkip, stored: &[StoredCopy]) -> bool {
+    use sha2::Digest as _;
+    if skip.content.is_empty()
+        || hex::encode(sha2::Sha256::digest(skip.content.as_bytes())) != skip.content_digest
+    {
+        return false;
+    }
+    let Ok(content) = serde_json::from_str::<serde_json::Value>(&skip.content) else {
+        return false;
+    };
+    let id = content["event"]["event_id"].as_str();
+    let position = (
+        content["raw_partition"].as_i64(),
+        content["raw_offset"].as_i64(),
+    );
+    id == Some(skip.event_id.to_string().as_str())
+        && !stored.is_empty()
+        && stored.iter().all(|c| {
+            (Some(i64::from(c.raw_position.0)), Some(c.raw_position.1)) != position
+                && c.content_digest != skip.content_digest
+        })
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -636,4 +672,50 @@ pub fn public_keys(
                 .with_context(|| format!("setting `verify.public_keys.{id}`"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    fn skip(content: serde_json::Value, id: uuid::Uuid) -> ChainSkip {
+        let text = chain::canonical_text(&content);
+        ChainSkip {
+            raw_partition: 0,
+            epoch: "e".into(),
+            seq: 3,
+            prev: chain::genesis(),
+            hash: String::new(),
+            content_digest: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+            event_id: id,
+            content: text,
+        }
+    }
+
+    #[test]
+    fn a_resend_is_told_from_a_skip_forged_to_hide_a_deletion() {
+        let id = uuid::Uuid::new_v4();
+        let stored = [StoredCopy {
+            content_digest: "aa".into(),
+            raw_position: (0, 5),
+        }];
+        let content = |event_id: String, offset: i64| {
+            serde_json::json!({"event": {"event_id": event_id, "message": "second"},
+                "raw_partition": 0, "raw_offset": offset})
+        };
+        // Another raw record with the same id: a resend.
+        assert!(is_resend(&skip(content(id.to_string(), 9), id), &stored));
+        // The content of a deleted row names its own id, not the stored one's.
+        let other = uuid::Uuid::new_v4().to_string();
+        assert!(!is_resend(&skip(content(other, 9), id), &stored));
+        // The very raw record that is stored is no resend.
+        assert!(!is_resend(&skip(content(id.to_string(), 5), id), &stored));
+        // Content that does not hash to the digest.
+        let mut forged = skip(content(id.to_string(), 9), id);
+        forged.content = forged.content.replace("second", "third");
+        assert!(!is_resend(&forged, &stored));
+        // No stored copy at all.
+        assert!(!is_resend(&skip(content(id.to_string(), 9), id), &[]));
+    }
 }

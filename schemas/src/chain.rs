@@ -133,6 +133,14 @@ fn prune(v: &mut Value) -> bool {
     }
 }
 
+/// The canonical content's JSON text, keys sorted: the bytes [`content_digest`] hashes.
+pub fn canonical_text(canonical: &Value) -> String {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, nor can serializing a Value.
+    let _ = write_sorted(canonical, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// SHA-256 of the canonical content's JSON text, object keys sorted here (whatever order the
 /// map kept them in: serde_json preserves insertion order when a dependency enables it). The
 /// text is fed to the hash as it is written, never held.

@@ -287,6 +287,9 @@ pub struct ChainSkip {
     pub content_digest: String,
     #[serde(with = "clickhouse::serde::uuid")]
     pub event_id: Uuid,
+    /// The skipped copy's canonical content (`chain::canonical_text`), so `verify` can see a
+    /// sender's resend of an event id (another raw record) for what it is.
+    pub content: String,
 }
 
 impl ChainSkip {
@@ -300,6 +303,11 @@ impl ChainSkip {
             hash: row.chain_hash.clone(),
             content_digest: content_digest(row),
             event_id: row.event_id,
+            content: chain::canonical_text(&chain::canonical(
+                &raw_event(row),
+                row.raw_partition,
+                row.raw_offset,
+            )),
         })
     }
 }

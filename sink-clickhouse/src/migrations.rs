@@ -283,6 +283,13 @@ WHERE has(entity_roles, 'LINKED')
 ",
         ],
     },
+    Migration {
+        version: 9,
+        name: "chain skips keep the skipped copy's content",
+        statements: &[
+            "ALTER TABLE {db}.chain_skips ADD COLUMN IF NOT EXISTS content String DEFAULT '' CODEC(ZSTD(3)) COMMENT 'the skipped copy''s canonical content (its SHA-256 is content_digest): shows a sender''s resend of an event id with other content for what it is'",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -199,7 +199,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)

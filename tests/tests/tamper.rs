@@ -174,9 +174,11 @@ struct Placed {
 fn findings(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| {
-            ["DELETED", "ALTERED", "INSERTED", "MISMATCH", "FORGED", "UNSIGNED"]
-                .iter()
-                .any(|k| l.starts_with(k))
+            [
+                "DELETED", "ALTERED", "INSERTED", "MISMATCH", "FORGED", "UNSIGNED",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
         })
         .collect()
 }
@@ -223,9 +225,11 @@ async fn verify_names_altered_copies_unproven_rows_and_a_trail_without_digests()
         found[0].starts_with("ALTERED") && found[0].contains(&target.event_id),
         "{text}"
     );
-    ch.query("ALTER TABLE events DELETE WHERE message = 'not what happened' SETTINGS mutations_sync = 2")
-        .execute()
-        .await?;
+    ch.query(
+        "ALTER TABLE events DELETE WHERE message = 'not what happened' SETTINGS mutations_sync = 2",
+    )
+    .execute()
+    .await?;
 
     // A planted event in a chain that does not exist, dated a day after the range.
     let planted = uuid::Uuid::new_v4().to_string();
@@ -259,5 +263,34 @@ async fn verify_names_altered_copies_unproven_rows_and_a_trail_without_digests()
             .any(|l| l.contains("not one signed digest")),
         "{text}"
     );
+    Ok(())
+}
+
+/// A sender that posts its own event id again with other content is no tampering: the sink
+/// keeps the first, and `verify` explains the second's link instead of calling it deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_resending_its_event_id_with_other_content_is_no_finding() -> Result<()> {
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let _producer = p.start(Stage::Producer).await?;
+    let _enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut events: Vec<_> = (0..10)
+        .map(|i| json!({"event_type": "log", "source": "SERVER", "message": format!("m{i}")}))
+        .collect();
+    events
+        .push(json!({"event_id": id, "event_type": "log", "source": "SERVER", "message": "first"}));
+    p.post(&events).await?;
+    p.post(&[
+        json!({"event_id": id, "event_type": "log", "source": "SERVER", "message": "second"}),
+    ])
+    .await?;
+    p.wait_for_rows(11, Duration::from_secs(60)).await;
+    p.wait_signed(12, Duration::from_secs(60)).await?;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "a resend: {text}");
+    assert!(findings(&text).is_empty(), "{text}");
     Ok(())
 }
