@@ -92,6 +92,12 @@ impl IngestDefaults {
 /// Why an id must be refused, when `value` is shaped like a credential
 /// ([`crate::redaction::credential_shape`]); `None` for every ordinary id. The reason names the
 /// shape only, so an error message never repeats the secret.
+/// The event times the stores hold (ClickHouse's DateTime64: 1900-01-01 to 2299-12-31). A time
+/// outside would be clamped there but hashed as sent, so the trail would show a true event as
+/// altered; the sender is told instead.
+pub const STORABLE_MICROS: std::ops::RangeInclusive<i64> =
+    -2_208_988_800_000_000..=10_413_791_999_999_999;
+
 pub fn secret_shaped_id(value: &str) -> Option<String> {
     crate::redaction::credential_shape(value)
         .map(|kind| format!("looks like a credential ({kind}); ids must not be secrets"))
@@ -135,6 +141,10 @@ pub fn event_from_json(
     let timestamp = match obj.remove("timestamp") {
         None | Some(Value::Null) => Some(defaults.now),
         Some(Value::String(s)) => match Timestamp::parse_rfc3339(&s) {
+            Ok(t) if !STORABLE_MICROS.contains(&t.as_micros()) => v.fail(
+                "/timestamp",
+                format!("{s:?} is outside the years 1900 to 2299 that the audit trail stores"),
+            ),
             Ok(t) => Some(t),
             Err(e) => v.fail("/timestamp", e.to_string()),
         },

@@ -91,12 +91,12 @@ pub struct Origin {
     pub offset: i64,
 }
 
-/// DateTime64 holds years 1900-2299; a time outside (a producer bug) is clamped to that range so
-/// the event is still stored rather than refused.
+/// DateTime64 holds years 1900-2299; a time outside (the ingest API refuses one, a producer
+/// writing to Kafka directly may not) is clamped to that range so the event is still stored
+/// rather than refused.
 fn datetime(t: Timestamp) -> OffsetDateTime {
-    const MIN: i64 = -2_208_988_800_000_000; // 1900-01-01
-    const MAX: i64 = 10_413_791_999_000_000; // 2299-12-31
-    Timestamp::from_micros(t.as_micros().clamp(MIN, MAX)).to_datetime()
+    let range = audit_schemas::ingest::STORABLE_MICROS;
+    Timestamp::from_micros(t.as_micros().clamp(*range.start(), *range.end())).to_datetime()
 }
 
 pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {

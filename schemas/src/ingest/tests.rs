@@ -270,3 +270,22 @@ fn the_audit_log_converter_refuses_secret_shaped_ids_too() {
     let fine = line.replace(JWT, "u-42");
     assert!(crate::audit_log::convert_line(&fine, "web", id, &Redactor::default()).is_ok());
 }
+
+#[test]
+fn a_time_the_store_cannot_hold_is_refused_by_path() {
+    for t in [
+        "2300-01-01T00:00:00Z",
+        "1899-12-31T23:59:59Z",
+        "9999-12-31T23:59:59Z",
+    ] {
+        let errors =
+            parse(json!({"event_type": "log", "source": "SERVER", "timestamp": t})).unwrap_err();
+        assert_eq!(paths(&errors), vec!["/timestamp"], "{t}");
+    }
+    for t in ["2299-12-31T23:59:59Z", "1900-01-01T00:00:00Z"] {
+        assert!(
+            parse(json!({"event_type": "log", "source": "SERVER", "timestamp": t})).is_ok(),
+            "{t}"
+        );
+    }
+}
