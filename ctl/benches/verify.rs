@@ -118,7 +118,11 @@ async fn main() -> anyhow::Result<()> {
             let content = audit_schemas::chain::content_digest(&audit_schemas::chain::canonical(
                 &e.event, p, offset,
             ));
-            let link = chains.link(p, &content);
+            let salt = audit_schemas::chain::content::new_salt();
+            let v2 = audit_schemas::chain::content::content_digest(
+                &audit_schemas::chain::content::content(&e, &salt),
+            );
+            let link = chains.link(p, offset, &content, &v2, &salt);
             let sign = (link.seq + 1) % DIGEST_EVERY == 0 || i + (PARTITIONS as u64) >= total;
             e.chain = Some(link);
             insert

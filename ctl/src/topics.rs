@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
-    /// Create the five pipeline topics with the partitions, replication and cleanup policy from
+    /// Create the pipeline topics with the partitions, replication and cleanup policy from
     /// the settings. Topics that exist are left unchanged, so running it twice is harmless.
     Create,
     /// List the topics on the cluster with partitions, replication and cleanup policy; the

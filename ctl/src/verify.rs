@@ -690,6 +690,7 @@ mod tests {
             content_digest: hex::encode(sha2::Sha256::digest(text.as_bytes())),
             event_id: id,
             content: text,
+            chain_content: String::new(),
         }
     }
 

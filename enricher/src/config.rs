@@ -35,6 +35,9 @@ pub struct ChainConfig {
     /// Unset: links are still made, but no digest is published and `auditctl verify` can prove
     /// nothing. `audit-enricher public-key` prints the public key verifiers configure.
     pub signing_key: Option<String>,
+    /// A file holding that base64 seed instead (a mounted secret, mode 0400): keeps the key
+    /// out of config files and the environment. At most one of the two is set.
+    pub signing_key_file: Option<std::path::PathBuf>,
     /// The key's id, carried in each digest (rotate by adding a new id).
     pub key_id: String,
     /// Digests at most this often (after a batch is acknowledged, or when idle): links after a
@@ -47,9 +50,38 @@ impl Default for ChainConfig {
         Self {
             enabled: true,
             signing_key: None,
+            signing_key_file: None,
             key_id: "default".into(),
             digest_interval_ms: 1_000,
         }
+    }
+}
+
+impl ChainConfig {
+    /// The signing key from `signing_key` or `signing_key_file`, if either is set.
+    pub fn signer(&self) -> Result<Option<audit_schemas::chain::SigningKey>, ConfigError> {
+        let (setting, seed) = match (&self.signing_key, &self.signing_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "chain.signing_key_file",
+                    "set either chain.signing_key or chain.signing_key_file, not both",
+                ))
+            }
+            (Some(seed), None) => ("chain.signing_key", seed.clone()),
+            (None, Some(path)) => (
+                "chain.signing_key_file",
+                std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::invalid(
+                        "chain.signing_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+            ),
+            (None, None) => return Ok(None),
+        };
+        audit_schemas::chain::SigningKey::from_seed_b64(&self.key_id, seed.trim())
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(setting, e.to_string()))
     }
 }
 
@@ -176,10 +208,7 @@ impl Validate for Settings {
                 "must be positive",
             ));
         }
-        if let Some(seed) = &self.chain.signing_key {
-            audit_schemas::chain::SigningKey::from_seed_b64(&self.chain.key_id, seed)
-                .map_err(|e| ConfigError::invalid("chain.signing_key", e.to_string()))?;
-        }
+        self.chain.signer()?;
         if self.chain.digest_interval_ms == 0 {
             return Err(ConfigError::invalid(
                 "chain.digest_interval_ms",
@@ -200,5 +229,55 @@ impl Validate for Settings {
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         config::load(file, &["redaction.keys", "redaction.keep"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+
+    fn with_file(contents: &str) -> (ChainConfig, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("audit-key-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).unwrap();
+        let chain = ChainConfig {
+            signing_key_file: Some(path.clone()),
+            ..ChainConfig::default()
+        };
+        (chain, path)
+    }
+
+    #[test]
+    fn the_signing_key_comes_from_a_file_as_from_the_setting() {
+        let (chain, path) = with_file(&format!("{SEED}\n"));
+        let from_file = chain.signer().unwrap().unwrap();
+        let inline = ChainConfig {
+            signing_key: Some(SEED.into()),
+            ..ChainConfig::default()
+        };
+        assert_eq!(
+            inline.signer().unwrap().unwrap().public_b64(),
+            from_file.public_b64()
+        );
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(ChainConfig::default().signer().unwrap().map(|k| k.id), None);
+    }
+
+    #[test]
+    fn a_bad_or_doubled_key_setting_is_named() {
+        let (mut chain, path) = with_file("not base64");
+        let e = chain.signer().err().unwrap().to_string();
+        assert!(e.contains("chain.signing_key_file"), "{e}");
+        chain.signing_key = Some(SEED.into());
+        let e = chain.signer().err().unwrap().to_string();
+        assert!(e.contains("not both"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        chain.signing_key = None;
+        let e = chain.signer().err().unwrap().to_string();
+        assert!(
+            e.contains("cannot read") && e.contains("chain.signing_key_file"),
+            "{e}"
+        );
     }
 }

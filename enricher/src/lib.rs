@@ -10,6 +10,7 @@
 //! - [`config`]: the settings.
 
 pub mod chaining;
+pub mod checkpoint_log;
 pub mod config;
 pub mod directory;
 pub mod enrich;

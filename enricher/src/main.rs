@@ -1,6 +1,7 @@
 //! `audit-enricher`: raw audit events in, enriched audit events out.
 
 use anyhow::{Context, Result};
+use audit_enricher::checkpoint_log::CheckpointLog;
 use audit_enricher::config::Settings;
 use audit_enricher::follow::follow_sessions;
 use audit_enricher::ownership::Gate;
@@ -79,16 +80,10 @@ async fn run(cli: Cli) -> Result<()> {
         print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
         return Ok(());
     }
-    let signer = match &settings.chain.signing_key {
-        Some(seed) => Some(
-            audit_schemas::chain::SigningKey::from_seed_b64(&settings.chain.key_id, seed)
-                .map_err(|e| anyhow::anyhow!("setting `chain.signing_key`: {e}"))?,
-        ),
-        None => None,
-    };
+    let signer = settings.chain.signer()?;
     if let Command::PublicKey = cli.command {
         let Some(key) = signer else {
-            anyhow::bail!("chain.signing_key is not set: there is no public key to print");
+            anyhow::bail!("neither chain.signing_key nor chain.signing_key_file is set: there is no public key to print");
         };
         println!("{} {}", key.id, key.public_b64());
         return Ok(());
@@ -169,6 +164,11 @@ async fn run(cli: Cli) -> Result<()> {
             raw_topic: settings.topics.raw.name.clone(),
             enriched_topic: settings.topics.enriched.name.clone(),
             dlq_topic: settings.topics.dlq.name.clone(),
+            checkpoints_topic: settings.topics.checkpoints.name.clone(),
+            checkpoint_log: Some(Arc::new(CheckpointLog::new(
+                &settings.kafka,
+                &settings.topics.checkpoints.name,
+            )?)),
             budget: SizeBudget::from(&settings.kafka),
             session_wait: Duration::from_millis(settings.enricher.session_wait_ms),
             unknown_session_ttl: Duration::from_millis(settings.enricher.unknown_session_ttl_ms),
@@ -257,7 +257,15 @@ fn check_sessions_partitioning(settings: &Settings) -> Result<()> {
                 )
             })
     };
+    let checkpoints = &settings.topics.checkpoints.name;
+    let c = count(checkpoints)?;
     let (r, s) = (count(raw)?, count(sessions)?);
+    if r != c {
+        anyhow::bail!(
+            "{checkpoints} has {c} partitions and {raw} has {r}: raw partition p's checkpoints go \
+             to partition p, so both need the same count (topics.checkpoints.partitions)"
+        );
+    }
     if r != s {
         anyhow::bail!(
             "{sessions} has {s} partitions and {raw} has {r}: sessions are partitioned like the raw \

@@ -124,6 +124,15 @@ impl Ownership {
             .is_some_and(|p| p.generation == generation)
     }
 
+    /// Partitions owned and ready to be joined.
+    pub fn ready(&self) -> Vec<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| !p.revoked && p.load == Load::Ready)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Partitions still loading.
     pub fn restoring(&self) -> usize {
         self.partitions

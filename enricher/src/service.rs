@@ -15,7 +15,8 @@
 //! | its partition was just assigned and its sessions are still being read | the batch waits for them (see [`crate::ownership`]) |
 //! | its partition was revoked meanwhile | the record is left to the partition's new owner |
 
-use crate::chaining::Chaining;
+use crate::chaining::{Chaining, Signed};
+use crate::checkpoint_log::CheckpointLog;
 use crate::directory::Directory;
 use crate::enrich::{enrich, Lookup, RawPosition, Step};
 use crate::ownership::{Gate, Ownership};
@@ -29,6 +30,7 @@ use audit_runtime::dead_letter::{self, DeadLetters, Origin};
 use audit_runtime::publish::{Acks, BatchProducer, PublishError, Record, Rejected};
 use audit_runtime::retry::{ErrorClass, GaveUp, RetryPolicy};
 use audit_runtime::Shutdown;
+use audit_schemas::chain::checkpoint;
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::drops::{self, Drop, DropTally};
 use audit_schemas::redaction::Redactor;
@@ -38,6 +40,7 @@ use audit_schemas::{
 };
 use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -99,6 +102,11 @@ pub struct Options {
     pub raw_topic: String,
     pub enriched_topic: String,
     pub dlq_topic: String,
+    /// Where checkpoints go besides the enriched topic (partition = raw partition).
+    pub checkpoints_topic: String,
+    /// Where a newly owned partition's last checkpoint is read; `None` starts every chain as
+    /// if its partition had none (tests without a broker, or no signing key).
+    pub checkpoint_log: Option<Arc<CheckpointLog>>,
     pub budget: SizeBudget,
     pub session_wait: Duration,
     pub unknown_session_ttl: Duration,
@@ -128,6 +136,7 @@ pub struct Enricher {
     max_event_lead_us: i64,
     /// Behind a mutex only because linking happens in `process(&self)`; never contended.
     chaining: Option<Mutex<Chaining>>,
+    checkpoint_log: Option<Arc<CheckpointLog>>,
     vocabulary: Vocabulary,
     /// Tells records the broker refuses for what they are from a cause that refuses them all.
     circuit: Circuit,
@@ -169,6 +178,7 @@ impl Enricher {
                 producer,
                 enriched_topic: options.enriched_topic.into(),
                 dlq_topic: options.dlq_topic.into(),
+                checkpoints_topic: options.checkpoints_topic.into(),
                 budget: options.budget,
             },
             letters,
@@ -183,6 +193,7 @@ impl Enricher {
             max_event_age_us: options.max_event_age.as_micros().min(i64::MAX as u128) as i64,
             max_event_lead_us: options.max_event_lead.as_micros().min(i64::MAX as u128) as i64,
             chaining: options.chaining.map(Mutex::new),
+            checkpoint_log: options.checkpoint_log,
             vocabulary: options.vocabulary,
             circuit: Circuit::new(
                 Default::default(),
@@ -520,6 +531,60 @@ enum Out {
     Dropped(Drop),
 }
 
+impl Enricher {
+    /// Starts a chain for every partition owned (ready) or in the batch that has none, each
+    /// naming its partition's last checkpoint, read from the checkpoints topic (retried while
+    /// the broker is away: a chain that named none would hide a deleted epoch before it).
+    async fn start_chains(&self, batch: &[OwnedMessage], not_owned: &[i32]) {
+        let wanted: BTreeSet<i32> = {
+            let Some(c) = self.chaining() else {
+                return;
+            };
+            let o = self.tables.ownership.borrow();
+            batch
+                .iter()
+                .map(|m| m.partition())
+                .filter(|p| !not_owned.contains(p))
+                .chain(o.ready())
+                .filter(|p| !c.has(*p))
+                .collect()
+        };
+        for p in wanted {
+            let prev = match (
+                &self.checkpoint_log,
+                self.chaining().is_some_and(|c| c.signs()),
+            ) {
+                (Some(log), true) => self.previous_checkpoint(log, p).await,
+                _ => checkpoint::no_previous(),
+            };
+            if let Some(mut c) = self.chaining() {
+                c.start(p, prev);
+            }
+        }
+    }
+
+    async fn previous_checkpoint(&self, log: &CheckpointLog, partition: i32) -> String {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match log.last(partition).await {
+                Ok(Some(c)) => {
+                    tracing::info!(partition, previous_epoch = %c.epoch, tree_size = c.tree_size, "chain started after the partition's last checkpoint");
+                    return c.id();
+                }
+                Ok(None) => return checkpoint::no_previous(),
+                Err(e) => {
+                    tracing::warn!(partition, error = %format!("{e:#}"), "cannot read the partition's last checkpoint; retrying");
+                    if self.shutdown.is_triggered() {
+                        return checkpoint::no_previous();
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 fn position_of(m: &OwnedMessage) -> RawPosition {
     let received_at = m
         .timestamp()
@@ -539,6 +604,7 @@ impl PipelinedHandler for Enricher {
     async fn submit(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Self::Delivery> {
         metrics::counter!("audit_enricher_events_in_total").increment(batch.len() as u64);
         let not_owned = self.await_sessions(batch).await;
+        self.start_chains(batch, &not_owned).await;
         let mut outs: Vec<Out> = Vec::with_capacity(batch.len());
         // Released records are older than this batch's: they go first.
         self.release_ready(&mut outs);
@@ -663,8 +729,9 @@ impl PipelinedHandler for Enricher {
             }
             dead_letters.publish(&refused).await?;
             if let Some(after_ack) = after_ack {
-                let digests = after_ack.acknowledged().await;
-                publisher.publish_digests(&digests).await?;
+                let signed = after_ack.acknowledged().await;
+                publisher.publish_signed(&signed).await?;
+                signed.published();
             }
             Ok(())
         }))
@@ -738,6 +805,8 @@ fn judge(circuit: &Circuit, published: usize, refused: &[(usize, Rejected)]) -> 
 enum Target {
     Enriched,
     DeadLetters,
+    /// The checkpoints topic, at the partition of the record's raw partition.
+    Checkpoints,
 }
 
 /// One record to publish, owned so a batch's delivery can outlive the consumer's batch.
@@ -756,6 +825,7 @@ struct Publisher {
     producer: BatchProducer,
     enriched_topic: Arc<str>,
     dlq_topic: Arc<str>,
+    checkpoints_topic: Arc<str>,
     budget: SizeBudget,
 }
 
@@ -767,7 +837,9 @@ impl Publisher {
                 topic: match r.to {
                     Target::Enriched => &self.enriched_topic,
                     Target::DeadLetters => &self.dlq_topic,
+                    Target::Checkpoints => &self.checkpoints_topic,
                 },
+                partition: matches!(r.to, Target::Checkpoints).then_some(r.origin.0),
                 key: r.key.as_deref(),
                 payload: &r.payload,
             }))
@@ -859,23 +931,40 @@ impl Publisher {
         self.retry_until_acknowledged(records, first).await
     }
 
-    /// Publishes digest events and waits for their acknowledgement, retried like a batch (a
-    /// digest published twice is the same signed statement twice).
-    async fn publish_digests(&self, digests: &[EnrichedAuditEvent]) -> anyhow::Result<()> {
-        if digests.is_empty() {
+    /// Publishes digest and checkpoint events (checkpoints to the enriched topic, for the
+    /// sinks, and to the checkpoints topic, for the next owner) and waits for their
+    /// acknowledgement, retried like a batch (a statement published twice is the same signed
+    /// statement twice).
+    async fn publish_signed(&self, signed: &Signed) -> anyhow::Result<()> {
+        if signed.digests.is_empty() && signed.checkpoints.is_empty() {
             return Ok(());
         }
-        let records = digests
-            .iter()
-            .map(|d| {
-                Ok(OutRecord {
-                    to: Target::Enriched,
-                    key: Some(audit_schemas::chain::DIGEST_TYPE.as_bytes().to_vec()),
-                    payload: d.encode()?,
-                    origin: (-1, -1),
-                })
-            })
-            .collect::<Result<Vec<_>, audit_schemas::EncodeError>>()?;
+        let mut records = Vec::with_capacity(signed.digests.len() + 2 * signed.checkpoints.len());
+        for d in &signed.digests {
+            records.push(OutRecord {
+                to: Target::Enriched,
+                key: Some(audit_schemas::chain::DIGEST_TYPE.as_bytes().to_vec()),
+                payload: d.encode()?,
+                origin: (-1, -1),
+            });
+        }
+        let now = Timestamp::now();
+        for c in &signed.checkpoints {
+            let payload = crate::chaining::checkpoint_event(c, now).encode()?;
+            let key = c.raw_partition.to_string().into_bytes();
+            records.push(OutRecord {
+                to: Target::Enriched,
+                key: Some(key.clone()),
+                payload: payload.clone(),
+                origin: (c.raw_partition, -1),
+            });
+            records.push(OutRecord {
+                to: Target::Checkpoints,
+                key: Some(key),
+                payload,
+                origin: (c.raw_partition, -1),
+            });
+        }
         let first = match self.enqueue(&records).await {
             Ok(acks) => acks.acknowledged().await,
             Err(e) => Err(e),
@@ -883,7 +972,7 @@ impl Publisher {
         let rejected = self.retry_until_acknowledged(&records, first).await?;
         anyhow::ensure!(
             rejected.is_empty(),
-            "the broker refused a chain digest: {:?}",
+            "the broker refused a chain digest or checkpoint: {:?}",
             rejected.first().map(|r| r.error.to_string())
         );
         Ok(())

@@ -323,6 +323,10 @@ pub struct TopicsConfig {
     pub stream_map: TopicConfig,
     pub enriched: TopicConfig,
     pub dlq: TopicConfig,
+    /// The enrichers' signed chain checkpoints, one partition per raw partition (same count:
+    /// the record for raw partition `p` goes to partition `p`), kept forever by default: a new
+    /// owner of a raw partition reads its last checkpoint here to link the next one to it.
+    pub checkpoints: TopicConfig,
 }
 
 impl Default for TopicsConfig {
@@ -335,6 +339,10 @@ impl Default for TopicsConfig {
             stream_map: TopicConfig::new("audit.stream-map", 1, true),
             enriched: TopicConfig::new("audit.enriched", 6, false),
             dlq: TopicConfig::new("audit.dlq", 1, false),
+            checkpoints: TopicConfig {
+                retention_ms: Some(-1),
+                ..TopicConfig::new("audit.checkpoints", 6, false)
+            },
         }
     }
 }
@@ -348,7 +356,7 @@ impl TopicsConfig {
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &TopicConfig); 7] {
+    pub fn all(&self) -> [(&'static str, &TopicConfig); 8] {
         [
             ("raw", &self.raw),
             ("directory", &self.directory),
@@ -357,6 +365,7 @@ impl TopicsConfig {
             ("stream_map", &self.stream_map),
             ("enriched", &self.enriched),
             ("dlq", &self.dlq),
+            ("checkpoints", &self.checkpoints),
         ]
     }
 }
@@ -381,6 +390,16 @@ impl Validate for TopicsConfig {
                      events, so both must have the same count (README: changing the raw topic's \
                      partition count)",
                     self.sessions.partitions, self.raw.partitions
+                ),
+            ));
+        }
+        if self.checkpoints.partitions != self.raw.partitions {
+            return Err(ConfigError::invalid(
+                "topics.checkpoints.partitions",
+                format!(
+                    "is {} but topics.raw.partitions is {}: a raw partition's checkpoints go to \
+                     the checkpoints partition of the same number, so both must have the same count",
+                    self.checkpoints.partitions, self.raw.partitions
                 ),
             ));
         }
@@ -530,6 +549,7 @@ mod tests {
                 ("AUDIT__KAFKA__BROKERS", "a:1,b:2"),
                 ("AUDIT__TOPICS__RAW__PARTITIONS", "12"),
                 ("AUDIT__TOPICS__SESSIONS__PARTITIONS", "12"),
+                ("AUDIT__TOPICS__CHECKPOINTS__PARTITIONS", "12"),
                 ("AUDIT__KEYS", "x,y"),
             ]),
         )

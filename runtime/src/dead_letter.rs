@@ -214,6 +214,7 @@ impl DeadLetters {
                         .producer
                         .publish(letters.iter().zip(&encoded).map(|(l, value)| Record {
                             topic,
+                            partition: None,
                             key: l.original_key.as_deref(),
                             payload: value,
                         }))

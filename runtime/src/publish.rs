@@ -32,6 +32,8 @@ pub struct BatchProducer {
 /// One record to publish.
 pub struct Record<'a> {
     pub topic: &'a str,
+    /// `None`: the partitioner picks one from the key.
+    pub partition: Option<i32>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
 }
@@ -119,6 +121,9 @@ impl BatchProducer {
             let mut record = BaseRecord::with_opaque_to(r.topic, tag).payload(r.payload);
             if let Some(key) = r.key {
                 record = record.key(key);
+            }
+            if let Some(partition) = r.partition {
+                record = record.partition(partition);
             }
             loop {
                 match self.inner.send(record) {

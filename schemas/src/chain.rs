@@ -21,12 +21,13 @@
 
 use crate::event::{EntityRole, RawAuditEvent};
 use base64::Engine;
+pub use chains::{ChainHead, Chains};
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 
+pub mod chains;
 pub mod checkpoint;
 pub mod content;
 pub mod leaf;
@@ -50,6 +51,9 @@ pub struct ChainLink {
     pub seq: i64,
     pub prev: Hex,
     pub hash: Hex,
+    /// Hex of the salt of the v2 content's commitments ([`content`]); `None` on v1-only links.
+    #[serde(default)]
+    pub salt: Option<Hex>,
 }
 
 /// The event's content in a canonical form: `event` as JSON with params and response parsed
@@ -397,83 +401,6 @@ pub fn link_hash(partition: i32, epoch: &str, seq: i64, prev: &str, content: &[u
     hex::encode(h.finalize())
 }
 
-/// The chains of the raw partitions one enricher owns.
-#[derive(Debug, Default)]
-pub struct Chains {
-    heads: HashMap<i32, Head>,
-}
-
-#[derive(Debug, Clone)]
-struct Head {
-    epoch: String,
-    next_seq: i64,
-    hash: Hex,
-}
-
-/// A chain's state for its digest: partition, epoch, last seq and its hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainHead {
-    pub raw_partition: i32,
-    pub epoch: String,
-    pub seq: i64,
-    pub head: Hex,
-}
-
-impl Chains {
-    /// The next link of `partition`'s chain for an event with this content; a partition not
-    /// chained yet (newly owned) starts a new epoch.
-    pub fn link(&mut self, partition: i32, content: &[u8; 32]) -> ChainLink {
-        let head = self.heads.entry(partition).or_insert_with(|| Head {
-            epoch: uuid::Uuid::new_v4().to_string(),
-            next_seq: 0,
-            hash: genesis(),
-        });
-        let seq = head.next_seq;
-        let hash = link_hash(partition, &head.epoch, seq, &head.hash, content);
-        let link = ChainLink {
-            epoch: head.epoch.clone(),
-            seq,
-            prev: std::mem::replace(&mut head.hash, hash.clone()),
-            hash,
-        };
-        head.next_seq += 1;
-        link
-    }
-
-    /// Takes back `link`, the partition's last (its event was not published after all).
-    pub fn unlink(&mut self, partition: i32, link: &ChainLink) {
-        if let Some(head) = self.heads.get_mut(&partition) {
-            if head.hash == link.hash && head.next_seq == link.seq + 1 {
-                head.hash = link.prev.clone();
-                head.next_seq = link.seq;
-            }
-        }
-    }
-
-    /// The partition's current head, if it has links.
-    pub fn head(&self, partition: i32) -> Option<ChainHead> {
-        let h = self.heads.get(&partition)?;
-        (h.next_seq > 0).then(|| ChainHead {
-            raw_partition: partition,
-            epoch: h.epoch.clone(),
-            seq: h.next_seq - 1,
-            head: h.hash.clone(),
-        })
-    }
-
-    /// The head of every chain with links.
-    pub fn heads(&self) -> impl Iterator<Item = ChainHead> + '_ {
-        self.heads.keys().filter_map(|&p| self.head(p))
-    }
-
-    /// Partitions no longer owned: their next owner starts new epochs.
-    pub fn forget(&mut self, partitions: &[i32]) {
-        for p in partitions {
-            self.heads.remove(p);
-        }
-    }
-}
-
 /// A signed statement: chain (partition, epoch) had `seq + 1` links ending in `head` at
 /// `signed_at` (microseconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -599,31 +526,11 @@ mod tests {
     }
 
     #[test]
-    fn links_chain_and_a_new_partition_starts_an_epoch() {
-        let mut chains = Chains::default();
-        let a = chains.link(0, &[1; 32]);
-        let b = chains.link(0, &[2; 32]);
-        assert_eq!((a.seq, b.seq), (0, 1));
-        assert_eq!(a.prev, genesis());
-        assert_eq!(b.prev, a.hash);
-        assert_eq!(b.hash, link_hash(0, &b.epoch, 1, &a.hash, &[2; 32]));
-        let other = chains.link(1, &[1; 32]);
-        assert_ne!(other.epoch, a.epoch);
-        chains.forget(&[0]);
-        let again = chains.link(0, &[3; 32]);
-        assert_ne!(again.epoch, a.epoch);
-        assert_eq!(again.seq, 0);
-    }
-
-    #[test]
     fn digests_verify_with_the_public_key_only() {
         let mut chains = Chains::default();
-        chains.link(0, &[1; 32]);
-        let last = chains.link(0, &[2; 32]);
+        chains.link(0, 0, &[1; 32], &[1; 32], &[0; 32]);
+        chains.link(0, 1, &[2; 32], &[2; 32], &[0; 32]);
         let head = chains.head(0).unwrap();
-        assert_eq!((head.seq, head.head.clone()), (1, last.hash.clone()));
-        chains.unlink(0, &last);
-        assert_eq!(chains.head(0).unwrap().seq, 0);
         let k = key();
         let d = Digest::sign(&head, 42, &k);
         let public = public_key(&k.public_b64()).unwrap();

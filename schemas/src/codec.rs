@@ -339,7 +339,8 @@ avro_record!(
         "enriched_audit_event.v2.avsc",
         "enriched_audit_event.v3.avsc",
         "enriched_audit_event.v4.avsc",
-        "enriched_audit_event.v5.avsc"
+        "enriched_audit_event.v5.avsc",
+        "enriched_audit_event.v6.avsc"
     ],
     encode = direct_write::enriched_audit_event
 );

@@ -65,6 +65,10 @@ pub struct EventRow {
     pub chain_seq: i64,
     pub chain_prev: String,
     pub chain_hash: String,
+    /// Hex salt of the link's v2 content and that content itself (docs/proof-format.md): what
+    /// the link's Merkle leaf, which checkpoints sign, is made from; '' for v1-only links.
+    pub chain_salt: String,
+    pub chain_content: String,
     /// Each entity's role (`entities[i]` is `entity_roles[i]`); rows from before roles have none,
     /// which reads as all `TARGET`.
     pub entity_roles: Vec<String>,
@@ -100,12 +104,14 @@ fn datetime(t: Timestamp) -> OffsetDateTime {
 }
 
 pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
+    let (chain_salt, chain_content) = v2_content(&e);
     let raw = e.event;
     let chain = e.chain.unwrap_or(ChainLink {
         epoch: String::new(),
         seq: -1,
         prev: String::new(),
         hash: String::new(),
+        salt: None,
     });
     let error = raw.error.unwrap_or_default();
     let client = raw.client.unwrap_or_default();
@@ -210,7 +216,29 @@ pub fn row(e: EnrichedAuditEvent, topic: &str, origin: Origin) -> EventRow {
         chain_seq: chain.seq,
         chain_prev: chain.prev,
         chain_hash: chain.hash,
+        chain_salt,
+        chain_content,
     }
+}
+
+/// The link's salt and the v2 content it commits to, recomputed from the typed event exactly
+/// as the enricher made it; empty without a salted link.
+fn v2_content(e: &EnrichedAuditEvent) -> (String, String) {
+    let Some(salt_hex) = e.chain.as_ref().and_then(|c| c.salt.as_deref()) else {
+        return (String::new(), String::new());
+    };
+    let Some(salt) = hex::decode(salt_hex)
+        .ok()
+        .and_then(|b| <chain::content::Salt>::try_from(b).ok())
+    else {
+        // Not a salt the enricher made: stored as given, so verify finds the link altered.
+        return (salt_hex.to_string(), String::new());
+    };
+    let content = chain::content::content(e, &salt);
+    (
+        salt_hex.to_string(),
+        String::from_utf8(content).unwrap_or_default(),
+    )
 }
 
 /// The raw event a row holds, as the enricher published it: what the chain's content digest
@@ -290,6 +318,8 @@ pub struct ChainSkip {
     /// The skipped copy's canonical content (`chain::canonical_text`), so `verify` can see a
     /// sender's resend of an event id (another raw record) for what it is.
     pub content: String,
+    /// The skipped copy's v2 content (its link's Merkle leaf is over it).
+    pub chain_content: String,
 }
 
 impl ChainSkip {
@@ -308,6 +338,7 @@ impl ChainSkip {
                 row.raw_partition,
                 row.raw_offset,
             )),
+            chain_content: row.chain_content.clone(),
         })
     }
 }

@@ -290,6 +290,51 @@ WHERE has(entity_roles, 'LINKED')
             "ALTER TABLE {db}.chain_skips ADD COLUMN IF NOT EXISTS content String DEFAULT '' CODEC(ZSTD(3)) COMMENT 'the skipped copy''s canonical content (its SHA-256 is content_digest): shows a sender''s resend of an event id with other content for what it is'",
         ],
     },
+    Migration {
+        version: 10,
+        name: "v2 link content and signed checkpoints",
+        statements: &[
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_salt String DEFAULT '' COMMENT 'hex salt of the commitments to the event''s personal data in its v2 content'",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS chain_content String DEFAULT '' CODEC(ZSTD(3)) COMMENT 'the v2 content (docs/proof-format.md) the link''s Merkle leaf is made from'",
+            "ALTER TABLE {db}.chain_skips ADD COLUMN IF NOT EXISTS chain_content String DEFAULT '' CODEC(ZSTD(3)) COMMENT 'the skipped copy''s v2 content'",
+            r"
+CREATE TABLE IF NOT EXISTS {db}.chain_checkpoints
+(
+    raw_partition    Int32,
+    epoch            String,
+    tree_size        UInt64 COMMENT 'links 0..tree_size of the chain are under root',
+    root             String COMMENT 'hex RFC 9162 Merkle root of their leaves',
+    raw_offset_start Int64,
+    raw_offset_end   Int64,
+    prev             String COMMENT 'id (hex SHA-256 of the signed message) of the partition''s previous checkpoint',
+    signed_at        DateTime64(6, 'UTC'),
+    key_id           String,
+    signature        String COMMENT 'base64 Ed25519 over the checkpoint message',
+    event_id         UUID,
+    inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (raw_partition, signed_at, epoch)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.chain_checkpoints_from_events TO {db}.chain_checkpoints AS
+SELECT
+    toInt32OrZero(e.params['raw_partition']) AS raw_partition,
+    JSONExtractString(e.params['epoch']) AS epoch,
+    toUInt64OrZero(e.params['tree_size']) AS tree_size,
+    JSONExtractString(e.params['root']) AS root,
+    toInt64OrZero(e.params['raw_offset_start']) AS raw_offset_start,
+    toInt64OrZero(e.params['raw_offset_end']) AS raw_offset_end,
+    JSONExtractString(e.params['prev']) AS prev,
+    fromUnixTimestamp64Micro(toInt64OrZero(e.params['signed_at']), 'UTC') AS signed_at,
+    JSONExtractString(e.params['key_id']) AS key_id,
+    JSONExtractString(e.params['signature']) AS signature,
+    e.event_id AS event_id
+FROM {db}.events AS e
+WHERE e.event_type = 'audit.chain-checkpoint'
+",
+        ],
+    },
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -199,7 +199,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -209,6 +209,8 @@ async fn migrations_twice_are_harmless() {
     assert_eq!(
         tables,
         vec![
+            "chain_checkpoints",
+            "chain_checkpoints_from_events",
             "chain_digests",
             "chain_digests_from_events",
             "chain_skips",

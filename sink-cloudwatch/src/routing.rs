@@ -109,6 +109,7 @@ impl Routes {
     pub fn stream_for(&self, event_type: &str, catalog: Option<&str>) -> Option<&str> {
         if event_type == audit_schemas::drops::SUMMARY_TYPE
             || event_type == audit_schemas::chain::DIGEST_TYPE
+            || event_type == audit_schemas::chain::checkpoint::CHECKPOINT_TYPE
         {
             return self.exact.get(event_type).map(String::as_str);
         }

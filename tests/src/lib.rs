@@ -88,6 +88,12 @@ pub fn unique_topics(partitions: i32) -> TopicsConfig {
         partitions,
         ..topics.sessions.clone()
     };
+    // So are checkpoints: raw partition p's go to partition p.
+    topics.checkpoints = TopicConfig {
+        name: format!("test.{run}.checkpoints"),
+        partitions,
+        ..topics.checkpoints.clone()
+    };
     topics
 }
 

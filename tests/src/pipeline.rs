@@ -605,7 +605,7 @@ impl Pipeline {
     /// digests.
     pub async fn clickhouse_counts(&self) -> (u64, u64) {
         self.clickhouse()
-            .query("SELECT count(), uniqExact(event_id) FROM events WHERE event_type NOT IN ('audit.rule-drops', 'audit.chain-digest')")
+            .query("SELECT count(), uniqExact(event_id) FROM events WHERE event_type NOT IN ('audit.rule-drops', 'audit.chain-digest', 'audit.chain-checkpoint')")
             .fetch_one::<(u64, u64)>()
             .await
             .unwrap_or((0, 0))

@@ -33,7 +33,7 @@ async fn control_events(
                         params['new'], ifNull(client_ip, '')
                  FROM events
                  WHERE startsWith(event_type, 'audit.')
-                   AND event_type NOT IN ('audit.rule-drops', 'audit.chain-digest')
+                   AND event_type NOT IN ('audit.rule-drops', 'audit.chain-digest', 'audit.chain-checkpoint')
                  ORDER BY timestamp",
             )
             .fetch_all()

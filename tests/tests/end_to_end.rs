@@ -155,7 +155,7 @@ async fn assert_clickhouse_exact(pipeline: &Pipeline, want: &Expected) {
     );
     let got: BTreeMap<(String, String), u64> = pipeline
         .clickhouse()
-        .query("SELECT event_type, assumeNotNull(user_id), count() FROM events WHERE event_type NOT IN ('audit.rule-drops', 'audit.chain-digest') GROUP BY 1, 2")
+        .query("SELECT event_type, assumeNotNull(user_id), count() FROM events WHERE event_type NOT IN ('audit.rule-drops', 'audit.chain-digest', 'audit.chain-checkpoint') GROUP BY 1, 2")
         .fetch_all::<(String, String, u64)>()
         .await
         .unwrap()

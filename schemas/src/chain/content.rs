@@ -189,6 +189,7 @@ mod tests {
             seq: 1,
             prev: "p".into(),
             hash: "h".into(),
+            salt: Some(hex::encode(salt)),
         });
         assert_eq!(content(&e, &salt), before);
     }

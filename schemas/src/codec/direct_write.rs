@@ -174,6 +174,7 @@ pub fn enriched_audit_event(e: &EnrichedAuditEvent, buf: &mut Vec<u8>) {
         w.long(c.seq);
         w.string(&c.prev);
         w.string(&c.hash);
+        w.opt_string(c.salt.as_deref());
     });
     w.optional(e.catalog.as_ref(), |w, c| {
         w.string(c.event_type.as_str());

@@ -377,7 +377,7 @@ prop_compose! {
         mismatch in any::<bool>(),
         meta in (any::<i64>(), any::<i64>(), any::<i32>(), any::<i64>()),
         event_time in prop_oneof![Just(EventTimeCheck::Plausible), Just(EventTimeCheck::TooOld), Just(EventTimeCheck::Ahead)],
-        chain in option::of((text(), any::<i64>(), text(), text())),
+        chain in option::of((text(), any::<i64>(), text(), text(), option::of(text()))),
         catalog in option::of((0..47usize, any::<bool>())),
     ) -> EnrichedAuditEvent {
         EnrichedAuditEvent {
@@ -394,7 +394,7 @@ prop_compose! {
                 raw_offset: meta.3,
             },
             event_time,
-            chain: chain.map(|(epoch, seq, prev, hash)| crate::chain::ChainLink { epoch, seq, prev, hash }),
+            chain: chain.map(|(epoch, seq, prev, hash, salt)| crate::chain::ChainLink { epoch, seq, prev, hash, salt }),
             catalog: catalog.map(|(i, kind)| {
                 let entry = crate::catalog::CATALOG[i];
                 CatalogMatch {

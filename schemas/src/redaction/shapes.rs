@@ -682,7 +682,11 @@ fn key_values(
             None
         };
         if let Some(value) = value {
-            done = done.max(value.end);
+            // A value with a separator of its own after it is a key as well (`cvv. :password =>
+            // 'x'`: a word, then a Ruby symbol): replaced, and read on as a key, so its value
+            // is found too.
+            let also_a_key = separator_after(text, value.end).is_some();
+            done = done.max(if also_a_key { value.start } else { value.end });
             ranges.push(value);
         }
     }
@@ -732,6 +736,13 @@ fn value_at(text: &[u8], start: usize, key: &str) -> Option<Range<usize>> {
     }
     let quoted = |open: &[u8], close: &[u8]| -> Option<Range<usize>> {
         let body = rest.strip_prefix(open)?;
+        // A value that starts with the marker is redacted already, as an unquoted one is: when
+        // rules meet across an encoded quote (a query code's value runs over the `%22` that
+        // closed a percent-encoded password), the marker's quotes no longer pair up, and read
+        // as a value again it would be replaced again: redaction would never settle.
+        if body.starts_with(REDACTED.as_bytes()) {
+            return None;
+        }
         let mut i = 0;
         while i < body.len() {
             if body[i..].starts_with(close) {
