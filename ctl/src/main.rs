@@ -14,6 +14,7 @@ mod streams;
 mod table;
 mod topics;
 mod verify;
+mod verify_checkpoints;
 mod verify_cloudwatch;
 
 use anyhow::Result;
@@ -183,6 +184,28 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         report.findings.len(),
         started.elapsed().as_secs_f64()
     );
+    let started = std::time::Instant::now();
+    let v2 = verify_checkpoints::verify(
+        &verify::client(&settings.clickhouse),
+        &keys,
+        from.as_micros(),
+        to.as_micros(),
+        i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        report.rows,
+    )
+    .await?;
+    for f in &v2.findings {
+        println!("{f}");
+    }
+    println!(
+        "ClickHouse checkpoints (v2): {} signed checkpoints, {} links in {} chains recomputed to their signed Merkle roots; {} findings; {:.1} s",
+        v2.checkpoints,
+        v2.links,
+        v2.chains,
+        v2.findings.len(),
+        started.elapsed().as_secs_f64()
+    );
+    findings += v2.findings.len();
     if let Some(group) = args
         .cloudwatch_group
         .as_ref()

@@ -99,6 +99,9 @@ impl BatchHandler for ClickHouseSink {
         }
         // Undecodable records first: nothing of theirs can be skipped by a later crash then.
         self.letters.publish(&letters).await?;
+        // Replays first: every row of the batch, stored before a restart or not, puts its id in
+        // the window, or a replay of a row stored but not committed before a crash would pass.
+        let mut rows = self.without_replays(&topic, batch, rows).await?;
         let mut partitions: Vec<i32> = rows.iter().map(|r| r.source_partition).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -137,7 +140,6 @@ impl BatchHandler for ClickHouseSink {
                 metrics::counter!("audit_clickhouse_offsets_reused_total").increment(reused);
             }
         }
-        let rows = self.without_replays(&topic, batch, rows).await?;
         for (_, group) in insert_groups(rows) {
             let refused = self.store_group(group).await?;
             let letters: Vec<DeadLetter> = refused

@@ -551,6 +551,38 @@ async fn events_an_enricher_published_again_are_stored_once() {
     );
 }
 
+/// A sink that reads the topic again from the start (its committed offsets lost, a new group,
+/// or a crash long after storing and before committing) meets rows it stored and replays of
+/// them at later offsets: the stored rows still count as seen, so no replay is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_of_rows_stored_but_not_committed_are_not_stored() {
+    let topics = unique_topics(2);
+    create_topics(&topics).await.unwrap();
+    let p = producer().unwrap();
+    let db = db();
+    let c = client(&clickhouse_url(), &db);
+    let now = Timestamp::now().as_micros();
+    let events: Vec<_> = (0..150)
+        .map(|n| event(n, "log", Timestamp::from_micros(now - n as i64), vec![]))
+        .collect();
+    publish(&p, &topics, &events[..100]).await;
+    publish(&p, &topics, &events[50..150]).await;
+    let first = start(&topics, &db, &clickhouse_url(), &unique("g"));
+    assert_eq!(wait_count(&c, 150, Duration::from_secs(60)).await, 150);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(first);
+    assert_eq!(counts(&c).await, (150, 150), "the first reading");
+
+    // Nothing committed for this group: every record is read again.
+    let _again = start(&topics, &db, &clickhouse_url(), &unique("g"));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        counts(&c).await,
+        (150, 150),
+        "count() = uniqExact(event_id) = distinct events after reading everything again"
+    );
+}
+
 /// A private ClickHouse server paused (SIGSTOP) for 30 s mid-stream, then resumed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_of_30_seconds_loses_nothing() {

@@ -506,8 +506,20 @@ impl Pipeline {
     /// `auditctl verify` of this run's ClickHouse database (and CloudWatch log group) for
     /// digests signed between `from` and `to` (RFC 3339): whether it passed, and what it said.
     pub fn verify(&self, from: &str, to: &str, cloudwatch: bool) -> Result<(bool, String)> {
+        self.verify_with(from, to, cloudwatch, &[])
+    }
+
+    /// [`Pipeline::verify`] with further arguments (`--grace-seconds 1`).
+    pub fn verify_with(
+        &self,
+        from: &str,
+        to: &str,
+        cloudwatch: bool,
+        extra: &[&str],
+    ) -> Result<(bool, String)> {
         let key = format!("e2e={}", chain_public_key());
         let mut args = vec!["verify", "--from", from, "--to", to, "--public-key", &key];
+        args.extend(extra);
         if cloudwatch {
             args.extend(["--cloudwatch-group", &self.log_group]);
         }

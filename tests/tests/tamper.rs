@@ -139,11 +139,21 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
                 .any(|k| l.starts_with(k))
         })
         .collect();
-    assert_eq!(findings.len(), 3, "{text}");
+    // Three from the v1 chain, and the deleted row from the v2 checkpoints as well.
+    assert_eq!(findings.len(), 4, "{text}");
     assert!(
         findings.iter().any(|l| l.starts_with("DELETED")
             && l.contains(&format!("raw partition {},", deleted.raw_partition))
             && l.contains(&format!("link {})", deleted.chain_seq))),
+        "{text}"
+    );
+    assert!(
+        findings.iter().any(|l| l.starts_with("DELETED")
+            && l.contains(&format!("raw partition {}:", deleted.raw_partition))
+            && l.contains(&format!(
+                "link {}, under a signed checkpoint",
+                deleted.chain_seq
+            ))),
         "{text}"
     );
     assert!(
@@ -175,7 +185,14 @@ fn findings(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| {
             [
-                "DELETED", "ALTERED", "INSERTED", "MISMATCH", "FORGED", "UNSIGNED",
+                "DELETED",
+                "ALTERED",
+                "INSERTED",
+                "MISMATCH",
+                "FORGED",
+                "UNSIGNED",
+                "MISSING",
+                "TRUNCATED",
             ]
             .iter()
             .any(|k| l.starts_with(k))
@@ -292,5 +309,100 @@ async fn a_sender_resending_its_event_id_with_other_content_is_no_finding() -> R
     let (ok, text) = verify(&p, &from, &to, false)?;
     assert!(ok, "a resend: {text}");
     assert!(findings(&text).is_empty(), "{text}");
+    Ok(())
+}
+
+/// The v2 checkpoints against someone who deletes them: a checkpoint in the middle of a
+/// partition's list (MISSING), one partition's tail of rows and checkpoints (TRUNCATED), and
+/// every checkpoint (nothing proven).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_deleted_checkpoints_a_cut_tail_and_no_checkpoints() -> Result<()> {
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let _producer = p.start(Stage::Producer).await?;
+    let mut enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            json!({"event_type": "log", "source": "SERVER", "user_id": format!("u{}", i % 4),
+                   "message": format!("m{i}")})
+        })
+        .collect();
+    p.post(&events).await?;
+    p.wait_for_rows(20, Duration::from_secs(60)).await;
+    p.wait_signed(20, Duration::from_secs(60)).await?;
+    // Checkpoints go on every second; some seconds of them after the events.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Stopped, as a copy of the database would be: every partition's list ends together.
+    enricher.stop()?;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "untouched: {text}");
+    assert!(
+        text.contains("ClickHouse checkpoints (v2)") && text.contains("0 findings"),
+        "{text}"
+    );
+    let ch = p.clickhouse();
+
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct Cp {
+        raw_partition: i32,
+        signed_us: i64,
+    }
+    let list: Vec<Cp> = ch
+        .query("SELECT raw_partition, toUnixTimestamp64Micro(signed_at) AS signed_us FROM chain_checkpoints ORDER BY raw_partition, signed_at")
+        .fetch_all()
+        .await?;
+    let partition = list[0].raw_partition;
+    let mine: Vec<&Cp> = list
+        .iter()
+        .filter(|c| c.raw_partition == partition)
+        .collect();
+    assert!(mine.len() >= 6, "{list:?}");
+
+    // One checkpoint in the middle of the list.
+    let middle = mine[mine.len() / 2].signed_us;
+    ch.query("ALTER TABLE chain_checkpoints DELETE WHERE raw_partition = ? AND toUnixTimestamp64Micro(signed_at) = ? SETTINGS mutations_sync = 2")
+        .bind(partition)
+        .bind(middle)
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "a checkpoint deleted: {text}");
+    let found = findings(&text);
+    assert!(
+        found.len() == 1 && found[0].starts_with(&format!("MISSING  raw partition {partition}:")),
+        "{text}"
+    );
+
+    // The partition's tail: everything signed or enriched in its last few seconds.
+    let cut = mine[mine.len() - 4].signed_us;
+    ch.query("ALTER TABLE chain_checkpoints DELETE WHERE raw_partition = ? AND toUnixTimestamp64Micro(signed_at) >= ? SETTINGS mutations_sync = 2")
+        .bind(partition)
+        .bind(cut)
+        .execute()
+        .await?;
+    // A grace shorter than the cut, so that the tail's absence is not within it.
+    let (ok, text) = p.verify_with(&from, &to, false, &["--grace-seconds", "1"])?;
+    assert!(!ok, "a tail cut: {text}");
+    assert!(
+        findings(&text)
+            .iter()
+            .any(|l| l.starts_with(&format!("TRUNCATED raw partition {partition}:"))),
+        "{text}"
+    );
+
+    // Every checkpoint.
+    ch.query("TRUNCATE TABLE chain_checkpoints")
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "no checkpoints: {text}");
+    assert!(
+        findings(&text)
+            .iter()
+            .any(|l| l.contains("not one valid checkpoint")),
+        "{text}"
+    );
     Ok(())
 }

@@ -1,0 +1,712 @@
+//! `auditctl verify`, v2: the signed checkpoints (`audit_schemas::chain::checkpoint`) and the
+//! stored links under them.
+//!
+//! Each checkpoint signed in the range is judged:
+//!
+//! - its signature must verify with a configured key (else **FORGED**, and it proves nothing);
+//! - its `prev` must name a stored checkpoint of the same partition, or be the very first
+//!   (else **MISSING**: a checkpoint, a run of them or a whole epoch was deleted);
+//! - each chain's stored links `0..tree_size` (rows, or the sink's skips of replayed copies)
+//!   must give the signed Merkle root (else **ALTERED**, narrowed to the links between the
+//!   last checkpoint that still matches and the first that does not), and none may be
+//!   absent (**DELETED**).
+//!
+//! An enricher checkpoints every partition it owns every interval, idle or not, so one
+//! partition's list that stops more than the grace before the newest checkpoint of any
+//! partition was cut short (**TRUNCATED**). What this cannot see from ClickHouse alone: the
+//! tails of every partition cut at the same moment; a witness of the newest checkpoints kept
+//! elsewhere closes that.
+
+use anyhow::{Context, Result};
+use audit_schemas::chain::{checkpoint, content, leaf, merkle};
+use checkpoint::Checkpoint;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// How far before the range checkpoints are read, so that the range's first checkpoints find
+/// the ones they name.
+const LOOKBACK_US: i64 = 600 * 1_000_000;
+
+/// What the checkpoints and the links under them show.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckpointFinding {
+    Forged {
+        raw_partition: i32,
+        epoch: String,
+        tree_size: u64,
+        key_id: String,
+    },
+    Missing {
+        raw_partition: i32,
+        epoch: String,
+        tree_size: u64,
+        signed_at: i64,
+    },
+    Truncated {
+        raw_partition: i32,
+        newest_us: i64,
+        latest_us: i64,
+    },
+    Altered {
+        raw_partition: i32,
+        epoch: String,
+        /// Some stored link in `first..end` is not the one signed.
+        first: u64,
+        end: u64,
+    },
+    Deleted {
+        raw_partition: i32,
+        epoch: String,
+        seq: u64,
+    },
+    /// More than one stored content claims one link: all but one are not the event signed.
+    Conflict {
+        raw_partition: i32,
+        epoch: String,
+        seq: u64,
+        contents: usize,
+    },
+    /// Events stored but not one valid checkpoint: were the checkpoints deleted?
+    NothingProven { rows: u64 },
+}
+
+impl fmt::Display for CheckpointFinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Forged {
+                raw_partition,
+                epoch,
+                tree_size,
+                key_id,
+            } => write!(
+                f,
+                "FORGED   checkpoint of raw partition {raw_partition}, chain {epoch} at size {tree_size}: the signature does not verify with key {key_id:?}"
+            ),
+            Self::Missing {
+                raw_partition,
+                epoch,
+                tree_size,
+                signed_at,
+            } => write!(
+                f,
+                "MISSING  raw partition {raw_partition}: the checkpoint before chain {epoch}'s at size {tree_size} (signed at {} us) is not stored: checkpoints, or a whole chain, were deleted",
+                signed_at
+            ),
+            Self::Truncated {
+                raw_partition,
+                newest_us,
+                latest_us,
+            } => write!(
+                f,
+                "TRUNCATED raw partition {raw_partition}: its newest checkpoint was signed {:.1} s before the newest of any partition: its tail was deleted",
+                (latest_us - newest_us) as f64 / 1e6
+            ),
+            Self::Altered {
+                raw_partition,
+                epoch,
+                first,
+                end,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}: chain {epoch}'s stored links {first}..{end} do not give the signed Merkle root"
+            ),
+            Self::Deleted {
+                raw_partition,
+                epoch,
+                seq,
+            } => write!(
+                f,
+                "DELETED  raw partition {raw_partition}: chain {epoch} link {seq}, under a signed checkpoint, is not stored"
+            ),
+            Self::Conflict {
+                raw_partition,
+                epoch,
+                seq,
+                contents,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}: {contents} different stored events claim chain {epoch} link {seq}"
+            ),
+            Self::NothingProven { rows } => write!(
+                f,
+                "UNSIGNED {rows} events stored and not one valid checkpoint: nothing is proven (were the checkpoints deleted?)"
+            ),
+        }
+    }
+}
+
+/// What the checkpoint check found and covered.
+#[derive(Debug, Default)]
+pub struct CheckpointReport {
+    pub findings: Vec<CheckpointFinding>,
+    /// Valid checkpoints signed in the range.
+    pub checkpoints: u64,
+    /// Chains whose roots were recomputed, and the links under them.
+    pub chains: u64,
+    pub links: u64,
+}
+
+/// The checks on the checkpoints alone: signatures, the `prev` list and truncation.
+///
+/// `context` holds checkpoints signed before the range (what the first in-range ones name);
+/// `in_range` those signed in it. Returns the valid in-range ones for the root check.
+pub fn judge_lists(
+    context: &[Checkpoint],
+    in_range: &[Checkpoint],
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    grace_us: i64,
+    findings: &mut Vec<CheckpointFinding>,
+) -> Vec<Checkpoint> {
+    let valid = |c: &Checkpoint| keys.get(&c.key_id).is_some_and(|k| c.verify(k));
+    let mut ids: HashSet<(i32, String)> = HashSet::new();
+    for c in context.iter().chain(in_range).filter(|c| valid(c)) {
+        ids.insert((c.raw_partition, c.id()));
+    }
+    let mut good = Vec::new();
+    for c in in_range {
+        if !valid(c) {
+            findings.push(CheckpointFinding::Forged {
+                raw_partition: c.raw_partition,
+                epoch: c.epoch.clone(),
+                tree_size: c.tree_size,
+                key_id: c.key_id.clone(),
+            });
+            continue;
+        }
+        if c.prev != checkpoint::no_previous() && !ids.contains(&(c.raw_partition, c.prev.clone()))
+        {
+            findings.push(CheckpointFinding::Missing {
+                raw_partition: c.raw_partition,
+                epoch: c.epoch.clone(),
+                tree_size: c.tree_size,
+                signed_at: c.signed_at,
+            });
+        }
+        good.push(c.clone());
+    }
+    let mut newest: BTreeMap<i32, i64> = BTreeMap::new();
+    for c in context.iter().chain(&good).filter(|c| valid(c)) {
+        let n = newest.entry(c.raw_partition).or_insert(i64::MIN);
+        *n = (*n).max(c.signed_at);
+    }
+    if let Some(&latest) = newest.values().max() {
+        for (&raw_partition, &newest_us) in &newest {
+            if newest_us < latest.saturating_sub(grace_us) {
+                findings.push(CheckpointFinding::Truncated {
+                    raw_partition,
+                    newest_us,
+                    latest_us: latest,
+                });
+            }
+        }
+    }
+    good
+}
+
+/// Recomputes one chain's tree from its stored links, in seq order, against its checkpoints.
+///
+/// `links` yields `(seq, content)` ordered by seq (a seq may repeat); `checkpoints` are the
+/// chain's valid ones. Pure, so it is tested without a server.
+pub struct RootCheck<'a> {
+    raw_partition: i32,
+    epoch: &'a str,
+    /// Signed roots by tree size, ascending.
+    signed: Vec<(u64, String)>,
+    frontier: merkle::Frontier,
+    /// The tree size of the last signed root that matched.
+    matched: u64,
+    /// The link being gathered (seq, distinct contents).
+    pending: Option<(u64, Vec<String>)>,
+    altered: bool,
+    /// A link since the last match is not stored: its DELETED already explains a mismatch.
+    gap: bool,
+}
+
+impl<'a> RootCheck<'a> {
+    pub fn new(raw_partition: i32, epoch: &'a str, checkpoints: &[&Checkpoint]) -> Self {
+        let mut signed: Vec<(u64, String)> = checkpoints
+            .iter()
+            .map(|c| (c.tree_size, c.root.clone()))
+            .collect();
+        signed.sort();
+        signed.dedup();
+        Self {
+            raw_partition,
+            epoch,
+            signed,
+            frontier: merkle::Frontier::default(),
+            matched: 0,
+            pending: None,
+            altered: false,
+            gap: false,
+        }
+    }
+
+    /// Links up to this seq (exclusive) are needed.
+    pub fn end(&self) -> u64 {
+        self.signed.last().map_or(0, |(size, _)| *size)
+    }
+
+    pub fn push(&mut self, seq: u64, content: String, findings: &mut Vec<CheckpointFinding>) {
+        match &mut self.pending {
+            Some((s, contents)) if *s == seq => {
+                if !contents.contains(&content) {
+                    contents.push(content);
+                }
+            }
+            _ => {
+                self.flush(findings);
+                self.pending = Some((seq, vec![content]));
+            }
+        }
+    }
+
+    fn flush(&mut self, findings: &mut Vec<CheckpointFinding>) {
+        let Some((seq, contents)) = self.pending.take() else {
+            return;
+        };
+        if seq >= self.end() || self.altered {
+            return;
+        }
+        while self.frontier.size() < seq {
+            self.leaf(None, findings);
+        }
+        if contents.len() > 1 {
+            findings.push(CheckpointFinding::Conflict {
+                raw_partition: self.raw_partition,
+                epoch: self.epoch.to_string(),
+                seq,
+                contents: contents.len(),
+            });
+        }
+        // Of several, the one that keeps the tree matching at the next signed size cannot be
+        // told apart here; the first stands in and a wrong choice shows as ALTERED too.
+        self.leaf(contents.first().map(String::as_str), findings);
+    }
+
+    /// Appends the leaf at `frontier.size()`; `None` when no content is stored for it.
+    fn leaf(&mut self, content: Option<&str>, findings: &mut Vec<CheckpointFinding>) {
+        let seq = self.frontier.size();
+        let digest = match content {
+            Some(c) => content::content_digest(c.as_bytes()),
+            None => {
+                findings.push(CheckpointFinding::Deleted {
+                    raw_partition: self.raw_partition,
+                    epoch: self.epoch.to_string(),
+                    seq,
+                });
+                // A stand-in leaf: the root will not match, which the DELETED already says.
+                self.gap = true;
+                [0u8; 32]
+            }
+        };
+        let seq_i64 = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.frontier.push(leaf::link_leaf(
+            self.raw_partition,
+            self.epoch,
+            seq_i64,
+            &digest,
+        ));
+        self.compare(findings);
+    }
+
+    fn compare(&mut self, findings: &mut Vec<CheckpointFinding>) {
+        let size = self.frontier.size();
+        let root = hex::encode(self.frontier.root());
+        for (signed_size, signed_root) in &self.signed {
+            if *signed_size != size {
+                continue;
+            }
+            if *signed_root == root {
+                self.matched = size;
+            } else if !self.gap && !self.altered {
+                // Only the first mismatch says where; every later root differs as well.
+                findings.push(CheckpointFinding::Altered {
+                    raw_partition: self.raw_partition,
+                    epoch: self.epoch.to_string(),
+                    first: self.matched,
+                    end: size,
+                });
+                self.altered = true;
+            }
+        }
+    }
+
+    /// Ends the walk: links up to the largest signed size that were never stored are deleted.
+    pub fn finish(mut self, findings: &mut Vec<CheckpointFinding>) -> u64 {
+        self.flush(findings);
+        while !self.altered && self.frontier.size() < self.end() {
+            self.leaf(None, findings);
+        }
+        self.frontier.size()
+    }
+}
+
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+struct CheckpointRow {
+    raw_partition: i32,
+    epoch: String,
+    tree_size: u64,
+    root: String,
+    raw_offset_start: i64,
+    raw_offset_end: i64,
+    prev: String,
+    signed_us: i64,
+    key_id: String,
+    signature: String,
+}
+
+impl From<CheckpointRow> for Checkpoint {
+    fn from(r: CheckpointRow) -> Self {
+        Checkpoint {
+            raw_partition: r.raw_partition,
+            epoch: r.epoch,
+            tree_size: r.tree_size,
+            root: r.root,
+            raw_offset_start: r.raw_offset_start,
+            raw_offset_end: r.raw_offset_end,
+            prev: r.prev,
+            signed_at: r.signed_us,
+            key_id: r.key_id,
+            signature: r.signature,
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct LinkRow {
+    seq: i64,
+    content: String,
+}
+
+const COLUMNS: &str =
+    "raw_partition, epoch, tree_size, root, raw_offset_start, raw_offset_end, prev,
+     toUnixTimestamp64Micro(signed_at) AS signed_us, key_id, signature";
+
+/// `tail`: the WHERE clause and any ORDER BY / LIMIT, with `?` for `binds`.
+async fn read(db: &clickhouse::Client, tail: &str, binds: &[i64]) -> Result<Vec<Checkpoint>> {
+    let mut q = db.query(&format!(
+        "SELECT DISTINCT {COLUMNS} FROM chain_checkpoints {tail}"
+    ));
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let rows: Vec<CheckpointRow> = q.fetch_all().await.context("reading chain_checkpoints")?;
+    Ok(rows.into_iter().map(Checkpoint::from).collect())
+}
+
+/// Checks the checkpoints signed in `[from_us, to_us]` and the links under them.
+pub async fn verify(
+    db: &clickhouse::Client,
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    from_us: i64,
+    to_us: i64,
+    grace_us: i64,
+    rows_in_range: u64,
+) -> Result<CheckpointReport> {
+    let mut report = CheckpointReport::default();
+    let window =
+        "WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
+                  ORDER BY raw_partition, signed_us";
+    let in_range = read(db, window, &[from_us, to_us]).await?;
+    let mut context = read(
+        db,
+        window,
+        &[
+            from_us.saturating_sub(LOOKBACK_US),
+            from_us.saturating_sub(1),
+        ],
+    )
+    .await?;
+    // A partition left unowned for longer than the lookback: its list resumes after a gap.
+    let known: HashSet<String> = context.iter().chain(&in_range).map(|c| c.id()).collect();
+    let unresolved: HashSet<i32> = in_range
+        .iter()
+        .filter(|c| c.prev != checkpoint::no_previous() && !known.contains(&c.prev))
+        .map(|c| c.raw_partition)
+        .collect();
+    for p in unresolved {
+        let older = read(
+            db,
+            "WHERE raw_partition = ? AND signed_at < fromUnixTimestamp64Micro(?)
+             ORDER BY signed_at DESC LIMIT 1000",
+            &[i64::from(p), from_us.saturating_sub(LOOKBACK_US)],
+        )
+        .await?;
+        context.extend(older);
+    }
+    let valid = judge_lists(&context, &in_range, keys, grace_us, &mut report.findings);
+    report.checkpoints = valid.len() as u64;
+    if valid.is_empty() && rows_in_range > 0 {
+        report.findings.push(CheckpointFinding::NothingProven {
+            rows: rows_in_range,
+        });
+    }
+    let mut chains: BTreeMap<(i32, String), Vec<&Checkpoint>> = BTreeMap::new();
+    for c in &valid {
+        chains
+            .entry((c.raw_partition, c.epoch.clone()))
+            .or_default()
+            .push(c);
+    }
+    for ((partition, epoch), list) in &chains {
+        let mut check = RootCheck::new(*partition, epoch, list);
+        if check.end() == 0 {
+            continue;
+        }
+        let end = i64::try_from(check.end()).unwrap_or(i64::MAX);
+        let mut cursor = db
+            .query(
+                "SELECT seq, content FROM (
+                     SELECT DISTINCT chain_seq AS seq, chain_content AS content FROM events
+                     WHERE raw_partition = ? AND chain_epoch = ? AND chain_seq >= 0 AND chain_seq < ?
+                     UNION ALL
+                     SELECT DISTINCT seq, chain_content AS content FROM chain_skips
+                     WHERE raw_partition = ? AND epoch = ? AND seq >= 0 AND seq < ?
+                 ) ORDER BY seq",
+            )
+            .bind(partition)
+            .bind(epoch)
+            .bind(end)
+            .bind(partition)
+            .bind(epoch)
+            .bind(end)
+            .fetch::<LinkRow>()
+            .with_context(|| format!("reading the links of chain {epoch}"))?;
+        while let Some(row) = cursor.next().await? {
+            if let Ok(seq) = u64::try_from(row.seq) {
+                check.push(seq, row.content, &mut report.findings);
+            }
+        }
+        report.links += check.finish(&mut report.findings);
+        report.chains += 1;
+    }
+    report.findings.sort();
+    report.findings.dedup();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_schemas::chain::{checkpoint::Statement, SigningKey};
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed_b64("k1", &base64_seed(7)).unwrap()
+    }
+
+    fn base64_seed(b: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([b; 32])
+    }
+
+    fn keys() -> HashMap<String, ed25519_dalek::VerifyingKey> {
+        let k = key();
+        let public = audit_schemas::chain::public_key(&k.public_b64()).unwrap();
+        HashMap::from([(k.id.clone(), public)])
+    }
+
+    fn contents(n: u64) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{{\"message\":\"m{i}\"}}"))
+            .collect()
+    }
+
+    fn root_of(partition: i32, epoch: &str, contents: &[String]) -> String {
+        let leaves: Vec<_> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                leaf::link_leaf(
+                    partition,
+                    epoch,
+                    i as i64,
+                    &content::content_digest(c.as_bytes()),
+                )
+            })
+            .collect();
+        hex::encode(merkle::root(&leaves))
+    }
+
+    /// Checkpoints of one partition at the given sizes, each naming the one before.
+    fn list(
+        partition: i32,
+        epoch: &str,
+        all: &[String],
+        sizes: &[u64],
+        t0: i64,
+    ) -> Vec<Checkpoint> {
+        let mut prev = checkpoint::no_previous();
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let c = Checkpoint::sign(
+                    Statement {
+                        raw_partition: partition,
+                        epoch: epoch.into(),
+                        tree_size: size,
+                        root: root_of(partition, epoch, &all[..size as usize]),
+                        raw_offset_start: 0,
+                        raw_offset_end: size as i64,
+                        prev: prev.clone(),
+                        signed_at: t0 + i as i64 * 1_000_000,
+                    },
+                    &key(),
+                );
+                prev = c.id();
+                c
+            })
+            .collect()
+    }
+
+    fn check(all: &[String], stored: &[(u64, String)], sizes: &[u64]) -> Vec<CheckpointFinding> {
+        let cps = list(0, "e", all, sizes, 0);
+        let refs: Vec<&Checkpoint> = cps.iter().collect();
+        let mut findings = Vec::new();
+        let mut rc = RootCheck::new(0, "e", &refs);
+        for (seq, c) in stored {
+            rc.push(*seq, c.clone(), &mut findings);
+        }
+        rc.finish(&mut findings);
+        findings
+    }
+
+    fn stored(all: &[String]) -> Vec<(u64, String)> {
+        all.iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, c)| (i as u64, c))
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_gives_every_signed_root() {
+        let all = contents(10);
+        assert_eq!(check(&all, &stored(&all), &[0, 3, 3, 7, 10]), vec![]);
+        // An exact copy stored twice is one content.
+        let mut twice = stored(&all);
+        twice.insert(4, (4, all[4].clone()));
+        assert_eq!(check(&all, &twice, &[10]), vec![]);
+    }
+
+    #[test]
+    fn an_altered_link_is_narrowed_to_between_checkpoints() {
+        let all = contents(10);
+        let mut s = stored(&all);
+        s[5].1 = "{\"message\":\"forged\"}".into();
+        assert_eq!(
+            check(&all, &s, &[3, 7, 10]),
+            vec![CheckpointFinding::Altered {
+                raw_partition: 0,
+                epoch: "e".into(),
+                first: 3,
+                end: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn a_missing_link_or_a_missing_tail_is_deleted() {
+        let all = contents(10);
+        let mut s = stored(&all);
+        s.remove(2);
+        let f = check(&all, &s, &[10]);
+        assert_eq!(
+            f,
+            vec![CheckpointFinding::Deleted {
+                raw_partition: 0,
+                epoch: "e".into(),
+                seq: 2
+            }],
+            "the deletion explains the root: no ALTERED beside it"
+        );
+        let f = check(&all, &stored(&all[..6]), &[10]);
+        assert_eq!(
+            f.iter()
+                .filter(|f| matches!(f, CheckpointFinding::Deleted { .. }))
+                .count(),
+            4,
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_content_at_one_link_is_a_conflict() {
+        let all = contents(4);
+        let mut s = stored(&all);
+        s.insert(2, (1, "{\"message\":\"copy\"}".into()));
+        let f = check(&all, &s, &[4]);
+        assert!(f.contains(&CheckpointFinding::Conflict {
+            raw_partition: 0,
+            epoch: "e".into(),
+            seq: 1,
+            contents: 2
+        }));
+    }
+
+    #[test]
+    fn a_deleted_checkpoint_leaves_its_successor_naming_nothing() {
+        let all = contents(5);
+        let cps = list(0, "e", &all, &[1, 2, 3, 4, 5], 0);
+        let mut findings = Vec::new();
+        let kept: Vec<Checkpoint> = cps
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, c)| c.clone())
+            .collect();
+        judge_lists(&[], &kept, &keys(), 120_000_000, &mut findings);
+        assert_eq!(
+            findings,
+            vec![CheckpointFinding::Missing {
+                raw_partition: 0,
+                epoch: "e".into(),
+                tree_size: 4,
+                signed_at: 3_000_000
+            }]
+        );
+        let mut findings = Vec::new();
+        judge_lists(&[], &cps, &keys(), 120_000_000, &mut findings);
+        assert_eq!(findings, vec![], "the whole list is clean");
+    }
+
+    #[test]
+    fn a_forged_or_unknown_key_checkpoint_proves_nothing() {
+        let all = contents(2);
+        let mut cps = list(0, "e", &all, &[1, 2], 0);
+        cps[1].root = cps[0].root.clone();
+        let mut findings = Vec::new();
+        let good = judge_lists(&[], &cps, &keys(), 1, &mut findings);
+        assert_eq!(good.len(), 1);
+        assert!(matches!(
+            findings[0],
+            CheckpointFinding::Forged { tree_size: 2, .. }
+        ));
+        let mut findings = Vec::new();
+        assert!(judge_lists(&[], &cps[..1], &HashMap::new(), 1, &mut findings).is_empty());
+        assert_eq!(findings.len(), 1);
+    }
+
+    #[test]
+    fn a_partition_whose_list_stops_early_is_truncated() {
+        let all = contents(3);
+        let mut cps = list(0, "a", &all, &[1, 2, 3], 0);
+        let other = list(1, "b", &all, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3], 0);
+        cps.extend(other);
+        let mut findings = Vec::new();
+        judge_lists(&[], &cps, &keys(), 5_000_000, &mut findings);
+        assert_eq!(
+            findings,
+            vec![CheckpointFinding::Truncated {
+                raw_partition: 0,
+                newest_us: 2_000_000,
+                latest_us: 9_000_000
+            }]
+        );
+        let mut findings = Vec::new();
+        judge_lists(&[], &cps, &keys(), 8_000_000, &mut findings);
+        assert_eq!(findings, vec![], "within the grace");
+    }
+}
