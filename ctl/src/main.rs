@@ -16,6 +16,7 @@ mod topics;
 mod verify;
 mod verify_checkpoints;
 mod verify_cloudwatch;
+mod verify_columns;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -17,8 +17,10 @@
 //! tails of every partition cut at the same moment; a witness of the newest checkpoints kept
 //! elsewhere closes that.
 
+use crate::verify_columns;
 use anyhow::{Context, Result};
 use audit_schemas::chain::{checkpoint, content, leaf, merkle};
+use audit_sink_clickhouse::encoder::EventRow;
 use checkpoint::Checkpoint;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,6 +68,14 @@ pub enum CheckpointFinding {
         epoch: String,
         seq: u64,
         contents: usize,
+    },
+    /// A stored row whose columns are not what its signed content gives.
+    Columns {
+        raw_partition: i32,
+        epoch: String,
+        seq: u64,
+        event_id: String,
+        columns: Vec<String>,
     },
     /// Events stored but not one valid checkpoint: were the checkpoints deleted?
     NothingProven { rows: u64 },
@@ -127,6 +137,22 @@ impl fmt::Display for CheckpointFinding {
             } => write!(
                 f,
                 "ALTERED  raw partition {raw_partition}: {contents} different stored events claim chain {epoch} link {seq}"
+            ),
+            Self::Columns {
+                raw_partition,
+                epoch,
+                seq,
+                event_id,
+                columns,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}: chain {epoch} link {seq}, event {event_id}: {} {} from the signed content",
+                if columns.len() == 1 { "column" } else { "columns" },
+                if columns.len() == 1 {
+                    format!("{} differs", columns[0])
+                } else {
+                    format!("{} differ", columns.join(", "))
+                }
             ),
             Self::NothingProven { rows } => write!(
                 f,
@@ -456,27 +482,52 @@ pub async fn verify(
             continue;
         }
         let end = i64::try_from(check.end()).unwrap_or(i64::MAX);
-        let mut cursor = db
+        let skips: Vec<LinkRow> = db
             .query(
-                "SELECT seq, content FROM (
-                     SELECT DISTINCT chain_seq AS seq, chain_content AS content FROM events
-                     WHERE raw_partition = ? AND chain_epoch = ? AND chain_seq >= 0 AND chain_seq < ?
-                     UNION ALL
-                     SELECT DISTINCT seq, chain_content AS content FROM chain_skips
-                     WHERE raw_partition = ? AND epoch = ? AND seq >= 0 AND seq < ?
-                 ) ORDER BY seq",
+                "SELECT DISTINCT seq, chain_content AS content FROM chain_skips
+                 WHERE raw_partition = ? AND epoch = ? AND seq >= 0 AND seq < ? ORDER BY seq",
             )
             .bind(partition)
             .bind(epoch)
             .bind(end)
+            .fetch_all()
+            .await
+            .with_context(|| format!("reading the skips of chain {epoch}"))?;
+        let mut skips = skips.into_iter().peekable();
+        let mut cursor = db
+            .query(
+                "SELECT ?fields FROM events
+                 WHERE raw_partition = ? AND chain_epoch = ? AND chain_seq >= 0 AND chain_seq < ?
+                 ORDER BY chain_seq",
+            )
             .bind(partition)
             .bind(epoch)
             .bind(end)
-            .fetch::<LinkRow>()
+            .fetch::<EventRow>()
             .with_context(|| format!("reading the links of chain {epoch}"))?;
         while let Some(row) = cursor.next().await? {
-            if let Ok(seq) = u64::try_from(row.seq) {
-                check.push(seq, row.content, &mut report.findings);
+            let Ok(seq) = u64::try_from(row.chain_seq) else {
+                continue;
+            };
+            while let Some(skip) = skips.next_if(|s| s.seq <= row.chain_seq) {
+                if let Ok(s) = u64::try_from(skip.seq) {
+                    check.push(s, skip.content, &mut report.findings);
+                }
+            }
+            if let verify_columns::ColumnCheck::Differ(columns) = verify_columns::check(&row) {
+                report.findings.push(CheckpointFinding::Columns {
+                    raw_partition: *partition,
+                    epoch: epoch.clone(),
+                    seq,
+                    event_id: row.event_id.to_string(),
+                    columns,
+                });
+            }
+            check.push(seq, row.chain_content, &mut report.findings);
+        }
+        for skip in skips {
+            if let Ok(s) = u64::try_from(skip.seq) {
+                check.push(s, skip.content, &mut report.findings);
             }
         }
         report.links += check.finish(&mut report.findings);

@@ -139,8 +139,24 @@ async fn verify_passes_untouched_and_names_the_row_deleted_altered_and_inserted(
                 .any(|k| l.starts_with(k))
         })
         .collect();
-    // Three from the v1 chain, and the deleted row from the v2 checkpoints as well.
-    assert_eq!(findings.len(), 4, "{text}");
+    // Three from the v1 chain; from the v2 checkpoints the deleted row and the columns of the
+    // altered and the inserted row.
+    assert_eq!(findings.len(), 6, "{text}");
+    assert!(
+        findings.iter().any(|l| l.starts_with("ALTERED")
+            && l.contains(&format!(
+                "event {}: column message differs",
+                altered.event_id
+            ))),
+        "{text}"
+    );
+    assert!(
+        findings.iter().any(|l| l.starts_with("ALTERED")
+            && l.contains(&format!(
+                "event {inserted}: columns event_id, message differ"
+            ))),
+        "{text}"
+    );
     assert!(
         findings.iter().any(|l| l.starts_with("DELETED")
             && l.contains(&format!("raw partition {},", deleted.raw_partition))
@@ -237,9 +253,16 @@ async fn verify_names_altered_copies_unproven_rows_and_a_trail_without_digests()
     let (ok, text) = verify(&p, &from, &to, false)?;
     assert!(!ok, "altered copy: {text}");
     let found = findings(&text);
-    assert_eq!(found.len(), 1, "{text}");
+    // v1 sees two contents at the link; v2 names the copy's column.
+    assert_eq!(found.len(), 2, "{text}");
     assert!(
-        found[0].starts_with("ALTERED") && found[0].contains(&target.event_id),
+        found
+            .iter()
+            .all(|l| l.starts_with("ALTERED") && l.contains(&target.event_id)),
+        "{text}"
+    );
+    assert!(
+        found.iter().any(|l| l.contains("column message differs")),
         "{text}"
     );
     ch.query(
@@ -404,5 +427,92 @@ async fn verify_names_deleted_checkpoints_a_cut_tail_and_no_checkpoints() -> Res
             .any(|l| l.contains("not one valid checkpoint")),
         "{text}"
     );
+    Ok(())
+}
+
+/// The columns v1's chain does not cover: the resolved user, the groups, the enrichment state.
+/// Each changed by `ALTER TABLE ... UPDATE` on its own row is named with its columns by the v2
+/// column check, and nothing else is.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_a_row_given_to_another_user_other_groups_or_another_enrichment() -> Result<()>
+{
+    use audit_schemas::{DirectoryEntry, Group, User};
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let user = |id: &str, login: &str, group: &str| {
+        DirectoryEntry::User(User {
+            id: id.into(),
+            login: login.into(),
+            name: None,
+            group_ids: vec![group.into()],
+            scim: None,
+        })
+    };
+    p.put_directory(vec![
+        DirectoryEntry::Group(Group {
+            id: "g-ctr".into(),
+            name: "contractors".into(),
+            parent_ids: vec![],
+            scim: None,
+        }),
+        user("u-carl", "carl", "g-ctr"),
+    ])
+    .await?;
+    // The directory is in place before the enricher starts, so every event is enriched.
+    let _producer = p.start(Stage::Producer).await?;
+    let _enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let events: Vec<_> = (0..12)
+        .map(|i| json!({"event_type": "log", "source": "SERVER", "user_id": "u-carl", "message": format!("m{i}")}))
+        .collect();
+    p.post(&events).await?;
+    p.wait_for_rows(12, Duration::from_secs(60)).await;
+    p.wait_signed(12, Duration::from_secs(60)).await?;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "untouched: {text}");
+    let ch = p.clickhouse();
+    let rows: Vec<Placed> = ch
+        .query(
+            "SELECT toString(event_id) AS event_id, raw_partition, raw_offset FROM events
+             WHERE event_type = 'log' AND user_login = 'carl' ORDER BY raw_partition, raw_offset LIMIT 3",
+        )
+        .fetch_all()
+        .await?;
+    assert_eq!(rows.len(), 3, "enriched rows: {rows:?}");
+    let attacks = [
+        (
+            "user_id = 'u-eve', user_login = 'eve'",
+            "columns user_id, user_login differ",
+        ),
+        (
+            "group_ids = ['g-adm'], group_names = ['admins']",
+            "columns group_ids, group_names differ",
+        ),
+        ("enrichment = 'USER_UNKNOWN'", "column enrichment differs"),
+    ];
+    for ((set, _), row) in attacks.iter().zip(&rows) {
+        ch.query(&format!(
+            "ALTER TABLE events UPDATE {set} WHERE toString(event_id) = ? SETTINGS mutations_sync = 2"
+        ))
+        .bind(&row.event_id)
+        .execute()
+        .await?;
+    }
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "tampered: {text}");
+    let found = findings(&text);
+    assert_eq!(found.len(), attacks.len(), "{text}");
+    for ((_, named), row) in attacks.iter().zip(&rows) {
+        assert!(
+            found.iter().any(|l| l.starts_with("ALTERED")
+                && l.contains(&format!(
+                    "event {}: {named} from the signed content",
+                    row.event_id
+                ))),
+            "{named} of {}: {text}",
+            row.event_id
+        );
+    }
     Ok(())
 }
