@@ -17,6 +17,7 @@ mod verify;
 mod verify_checkpoints;
 mod verify_cloudwatch;
 mod verify_columns;
+mod verify_state;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -101,6 +102,12 @@ struct VerifyArgs {
     /// ClickHouse proved intact; cloudwatch.endpoint_url and cloudwatch.region say where.
     #[arg(long)]
     cloudwatch_group: Option<String>,
+    /// A file where verify keeps the newest checkpoint it proved per raw partition (created
+    /// when missing). Each run must find those checkpoints still stored and the links under
+    /// them intact, so a rollback of ClickHouse to an older copy, or a rewrite of what an
+    /// earlier run saw, is a finding (ROLLED BACK). Keep it where ClickHouse writers cannot.
+    #[arg(long, value_name = "FILE")]
+    state: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -186,13 +193,18 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         started.elapsed().as_secs_f64()
     );
     let started = std::time::Instant::now();
+    let mut state = match &args.state {
+        Some(path) => Some(verify_state::State::load(path, &keys)?),
+        None => None,
+    };
+    let witnessed: Vec<_> = state.iter().flat_map(|s| s.witnessed().cloned()).collect();
     let v2 = verify_checkpoints::verify(
         &verify::client(&settings.clickhouse),
         &keys,
-        from.as_micros(),
-        to.as_micros(),
+        (from.as_micros(), to.as_micros()),
         i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
         report.rows,
+        &witnessed,
     )
     .await?;
     for f in &v2.findings {
@@ -207,6 +219,16 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         started.elapsed().as_secs_f64()
     );
     findings += v2.findings.len();
+    if let (Some(state), Some(path)) = (&mut state, &args.state) {
+        let kept = state.len();
+        let moved = state.advance(&v2.proven);
+        state.save(path)?;
+        println!(
+            "State {}: {} of {kept} checkpoints kept from earlier runs still stored and re-proven; {moved} partitions moved on",
+            path.display(),
+            v2.witnessed
+        );
+    }
     if let Some(group) = args
         .cloudwatch_group
         .as_ref()

@@ -79,6 +79,13 @@ pub enum CheckpointFinding {
     },
     /// Events stored but not one valid checkpoint: were the checkpoints deleted?
     NothingProven { rows: u64 },
+    /// A checkpoint an earlier `verify --state` run proved is no longer stored as it was.
+    RolledBack {
+        raw_partition: i32,
+        epoch: String,
+        tree_size: u64,
+        signed_at: i64,
+    },
 }
 
 impl fmt::Display for CheckpointFinding {
@@ -158,6 +165,15 @@ impl fmt::Display for CheckpointFinding {
                 f,
                 "UNSIGNED {rows} events stored and not one valid checkpoint: nothing is proven (were the checkpoints deleted?)"
             ),
+            Self::RolledBack {
+                raw_partition,
+                epoch,
+                tree_size,
+                signed_at,
+            } => write!(
+                f,
+                "ROLLED BACK raw partition {raw_partition}: the checkpoint an earlier run proved (chain {epoch} at size {tree_size}, signed at {signed_at} us) is not in ClickHouse: it was rolled back to an older copy or its history rewritten"
+            ),
         }
     }
 }
@@ -171,6 +187,10 @@ pub struct CheckpointReport {
     /// Chains whose roots were recomputed, and the links under them.
     pub chains: u64,
     pub links: u64,
+    /// The valid checkpoints signed in the range, for a witness to keep.
+    pub proven: Vec<Checkpoint>,
+    /// Checkpoints of an earlier run found stored as they were, their links re-proven.
+    pub witnessed: u64,
 }
 
 /// The checks on the checkpoints alone: signatures, the `prev` list and truncation.
@@ -423,13 +443,17 @@ async fn read(db: &clickhouse::Client, tail: &str, binds: &[i64]) -> Result<Vec<
 }
 
 /// Checks the checkpoints signed in `[from_us, to_us]` and the links under them.
+///
+/// `witnessed` are checkpoints an earlier run proved (`verify --state`, already verified):
+/// each must still be stored exactly, and the links under it are recomputed to its root with
+/// the range's, so a rollback or a rewrite of what an earlier run saw is a finding.
 pub async fn verify(
     db: &clickhouse::Client,
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
-    from_us: i64,
-    to_us: i64,
+    (from_us, to_us): (i64, i64),
     grace_us: i64,
     rows_in_range: u64,
+    witnessed: &[Checkpoint],
 ) -> Result<CheckpointReport> {
     let mut report = CheckpointReport::default();
     let window =
@@ -469,8 +493,23 @@ pub async fn verify(
             rows: rows_in_range,
         });
     }
+    let mut still_stored = Vec::new();
+    for w in witnessed {
+        let stored = read_one(db, w).await?;
+        if stored.as_ref() == Some(w) {
+            still_stored.push(w.clone());
+        } else {
+            report.findings.push(CheckpointFinding::RolledBack {
+                raw_partition: w.raw_partition,
+                epoch: w.epoch.clone(),
+                tree_size: w.tree_size,
+                signed_at: w.signed_at,
+            });
+        }
+    }
+    report.witnessed = still_stored.len() as u64;
     let mut chains: BTreeMap<(i32, String), Vec<&Checkpoint>> = BTreeMap::new();
-    for c in &valid {
+    for c in valid.iter().chain(&still_stored) {
         chains
             .entry((c.raw_partition, c.epoch.clone()))
             .or_default()
@@ -535,7 +574,30 @@ pub async fn verify(
     }
     report.findings.sort();
     report.findings.dedup();
+    report.proven = valid;
     Ok(report)
+}
+
+/// The stored checkpoint with `c`'s partition, chain and size signed at its time, if any.
+async fn read_one(db: &clickhouse::Client, c: &Checkpoint) -> Result<Option<Checkpoint>> {
+    let rows: Vec<CheckpointRow> = db
+        .query(&format!(
+            "SELECT DISTINCT {COLUMNS} FROM chain_checkpoints
+             WHERE raw_partition = ? AND epoch = ? AND tree_size = ?
+               AND signed_at = fromUnixTimestamp64Micro(?) AND signature = ?"
+        ))
+        .bind(c.raw_partition)
+        .bind(&c.epoch)
+        .bind(c.tree_size)
+        .bind(c.signed_at)
+        .bind(&c.signature)
+        .fetch_all()
+        .await
+        .context("reading chain_checkpoints")?;
+    Ok(rows
+        .into_iter()
+        .map(Checkpoint::from)
+        .find(|stored| stored == c))
 }
 
 #[cfg(test)]
