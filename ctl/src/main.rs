@@ -105,7 +105,7 @@ struct VerifyArgs {
     /// A file where verify keeps the newest checkpoint it proved per raw partition (created
     /// when missing). Each run must find those checkpoints still stored and the links under
     /// them intact, so a rollback of ClickHouse to an older copy, or a rewrite of what an
-    /// earlier run saw, is a finding (ROLLED BACK). Keep it where ClickHouse writers cannot.
+    /// earlier run saw, is a finding (ROLLED BACK). Keep it out of reach of ClickHouse writers.
     #[arg(long, value_name = "FILE")]
     state: Option<std::path::PathBuf>,
 }
