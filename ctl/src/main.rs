@@ -7,6 +7,7 @@ mod consume;
 mod directory;
 mod dlq;
 mod operator;
+mod prove;
 mod rule_impact;
 mod rules;
 mod settings;
@@ -78,6 +79,18 @@ enum Command {
     ///
     /// Example: auditctl verify --from 2026-11-26T00:00:00Z --to 2026-11-26T12:00:00Z
     Verify(VerifyArgs),
+    /// Write a proof that one event is in the signed trail, or (--consistency) that a later
+    /// checkpoint extends an earlier one. Anyone can check it offline with `auditctl
+    /// check-proof` or a checker of their own (docs/proof-format.md). A proof is made only
+    /// when the stored links give the signed root.
+    ///
+    /// Example: auditctl prove 6f1c2d3e-0000-4000-8000-000000000001 --out proof.json
+    Prove(prove::ProveArgs),
+    /// Check a proof file offline against the signer's public key: exit 0 and say what it
+    /// proves, or exit 1 naming what does not hold.
+    ///
+    /// Example: auditctl check-proof proof.json --public-key enricher-1=BASE64
+    CheckProof(prove::CheckProofArgs),
     /// Print the effective settings (defaults, file and environment layered) as TOML.
     Config,
 }
@@ -140,6 +153,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Streams(cmd) => streams::run(cmd, &settings, &actor).await,
         Command::Dlq(cmd) => dlq::run(cmd, &settings).await,
         Command::Verify(args) => run_verify(args, &settings).await,
+        Command::Prove(args) => prove::run(args, &settings).await,
+        Command::CheckProof(args) => prove::check(args, &settings),
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
             Ok(())
@@ -155,17 +170,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--to {t:?}: {e}"))?,
         None => Timestamp::now(),
     };
-    let mut configured = settings.verify.public_keys.clone();
-    for k in &args.public_keys {
-        let (id, b64) = k
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--public-key {k:?}: expected KEY_ID=BASE64"))?;
-        configured.insert(id.to_string(), b64.to_string());
-    }
-    if configured.is_empty() {
-        anyhow::bail!("no public key: set verify.public_keys or pass --public-key KEY_ID=BASE64 (audit-enricher public-key prints it)");
-    }
-    let keys = verify::public_keys(&configured)?;
+    let keys = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
     let started = std::time::Instant::now();
     let report = verify::verify_clickhouse(
         settings,

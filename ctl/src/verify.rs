@@ -661,17 +661,29 @@ fn same_stored_event(a: &EventRow, b: &EventRow) -> bool {
 }
 
 /// The configured public keys, checked.
-pub fn public_keys(
+/// The public keys checkpoints and digests are checked with: `verify.public_keys`, then each
+/// `--public-key KEY_ID=BASE64` flag; an error names the bad one, and no key at all is one.
+pub fn trusted_keys(
     configured: &BTreeMap<String, String>,
+    flags: &[String],
 ) -> Result<HashMap<String, ed25519_dalek::VerifyingKey>> {
-    configured
-        .iter()
-        .map(|(id, b64)| {
-            chain::public_key(b64)
-                .map(|k| (id.clone(), k))
-                .with_context(|| format!("setting `verify.public_keys.{id}`"))
-        })
-        .collect()
+    let mut keys = HashMap::new();
+    for (id, b64) in configured {
+        let key =
+            chain::public_key(b64).with_context(|| format!("setting `verify.public_keys.{id}`"))?;
+        keys.insert(id.clone(), key);
+    }
+    for flag in flags {
+        let (id, b64) = flag
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--public-key {flag:?}: expected KEY_ID=BASE64"))?;
+        let key = chain::public_key(b64).with_context(|| format!("--public-key {id}=..."))?;
+        keys.insert(id.to_string(), key);
+    }
+    if keys.is_empty() {
+        anyhow::bail!("no public key: set verify.public_keys or pass --public-key KEY_ID=BASE64 (audit-enricher public-key prints it)");
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@
 //! copies against the digests: every link up to a digest present (or shown to be a duplicate the
 //! sink skipped), each hash recomputed, each `prev` the hash before it.
 //!
-//! The v2 proof format (issue #26) is built beside this: [`merkle`] (RFC 9162 trees and
+//! The v2 proof format (issue #26) runs beside this: [`merkle`] (RFC 9162 trees and
 //! proofs), [`leaf`] (a link's leaf), [`content`] (byte-exact content with erasable personal
-//! data) and [`checkpoint`] (signed, hash-linked per-partition checkpoints). The pipeline does
-//! not use them yet; `docs/proof-format.md` describes the bytes.
+//! data), [`checkpoint`] (signed, hash-linked per-partition checkpoints) and [`proof`] (the
+//! files a third party checks offline). `docs/proof-format.md` describes the bytes.
 
 use crate::event::{EntityRole, RawAuditEvent};
 use base64::Engine;
@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod content;
 pub mod leaf;
 pub mod merkle;
+pub mod proof;
 
 /// The event type of digests; reserved, not chained, not dropped.
 pub const DIGEST_TYPE: &str = "audit.chain-digest";

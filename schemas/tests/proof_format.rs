@@ -7,6 +7,7 @@
 
 use audit_schemas::chain::checkpoint::{no_previous, Checkpoint, Statement};
 use audit_schemas::chain::content::{self, Salt};
+use audit_schemas::chain::proof::{ConsistencyProof, InclusionProof, Keys, ProofFile};
 use audit_schemas::chain::{leaf, merkle, public_key, SigningKey};
 use audit_schemas::event::*;
 use audit_schemas::Timestamp;
@@ -144,104 +145,31 @@ fn checkpoint(leaves: &[merkle::Hash], size: u64, prev: String, key: &SigningKey
 }
 
 fn inclusion_file(c: &Chain, seq: u64, cp: &Checkpoint) -> Value {
-    let path = merkle::inclusion_path(&c.leaves, seq, cp.tree_size);
-    json!({
-        "format": "audit-inclusion-proof-v2",
-        "event_id": c.ids[seq as usize],
-        "content_b64": B64.encode(&c.contents[seq as usize]),
-        "raw_partition": PARTITION,
-        "epoch": EPOCH,
-        "seq": seq,
-        "tree_size": cp.tree_size,
-        "audit_path": path.iter().map(hex::encode).collect::<Vec<_>>(),
-        "checkpoint": cp,
-    })
+    let p = InclusionProof::build(
+        &c.ids[seq as usize],
+        &c.contents[seq as usize],
+        seq,
+        &c.leaves,
+        cp.clone(),
+    );
+    serde_json::to_value(p).unwrap()
 }
 
 fn consistency_file(c: &Chain, old: &Checkpoint, new: &Checkpoint) -> Value {
-    let proof = merkle::consistency_proof(&c.leaves, old.tree_size, new.tree_size);
-    json!({
-        "format": "audit-consistency-proof-v2",
-        "old": old,
-        "new": new,
-        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(ConsistencyProof::build(&c.leaves, old.clone(), new.clone())).unwrap()
 }
 
-fn hashes(v: &Value) -> Option<Vec<merkle::Hash>> {
-    v.as_array()?
-        .iter()
-        .map(|h| hex32(h.as_str()?))
-        .collect::<Option<Vec<_>>>()
-}
-
-fn hex32(s: &str) -> Option<merkle::Hash> {
-    (s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then(|| hex::decode(s).ok()?.try_into().ok())
-    .flatten()
-}
-
-/// This crate's verdict on an inclusion proof file, by the document's rules.
-fn rust_accepts_inclusion(f: &Value, public: &str) -> bool {
+/// This crate's verdict (`audit_schemas::chain::proof`, what `auditctl check-proof` runs).
+fn rust_accepts(kind: &str, f: &Value, public: &str) -> bool {
     let Ok(key) = public_key(public) else {
         return false;
     };
-    (|| {
-        let cp: Checkpoint = serde_json::from_value(f.get("checkpoint")?.clone()).ok()?;
-        let root = hex32(&cp.root)?;
-        hex32(&cp.prev)?;
-        if !cp.verify(&key) || B64.encode(B64.decode(&cp.signature).ok()?) != cp.signature {
-            return None;
-        }
-        let partition = i32::try_from(f.get("raw_partition")?.as_i64()?).ok()?;
-        let epoch = f.get("epoch")?.as_str()?;
-        let seq = f.get("seq")?.as_i64()?;
-        let size = f.get("tree_size")?.as_u64()?;
-        if (partition, epoch, size) != (cp.raw_partition, cp.epoch.as_str(), cp.tree_size) {
-            return None;
-        }
-        let seq_u = u64::try_from(seq).ok()?;
-        let text = f.get("content_b64")?.as_str()?;
-        let bytes = B64.decode(text).ok()?;
-        if B64.encode(&bytes) != text {
-            return None;
-        }
-        let parsed: Value = serde_json::from_slice(&bytes).ok()?;
-        if parsed.pointer("/event/event_id")? != f.get("event_id")? {
-            return None;
-        }
-        let leaf = leaf::link_leaf(partition, epoch, seq, &content::content_digest(&bytes));
-        let path = hashes(f.get("audit_path")?)?;
-        merkle::verify_inclusion(seq_u, size, &leaf, &path, &root).then_some(())
-    })()
-    .is_some()
-}
-
-/// This crate's verdict on a consistency proof file, by the document's rules.
-fn rust_accepts_consistency(f: &Value, public: &str) -> bool {
-    let Ok(key) = public_key(public) else {
-        return false;
-    };
-    (|| {
-        let check = |v: &Value| -> Option<(Checkpoint, merkle::Hash)> {
-            let cp: Checkpoint = serde_json::from_value(v.clone()).ok()?;
-            let root = hex32(&cp.root)?;
-            hex32(&cp.prev)?;
-            let canonical = B64.encode(B64.decode(&cp.signature).ok()?) == cp.signature;
-            (canonical && cp.verify(&key)).then_some((cp, root))
-        };
-        let (old, old_root) = check(f.get("old")?)?;
-        let (new, new_root) = check(f.get("new")?)?;
-        if (old.raw_partition, &old.epoch) != (new.raw_partition, &new.epoch) {
-            return None;
-        }
-        let proof = hashes(f.get("proof")?)?;
-        merkle::verify_consistency(old.tree_size, new.tree_size, &old_root, &new_root, &proof)
-            .then_some(())
-    })()
-    .is_some()
+    let keys: Keys = [("proof-test-key".to_string(), key)].into();
+    match ProofFile::parse(&serde_json::to_vec(f).unwrap()) {
+        Ok(file @ ProofFile::Inclusion(_)) if kind == "inclusion" => file.check(&keys).is_ok(),
+        Ok(file @ ProofFile::Consistency(_)) if kind == "consistency" => file.check(&keys).is_ok(),
+        _ => false,
+    }
 }
 
 struct Checker {
@@ -288,10 +216,7 @@ impl Checker {
     }
 
     fn accepts(&mut self, kind: &str, file: &Value) {
-        let rust = match kind {
-            "inclusion" => rust_accepts_inclusion(file, &self.public),
-            _ => rust_accepts_consistency(file, &self.public),
-        };
+        let rust = rust_accepts(kind, file, &self.public);
         match self.run(kind, file) {
             Ok(_) => assert!(rust, "Python accepts but Rust rejects:\n{file:#}"),
             Err(why) => panic!("the checker rejects a good {kind} proof: {why}\n{file:#}"),
@@ -300,10 +225,7 @@ impl Checker {
 
     /// The checker and this crate both reject `file`, the checker saying `reason`.
     fn rejects(&mut self, kind: &str, what: &str, file: &Value, reason: &str) {
-        let rust = match kind {
-            "inclusion" => rust_accepts_inclusion(file, &self.public),
-            _ => rust_accepts_consistency(file, &self.public),
-        };
+        let rust = rust_accepts(kind, file, &self.public);
         assert!(!rust, "Rust accepts {kind} proof with {what}");
         match self.run(kind, file) {
             Ok(out) => panic!("the checker accepts {kind} proof with {what}: {out}"),
