@@ -203,13 +203,46 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         None => None,
     };
     let witnessed: Vec<_> = state.iter().flat_map(|s| s.witnessed().cloned()).collect();
+    let group = args
+        .cloudwatch_group
+        .as_ref()
+        .or(settings.cloudwatch.log_group.as_ref());
+    let cloudwatch = match group {
+        Some(_) => Some(verify_cloudwatch::client(&settings.cloudwatch).await),
+        None => None,
+    };
+    let witness_stream = settings.cloudwatch.checkpoint_stream();
+    let witness = match (&cloudwatch, group, witness_stream) {
+        (Some(client), Some(group), Some(stream)) => {
+            let messages = verify_cloudwatch::read_witness(client, group, stream).await?;
+            let w = verify_cloudwatch::judge_witness(&messages, &keys);
+            for (at_ms, why) in &w.forged {
+                println!(
+                    "{}",
+                    verify_cloudwatch::CloudWatchFinding::WitnessForged {
+                        stream: stream.to_string(),
+                        at_ms: *at_ms,
+                        why: why.clone(),
+                    }
+                );
+            }
+            findings += w.forged.len();
+            Some((stream, w))
+        }
+        _ => None,
+    };
     let v2 = verify_checkpoints::verify(
         &verify::client(&settings.clickhouse),
         &keys,
         (from.as_micros(), to.as_micros()),
         i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
         report.rows,
-        &witnessed,
+        &verify_checkpoints::Witnesses {
+            state: &witnessed,
+            cloudwatch: witness
+                .as_ref()
+                .map(|(stream, w)| (*stream, w.checkpoints.as_slice())),
+        },
     )
     .await?;
     for f in &v2.findings {
@@ -224,6 +257,15 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         started.elapsed().as_secs_f64()
     );
     findings += v2.findings.len();
+    if let Some((stream, w)) = &witness {
+        println!(
+            "CloudWatch witness {}/{stream}: {} checkpoints in the range, {} of them also in ClickHouse; {} entries that are no valid checkpoint",
+            group.map_or("", String::as_str),
+            v2.cloudwatch_witnessed,
+            v2.cloudwatch_matched,
+            w.forged.len()
+        );
+    }
     if let (Some(state), Some(path)) = (&mut state, &args.state) {
         let kept = state.len();
         let moved = state.advance(&v2.proven);
@@ -234,16 +276,17 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
             v2.witnessed
         );
     }
-    if let Some(group) = args
-        .cloudwatch_group
-        .as_ref()
-        .or(settings.cloudwatch.log_group.as_ref())
-    {
+    if let (Some(client), Some(group)) = (&cloudwatch, group) {
         let started = std::time::Instant::now();
-        let client = verify_cloudwatch::client(&settings.cloudwatch).await;
-        let cw =
-            verify_cloudwatch::verify(&client, group, &report, from.as_micros(), to.as_micros())
-                .await?;
+        let cw = verify_cloudwatch::verify(
+            client,
+            group,
+            witness_stream,
+            &report,
+            from.as_micros(),
+            to.as_micros(),
+        )
+        .await?;
         for f in &cw.findings {
             println!("{f}");
         }

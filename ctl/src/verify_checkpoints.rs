@@ -86,6 +86,73 @@ pub enum CheckpointFinding {
         tree_size: u64,
         signed_at: i64,
     },
+    /// Checkpoints of one chain the CloudWatch witness holds and ClickHouse does not.
+    NotStored {
+        stream: String,
+        raw_partition: i32,
+        epoch: String,
+        run: Run,
+    },
+    /// Checkpoints of one chain ClickHouse holds, older than the grace, that the CloudWatch
+    /// witness does not: its entries were deleted, or these were planted.
+    Unwitnessed {
+        stream: String,
+        raw_partition: i32,
+        epoch: String,
+        run: Run,
+    },
+}
+
+/// A run of one chain's checkpoints, for naming many in one line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Run {
+    pub count: u64,
+    pub sizes: (u64, u64),
+    pub signed: (i64, i64),
+}
+
+impl Run {
+    fn of<'a>(list: impl IntoIterator<Item = &'a Checkpoint>) -> Option<Self> {
+        let mut run: Option<Self> = None;
+        for c in list {
+            let r = run.get_or_insert(Self {
+                count: 0,
+                sizes: (c.tree_size, c.tree_size),
+                signed: (c.signed_at, c.signed_at),
+            });
+            r.count += 1;
+            r.sizes = (r.sizes.0.min(c.tree_size), r.sizes.1.max(c.tree_size));
+            r.signed = (r.signed.0.min(c.signed_at), r.signed.1.max(c.signed_at));
+        }
+        run
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.count == 1 {
+            write!(
+                f,
+                "1 checkpoint (size {}, signed at {} us)",
+                self.sizes.0, self.signed.0
+            )
+        } else {
+            write!(
+                f,
+                "{} checkpoints (sizes {}..={}, signed {}..={} us)",
+                self.count, self.sizes.0, self.sizes.1, self.signed.0, self.signed.1
+            )
+        }
+    }
+}
+
+/// Witnesses of the checkpoints kept outside ClickHouse (all already verified).
+#[derive(Debug, Default)]
+pub struct Witnesses<'a> {
+    /// `verify --state`: the newest checkpoint each earlier run proved per partition.
+    pub state: &'a [Checkpoint],
+    /// The CloudWatch witness stream's name and its valid checkpoints.
+    pub cloudwatch: Option<(&'a str, &'a [Checkpoint])>,
 }
 
 impl fmt::Display for CheckpointFinding {
@@ -174,6 +241,27 @@ impl fmt::Display for CheckpointFinding {
                 f,
                 "ROLLED BACK raw partition {raw_partition}: the checkpoint an earlier run proved (chain {epoch} at size {tree_size}, signed at {signed_at} us) is not in ClickHouse: it was rolled back to an older copy or its history rewritten"
             ),
+            Self::NotStored {
+                stream,
+                raw_partition,
+                epoch,
+                run,
+            } => write!(
+                f,
+                "MISSING  raw partition {raw_partition}: {run} of chain {epoch} witnessed in CloudWatch stream {stream} {} not in ClickHouse: deleted, or ClickHouse rolled back",
+                if run.count == 1 { "is" } else { "are" }
+            ),
+            Self::Unwitnessed {
+                stream,
+                raw_partition,
+                epoch,
+                run,
+            } => write!(
+                f,
+                "UNWITNESSED raw partition {raw_partition}: {run} of chain {epoch} in ClickHouse {} not in CloudWatch stream {stream}: its witness entries were deleted, or {} planted (or the CloudWatch sink is more than the grace behind)",
+                if run.count == 1 { "is" } else { "are" },
+                if run.count == 1 { "it was" } else { "they were" }
+            ),
         }
     }
 }
@@ -191,6 +279,10 @@ pub struct CheckpointReport {
     pub proven: Vec<Checkpoint>,
     /// Checkpoints of an earlier run found stored as they were, their links re-proven.
     pub witnessed: u64,
+    /// Checkpoints in the range the CloudWatch witness holds, and of them those ClickHouse
+    /// holds too.
+    pub cloudwatch_witnessed: u64,
+    pub cloudwatch_matched: u64,
 }
 
 /// The checks on the checkpoints alone: signatures, the `prev` list and truncation.
@@ -444,16 +536,18 @@ async fn read(db: &clickhouse::Client, tail: &str, binds: &[i64]) -> Result<Vec<
 
 /// Checks the checkpoints signed in `[from_us, to_us]` and the links under them.
 ///
-/// `witnessed` are checkpoints an earlier run proved (`verify --state`, already verified):
-/// each must still be stored exactly, and the links under it are recomputed to its root with
-/// the range's, so a rollback or a rewrite of what an earlier run saw is a finding.
+/// Each witnessed checkpoint must be stored exactly, and the links under it are recomputed to
+/// its root with the range's (stored or not: a witnessed checkpoint proves what should be
+/// there), so a rollback, a rewrite of what an earlier run saw or checkpoints deleted with
+/// their rows are findings. ClickHouse's checkpoints older than the grace must be in the
+/// CloudWatch witness.
 pub async fn verify(
     db: &clickhouse::Client,
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
     (from_us, to_us): (i64, i64),
     grace_us: i64,
     rows_in_range: u64,
-    witnessed: &[Checkpoint],
+    witnesses: &Witnesses<'_>,
 ) -> Result<CheckpointReport> {
     let mut report = CheckpointReport::default();
     let window =
@@ -493,11 +587,10 @@ pub async fn verify(
             rows: rows_in_range,
         });
     }
-    let mut still_stored = Vec::new();
-    for w in witnessed {
+    for w in witnesses.state {
         let stored = read_one(db, w).await?;
         if stored.as_ref() == Some(w) {
-            still_stored.push(w.clone());
+            report.witnessed += 1;
         } else {
             report.findings.push(CheckpointFinding::RolledBack {
                 raw_partition: w.raw_partition,
@@ -507,9 +600,25 @@ pub async fn verify(
             });
         }
     }
-    report.witnessed = still_stored.len() as u64;
+    let mut cloudwatch: Vec<&Checkpoint> = Vec::new();
+    if let Some((stream, witnessed)) = witnesses.cloudwatch {
+        // Both sinks ship a little after the signing: the grace's last stretch is judged later.
+        let required_before = to_us.saturating_sub(grace_us);
+        cloudwatch = witnessed
+            .iter()
+            .filter(|c| c.signed_at >= from_us && c.signed_at < required_before)
+            .collect();
+        let (matched, findings) = cross_check(stream, &cloudwatch, &valid, required_before);
+        report.cloudwatch_witnessed = cloudwatch.len() as u64;
+        report.cloudwatch_matched = matched;
+        report.findings.extend(findings);
+    }
     let mut chains: BTreeMap<(i32, String), Vec<&Checkpoint>> = BTreeMap::new();
-    for c in valid.iter().chain(&still_stored) {
+    for c in valid
+        .iter()
+        .chain(witnesses.state)
+        .chain(cloudwatch.iter().copied())
+    {
         chains
             .entry((c.raw_partition, c.epoch.clone()))
             .or_default()
@@ -576,6 +685,64 @@ pub async fn verify(
     report.findings.dedup();
     report.proven = valid;
     Ok(report)
+}
+
+/// ClickHouse's valid checkpoints in the range against the CloudWatch witness's (those signed
+/// before `required_before`): each side's checkpoints the other lacks, by chain; ClickHouse's
+/// only when signed before `required_before` too. Returns how many witnessed ones ClickHouse
+/// holds too. Pure.
+pub fn cross_check(
+    stream: &str,
+    witnessed: &[&Checkpoint],
+    stored: &[Checkpoint],
+    required_before: i64,
+) -> (u64, Vec<CheckpointFinding>) {
+    let key = |c: &Checkpoint| (c.id(), c.signature.clone());
+    let in_clickhouse: HashSet<_> = stored.iter().map(key).collect();
+    let in_witness: HashSet<_> = witnessed.iter().map(|c| key(c)).collect();
+    let mut not_stored: BTreeMap<(i32, String), Vec<&Checkpoint>> = BTreeMap::new();
+    let mut matched = 0;
+    for c in witnessed {
+        if in_clickhouse.contains(&key(c)) {
+            matched += 1;
+        } else {
+            not_stored
+                .entry((c.raw_partition, c.epoch.clone()))
+                .or_default()
+                .push(c);
+        }
+    }
+    let mut unwitnessed: BTreeMap<(i32, String), Vec<&Checkpoint>> = BTreeMap::new();
+    for c in stored {
+        if c.signed_at < required_before && !in_witness.contains(&key(c)) {
+            unwitnessed
+                .entry((c.raw_partition, c.epoch.clone()))
+                .or_default()
+                .push(c);
+        }
+    }
+    let mut findings = Vec::new();
+    for ((raw_partition, epoch), list) in not_stored {
+        if let Some(run) = Run::of(list.iter().copied()) {
+            findings.push(CheckpointFinding::NotStored {
+                stream: stream.to_string(),
+                raw_partition,
+                epoch,
+                run,
+            });
+        }
+    }
+    for ((raw_partition, epoch), list) in unwitnessed {
+        if let Some(run) = Run::of(list.iter().copied()) {
+            findings.push(CheckpointFinding::Unwitnessed {
+                stream: stream.to_string(),
+                raw_partition,
+                epoch,
+                run,
+            });
+        }
+    }
+    (matched, findings)
 }
 
 /// The stored checkpoint with `c`'s partition, chain and size signed at its time, if any.
@@ -821,5 +988,51 @@ mod tests {
         let mut findings = Vec::new();
         judge_lists(&[], &cps, &keys(), 8_000_000, &mut findings);
         assert_eq!(findings, vec![], "within the grace");
+    }
+
+    #[test]
+    fn the_cloudwatch_witness_and_clickhouse_each_name_what_the_other_lacks() {
+        let all = contents(6);
+        let cps = list(0, "a", &all, &[1, 2, 3, 4, 5, 6], 0);
+        let witnessed: Vec<&Checkpoint> = cps.iter().collect();
+        // Everything in both: nothing to say.
+        let (matched, findings) = cross_check("w", &witnessed, &cps, i64::MAX);
+        assert_eq!((matched, findings), (6, vec![]));
+        // ClickHouse lost its last three (a rollback, or deleted with their rows).
+        let (matched, findings) = cross_check("w", &witnessed, &cps[..3], i64::MAX);
+        assert_eq!(matched, 3);
+        assert_eq!(
+            findings,
+            vec![CheckpointFinding::NotStored {
+                stream: "w".into(),
+                raw_partition: 0,
+                epoch: "a".into(),
+                run: Run {
+                    count: 3,
+                    sizes: (4, 6),
+                    signed: (3_000_000, 5_000_000)
+                }
+            }]
+        );
+        // The witness lost its first two; the newest is within the grace and not required.
+        let (_, findings) = cross_check("w", &witnessed[2..5], &cps, 5_000_000);
+        assert_eq!(
+            findings,
+            vec![CheckpointFinding::Unwitnessed {
+                stream: "w".into(),
+                raw_partition: 0,
+                epoch: "a".into(),
+                run: Run {
+                    count: 2,
+                    sizes: (1, 2),
+                    signed: (0, 1_000_000)
+                }
+            }]
+        );
+        // Another copy of the same statement with another signature is not the one witnessed.
+        let mut resigned = cps[0].clone();
+        resigned.signature = cps[1].signature.clone();
+        let (matched, _) = cross_check("w", &[&resigned], &cps, i64::MAX);
+        assert_eq!(matched, 0);
     }
 }

@@ -11,13 +11,14 @@
 use crate::verify::{IntactLink, Report};
 use anyhow::{Context, Result};
 use audit_schemas::chain;
+use audit_schemas::chain::checkpoint::Checkpoint;
 use aws_sdk_cloudwatchlogs::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
 /// `[cloudwatch]`: where the CloudWatch copies are read from.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudWatchSettings {
     /// The sink's `cloudwatch.log_group`; `--cloudwatch-group` overrides it.
@@ -25,6 +26,113 @@ pub struct CloudWatchSettings {
     /// An emulator's URL (moto, LocalStack); unset: AWS.
     pub endpoint_url: Option<String>,
     pub region: Option<String>,
+    /// The sink's `cloudwatch.checkpoint_stream`, the checkpoints' witness in the group
+    /// ("audit_checkpoints"); "" checks no witness.
+    pub checkpoint_stream: String,
+}
+
+impl Default for CloudWatchSettings {
+    fn default() -> Self {
+        Self {
+            log_group: None,
+            endpoint_url: None,
+            region: None,
+            checkpoint_stream: "audit_checkpoints".to_string(),
+        }
+    }
+}
+
+impl CloudWatchSettings {
+    pub fn checkpoint_stream(&self) -> Option<&str> {
+        Some(self.checkpoint_stream.as_str()).filter(|s| !s.is_empty())
+    }
+}
+
+/// What the witness stream holds: its valid checkpoints, and the entries that are not one.
+#[derive(Debug, Default)]
+pub struct Witness {
+    pub checkpoints: Vec<Checkpoint>,
+    /// (CloudWatch timestamp ms, why): entries that are no checkpoint a configured key signed.
+    pub forged: Vec<(i64, String)>,
+}
+
+/// Judges the witness stream's messages (timestamp ms, text). Pure.
+pub fn judge_witness(
+    messages: &[(i64, String)],
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+) -> Witness {
+    let mut w = Witness::default();
+    let mut seen = HashSet::new();
+    for (at, text) in messages {
+        match serde_json::from_str::<Checkpoint>(text) {
+            Err(e) => w.forged.push((*at, format!("not a checkpoint ({e})"))),
+            Ok(c) => match keys.get(&c.key_id) {
+                None => w
+                    .forged
+                    .push((*at, format!("signed by unknown key {:?}", c.key_id))),
+                Some(k) if !c.verify(k) => w.forged.push((
+                    *at,
+                    format!(
+                        "the signature does not verify (raw partition {}, chain {} at size {})",
+                        c.raw_partition, c.epoch, c.tree_size
+                    ),
+                )),
+                // A sink that restarted may ship a checkpoint twice.
+                Some(_) => {
+                    if seen.insert((c.id(), c.signature.clone())) {
+                        w.checkpoints.push(c);
+                    }
+                }
+            },
+        }
+    }
+    w
+}
+
+/// Every message of the witness stream: (timestamp ms, text). A stream that does not exist
+/// holds none (every checkpoint is then unwitnessed, which verify names).
+pub async fn read_witness(
+    client: &Client,
+    group: &str,
+    stream: &str,
+) -> Result<Vec<(i64, String)>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = match client
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .start_from_head(true)
+            .set_next_token(token.clone())
+            .send()
+            .await
+        {
+            Ok(page) => page,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                return Ok(out)
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the witness stream {group}/{stream}"))
+            }
+        };
+        for e in page.events() {
+            out.push((
+                e.timestamp().unwrap_or_default(),
+                e.message().unwrap_or_default().to_string(),
+            ));
+        }
+        let next = page.next_forward_token().map(String::from);
+        if page.events().is_empty() || next == token {
+            break;
+        }
+        token = next;
+    }
+    Ok(out)
 }
 
 /// What CloudWatch holds that is wrong or missing.
@@ -49,6 +157,12 @@ pub enum CloudWatchFinding {
         event_id: String,
         why: String,
     },
+    /// A witness stream entry that is no checkpoint a configured key signed.
+    WitnessForged {
+        stream: String,
+        at_ms: i64,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for CloudWatchFinding {
@@ -65,6 +179,10 @@ impl std::fmt::Display for CloudWatchFinding {
             Self::Inserted { stream, raw_partition, raw_offset, event_id, why } => write!(
                 f,
                 "INSERTED in CloudWatch stream {stream}: raw partition {raw_partition}, offset {raw_offset}: event {event_id} ({why})"
+            ),
+            Self::WitnessForged { stream, at_ms, why } => write!(
+                f,
+                "FORGED   in CloudWatch witness stream {stream}, entry at {at_ms} ms: {why}"
             ),
         }
     }
@@ -90,8 +208,12 @@ pub async fn client(settings: &CloudWatchSettings) -> Client {
     Client::new(&loader.load().await)
 }
 
-/// Every message of every stream of `group`: (stream, message JSON).
-async fn read_group(client: &Client, group: &str) -> Result<Vec<(String, Value)>> {
+/// Every message of every stream of `group` but `skip` (the witness): (stream, message JSON).
+async fn read_group(
+    client: &Client,
+    group: &str,
+    skip: Option<&str>,
+) -> Result<Vec<(String, Value)>> {
     let mut streams = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -113,7 +235,7 @@ async fn read_group(client: &Client, group: &str) -> Result<Vec<(String, Value)>
         }
     }
     let mut out = Vec::new();
-    for stream in streams {
+    for stream in streams.into_iter().filter(|s| Some(s.as_str()) != skip) {
         let mut token: Option<String> = None;
         loop {
             let page = client
@@ -145,12 +267,13 @@ async fn read_group(client: &Client, group: &str) -> Result<Vec<(String, Value)>
 pub async fn verify(
     client: &Client,
     group: &str,
+    witness_stream: Option<&str>,
     clickhouse: &Report,
     from_us: i64,
     to_us: i64,
 ) -> Result<CloudWatchReport> {
     let mut report = CloudWatchReport::default();
-    let messages = read_group(client, group).await?;
+    let messages = read_group(client, group, witness_stream).await?;
     let mut present: HashSet<(i32, String, i64)> = HashSet::new();
     let mut shipped_types: HashMap<String, String> = HashMap::new();
     for (stream, m) in &messages {
@@ -244,4 +367,54 @@ pub async fn verify(
     }
     report.findings.sort();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_schemas::chain::checkpoint::{no_previous, Statement};
+    use audit_schemas::chain::SigningKey;
+    use base64::Engine;
+
+    #[test]
+    fn witness_entries_that_are_no_signed_checkpoint_are_forged_and_copies_count_once() {
+        let seed = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        let key = SigningKey::from_seed_b64("k", &seed).unwrap();
+        let keys: HashMap<_, _> = [(
+            "k".to_string(),
+            chain::public_key(&key.public_b64()).unwrap(),
+        )]
+        .into();
+        let c = Checkpoint::sign(
+            Statement {
+                raw_partition: 1,
+                epoch: "e".into(),
+                tree_size: 0,
+                root: hex::encode(audit_schemas::chain::merkle::empty_root()),
+                raw_offset_start: -1,
+                raw_offset_end: -1,
+                prev: no_previous(),
+                signed_at: 5,
+            },
+            &key,
+        );
+        let good = serde_json::to_string(&c).unwrap();
+        let mut changed = c.clone();
+        changed.tree_size = 1;
+        let mut other_key = c.clone();
+        other_key.key_id = "x".into();
+        let messages = vec![
+            (1, good.clone()),
+            (2, good),
+            (3, serde_json::to_string(&changed).unwrap()),
+            (4, serde_json::to_string(&other_key).unwrap()),
+            (5, "{\"event\":{}}".to_string()),
+        ];
+        let w = judge_witness(&messages, &keys);
+        assert_eq!(w.checkpoints, vec![c]);
+        let at: Vec<i64> = w.forged.iter().map(|(t, _)| *t).collect();
+        assert_eq!(at, vec![3, 4, 5]);
+        assert!(w.forged[0].1.contains("does not verify"), "{:?}", w.forged);
+        assert!(w.forged[1].1.contains("unknown key"), "{:?}", w.forged);
+    }
 }

@@ -44,6 +44,12 @@ pub struct CloudWatchConfig {
     /// Stream for types no entry maps; "" skips them (counted in
     /// `audit_cloudwatch_skipped_total`).
     pub default_stream: Option<String>,
+    /// The witness stream: every signed chain checkpoint goes here as its bare JSON
+    /// (`docs/proof-format.md` §4), whatever the routes say, so `auditctl verify` can
+    /// cross-check ClickHouse's checkpoints against a store a ClickHouse writer cannot change.
+    /// Grant PutLogEvents on it to this sink only, and DeleteLogStream to no one (README,
+    /// "Witnesses"). "" ships no checkpoints.
+    pub checkpoint_stream: String,
     /// CloudWatch Logs endpoint override, e.g. http://127.0.0.1:4566 for moto or LocalStack.
     pub endpoint_url: Option<String>,
     /// AWS region; unset uses the standard chain (AWS_REGION, profile).
@@ -82,6 +88,7 @@ impl Default for CloudWatchConfig {
                 ("error".to_string(), "audit_errors".to_string()),
             ]),
             default_stream: Some("audit_events".to_string()),
+            checkpoint_stream: "audit_checkpoints".to_string(),
             endpoint_url: None,
             region: None,
             batch_max_records: 2_000,
@@ -120,6 +127,20 @@ impl Validate for Settings {
         if let Some(d) = cw.default_stream.as_deref().filter(|d| !d.is_empty()) {
             check_name("cloudwatch.default_stream", d)?;
         }
+        if let Some(w) = cw.checkpoint_stream() {
+            check_name("cloudwatch.checkpoint_stream", w)?;
+            if cw
+                .streams
+                .values()
+                .chain(cw.default_stream.iter())
+                .any(|s| s == w)
+            {
+                return Err(ConfigError::invalid(
+                    "cloudwatch.checkpoint_stream",
+                    format!("{w:?} is also an events stream: the witness holds checkpoints only"),
+                ));
+            }
+        }
         if let Some(days) = cw.retention_days {
             const ALLOWED: [i32; 22] = [
                 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
@@ -153,6 +174,11 @@ impl CloudWatchConfig {
     /// The default stream, `None` when unmapped types are skipped.
     pub fn default_stream(&self) -> Option<String> {
         self.default_stream.clone().filter(|d| !d.is_empty())
+    }
+
+    /// The witness stream, `None` when checkpoints are not shipped.
+    pub fn checkpoint_stream(&self) -> Option<&str> {
+        Some(self.checkpoint_stream.as_str()).filter(|s| !s.is_empty())
     }
 }
 

@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> Result<()> {
         cw.max_attempts,
     )
     .await;
-    let streams: Vec<&str> = routes.streams().collect();
+    let streams: Vec<&str> = routes.streams().chain(cw.checkpoint_stream()).collect();
     cloudwatch.ensure(&streams).await?;
     health.set("cloudwatch", true, "log group and streams ready");
     tracing::info!(group = %cw.log_group, streams = streams.len(), "shipping to CloudWatch Logs");
@@ -109,6 +109,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sink = CloudWatchSink {
         cloudwatch,
         routes,
+        checkpoint_stream: cw.checkpoint_stream().map(String::from),
         stream_map,
         routes_version,
         letters: audit_runtime::dead_letter::DeadLetters::new(

@@ -42,6 +42,15 @@ pub fn message(event: &EnrichedAuditEvent) -> Result<String, serde_json::Error> 
     serde_json::to_string(&value)
 }
 
+/// The witness stream's message for a checkpoint event: the bare signed checkpoint
+/// (`docs/proof-format.md` §4), checkable with the public key alone; `None` when the event's
+/// params do not hold one.
+pub fn checkpoint_message(event: &EnrichedAuditEvent) -> Option<String> {
+    let params = &event.event.params;
+    let checkpoint = audit_schemas::chain::checkpoint::Checkpoint::from_params(params)?;
+    serde_json::to_string(&checkpoint).ok()
+}
+
 /// Microseconds since the epoch -> RFC 3339.
 fn time_at(object: &mut Map<String, Value>, key: &str) {
     if let Some(v) = object.get_mut(key) {
@@ -171,5 +180,34 @@ mod tests {
         assert!(m["user"].get("name").is_none());
         assert!(m["event"]["entities"][0].get("name").is_none());
         assert!(!text.contains("null"), "{text}");
+    }
+
+    #[test]
+    fn a_checkpoint_event_is_witnessed_as_the_bare_signed_checkpoint() {
+        let seed = "ZTJlLWNoYWluLXNlZWQtMzItYnl0ZXMtbG9uZy0wMDA=";
+        let key = chain::SigningKey::from_seed_b64("k", seed).unwrap();
+        let cp = chain::checkpoint::Checkpoint::sign(
+            chain::checkpoint::Statement {
+                raw_partition: 1,
+                epoch: "e".into(),
+                tree_size: 0,
+                root: hex::encode(chain::merkle::empty_root()),
+                raw_offset_start: -1,
+                raw_offset_end: -1,
+                prev: chain::checkpoint::no_previous(),
+                signed_at: 9,
+            },
+            &key,
+        );
+        let mut e = example();
+        e.event.params = cp.to_params();
+        let text = checkpoint_message(&e).unwrap();
+        let back: chain::checkpoint::Checkpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, cp);
+        assert_eq!(
+            checkpoint_message(&example()),
+            None,
+            "params without a checkpoint"
+        );
     }
 }

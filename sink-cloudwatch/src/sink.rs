@@ -5,13 +5,14 @@
 //! backoff instead of dead-lettered, and `/healthz` says why (check `circuit_breaker`).
 
 use crate::batcher::{plan, Call, LogEvent};
-use crate::message::message;
+use crate::message::{checkpoint_message, message};
 use crate::routing::{Routes, StreamMap};
 use crate::service::CloudWatch;
 use audit_runtime::breaker::{Circuit, Verdict};
 use audit_runtime::consume::{partition_spans, BatchHandler};
 use audit_runtime::dead_letter::{self, DeadLetters};
 use audit_runtime::replays::RecentIds;
+use audit_schemas::chain::checkpoint::CHECKPOINT_TYPE;
 use audit_schemas::dead_letter::Cause;
 use audit_schemas::{DeadLetter, EnrichedAuditEvent, Timestamp};
 use rdkafka::message::{Message, OwnedMessage};
@@ -21,6 +22,8 @@ use uuid::Uuid;
 pub struct CloudWatchSink {
     pub cloudwatch: CloudWatch,
     pub routes: Routes,
+    /// `cloudwatch.checkpoint_stream`: where checkpoints go, whatever the routes say.
+    pub checkpoint_stream: Option<String>,
     /// The routes as configured and as the stream-map topic changes them; followed on its own
     /// task, taken up here at the start of the next batch.
     pub stream_map: std::sync::Arc<std::sync::RwLock<StreamMap>>,
@@ -112,14 +115,26 @@ impl BatchHandler for CloudWatchSink {
                     continue;
                 }
             };
-            let Some(stream) = self.routes.stream_for(
-                decoded.event.event_type.as_str(),
-                decoded.catalog.as_ref().map(|c| c.event_type.as_str()),
-            ) else {
+            let checkpoint = decoded.event.event_type.as_str() == CHECKPOINT_TYPE;
+            let stream = match (checkpoint, &self.checkpoint_stream) {
+                (true, Some(witness)) => Some(witness.as_str()),
+                (true, None) => None,
+                (false, _) => self.routes.stream_for(
+                    decoded.event.event_type.as_str(),
+                    decoded.catalog.as_ref().map(|c| c.event_type.as_str()),
+                ),
+            };
+            let Some(stream) = stream else {
                 metrics::counter!("audit_cloudwatch_skipped_total", "event_type" => audit_runtime::labels::event_type(decoded.event.event_type.as_str())).increment(1);
                 continue;
             };
-            match message(&decoded) {
+            let rendered = if checkpoint {
+                checkpoint_message(&decoded)
+                    .ok_or_else(|| "its params do not hold a checkpoint".to_string())
+            } else {
+                message(&decoded).map_err(|e| e.to_string())
+            };
+            match rendered {
                 Ok(text) => events.push(Rendered {
                     stream: stream.to_string(),
                     event_id: decoded.event.event_id,
@@ -132,7 +147,7 @@ impl BatchHandler for CloudWatchSink {
                 Err(e) => letters.push(self.letters.for_message(
                     m,
                     Cause::Invalid,
-                    &format!("cannot render the event as JSON: {e}"),
+                    &format!("cannot render the event for CloudWatch: {e}"),
                 )),
             }
         }

@@ -17,9 +17,33 @@ pub async fn logs_client(endpoint: &str) -> Client {
     Client::new(&config)
 }
 
-/// Every stream of `group` with its events (timestamp, parsed JSON body), in stored order.
-/// A group that does not exist yet reads as empty.
+/// The sink's default `cloudwatch.checkpoint_stream`: the checkpoints' witness, not events.
+pub const WITNESS_STREAM: &str = "audit_checkpoints";
+
+/// Every events stream of `group` (all but [`WITNESS_STREAM`]) with its events (timestamp,
+/// parsed JSON body), in stored order. A group that does not exist yet reads as empty.
 pub async fn read_group(
+    client: &Client,
+    group: &str,
+) -> anyhow::Result<BTreeMap<String, Vec<(i64, serde_json::Value)>>> {
+    let mut all = read_streams(client, group).await?;
+    all.remove(WITNESS_STREAM);
+    Ok(all)
+}
+
+/// The witness stream's entries (timestamp, parsed JSON: a signed checkpoint each).
+pub async fn read_witness(
+    client: &Client,
+    group: &str,
+) -> anyhow::Result<Vec<(i64, serde_json::Value)>> {
+    Ok(read_streams(client, group)
+        .await?
+        .remove(WITNESS_STREAM)
+        .unwrap_or_default())
+}
+
+/// Every stream of `group`, the witness too.
+async fn read_streams(
     client: &Client,
     group: &str,
 ) -> anyhow::Result<BTreeMap<String, Vec<(i64, serde_json::Value)>>> {
