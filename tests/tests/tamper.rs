@@ -596,3 +596,156 @@ async fn verify_state_names_a_rollback_to_an_earlier_copy() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Attacks on a row's place: a row moved to another raw partition, two rows of one chain
+/// swapping their seqs, and the rows of one stretch of time deleted across every partition.
+/// Each is named where it happened (after each is undone, the trail verifies clean again).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_a_moved_row_swapped_seqs_and_a_stretch_deleted_in_every_partition(
+) -> Result<()> {
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let _producer = p.start(Stage::Producer).await?;
+    let _enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let batch = |n: usize| -> Vec<serde_json::Value> {
+        (0..12)
+            .map(|i| {
+                json!({"event_type": "log", "source": "SERVER", "user_id": format!("u{i}"),
+                            "message": format!("b{n} m{i}")})
+            })
+            .collect()
+    };
+    let mut stretch = (0, 0);
+    for n in 0..3 {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stretch.0 = Timestamp::now().as_micros();
+        }
+        p.post(&batch(n)).await?;
+        p.wait_for_rows(12 * (n as u64 + 1), Duration::from_secs(60))
+            .await;
+        if n == 1 {
+            stretch.1 = Timestamp::now().as_micros();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    p.wait_signed(36, Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "untouched: {text}");
+    let ch = p.clickhouse();
+    let links: Vec<Link> = ch
+        .query(
+            "SELECT toString(event_id) AS event_id, raw_partition, raw_offset, chain_seq FROM events
+             WHERE event_type = 'log' ORDER BY raw_partition, chain_seq",
+        )
+        .fetch_all()
+        .await?;
+    let partitions: std::collections::BTreeSet<i32> =
+        links.iter().map(|l| l.raw_partition).collect();
+    assert_eq!(partitions.len(), 2, "events in both partitions: {links:?}");
+    let a = links
+        .iter()
+        .find(|l| l.chain_seq == 3)
+        .expect("a fourth link");
+    let b = links
+        .iter()
+        .find(|l| l.raw_partition == a.raw_partition && l.chain_seq == 7)
+        .expect("an eighth link");
+
+    // Two rows of one chain swap their seqs.
+    let swap = "ALTER TABLE events UPDATE chain_seq = if(chain_seq = 3, 7, 3)
+                WHERE toString(event_id) IN (?, ?) SETTINGS mutations_sync = 2";
+    ch.query(swap)
+        .bind(&a.event_id)
+        .bind(&b.event_id)
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "seqs swapped: {text}");
+    let found = findings(&text);
+    for id in [&a.event_id, &b.event_id] {
+        assert!(
+            found
+                .iter()
+                .any(|l| l.starts_with("ALTERED") && l.contains(id.as_str())),
+            "v1 names each swapped row ({id}): {text}"
+        );
+    }
+    assert!(
+        found.iter().any(|l| l.starts_with(&format!(
+            "ALTERED  raw partition {}: chain",
+            a.raw_partition
+        )) && l.contains("do not give the signed Merkle root")),
+        "v2 names the chain whose root no longer holds: {text}"
+    );
+    ch.query(swap)
+        .bind(&a.event_id)
+        .bind(&b.event_id)
+        .execute()
+        .await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "swapped back: {text}");
+
+    // A row moved to the other partition.
+    let other = partitions
+        .iter()
+        .find(|&&q| q != a.raw_partition)
+        .copied()
+        .unwrap();
+    let moving = |to_partition: i32| {
+        ch.query(
+            "ALTER TABLE events UPDATE raw_partition = ? WHERE toString(event_id) = ?
+             SETTINGS mutations_sync = 2",
+        )
+        .bind(to_partition)
+        .bind(&a.event_id)
+    };
+    moving(other).execute().await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "moved: {text}");
+    assert!(
+        findings(&text).iter().any(|l| l.starts_with(&format!(
+            "DELETED  raw partition {}: chain",
+            a.raw_partition
+        )) && l.contains("link 3,")),
+        "its link is gone from its partition: {text}"
+    );
+    moving(a.raw_partition).execute().await?;
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "moved back: {text}");
+
+    // Everything enriched in one stretch of time (the second batch), in every partition.
+    ch.query(
+        "ALTER TABLE events DELETE WHERE event_type = 'log' AND enriched_at
+         BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
+         SETTINGS mutations_sync = 2",
+    )
+    .bind(stretch.0)
+    .bind(stretch.1)
+    .execute()
+    .await?;
+    let (rows, _) = p.clickhouse_counts().await;
+    assert_eq!(rows, 24, "the second batch deleted");
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "a stretch deleted: {text}");
+    let v2: Vec<&str> = findings(&text)
+        .into_iter()
+        .filter(|l| l.starts_with("DELETED  raw partition") && l.contains(": chain "))
+        .collect();
+    assert_eq!(
+        v2.len(),
+        12,
+        "each deleted link, under its checkpoint: {text}"
+    );
+    for q in &partitions {
+        assert!(
+            v2.iter()
+                .any(|l| l.starts_with(&format!("DELETED  raw partition {q}:"))),
+            "partition {q}: {text}"
+        );
+    }
+    Ok(())
+}
