@@ -1,13 +1,15 @@
 //! `auditctl verify`'s speed: BENCH_ROWS (default 1,000,000) chained events over 6 raw
-//! partitions, with a signed digest every 10,000 links, written to a fresh ClickHouse database
-//! of the local stack; then `auditctl verify` over all of them, timed.
+//! partitions, with a signed v1 digest and a signed v2 checkpoint (Merkle root, `prev` list)
+//! every 10,000 links of a partition, written to a fresh ClickHouse database of the local
+//! stack; then `auditctl verify` over all of them, timed, with its peak memory.
 //!
 //! ```sh
 //! dev/stack up
 //! cargo bench -p auditctl --bench verify
 //! ```
 
-use audit_schemas::chain::{Chains, Digest, SigningKey};
+use audit_schemas::chain::checkpoint::{no_previous, Checkpoint, Statement};
+use audit_schemas::chain::{leaf, merkle, Chains, Digest, SigningKey};
 use audit_schemas::event::*;
 use audit_schemas::{EventType, Timestamp};
 use audit_sink_clickhouse::encoder::{row, EventRow, Origin};
@@ -31,6 +33,41 @@ struct DigestRow {
     signature: String,
     #[serde(with = "clickhouse::serde::uuid")]
     digest_id: uuid::Uuid,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize)]
+struct CheckpointRow {
+    raw_partition: i32,
+    epoch: String,
+    tree_size: u64,
+    root: String,
+    raw_offset_start: i64,
+    raw_offset_end: i64,
+    prev: String,
+    #[serde(with = "clickhouse::serde::time::datetime64::micros")]
+    signed_at: time::OffsetDateTime,
+    key_id: String,
+    signature: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: uuid::Uuid,
+}
+
+impl From<Checkpoint> for CheckpointRow {
+    fn from(c: Checkpoint) -> Self {
+        Self {
+            raw_partition: c.raw_partition,
+            epoch: c.epoch,
+            tree_size: c.tree_size,
+            root: c.root,
+            raw_offset_start: c.raw_offset_start,
+            raw_offset_end: c.raw_offset_end,
+            prev: c.prev,
+            signed_at: Timestamp::from_micros(c.signed_at).to_datetime(),
+            key_id: c.key_id,
+            signature: c.signature,
+            event_id: uuid::Uuid::new_v4(),
+        }
+    }
 }
 
 fn event(n: u64, partition: i32, offset: i64) -> EnrichedAuditEvent {
@@ -105,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
     let mut chains = Chains::default();
     let mut offsets = [0i64; PARTITIONS as usize];
     let mut digests = Vec::new();
+    let mut frontiers = vec![merkle::Frontier::default(); PARTITIONS as usize];
+    let mut prevs = vec![no_previous(); PARTITIONS as usize];
+    let mut checkpoints: Vec<CheckpointRow> = Vec::new();
     let started = Instant::now();
     let mut n = 0u64;
     while n < total {
@@ -123,6 +163,9 @@ async fn main() -> anyhow::Result<()> {
                 &audit_schemas::chain::content::content(&e, &salt),
             );
             let link = chains.link(p, offset, &content, &v2, &salt);
+            let frontier = &mut frontiers[p as usize];
+            frontier.push(leaf::link_leaf(p, &link.epoch, link.seq, &v2));
+            let epoch = link.epoch.clone();
             let sign = (link.seq + 1) % DIGEST_EVERY == 0 || i + (PARTITIONS as u64) >= total;
             e.chain = Some(link);
             insert
@@ -150,6 +193,21 @@ async fn main() -> anyhow::Result<()> {
                         digest_id: uuid::Uuid::new_v4(),
                     });
                 }
+                let c = Checkpoint::sign(
+                    Statement {
+                        raw_partition: p,
+                        epoch,
+                        tree_size: frontier.size(),
+                        root: hex::encode(frontier.root()),
+                        raw_offset_start: 0,
+                        raw_offset_end: offset + 1,
+                        prev: prevs[p as usize].clone(),
+                        signed_at: Timestamp::now().as_micros(),
+                    },
+                    &key,
+                );
+                prevs[p as usize] = c.id();
+                checkpoints.push(c.into());
             }
         }
         insert.end().await?;
@@ -160,12 +218,26 @@ async fn main() -> anyhow::Result<()> {
         insert.write(d).await?;
     }
     insert.end().await?;
+    let mut insert = client.insert::<CheckpointRow>("chain_checkpoints").await?;
+    for c in &checkpoints {
+        insert.write(c).await?;
+    }
+    insert.end().await?;
     let written = started.elapsed();
     let to = Timestamp::from_micros(Timestamp::now().as_micros() + 60_000_000);
 
     let started = Instant::now();
     let public = key.public_b64();
-    let out = Command::new(env!("CARGO_BIN_EXE_auditctl"))
+    // GNU time's "%M", where installed: the verifier's peak resident memory.
+    let gnu_time = std::path::Path::new("/usr/bin/time").exists();
+    let mut command = if gnu_time {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "peak_rss_kib=%M", env!("CARGO_BIN_EXE_auditctl")]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_auditctl"))
+    };
+    let out = command
         .args([
             "verify",
             "--from",
@@ -185,7 +257,11 @@ async fn main() -> anyhow::Result<()> {
         "verify failed: {said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("rows: {total} chained events over {PARTITIONS} raw partitions, {} signed digests (written in {:.1} s)", digests.len(), written.as_secs_f64());
+    println!("rows: {total} chained events over {PARTITIONS} raw partitions, {} signed digests and {} checkpoints (written in {:.1} s)", digests.len(), checkpoints.len(), written.as_secs_f64());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(peak) = stderr.lines().find_map(|l| l.strip_prefix("peak_rss_kib=")) {
+        println!("auditctl verify peak memory: {peak} KiB");
+    }
     println!(
         "auditctl verify: {:.1} s, {:.0} rows/s",
         elapsed.as_secs_f64(),

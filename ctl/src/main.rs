@@ -6,6 +6,7 @@
 mod consume;
 mod directory;
 mod dlq;
+mod erase;
 mod operator;
 mod prove;
 mod rule_impact;
@@ -91,6 +92,12 @@ enum Command {
     ///
     /// Example: auditctl check-proof proof.json --public-key enricher-1=BASE64
     CheckProof(prove::CheckProofArgs),
+    /// Erase a person's data from the stored trail (GDPR article 17) without breaking a proof:
+    /// erasure records naming the events go on record first, then the personal columns and
+    /// each row's salt are blanked in ClickHouse. `verify` then reports the rows ERASED.
+    ///
+    /// Example: auditctl erase --user u-1842 --reason "GDPR request 2026-117"
+    Erase(erase::EraseArgs),
     /// Print the effective settings (defaults, file and environment layered) as TOML.
     Config,
 }
@@ -155,6 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => run_verify(args, &settings).await,
         Command::Prove(args) => prove::run(args, &settings).await,
         Command::CheckProof(args) => prove::check(args, &settings),
+        Command::Erase(args) => erase::run(args, &settings, &actor).await,
         Command::Config => {
             print!("{}", audit_runtime::config::to_redacted_toml(&settings)?);
             Ok(())
@@ -249,10 +257,11 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         println!("{f}");
     }
     println!(
-        "ClickHouse checkpoints (v2): {} signed checkpoints, {} links in {} chains recomputed to their signed Merkle roots; {} findings; {:.1} s",
+        "ClickHouse checkpoints (v2): {} signed checkpoints, {} links in {} chains recomputed to their signed Merkle roots, {} rows ERASED under a signed erasure record; {} findings; {:.1} s",
         v2.checkpoints,
         v2.links,
         v2.chains,
+        v2.erased,
         v2.findings.len(),
         started.elapsed().as_secs_f64()
     );

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use audit_runtime::config::ConfigError;
 use audit_schemas::control::{ControlChange, Operator};
 use audit_schemas::AvroRecord;
+use audit_schemas::RawAuditEvent;
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -141,11 +142,19 @@ pub async fn record(
         return Ok(());
     }
     let redactor = audit_schemas::redaction::built_in();
+    let events: Vec<_> = changes
+        .iter()
+        .map(|change| change.to_event(operator, redactor))
+        .collect();
+    publish(settings, &events).await
+}
+
+/// Publishes control events to the raw topic and waits for every ack.
+pub async fn publish(settings: &Settings, events: &[RawAuditEvent]) -> Result<()> {
     let topic = &settings.topics.raw.name;
     let producer = audit_runtime::kafka::producer(&settings.kafka, "auditctl")?;
-    let mut encoded = Vec::with_capacity(changes.len());
-    for change in changes {
-        let event = change.to_event(operator, redactor);
+    let mut encoded = Vec::with_capacity(events.len());
+    for event in events {
         encoded.push((event.partition_key(), event.encode()?));
     }
     let deliveries: Vec<_> = encoded

@@ -380,3 +380,37 @@ async fn tree(
 fn to_usize(n: u64) -> Result<usize> {
     usize::try_from(n).with_context(|| format!("a tree of {n} links does not fit in memory"))
 }
+
+/// The event ids named by erasure records anywhere in `events` that are proven in the signed
+/// trail: each record's content is a link under a checkpoint a configured key signed, the
+/// stored links giving that root (as `prove` requires). Records are few, one chain read each.
+pub async fn erasure_records_elsewhere(
+    db: &clickhouse::Client,
+    keys: &Keys,
+) -> Result<Vec<uuid::Uuid>> {
+    let records: Vec<Placed> = db
+        .query(
+            "SELECT DISTINCT raw_partition, chain_epoch, chain_seq, chain_content FROM events
+             WHERE event_type = ? AND chain_seq >= 0 AND chain_content != ''",
+        )
+        .bind(audit_schemas::control::ERASURE_TYPE)
+        .fetch_all()
+        .await
+        .context("reading the erasure records")?;
+    let mut ids = Vec::new();
+    for r in records {
+        let seq = u64::try_from(r.chain_seq).unwrap_or(0);
+        let Some(cp) = newest_covering(db, keys, r.raw_partition, &r.chain_epoch, seq).await?
+        else {
+            continue;
+        };
+        let pin = (seq, content::content_digest(r.chain_content.as_bytes()));
+        if tree(db, &cp, Some(pin)).await.is_err() {
+            continue;
+        }
+        if let Ok(signed) = content::parse(r.chain_content.as_bytes()) {
+            ids.extend(audit_schemas::control::erased_ids(&signed.event).unwrap_or_default());
+        }
+    }
+    Ok(ids)
+}

@@ -20,6 +20,7 @@
 use crate::verify_columns;
 use anyhow::{Context, Result};
 use audit_schemas::chain::{checkpoint, content, leaf, merkle};
+use audit_schemas::control;
 use audit_sink_clickhouse::encoder::EventRow;
 use checkpoint::Checkpoint;
 use serde::Deserialize;
@@ -85,6 +86,14 @@ pub enum CheckpointFinding {
         epoch: String,
         tree_size: u64,
         signed_at: i64,
+    },
+    /// A row whose personal data is blanked, as `auditctl erase` does, with no signed erasure
+    /// record naming it: someone who writes to ClickHouse removed who did it.
+    ErasedUnrecorded {
+        raw_partition: i32,
+        epoch: String,
+        seq: u64,
+        event_id: String,
     },
     /// Checkpoints of one chain the CloudWatch witness holds and ClickHouse does not.
     NotStored {
@@ -241,6 +250,15 @@ impl fmt::Display for CheckpointFinding {
                 f,
                 "ROLLED BACK raw partition {raw_partition}: the checkpoint an earlier run proved (chain {epoch} at size {tree_size}, signed at {signed_at} us) is not in ClickHouse: it was rolled back to an older copy or its history rewritten"
             ),
+            Self::ErasedUnrecorded {
+                raw_partition,
+                epoch,
+                seq,
+                event_id,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}: chain {epoch} link {seq}, event {event_id}: its personal data is blanked with no signed erasure record naming it (auditctl erase records every erasure)"
+            ),
             Self::NotStored {
                 stream,
                 raw_partition,
@@ -283,6 +301,8 @@ pub struct CheckpointReport {
     /// holds too.
     pub cloudwatch_witnessed: u64,
     pub cloudwatch_matched: u64,
+    /// Rows under a checkpoint whose personal data a signed erasure record erased.
+    pub erased: u64,
 }
 
 /// The checks on the checkpoints alone: signatures, the `prev` list and truncation.
@@ -624,6 +644,8 @@ pub async fn verify(
             .or_default()
             .push(c);
     }
+    let mut erased: Vec<Place> = Vec::new();
+    let mut recorded: HashSet<uuid::Uuid> = HashSet::new();
     for ((partition, epoch), list) in &chains {
         let mut check = RootCheck::new(*partition, epoch, list);
         if check.end() == 0 {
@@ -662,14 +684,30 @@ pub async fn verify(
                     check.push(s, skip.content, &mut report.findings);
                 }
             }
-            if let verify_columns::ColumnCheck::Differ(columns) = verify_columns::check(&row) {
-                report.findings.push(CheckpointFinding::Columns {
+            match verify_columns::check(&row) {
+                verify_columns::ColumnCheck::Differ(columns) => {
+                    report.findings.push(CheckpointFinding::Columns {
+                        raw_partition: *partition,
+                        epoch: epoch.clone(),
+                        seq,
+                        event_id: row.event_id.to_string(),
+                        columns,
+                    })
+                }
+                verify_columns::ColumnCheck::Erased => erased.push(Place {
                     raw_partition: *partition,
                     epoch: epoch.clone(),
                     seq,
-                    event_id: row.event_id.to_string(),
-                    columns,
-                });
+                    event_id: row.event_id,
+                }),
+                verify_columns::ColumnCheck::Matches => {}
+            }
+            // An erasure record under this run's checkpoints is proven with its chain (a
+            // forged one would break the chain's root, which is its own finding).
+            if row.event_type == control::ERASURE_TYPE {
+                if let Ok(signed) = content::parse(row.chain_content.as_bytes()) {
+                    recorded.extend(control::erased_ids(&signed.event).unwrap_or_default());
+                }
             }
             check.push(seq, row.chain_content, &mut report.findings);
         }
@@ -681,10 +719,34 @@ pub async fn verify(
         report.links += check.finish(&mut report.findings);
         report.chains += 1;
     }
+    if erased.iter().any(|e| !recorded.contains(&e.event_id)) {
+        // Records signed outside the range: each proven on its own, as `auditctl prove` would.
+        recorded.extend(crate::prove::erasure_records_elsewhere(db, keys).await?);
+    }
+    for e in erased {
+        if recorded.contains(&e.event_id) {
+            report.erased += 1;
+        } else {
+            report.findings.push(CheckpointFinding::ErasedUnrecorded {
+                raw_partition: e.raw_partition,
+                epoch: e.epoch,
+                seq: e.seq,
+                event_id: e.event_id.to_string(),
+            });
+        }
+    }
     report.findings.sort();
     report.findings.dedup();
     report.proven = valid;
     Ok(report)
+}
+
+/// A row's place in its chain.
+struct Place {
+    raw_partition: i32,
+    epoch: String,
+    seq: u64,
+    event_id: uuid::Uuid,
 }
 
 /// ClickHouse's valid checkpoints in the range against the CloudWatch witness's (those signed

@@ -17,16 +17,23 @@ pub enum ColumnCheck {
     Matches,
     /// These columns differ from the signed content.
     Differ(Vec<String>),
+    /// The person's data was erased (`auditctl erase`): the salt and every column holding a
+    /// commitment are blank, and every other column is what the signed content gives. Whether
+    /// a signed erasure record names the event is the caller's to check.
+    Erased,
 }
 
 /// Checks `row`'s columns against its own `chain_content` (whose digest the root check proves;
 /// `chain_content` itself is left to that check).
 pub fn check(row: &EventRow) -> ColumnCheck {
-    let Some(salt) = hex::decode(&row.chain_salt)
+    let erased = row.chain_salt.is_empty();
+    let salt = match hex::decode(&row.chain_salt)
         .ok()
         .and_then(|b| content::Salt::try_from(b).ok())
-    else {
-        return ColumnCheck::Differ(vec!["chain_salt".into()]);
+    {
+        Some(salt) => Some(salt),
+        None if erased => None,
+        None => return ColumnCheck::Differ(vec!["chain_salt".into()]),
     };
     let Ok(mut signed) = content::parse(row.chain_content.as_bytes()) else {
         return ColumnCheck::Differ(vec!["chain_content".into()]);
@@ -46,19 +53,24 @@ pub fn check(row: &EventRow) -> ColumnCheck {
             offset: row.source_offset,
         },
     );
-    let differ = differing_columns(row, &expected, &salt);
-    if differ.is_empty() {
-        ColumnCheck::Matches
-    } else {
-        ColumnCheck::Differ(differ)
+    let differ = differing_columns(row, &expected, salt.as_ref());
+    match (differ.is_empty(), erased) {
+        (true, false) => ColumnCheck::Matches,
+        (true, true) => ColumnCheck::Erased,
+        (false, _) => ColumnCheck::Differ(differ),
     }
 }
 
 /// The names of the columns whose values differ. Where the signed content holds a commitment
 /// to a personal value, the stored value must open it under the row's salt: the signed event
 /// keeps its commitments, so a column derived from a personal value (`actor_id` from the
-/// resolved user) is judged by the same rule as the column it comes from.
-fn differing_columns(stored: &EventRow, expected: &EventRow, salt: &content::Salt) -> Vec<String> {
+/// resolved user) is judged by the same rule as the column it comes from. Without a salt
+/// (erased) such a column must be null: a value left there can be neither checked nor erased.
+fn differing_columns(
+    stored: &EventRow,
+    expected: &EventRow,
+    salt: Option<&content::Salt>,
+) -> Vec<String> {
     let as_map = |r: &EventRow| match serde_json::to_value(r) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
@@ -71,10 +83,12 @@ fn differing_columns(stored: &EventRow, expected: &EventRow, salt: &content::Sal
         .iter()
         .filter(|(k, _)| k.as_str() != "chain_content")
         .filter(|(k, v)| match (expected.get(*k), v) {
-            (Some(Value::String(c)), Value::String(v))
-                if c.starts_with(content::COMMITMENT_PREFIX) =>
-            {
-                !content::opens(c, salt, v)
+            (Some(Value::String(c)), v) if c.starts_with(content::COMMITMENT_PREFIX) => {
+                match (salt, v) {
+                    (Some(salt), Value::String(v)) => !content::opens(c, salt, v),
+                    (None, Value::Null) => false,
+                    _ => true,
+                }
             }
             (e, v) => e != Some(v),
         })
@@ -228,5 +242,44 @@ mod tests {
         )
         .chain_content;
         assert_eq!(check(&r), ColumnCheck::Differ(vec!["message".into()]));
+    }
+
+    fn erased(mut r: EventRow) -> EventRow {
+        for column in encoder::ERASABLE_COLUMNS {
+            match *column {
+                "claimed_user_id" => r.claimed_user_id = None,
+                "username" => r.username = None,
+                "client_ip" => r.client_ip = None,
+                "client_user_agent" => r.client_user_agent = None,
+                "user_id" => r.user_id = None,
+                "user_login" => r.user_login = None,
+                "user_name" => r.user_name = None,
+                "session_ip" => r.session_ip = None,
+                "peer_ip" => r.peer_ip = None,
+                "actor_id" => r.actor_id = None,
+                "actor_name" => r.actor_name = None,
+                other => panic!("a column this test does not know: {other}"),
+            }
+        }
+        r.chain_salt.clear();
+        r
+    }
+
+    #[test]
+    fn an_erased_row_reads_as_erased_and_a_value_left_or_another_change_does_not() {
+        assert_eq!(check(&erased(stored())), ColumnCheck::Erased);
+        let mut r = erased(stored());
+        r.user_login = Some("ada".into());
+        assert_eq!(check(&r), ColumnCheck::Differ(vec!["user_login".into()]));
+        let mut r = erased(stored());
+        r.group_names = vec!["nobody".into()];
+        assert_eq!(check(&r), ColumnCheck::Differ(vec!["group_names".into()]));
+        // Blanking the salt alone erases nothing: every personal value is still there.
+        let mut r = stored();
+        r.chain_salt.clear();
+        let ColumnCheck::Differ(cols) = check(&r) else {
+            panic!("not found")
+        };
+        assert!(cols.contains(&"user_id".to_string()), "{cols:?}");
     }
 }

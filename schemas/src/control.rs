@@ -178,6 +178,82 @@ impl ControlChange {
     }
 }
 
+/// The type of an erasure record: `auditctl erase` erased the personal data of these events.
+pub const ERASURE_TYPE: &str = "audit.personal-data-erased";
+
+/// Most event ids one erasure record names; a larger erasure is several records.
+pub const ERASURE_IDS_PER_RECORD: usize = 500;
+
+/// One erasure record: `operator` erases the personal data of `event_ids` (part `part` of
+/// `parts` of erasure `erasure_id`) for `reason`. It names the events, never the person: the
+/// record would otherwise keep what it erases.
+pub fn erasure_event(
+    operator: &Operator,
+    erasure_id: Uuid,
+    (part, parts): (usize, usize),
+    event_ids: &[Uuid],
+    reason: &str,
+) -> RawAuditEvent {
+    let text = |s: &str| Value::String(s.to_string()).to_string();
+    let ids: Vec<Value> = event_ids
+        .iter()
+        .map(|id| Value::String(id.to_string()))
+        .collect();
+    let mut params = BTreeMap::new();
+    params.insert("erasure_id".to_string(), text(&erasure_id.to_string()));
+    params.insert("part".to_string(), part.to_string());
+    params.insert("parts".to_string(), parts.to_string());
+    params.insert("event_ids".to_string(), Value::Array(ids).to_string());
+    params.insert("reason".to_string(), text(reason));
+    params.insert(
+        "authenticated_by".to_string(),
+        text(&operator.authenticated_by),
+    );
+    if let Some(host) = &operator.host {
+        params.insert("host".to_string(), text(host));
+    }
+    RawAuditEvent {
+        event_id: Uuid::new_v4(),
+        timestamp: Timestamp::now(),
+        event_type: reserved_type(ERASURE_TYPE),
+        source: Source::Server,
+        service: operator.service.clone(),
+        session_id: None,
+        user_id: Some(operator.id.clone()),
+        username: Some(operator.id.clone()),
+        tenant: None,
+        success: true,
+        message: Some(format!(
+            "personal data of {} events erased by {} (erasure {erasure_id}, part {part} of {parts})",
+            event_ids.len(),
+            operator.id
+        )),
+        entities: vec![EntityRef {
+            kind: "erasure".to_string(),
+            id: erasure_id.to_string(),
+            name: None,
+            role: Default::default(),
+        }],
+        params,
+        response: None,
+        error: None,
+        client: operator.ip.as_ref().map(|ip| ClientInfo {
+            ip: Some(ip.clone()),
+            user_agent: None,
+        }),
+        ingest: None,
+        utc_offset_minutes: None,
+    }
+}
+
+/// The event ids an erasure record names; `None` when `event` is not one.
+pub fn erased_ids(event: &RawAuditEvent) -> Option<Vec<Uuid>> {
+    if event.event_type.as_str() != ERASURE_TYPE {
+        return None;
+    }
+    serde_json::from_str(event.params.get("event_ids")?).ok()
+}
+
 /// The control changes of directory writes. `old` gives an entry's value before the write where
 /// the writer knows it (`None` from it: there was none, if `old_known`).
 pub fn directory_changes(
@@ -265,5 +341,24 @@ mod tests {
         assert!(!text.contains("hunter2hunter2"), "{text}");
         assert!(!text.contains("pa55word!"), "{text}");
         assert_eq!(e.params["host"], "\"admin-box\"");
+    }
+
+    #[test]
+    fn an_erasure_record_names_the_events_and_not_the_person() {
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let e = erasure_event(
+            &operator(),
+            Uuid::new_v4(),
+            (1, 1),
+            &ids,
+            "GDPR art. 17 request 42",
+        );
+        assert_eq!(e.event_type.as_str(), ERASURE_TYPE);
+        assert!(is_control(e.event_type.as_str()));
+        assert_eq!(erased_ids(&e), Some(ids.to_vec()));
+        assert_eq!(e.user_id.as_deref(), Some("alice"), "the operator");
+        let mut other = e.clone();
+        other.event_type = EventType::trusted("audit.rule-set".into());
+        assert_eq!(erased_ids(&other), None);
     }
 }

@@ -88,6 +88,23 @@ pub struct EventRow {
     pub actor_name: Option<String>,
 }
 
+/// The columns of `events` that hold a person's data: each is a salted commitment in the
+/// signed content (`chain::content::ERASABLE`, and the columns derived from those), so
+/// `auditctl erase` can blank them, with the salt, and every proof still holds. All Nullable.
+pub const ERASABLE_COLUMNS: &[&str] = &[
+    "claimed_user_id",
+    "username",
+    "client_ip",
+    "client_user_agent",
+    "user_id",
+    "user_login",
+    "user_name",
+    "session_ip",
+    "peer_ip",
+    "actor_id",
+    "actor_name",
+];
+
 /// Where a row was read from: its identity for effectively-once inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
@@ -630,5 +647,59 @@ pub(crate) mod tests {
             },
         );
         assert_eq!(r.timestamp.year(), 2299);
+    }
+
+    /// The row a verifier rebuilds from a signed content holds a commitment exactly in the
+    /// erasable columns, for an event with every personal value set.
+    #[test]
+    fn the_erasable_columns_are_those_the_content_commits() {
+        let mut e = event(1_700_000_000_000_000);
+        e.event.username = Some("alice".into());
+        e.event.client = Some(ClientInfo {
+            ip: Some("10.0.0.1".into()),
+            user_agent: Some("curl".into()),
+        });
+        e.event.ingest = Some(IngestContext {
+            credential: Credential::ServiceToken,
+            key_id: None,
+            peer_ip: Some("10.0.0.2".into()),
+            overridden: Default::default(),
+        });
+        e.user = Some(ResolvedUser {
+            id: "u".into(),
+            login: "alice".into(),
+            name: Some("Alice".into()),
+        });
+        e.session = Some(SessionInfo {
+            id: "s".into(),
+            started_at: Timestamp::from_micros(1),
+            ip: Some("10.0.0.3".into()),
+        });
+        let salt = [9u8; 32];
+        let signed = chain::content::parse(&chain::content::content(&e, &salt)).unwrap();
+        let rebuilt = row(
+            signed,
+            "t",
+            Origin {
+                partition: 0,
+                offset: 0,
+            },
+        );
+        let serde_json::Value::Object(columns) = serde_json::to_value(&rebuilt).unwrap() else {
+            panic!("a row is an object");
+        };
+        let committed: Vec<&str> = columns
+            .iter()
+            .filter(|(_, v)| {
+                v.as_str()
+                    .is_some_and(|s| s.starts_with(chain::content::COMMITMENT_PREFIX))
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut want: Vec<&str> = ERASABLE_COLUMNS.to_vec();
+        want.sort();
+        let mut got = committed.clone();
+        got.sort();
+        assert_eq!(got, want);
     }
 }
