@@ -306,7 +306,8 @@ fn erased(r: &EventRow) -> bool {
     r.chain_salt.is_empty() && !r.chain_content.is_empty()
 }
 
-/// Walks one chain from `start` (seq, prev) to its last digest in the range.
+/// Walks one chain from `start` (seq, prev) to its last digest in the range, one stretch
+/// between digests at a time, so memory holds one digest interval's rows, not the chain's.
 async fn walk(
     db: &clickhouse::Client,
     partition: i32,
@@ -320,6 +321,41 @@ async fn walk(
         .walked
         .insert((partition, epoch.to_string()), (first, last));
     let heads: HashMap<i64, &str> = digests.iter().map(|d| (d.seq, d.head.as_str())).collect();
+    let mut ends: Vec<i64> = digests
+        .iter()
+        .map(|d| d.seq)
+        .filter(|&s| s >= first)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut start = first;
+    let mut last_offset: Option<i64> = None;
+    for end in ends {
+        walk_stretch(
+            db,
+            (partition, epoch),
+            (start, end),
+            &heads,
+            (&mut expected, &mut last_offset),
+            report,
+        )
+        .await?;
+        start = end + 1;
+    }
+    Ok(())
+}
+
+/// Links `first..=last` of one chain; `expected` is the `prev` link `first` must name.
+async fn walk_stretch(
+    db: &clickhouse::Client,
+    (partition, epoch): (i32, &str),
+    (first, last): (i64, i64),
+    heads: &HashMap<i64, &str>,
+    (expected_out, last_offset_out): (&mut String, &mut Option<i64>),
+    report: &mut Report,
+) -> Result<()> {
+    let mut expected = std::mem::take(expected_out);
+    let mut last_offset = *last_offset_out;
     let mut rows: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
     let mut cursor = db
         .query(
@@ -329,7 +365,7 @@ async fn walk(
         .bind(partition)
         .bind(epoch)
         .bind(first)
-        .bind(last)
+        .bind(last + 1)
         .fetch::<EventRow>()?;
     while let Some(row) = cursor.next().await? {
         rows.entry(row.chain_seq).or_default().push(row);
@@ -353,7 +389,6 @@ async fn walk(
         by_seq
     };
     let stored_digests = stored_content(db, skips.values().flatten()).await?;
-    let mut last_offset: Option<i64> = None;
     for seq in first..=last {
         let here = rows.get(&seq).map(Vec::as_slice).unwrap_or_default();
         // An erased row's v1 content (which held the claimed user and client) cannot be
@@ -485,6 +520,8 @@ async fn walk(
             }
         }
     }
+    *expected_out = expected;
+    *last_offset_out = last_offset;
     Ok(())
 }
 

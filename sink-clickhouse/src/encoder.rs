@@ -105,6 +105,42 @@ pub const ERASABLE_COLUMNS: &[&str] = &[
     "actor_name",
 ];
 
+impl EventRow {
+    /// The [`ERASABLE_COLUMNS`], in that order.
+    pub fn erasable(&self) -> [&Option<String>; 11] {
+        [
+            &self.claimed_user_id,
+            &self.username,
+            &self.client_ip,
+            &self.client_user_agent,
+            &self.user_id,
+            &self.user_login,
+            &self.user_name,
+            &self.session_ip,
+            &self.peer_ip,
+            &self.actor_id,
+            &self.actor_name,
+        ]
+    }
+
+    /// The [`ERASABLE_COLUMNS`], in that order, to read or blank in place.
+    pub fn erasable_mut(&mut self) -> [&mut Option<String>; 11] {
+        [
+            &mut self.claimed_user_id,
+            &mut self.username,
+            &mut self.client_ip,
+            &mut self.client_user_agent,
+            &mut self.user_id,
+            &mut self.user_login,
+            &mut self.user_name,
+            &mut self.session_ip,
+            &mut self.peer_ip,
+            &mut self.actor_id,
+            &mut self.actor_name,
+        ]
+    }
+}
+
 /// Where a row was read from: its identity for effectively-once inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
@@ -696,6 +732,17 @@ pub(crate) mod tests {
             })
             .map(|(k, _)| k.as_str())
             .collect();
+        // erasable_mut's fields are the named columns, in order.
+        let mut marked = rebuilt.clone();
+        for (i, v) in marked.erasable_mut().into_iter().enumerate() {
+            *v = Some(format!("marked-{i}"));
+        }
+        let serde_json::Value::Object(m) = serde_json::to_value(&marked).unwrap() else {
+            panic!("a row is an object");
+        };
+        for (i, c) in ERASABLE_COLUMNS.iter().enumerate() {
+            assert_eq!(m[*c], serde_json::json!(format!("marked-{i}")), "{c}");
+        }
         let mut want: Vec<&str> = ERASABLE_COLUMNS.to_vec();
         want.sort();
         let mut got = committed.clone();
