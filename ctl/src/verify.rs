@@ -306,8 +306,8 @@ fn erased(r: &EventRow) -> bool {
     r.chain_salt.is_empty() && !r.chain_content.is_empty()
 }
 
-/// Walks one chain from `start` (seq, prev) to its last digest in the range, one stretch
-/// between digests at a time, so memory holds one digest interval's rows, not the chain's.
+/// Walks one chain from `start` (seq, prev) to its last digest in the range. The rows come
+/// in seq order from one query, so memory holds one link's rows and the next's, not the chain.
 async fn walk(
     db: &clickhouse::Client,
     partition: i32,
@@ -321,55 +321,23 @@ async fn walk(
         .walked
         .insert((partition, epoch.to_string()), (first, last));
     let heads: HashMap<i64, &str> = digests.iter().map(|d| (d.seq, d.head.as_str())).collect();
-    let mut ends: Vec<i64> = digests
-        .iter()
-        .map(|d| d.seq)
-        .filter(|&s| s >= first)
-        .collect();
-    ends.sort_unstable();
-    ends.dedup();
-    let mut start = first;
     let mut last_offset: Option<i64> = None;
-    for end in ends {
-        walk_stretch(
-            db,
-            (partition, epoch),
-            (start, end),
-            &heads,
-            (&mut expected, &mut last_offset),
-            report,
-        )
-        .await?;
-        start = end + 1;
-    }
-    Ok(())
-}
-
-/// Links `first..=last` of one chain; `expected` is the `prev` link `first` must name.
-async fn walk_stretch(
-    db: &clickhouse::Client,
-    (partition, epoch): (i32, &str),
-    (first, last): (i64, i64),
-    heads: &HashMap<i64, &str>,
-    (expected_out, last_offset_out): (&mut String, &mut Option<i64>),
-    report: &mut Report,
-) -> Result<()> {
-    let mut expected = std::mem::take(expected_out);
-    let mut last_offset = *last_offset_out;
-    let mut rows: BTreeMap<i64, Vec<EventRow>> = BTreeMap::new();
-    let mut cursor = db
-        .query(
-            "SELECT ?fields FROM events WHERE raw_partition = ? AND chain_epoch = ?
-             AND chain_seq BETWEEN ? AND ? AND event_type != 'audit.chain-digest'",
-        )
-        .bind(partition)
-        .bind(epoch)
-        .bind(first)
-        .bind(last + 1)
-        .fetch::<EventRow>()?;
-    while let Some(row) = cursor.next().await? {
-        rows.entry(row.chain_seq).or_default().push(row);
-    }
+    let mut rows = Links {
+        cursor: db
+            .query(
+                "SELECT ?fields FROM events WHERE raw_partition = ? AND chain_epoch = ?
+                 AND chain_seq BETWEEN ? AND ? AND event_type != 'audit.chain-digest'
+                 ORDER BY chain_seq",
+            )
+            .bind(partition)
+            .bind(epoch)
+            .bind(first)
+            .bind(last + 1)
+            .fetch::<EventRow>()?,
+        read: None,
+        next: None,
+        done: false,
+    };
     let skips: HashMap<i64, Vec<ChainSkip>> = {
         let list: Vec<ChainSkip> = db
             .query(
@@ -390,15 +358,20 @@ async fn walk_stretch(
     };
     let stored_digests = stored_content(db, skips.values().flatten()).await?;
     for seq in first..=last {
-        let here = rows.get(&seq).map(Vec::as_slice).unwrap_or_default();
+        let here = rows.take(seq).await?;
+        let here = here.as_slice();
         // An erased row's v1 content (which held the claimed user and client) cannot be
         // rehashed; the v2 check proves its content and requires a signed erasure record.
-        let intact = here.iter().find(|r| {
-            r.chain_prev == expected
-                && (chain_hash_of(r, partition, epoch, seq) == r.chain_hash || erased(r))
+        let intact = here.iter().find_map(|r| {
+            if r.chain_prev != expected {
+                return None;
+            }
+            let digest = content_digest(r);
+            (chain_hash_of(r, &digest, partition, epoch, seq) == r.chain_hash || erased(r))
+                .then_some((r, digest))
         });
         match intact {
-            Some(row) => {
+            Some((row, digest)) => {
                 report.links_verified += 1;
                 report.intact.insert(
                     (partition, epoch.to_string(), seq),
@@ -414,7 +387,7 @@ async fn walk_stretch(
                     .proven
                     .entry(row.event_id.to_string())
                     .or_default()
-                    .insert(content_digest(row));
+                    .insert(digest);
                 // Every other row at the link: an exact copy is counted; a copy of the event
                 // with other content (same id and link kept) is altered; another event is
                 // inserted. Analysts' counts would include each.
@@ -491,7 +464,7 @@ async fn walk_stretch(
                         expected = s.hash.clone();
                     }
                     None => {
-                        let next = rows.range(seq + 1..).next();
+                        let next = rows.peek().await?;
                         report.findings.push(Finding::Deleted {
                             raw_partition: partition,
                             epoch: epoch.to_string(),
@@ -502,8 +475,10 @@ async fn walk_stretch(
                             ),
                         });
                         // The next link says what this one's hash was.
-                        if let Some(r) = rows.get(&(seq + 1)).and_then(|r| r.first()) {
-                            expected = r.chain_prev.clone();
+                        if let Some((_, r)) = next.filter(|(s, _)| *s == seq + 1) {
+                            if let Some(r) = r.first() {
+                                expected = r.chain_prev.clone();
+                            }
                         }
                     }
                 }
@@ -520,13 +495,72 @@ async fn walk_stretch(
             }
         }
     }
-    *expected_out = expected;
-    *last_offset_out = last_offset;
     Ok(())
 }
 
-fn chain_hash_of(row: &EventRow, partition: i32, epoch: &str, seq: i64) -> String {
-    let digest = hex_digest(&content_digest(row)).unwrap_or([0; 32]);
+/// One chain's rows, read in seq order, grouped by seq.
+struct Links {
+    cursor: clickhouse::query::RowCursor<EventRow>,
+    /// A row read past the group in `next`.
+    read: Option<EventRow>,
+    /// The rows of the lowest seq not taken yet.
+    next: Option<(i64, Vec<EventRow>)>,
+    done: bool,
+}
+
+impl Links {
+    /// Reads the next group, unless one is waiting.
+    async fn fill(&mut self) -> Result<()> {
+        if self.next.is_some() || (self.done && self.read.is_none()) {
+            return Ok(());
+        }
+        let mut group: Option<(i64, Vec<EventRow>)> = None;
+        loop {
+            let row = match self.read.take() {
+                Some(r) => Some(r),
+                None if self.done => None,
+                None => self
+                    .cursor
+                    .next()
+                    .await
+                    .context("reading a chain's links")?,
+            };
+            let Some(row) = row else {
+                self.done = true;
+                break;
+            };
+            match &mut group {
+                None => group = Some((row.chain_seq, vec![row])),
+                Some((seq, rows)) if *seq == row.chain_seq => rows.push(row),
+                Some(_) => {
+                    self.read = Some(row);
+                    break;
+                }
+            }
+        }
+        self.next = group;
+        Ok(())
+    }
+
+    /// The rows at `seq`; the seqs asked for must rise.
+    async fn take(&mut self, seq: i64) -> Result<Vec<EventRow>> {
+        self.fill().await?;
+        match &self.next {
+            Some((s, _)) if *s == seq => Ok(self.next.take().map(|(_, r)| r).unwrap_or_default()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The next seq holding rows, and its rows.
+    async fn peek(&mut self) -> Result<Option<&(i64, Vec<EventRow>)>> {
+        self.fill().await?;
+        Ok(self.next.as_ref())
+    }
+}
+
+/// `digest`: the row's [`content_digest`].
+fn chain_hash_of(row: &EventRow, digest: &str, partition: i32, epoch: &str, seq: i64) -> String {
+    let digest = hex_digest(digest).unwrap_or([0; 32]);
     chain::link_hash(partition, epoch, seq, &row.chain_prev, &digest)
 }
 
