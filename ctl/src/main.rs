@@ -19,6 +19,7 @@ mod verify;
 mod verify_checkpoints;
 mod verify_cloudwatch;
 mod verify_columns;
+mod verify_derived;
 mod verify_state;
 
 use anyhow::Result;
@@ -266,6 +267,27 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         started.elapsed().as_secs_f64()
     );
     findings += v2.findings.len();
+    let started = std::time::Instant::now();
+    let derived = verify_derived::verify(
+        &verify::client(&settings.clickhouse),
+        (from.as_micros(), to.as_micros()),
+    )
+    .await?;
+    for f in &derived.findings {
+        println!("{f}");
+    }
+    let tables: Vec<String> = derived
+        .tables
+        .iter()
+        .map(|(name, t)| format!("{name} {} rows ({} exact copies)", t.rows, t.copies))
+        .collect();
+    println!(
+        "Derived tables recomputed from the stored events: {}; {} findings; {:.1} s",
+        tables.join(", "),
+        derived.findings.len(),
+        started.elapsed().as_secs_f64()
+    );
+    findings += derived.findings.len();
     if let Some((stream, w)) = &witness {
         println!(
             "CloudWatch witness {}/{stream}: {} checkpoints in the range, {} of them also in ClickHouse; {} entries that are no valid checkpoint",

@@ -2,11 +2,13 @@
 //!
 //! - [`config`]: the settings.
 //! - [`migrations`]: the versioned schema (events, entity activity, user/session projections).
+//! - [`derived`]: what the materialized views derive from `events`, as a verifier's queries.
 //! - [`encoder`]: event -> row, and the effectively-once resume rule (pure).
 //! - [`service`]: the ClickHouse I/O: retries, bisection of rejected rows, stored offsets.
 //! - [`sink`]: the batch handler wiring it together.
 
 pub mod config;
+pub mod derived;
 pub mod encoder;
 pub mod migrations;
 pub mod service;

@@ -209,6 +209,7 @@ fn findings(text: &str) -> Vec<&str> {
                 "UNSIGNED",
                 "MISSING",
                 "TRUNCATED",
+                "UNBACKED",
             ]
             .iter()
             .any(|k| l.starts_with(k))
@@ -576,6 +577,10 @@ async fn verify_state_names_a_rollback_to_an_earlier_copy() -> Result<()> {
             .execute()
             .await?;
     }
+    // The copy's entity_activity holds the rows of the copy's events only.
+    ch.query("ALTER TABLE entity_activity DELETE WHERE event_id NOT IN (SELECT event_id FROM events) SETTINGS mutations_sync = 2")
+        .execute()
+        .await?;
     let (rows, _) = p.clickhouse_counts().await;
     assert!(rows < 20, "rolled back to {rows} rows");
     let (ok, text) = p.verify(&from, &to, false)?;
@@ -747,5 +752,146 @@ async fn verify_names_a_moved_row_swapped_seqs_and_a_stretch_deleted_in_every_pa
             "partition {q}: {text}"
         );
     }
+    Ok(())
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ActivityRow {
+    event_id: String,
+    entity_id: String,
+    user_login: Option<String>,
+}
+
+/// Attacks on the tables analysts read besides `events`: an `entity_activity` row given to
+/// another person, one deleted, and rows planted in `entity_activity`, `entity_links` and
+/// `rule_drops`. Each is named with its event (and the altered column); each undone, the
+/// range verifies clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_derived_rows_altered_deleted_or_planted() -> Result<()> {
+    let p = Pipeline::create(kafka_config(), 2).await?;
+    let _producer = p.start(Stage::Producer).await?;
+    let _enricher = p.start(Stage::Enricher).await?;
+    let _sink = p.start(Stage::ClickHouseSink).await?;
+    let from = Timestamp::now().to_rfc3339();
+    let events: Vec<_> = (0..10)
+        .map(|i| {
+            json!({"event_type": "log", "source": "SERVER", "message": format!("m{i}"),
+                   "username": "ann", "entities": [{"type": "query", "id": format!("q-{i}")}]})
+        })
+        .collect();
+    p.post(&events).await?;
+    p.wait_for_rows(10, Duration::from_secs(60)).await;
+    p.wait_signed(10, Duration::from_secs(60)).await?;
+    let to = Timestamp::from_micros(Timestamp::now().as_micros() + 300_000_000).to_rfc3339();
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "untouched: {text}");
+    assert!(
+        text.contains("Derived tables recomputed from the stored events: entity_activity"),
+        "{text}"
+    );
+
+    let ch = p.clickhouse();
+    let picked: Vec<ActivityRow> = ch
+        .query(
+            "SELECT toString(event_id) AS event_id, entity_id, user_login FROM entity_activity
+             WHERE entity_type = 'query' ORDER BY entity_id LIMIT 2",
+        )
+        .fetch_all()
+        .await?;
+    assert_eq!(picked.len(), 2, "two query rows");
+    let (given, removed) = (&picked[0], &picked[1]);
+    ch.query("ALTER TABLE entity_activity UPDATE user_login = 'mallory' WHERE toString(event_id) = ? AND entity_id = ? SETTINGS mutations_sync = 2")
+        .bind(&given.event_id)
+        .bind(&given.entity_id)
+        .execute()
+        .await?;
+    ch.query(&format!(
+        "CREATE TABLE kept_{} AS entity_activity",
+        p.database.replace('-', "_")
+    ))
+    .execute()
+    .await?;
+    let kept = format!("kept_{}", p.database.replace('-', "_"));
+    ch.query(&format!("INSERT INTO {kept} SELECT * FROM entity_activity WHERE toString(event_id) = ? AND entity_id = ?"))
+        .bind(&removed.event_id)
+        .bind(&removed.entity_id)
+        .execute()
+        .await?;
+    ch.query("ALTER TABLE entity_activity DELETE WHERE toString(event_id) = ? AND entity_id = ? SETTINGS mutations_sync = 2")
+        .bind(&removed.event_id)
+        .bind(&removed.entity_id)
+        .execute()
+        .await?;
+    let planted: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    ch.query(
+        "INSERT INTO entity_activity (entity_type, entity_id, timestamp, event_id, event_type, user_login, success)
+         VALUES ('query', 'q-0', now64(6), toUUID(?), 'log', 'ann', true)",
+    )
+    .bind(&planted[0])
+    .execute()
+    .await?;
+    ch.query(
+        "INSERT INTO entity_links (linked_type, linked_id, entity_type, entity_id, timestamp, event_id)
+         VALUES ('dataflow', 'df-1', 'schedule', 's-1', now64(6), toUUID(?))",
+    )
+    .bind(&planted[1])
+    .execute()
+    .await?;
+    ch.query(
+        "INSERT INTO rule_drops (minute, rule, event_type, group_name, dropped, first_event_time,
+                                 last_event_time, raw_partition, raw_offsets, summary_id)
+         VALUES (toStartOfMinute(now() + 90), 'quiet', 'log', 'ops', 5, now64(6), now64(6), 0, [1, 2], toUUID(?))",
+    )
+    .bind(&planted[2])
+    .execute()
+    .await?;
+
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(!ok, "attacked: {text}");
+    let found = findings(&text);
+    let expected = [
+        format!(
+            "ALTERED entity_activity: the rows of event {} differ from what the event gives: columns user_login",
+            given.event_id
+        ),
+        format!(
+            "DELETED entity_activity: 1 rows event {} gives are not stored",
+            removed.event_id
+        ),
+        format!("UNBACKED entity_activity: 1 rows of event {} ", planted[0]),
+        format!("UNBACKED entity_links: 1 rows of event {} ", planted[1]),
+        format!("UNBACKED rule_drops: 1 rows of event {} ", planted[2]),
+    ];
+    for e in &expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(e.as_str())),
+            "{e}: {text}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "nothing else: {text}");
+
+    ch.query("ALTER TABLE entity_activity UPDATE user_login = ? WHERE toString(event_id) = ? AND entity_id = ? SETTINGS mutations_sync = 2")
+        .bind(&given.user_login)
+        .bind(&given.event_id)
+        .bind(&given.entity_id)
+        .execute()
+        .await?;
+    ch.query(&format!("INSERT INTO entity_activity SELECT * FROM {kept}"))
+        .execute()
+        .await?;
+    for (table, column) in [
+        ("entity_activity", "event_id"),
+        ("entity_links", "event_id"),
+        ("rule_drops", "summary_id"),
+    ] {
+        ch.query(&format!(
+            "ALTER TABLE {table} DELETE WHERE has(?, toString({column})) SETTINGS mutations_sync = 2"
+        ))
+        .bind(&planted)
+        .execute()
+        .await?;
+    }
+    let (ok, text) = verify(&p, &from, &to, false)?;
+    assert!(ok, "undone: {text}");
     Ok(())
 }
