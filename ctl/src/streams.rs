@@ -39,6 +39,12 @@ pub async fn run(cmd: StreamsCommand, settings: &Settings, actor: &Actor) -> Res
         StreamsCommand::Set { pattern, stream } => {
             let mapping = StreamMapping { pattern, stream };
             mapping.check()?;
+            if settings.cloudwatch.checkpoint_stream() == Some(mapping.stream.as_str()) {
+                anyhow::bail!(
+                    "--stream {:?} is cloudwatch.checkpoint_stream, the checkpoint witness: no events may go there",
+                    mapping.stream
+                );
+            }
             let operator = actor.identify()?;
             let old = current(settings, &mapping.pattern).await?;
             table::put(settings, topic, &mapping.pattern, Some(&mapping.encode()?)).await?;

@@ -77,10 +77,9 @@ async fn run(cli: Cli) -> Result<()> {
     let ops =
         audit_runtime::ops::serve(settings.ops.listen, health.clone(), shutdown.clone()).await?;
     // The configured routes, with the stream-map topic's on top once it is read to its end.
-    let stream_map = Arc::new(RwLock::new(StreamMap::new(
-        cw.streams.clone(),
-        cw.default_stream(),
-    )));
+    let stream_map = Arc::new(RwLock::new(
+        StreamMap::new(cw.streams.clone(), cw.default_stream()).reserving(cw.checkpoint_stream()),
+    ));
     let map_loaded = follow_stream_map(&settings, stream_map.clone(), shutdown.clone());
     wait_loaded(map_loaded, &settings.topics.stream_map.name).await?;
     let (routes, routes_version) = {

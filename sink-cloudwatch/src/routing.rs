@@ -13,6 +13,9 @@ pub struct StreamMap {
     configured: BTreeMap<String, String>,
     default_stream: Option<String>,
     live: BTreeMap<String, String>,
+    /// `cloudwatch.checkpoint_stream`: the checkpoint witness, which no mapping may send
+    /// events to (an event there would read as a forged checkpoint).
+    reserved: Option<String>,
     /// Bumped by every change, so the sink rebuilds its routes only when there is one.
     version: u64,
 }
@@ -23,8 +26,15 @@ impl StreamMap {
             configured,
             default_stream,
             live: BTreeMap::new(),
+            reserved: None,
             version: 0,
         }
+    }
+
+    /// Refuses live mappings to `stream`, the checkpoint witness.
+    pub fn reserving(mut self, stream: Option<&str>) -> Self {
+        self.reserved = stream.map(String::from);
+        self
     }
 
     pub fn version(&self) -> u64 {
@@ -48,6 +58,12 @@ impl StreamMap {
                     ));
                 }
                 m.check().map_err(|e| e.to_string())?;
+                if self.reserved.as_deref() == Some(m.stream.as_str()) {
+                    return Err(format!(
+                        "mapping {pattern:?} names stream {:?}, which is cloudwatch.checkpoint_stream (the checkpoint witness): no events may go there",
+                        m.stream
+                    ));
+                }
                 self.live.insert(m.pattern, m.stream);
             }
         }
@@ -190,7 +206,7 @@ mod tests {
     #[test]
     fn live_mappings_replace_configured_ones_until_deleted() {
         let configured = BTreeMap::from([("log".to_string(), "datagrok_log".to_string())]);
-        let mut map = StreamMap::new(configured, None);
+        let mut map = StreamMap::new(configured, None).reserving(Some("audit_checkpoints"));
         let put = |m: &mut StreamMap, p: &str, s: &str| {
             let record = StreamMapping {
                 pattern: p.into(),
@@ -221,6 +237,8 @@ mod tests {
             .apply_bytes(b"y", Some(&mismatched.encode().unwrap()))
             .is_err());
         assert!(map.apply_bytes(b"z", Some(b"garbage")).is_err());
+        let witness = put(&mut map, "log", "audit_checkpoints").unwrap_err();
+        assert!(witness.contains("checkpoint_stream"), "{witness}");
         assert_eq!(map.version(), v);
     }
 }

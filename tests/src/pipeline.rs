@@ -612,6 +612,32 @@ impl Pipeline {
             .with_database(&self.database)
     }
 
+    /// ClickHouse as a copy taken at `copy_us` would hold it: every row enriched or signed
+    /// after that moment deleted, the derived tables' rows of those events with them.
+    pub async fn roll_back_clickhouse_to(&self, copy_us: i64) -> Result<()> {
+        let ch = self.clickhouse();
+        for (table, column) in [
+            ("events", "enriched_at"),
+            ("chain_digests", "signed_at"),
+            ("chain_checkpoints", "signed_at"),
+        ] {
+            ch.query(&format!("ALTER TABLE {table} DELETE WHERE {column} > fromUnixTimestamp64Micro(?) SETTINGS mutations_sync = 2"))
+                .bind(copy_us)
+                .execute()
+                .await?;
+        }
+        for (table, column) in [
+            ("entity_activity", "event_id"),
+            ("entity_links", "event_id"),
+            ("rule_drops", "summary_id"),
+        ] {
+            ch.query(&format!("ALTER TABLE {table} DELETE WHERE {column} NOT IN (SELECT event_id FROM events) SETTINGS mutations_sync = 2"))
+                .execute()
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Rows in `events` and distinct event ids among them (0, 0 before the sink created it),
     /// leaving out the enricher's rule-drop summaries (see [`Pipeline::rule_drops`]) and chain
     /// digests.

@@ -566,21 +566,7 @@ async fn verify_state_names_a_rollback_to_an_earlier_copy() -> Result<()> {
     );
 
     // Back to the copy: everything enriched or signed after it is gone.
-    let ch = p.clickhouse();
-    for (table, column) in [
-        ("events", "enriched_at"),
-        ("chain_digests", "signed_at"),
-        ("chain_checkpoints", "signed_at"),
-    ] {
-        ch.query(&format!("ALTER TABLE {table} DELETE WHERE {column} > fromUnixTimestamp64Micro(?) SETTINGS mutations_sync = 2"))
-            .bind(copy_us)
-            .execute()
-            .await?;
-    }
-    // The copy's entity_activity holds the rows of the copy's events only.
-    ch.query("ALTER TABLE entity_activity DELETE WHERE event_id NOT IN (SELECT event_id FROM events) SETTINGS mutations_sync = 2")
-        .execute()
-        .await?;
+    p.roll_back_clickhouse_to(copy_us).await?;
     let (rows, _) = p.clickhouse_counts().await;
     assert!(rows < 20, "rolled back to {rows} rows");
     let (ok, text) = p.verify(&from, &to, false)?;

@@ -153,16 +153,7 @@ async fn verify_cross_checks_clickhouse_against_the_cloudwatch_witness() -> Resu
 
     // ClickHouse rolled back to the copy: everything enriched or signed after it is gone. The
     // witness names each partition's lost checkpoints, and the links under them as deleted.
-    for (table, column) in [
-        ("events", "enriched_at"),
-        ("chain_digests", "signed_at"),
-        ("chain_checkpoints", "signed_at"),
-    ] {
-        ch.query(&format!("ALTER TABLE {table} DELETE WHERE {column} > fromUnixTimestamp64Micro(?) SETTINGS mutations_sync = 2"))
-            .bind(copy_us)
-            .execute()
-            .await?;
-    }
+    p.roll_back_clickhouse_to(copy_us).await?;
     let (rows, _) = p.clickhouse_counts().await;
     assert!(rows < 20, "rolled back to {rows} rows");
     let (ok, text) = p.verify_with(&from, &to, false, &["--grace-seconds", "2"])?;
