@@ -180,6 +180,10 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         None => Timestamp::now(),
     };
     let keys = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
+    let group = args
+        .cloudwatch_group
+        .as_ref()
+        .or(settings.cloudwatch.log_group.as_ref());
     let started = std::time::Instant::now();
     let report = verify::verify_clickhouse(
         settings,
@@ -187,6 +191,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         from.as_micros(),
         to.as_micros(),
         i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        group.is_some(),
     )
     .await?;
     let mut findings = report.findings.len();
@@ -212,10 +217,6 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         None => None,
     };
     let witnessed: Vec<_> = state.iter().flat_map(|s| s.witnessed().cloned()).collect();
-    let group = args
-        .cloudwatch_group
-        .as_ref()
-        .or(settings.cloudwatch.log_group.as_ref());
     let cloudwatch = match group {
         Some(_) => Some(verify_cloudwatch::client(&settings.cloudwatch).await),
         None => None,

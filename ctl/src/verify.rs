@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use audit_schemas::chain::{self, Digest};
 use audit_sink_clickhouse::encoder::{content_digest, ChainSkip, EventRow};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// `[verify]`: the public keys digests are checked with, by key id (`audit-enricher
@@ -158,13 +158,27 @@ pub struct Report {
     pub duplicates: u64,
     /// Links the sink left out as copies of stored events.
     pub skips: u64,
-    /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against.
+    /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against; kept
+    /// only when `keep_intact` (a CloudWatch check follows), as it holds every link.
     pub intact: HashMap<(i32, String, i64), IntactLink>,
-    /// The content digest of every event an intact link holds, by event id: what explains an
-    /// unsigned copy (a crashed enricher's tail, re-linked by the next owner).
-    pub proven: HashMap<String, HashSet<String>>,
+    pub keep_intact: bool,
+    /// The content digests of every event an intact link holds, by event id: what explains an
+    /// unsigned copy (a crashed enricher's tail, re-linked by the next owner). Binary, as it
+    /// holds one entry per link.
+    pub proven: HashMap<uuid::Uuid, Vec<[u8; 32]>>,
     /// The links walked per chain (first, last seq): a link outside is not judged here.
     pub walked: HashMap<(i32, String), (i64, i64)>,
+}
+
+impl Report {
+    /// Records that an intact link holds `event_id` with the content digest `digest` (hex).
+    fn prove(&mut self, event_id: uuid::Uuid, digest: &str) {
+        let digests = self.proven.entry(event_id).or_default();
+        let d = hex_digest(digest).unwrap_or([0; 32]);
+        if !digests.contains(&d) {
+            digests.push(d);
+        }
+    }
 }
 
 /// An intact link as ClickHouse holds it.
@@ -227,9 +241,13 @@ pub async fn verify_clickhouse(
     from_us: i64,
     to_us: i64,
     grace_us: i64,
+    keep_intact: bool,
 ) -> Result<Report> {
     let db = client(&settings.clickhouse);
-    let mut report = Report::default();
+    let mut report = Report {
+        keep_intact,
+        ..Report::default()
+    };
     let in_range: Vec<DigestRow> = db
         .query(&format!(
             "SELECT DISTINCT {DIGEST_COLUMNS} FROM chain_digests
@@ -373,21 +391,19 @@ async fn walk(
         match intact {
             Some((row, digest)) => {
                 report.links_verified += 1;
-                report.intact.insert(
-                    (partition, epoch.to_string(), seq),
-                    IntactLink {
-                        hash: row.chain_hash.clone(),
-                        event_id: row.event_id.to_string(),
-                        raw_offset: row.raw_offset,
-                        event_type: Some(row.event_type.clone()),
-                        enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64 / 1_000,
-                    },
-                );
-                report
-                    .proven
-                    .entry(row.event_id.to_string())
-                    .or_default()
-                    .insert(digest);
+                if report.keep_intact {
+                    report.intact.insert(
+                        (partition, epoch.to_string(), seq),
+                        IntactLink {
+                            hash: row.chain_hash.clone(),
+                            event_id: row.event_id.to_string(),
+                            raw_offset: row.raw_offset,
+                            event_type: Some(row.event_type.clone()),
+                            enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64 / 1_000,
+                        },
+                    );
+                }
+                report.prove(row.event_id, &digest);
                 // Every other row at the link: an exact copy is counted; a copy of the event
                 // with other content (same id and link kept) is altered; another event is
                 // inserted. Analysts' counts would include each.
@@ -446,21 +462,19 @@ async fn walk(
                 match skip {
                     Some(s) => {
                         report.skips += 1;
-                        report.intact.insert(
-                            (partition, epoch.to_string(), seq),
-                            IntactLink {
-                                hash: s.hash.clone(),
-                                event_id: s.event_id.to_string(),
-                                raw_offset: -1,
-                                event_type: None,
-                                enriched_at_us: 0,
-                            },
-                        );
-                        report
-                            .proven
-                            .entry(s.event_id.to_string())
-                            .or_default()
-                            .insert(s.content_digest.clone());
+                        if report.keep_intact {
+                            report.intact.insert(
+                                (partition, epoch.to_string(), seq),
+                                IntactLink {
+                                    hash: s.hash.clone(),
+                                    event_id: s.event_id.to_string(),
+                                    raw_offset: -1,
+                                    event_type: None,
+                                    enriched_at_us: 0,
+                                },
+                            );
+                        }
+                        report.prove(s.event_id, &s.content_digest);
                         expected = s.hash.clone();
                     }
                     None => {
@@ -690,7 +704,7 @@ async fn find_inserted(
     // with other content is altered; any other is unproven.
     let ids: Vec<String> = stale
         .iter()
-        .filter(|p| report.proven.contains_key(&p.event_id.to_string()))
+        .filter(|p| report.proven.contains_key(&p.event_id))
         .map(|p| p.event_id.to_string())
         .collect();
     let mut copies: HashMap<(String, i32, i64), String> = HashMap::new();
@@ -709,12 +723,12 @@ async fn find_inserted(
     }
     for p in stale {
         let id = p.event_id.to_string();
-        let Some(proven) = report.proven.get(&id) else {
+        let Some(proven) = report.proven.get(&p.event_id) else {
             report.unsigned_stale += 1;
             continue;
         };
         match copies.get(&(id.clone(), p.raw_partition, p.raw_offset)) {
-            Some(c) if proven.contains(c) => {}
+            Some(c) if hex_digest(c).is_some_and(|c| proven.contains(&c)) => {}
             _ => report.findings.push(Finding::Altered {
                 raw_partition: p.raw_partition,
                 raw_offset: p.raw_offset,
