@@ -7,6 +7,8 @@
 //! dev/stack up
 //! cargo bench -p auditctl --bench verify
 //! ```
+//!
+//! `BENCH_KEEP=1` keeps the database and prints the arguments, to profile the verifier on it.
 
 use audit_schemas::chain::checkpoint::{no_previous, Checkpoint, Statement};
 use audit_schemas::chain::{leaf, merkle, Chains, Digest, SigningKey};
@@ -268,6 +270,11 @@ async fn main() -> anyhow::Result<()> {
         total as f64 / elapsed.as_secs_f64()
     );
     print!("{said}");
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        // For profiling the verifier on the same data.
+        println!("kept database {db} (BENCH_KEEP); the range: --from {} --to {} --public-key bench={public}", from.to_rfc3339(), to.to_rfc3339());
+        return Ok(());
+    }
     admin
         .query(&format!("DROP DATABASE IF EXISTS {db}"))
         .execute()
