@@ -132,7 +132,7 @@ mod tests {
             .iter()
             .flat_map(|m| m.statements.iter())
             .filter(|s| s.contains("CREATE MATERIALIZED VIEW") && s.contains(&into))
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no view fills {table}"));
         let select = &view[view.find(&into).unwrap() + into.len()..];
         words(&select.replace("{db}.", ""))
