@@ -131,8 +131,7 @@ mod tests {
         let view = MIGRATIONS
             .iter()
             .flat_map(|m| m.statements.iter())
-            .filter(|s| s.contains("CREATE MATERIALIZED VIEW") && s.contains(&into))
-            .next_back()
+            .rfind(|s| s.contains("CREATE MATERIALIZED VIEW") && s.contains(&into))
             .unwrap_or_else(|| panic!("no view fills {table}"));
         let select = &view[view.find(&into).unwrap() + into.len()..];
         words(&select.replace("{db}.", ""))
