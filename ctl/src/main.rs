@@ -75,9 +75,12 @@ enum Command {
     /// Inspect and replay dead letters (audit.dlq).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Check stored events against the enricher's hash chains and signed digests: names every
-    /// event deleted, altered or inserted since, by raw partition and offset. Exits 1 when it
-    /// finds any.
+    /// Check the stored trail against what the enricher signed: every event deleted, altered
+    /// or inserted (hash chains and v1 digests, by raw partition and offset), every chain's
+    /// links against its signed Merkle checkpoints and every column against the signed content,
+    /// checkpoints missing, cut short or unwitnessed (--state, the CloudWatch witness), and the
+    /// derived tables (entity_activity, entity_links, rule_drops) against the events. Exits 1
+    /// when it finds any.
     ///
     /// Example: auditctl verify --from 2026-11-26T00:00:00Z --to 2026-11-26T12:00:00Z
     Verify(VerifyArgs),
