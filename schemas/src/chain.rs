@@ -361,16 +361,20 @@ impl std::io::Write for Hashing {
 fn write_sorted(v: &Value, out: &mut impl std::io::Write) -> serde_json::Result<()> {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_unstable();
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            // serde_json's map iterates in key order already, unless its `preserve_order`
+            // feature is on somewhere in the build.
+            if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+                entries.sort_unstable_by_key(|e| e.0);
+            }
             let _ = out.write(b"{");
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     let _ = out.write(b",");
                 }
                 serde_json::to_writer(&mut *out, k)?;
                 let _ = out.write(b":");
-                write_sorted(&m[k], out)?;
+                write_sorted(v, out)?;
             }
             let _ = out.write(b"}");
         }

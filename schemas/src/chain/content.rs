@@ -147,6 +147,21 @@ mod tests {
         }
     }
 
+    /// The bytes of one content, fixed: a change to how content is written breaks every
+    /// stored proof, so it must be deliberate (and a new version).
+    #[test]
+    fn the_content_of_an_example_is_fixed_to_the_byte() {
+        let c = content(&example(), &[7u8; 32]);
+        assert_eq!(
+            hex::encode(content_digest(&c)),
+            GOLDEN,
+            "{}",
+            String::from_utf8_lossy(&c)
+        );
+    }
+
+    const GOLDEN: &str = "a85f93977d4d2ba41abda44d3e8395ed8cdb45d8fcc0c9eca5721c4b8492b493";
+
     #[test]
     fn personal_values_are_committed_and_everything_else_is_kept_byte_exact() {
         let e = example();
