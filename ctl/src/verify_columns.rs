@@ -35,24 +35,29 @@ pub fn check(row: &EventRow) -> ColumnCheck {
         None if erased => None,
         None => return ColumnCheck::Differ(vec!["chain_salt".into()]),
     };
-    let Ok(mut signed) = content::parse(row.chain_content.as_bytes()) else {
+    // The row a sink would store from the signed content, its commitments kept.
+    let rebuild = || {
+        let mut signed = content::parse(row.chain_content.as_bytes()).ok()?;
+        // No salt: the sink would recompute the content, which is not compared here (the
+        // root check proves it) and is the dearest part of a row.
+        signed.chain = Some(ChainLink {
+            epoch: row.chain_epoch.clone(),
+            seq: row.chain_seq,
+            prev: row.chain_prev.clone(),
+            hash: row.chain_hash.clone(),
+            salt: None,
+        });
+        let origin = Origin {
+            partition: row.source_partition,
+            offset: row.source_offset,
+        };
+        let mut rebuilt = encoder::row(signed, &row.source_topic, origin);
+        rebuilt.chain_salt = row.chain_salt.clone();
+        Some(rebuilt)
+    };
+    let Some(mut expected) = rebuild() else {
         return ColumnCheck::Differ(vec!["chain_content".into()]);
     };
-    // No salt: the sink would recompute the content, which is not compared here (the root
-    // check proves it) and is the dearest part of a row.
-    signed.chain = Some(ChainLink {
-        epoch: row.chain_epoch.clone(),
-        seq: row.chain_seq,
-        prev: row.chain_prev.clone(),
-        hash: row.chain_hash.clone(),
-        salt: None,
-    });
-    let origin = Origin {
-        partition: row.source_partition,
-        offset: row.source_offset,
-    };
-    let mut expected = encoder::row(signed, &row.source_topic, origin);
-    expected.chain_salt = row.chain_salt.clone();
     expected.chain_content = row.chain_content.clone();
     // The common case first: each personal value opens its commitment (or, erased, is gone),
     // and then the rows are equal field for field. Only when they are not are columns named.
@@ -86,18 +91,9 @@ pub fn check(row: &EventRow) -> ColumnCheck {
         };
     }
     // Rare: the row is rebuilt again, its commitments kept, to name what differs.
-    let Ok(mut signed) = content::parse(row.chain_content.as_bytes()) else {
+    let Some(expected) = rebuild() else {
         return ColumnCheck::Differ(vec!["chain_content".into()]);
     };
-    signed.chain = Some(ChainLink {
-        epoch: row.chain_epoch.clone(),
-        seq: row.chain_seq,
-        prev: row.chain_prev.clone(),
-        hash: row.chain_hash.clone(),
-        salt: None,
-    });
-    let mut expected = encoder::row(signed, &row.source_topic, origin);
-    expected.chain_salt = row.chain_salt.clone();
     let differ = differing_columns(row, &expected, salt.as_ref());
     match (differ.is_empty(), erased) {
         (true, false) => ColumnCheck::Matches,

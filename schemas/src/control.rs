@@ -95,6 +95,49 @@ pub struct Operator {
     pub ip: Option<String>,
 }
 
+impl Operator {
+    /// An event this operator did: the operator as its user and client, how they were
+    /// identified and from where added to `params`.
+    fn event(
+        &self,
+        event_type: EventType,
+        message: String,
+        entity: EntityRef,
+        mut params: BTreeMap<String, String>,
+    ) -> RawAuditEvent {
+        params.insert(
+            "authenticated_by".to_string(),
+            Value::String(self.authenticated_by.clone()).to_string(),
+        );
+        if let Some(host) = &self.host {
+            params.insert("host".to_string(), Value::String(host.clone()).to_string());
+        }
+        RawAuditEvent {
+            event_id: Uuid::new_v4(),
+            timestamp: Timestamp::now(),
+            event_type,
+            source: Source::Server,
+            service: self.service.clone(),
+            session_id: None,
+            user_id: Some(self.id.clone()),
+            username: Some(self.id.clone()),
+            tenant: None,
+            success: true,
+            message: Some(message),
+            entities: vec![entity],
+            params,
+            response: None,
+            error: None,
+            client: self.ip.as_ref().map(|ip| ClientInfo {
+                ip: Some(ip.clone()),
+                user_agent: None,
+            }),
+            ingest: None,
+            utc_offset_minutes: None,
+        }
+    }
+}
+
 /// One change, before it becomes an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlChange {
@@ -127,54 +170,30 @@ impl ControlChange {
             "key".to_string(),
             Value::String(self.key.clone()).to_string(),
         );
-        params.insert(
-            "authenticated_by".to_string(),
-            Value::String(operator.authenticated_by.clone()).to_string(),
-        );
-        if let Some(host) = &operator.host {
-            params.insert("host".to_string(), Value::String(host.clone()).to_string());
-        }
         for (name, value) in [("old", &self.old), ("new", &self.new)] {
             let mut value = value.clone().unwrap_or(Value::Null);
             redactor.redact_value(&mut value);
             params.insert(name.to_string(), value.to_string());
         }
         params.insert("old_known".to_string(), self.old_known.to_string());
-        RawAuditEvent {
-            event_id: Uuid::new_v4(),
-            timestamp: Timestamp::now(),
+        operator.event(
             // Built from fixed names only (a test checks each against the pattern).
-            event_type: EventType::trusted(self.event_type()),
-            source: Source::Server,
-            service: operator.service.clone(),
-            session_id: None,
-            user_id: Some(operator.id.clone()),
-            username: Some(operator.id.clone()),
-            tenant: None,
-            success: true,
-            message: Some(format!(
+            EventType::trusted(self.event_type()),
+            format!(
                 "{} {} {} by {}",
                 self.subject.name(),
                 self.key,
                 self.change.name(),
                 operator.id
-            )),
-            entities: vec![EntityRef {
+            ),
+            EntityRef {
                 kind: self.subject.entity_kind().to_string(),
                 id: self.key.clone(),
                 name: None,
                 role: Default::default(),
-            }],
+            },
             params,
-            response: None,
-            error: None,
-            client: operator.ip.as_ref().map(|ip| ClientInfo {
-                ip: Some(ip.clone()),
-                user_agent: None,
-            }),
-            ingest: None,
-            utc_offset_minutes: None,
-        }
+        )
     }
 }
 
@@ -205,45 +224,21 @@ pub fn erasure_event(
     params.insert("parts".to_string(), parts.to_string());
     params.insert("event_ids".to_string(), Value::Array(ids).to_string());
     params.insert("reason".to_string(), text(reason));
-    params.insert(
-        "authenticated_by".to_string(),
-        text(&operator.authenticated_by),
-    );
-    if let Some(host) = &operator.host {
-        params.insert("host".to_string(), text(host));
-    }
-    RawAuditEvent {
-        event_id: Uuid::new_v4(),
-        timestamp: Timestamp::now(),
-        event_type: reserved_type(ERASURE_TYPE),
-        source: Source::Server,
-        service: operator.service.clone(),
-        session_id: None,
-        user_id: Some(operator.id.clone()),
-        username: Some(operator.id.clone()),
-        tenant: None,
-        success: true,
-        message: Some(format!(
+    operator.event(
+        reserved_type(ERASURE_TYPE),
+        format!(
             "personal data of {} events erased by {} (erasure {erasure_id}, part {part} of {parts})",
             event_ids.len(),
             operator.id
-        )),
-        entities: vec![EntityRef {
+        ),
+        EntityRef {
             kind: "erasure".to_string(),
             id: erasure_id.to_string(),
             name: None,
             role: Default::default(),
-        }],
+        },
         params,
-        response: None,
-        error: None,
-        client: operator.ip.as_ref().map(|ip| ClientInfo {
-            ip: Some(ip.clone()),
-            user_agent: None,
-        }),
-        ingest: None,
-        utc_offset_minutes: None,
-    }
+    )
 }
 
 /// The event ids an erasure record names; `None` when `event` is not one.
