@@ -78,6 +78,12 @@ pub enum CheckpointFinding {
         event_id: String,
         columns: Vec<String>,
     },
+    /// Stored peaks beside a checkpoint that do not fold to its signed root.
+    Frontier {
+        raw_partition: i32,
+        epoch: String,
+        tree_size: u64,
+    },
     /// Events stored but not one valid checkpoint: were the checkpoints deleted?
     NothingProven { rows: u64 },
     /// A checkpoint an earlier `verify --state` run proved is no longer stored as it was.
@@ -237,6 +243,14 @@ impl fmt::Display for CheckpointFinding {
                     format!("{} differ", columns.join(", "))
                 }
             ),
+            Self::Frontier {
+                raw_partition,
+                epoch,
+                tree_size,
+            } => write!(
+                f,
+                "ALTERED  raw partition {raw_partition}: the frontier stored for chain {epoch}'s checkpoint at size {tree_size} does not give its signed root, so the links after expired ones cannot be proven from it"
+            ),
             Self::NothingProven { rows } => write!(
                 f,
                 "UNSIGNED {rows} events stored and not one valid checkpoint: nothing is proven (were the checkpoints deleted?)"
@@ -303,6 +317,10 @@ pub struct CheckpointReport {
     pub cloudwatch_matched: u64,
     /// Rows under a checkpoint whose personal data a signed erasure record erased.
     pub erased: u64,
+    /// Links below the retention horizon no longer stored, and those still stored there that
+    /// nothing proves any more ([`Walked`]).
+    pub expired: u64,
+    pub unproven: u64,
 }
 
 /// The checks on the checkpoints alone: signatures, the `prev` list and truncation.
@@ -365,13 +383,24 @@ pub fn judge_lists(
 /// Recomputes one chain's tree from its stored links, in seq order, against its checkpoints.
 ///
 /// `links` yields `(seq, content)` ordered by seq (a seq may repeat); `checkpoints` are the
-/// chain's valid ones. Pure, so it is tested without a server.
+/// chain's valid ones. Links below [`RootCheck::expiring_below`] may be absent (retention
+/// removed them: EXPIRED, not DELETED); after such a gap the walk resumes at the next
+/// [`RootCheck::offer`]ed frontier, and the stored links between are counted as not proven.
+/// Pure, so it is tested without a server.
 pub struct RootCheck<'a> {
     raw_partition: i32,
     epoch: &'a str,
     /// Signed roots by tree size, ascending.
     signed: Vec<(u64, String)>,
     frontier: merkle::Frontier,
+    /// The seq the next leaf is for; equals `frontier.size()` while `synced`.
+    next: u64,
+    /// Whether `frontier` is the tree of links `0..next` (false after an expired gap).
+    synced: bool,
+    /// Links below this may have been removed by retention.
+    expirable: u64,
+    expired: u64,
+    unproven: u64,
     /// The tree size of the last signed root that matched.
     matched: u64,
     /// The link being gathered (seq, distinct contents).
@@ -379,6 +408,18 @@ pub struct RootCheck<'a> {
     altered: bool,
     /// A link since the last match is not stored: its DELETED already explains a mismatch.
     gap: bool,
+}
+
+/// What one chain's walk covered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Walked {
+    /// Links recomputed into a signed root (or found absent: each then a finding).
+    pub links: u64,
+    /// Links below the retention horizon that are no longer stored.
+    pub expired: u64,
+    /// Links stored below the horizon between expired ones and the next frontier: the tree
+    /// around them is gone, so nothing proves them (they expire next).
+    pub unproven: u64,
 }
 
 impl<'a> RootCheck<'a> {
@@ -394,11 +435,22 @@ impl<'a> RootCheck<'a> {
             epoch,
             signed,
             frontier: merkle::Frontier::default(),
+            next: 0,
+            synced: true,
+            expirable: 0,
+            expired: 0,
+            unproven: 0,
             matched: 0,
             pending: None,
             altered: false,
             gap: false,
         }
+    }
+
+    /// Links `0..end` may be gone by retention (see [`expiring_below`]).
+    pub fn expiring_below(mut self, end: u64) -> Self {
+        self.expirable = end;
+        self
     }
 
     /// Links up to this seq (exclusive) are needed.
@@ -420,16 +472,48 @@ impl<'a> RootCheck<'a> {
         }
     }
 
+    /// A stored frontier of the tree at `size`: every link below `size` was pushed already.
+    /// After an expired gap the walk resumes from it, if `authentic` gives it (the peaks fold
+    /// to a validly signed root of this chain at `size`); `None` there is a finding, since
+    /// only a ClickHouse writer changes stored peaks.
+    pub fn offer(
+        &mut self,
+        size: u64,
+        authentic: impl FnOnce() -> Option<merkle::Frontier>,
+        findings: &mut Vec<CheckpointFinding>,
+    ) {
+        if self.pending.as_ref().is_some_and(|(seq, _)| *seq < size) {
+            self.flush(findings);
+        }
+        if self.altered || size > self.end() || size < self.next {
+            return;
+        }
+        self.absent_until(size, findings);
+        if self.synced || self.next != size {
+            return;
+        }
+        match authentic() {
+            Some(f) if f.size() == size => {
+                self.frontier = f;
+                self.synced = true;
+                self.matched = size;
+            }
+            _ => findings.push(CheckpointFinding::Frontier {
+                raw_partition: self.raw_partition,
+                epoch: self.epoch.to_string(),
+                tree_size: size,
+            }),
+        }
+    }
+
     fn flush(&mut self, findings: &mut Vec<CheckpointFinding>) {
         let Some((seq, contents)) = self.pending.take() else {
             return;
         };
-        if seq >= self.end() || self.altered {
+        if seq >= self.end() || self.altered || seq < self.next {
             return;
         }
-        while self.frontier.size() < seq {
-            self.leaf(None, findings);
-        }
+        self.absent_until(seq, findings);
         if contents.len() > 1 {
             findings.push(CheckpointFinding::Conflict {
                 raw_partition: self.raw_partition,
@@ -443,9 +527,24 @@ impl<'a> RootCheck<'a> {
         self.leaf(contents.first().map(String::as_str), findings);
     }
 
-    /// Appends the leaf at `frontier.size()`; `None` when no content is stored for it.
+    /// Links `next..seq` are not stored: expired below the horizon, deleted above it.
+    fn absent_until(&mut self, seq: u64, findings: &mut Vec<CheckpointFinding>) {
+        while self.next < seq && !self.altered {
+            if self.next < self.expirable {
+                let upto = seq.min(self.expirable);
+                self.expired += upto - self.next;
+                self.next = upto;
+                self.synced = false;
+            } else {
+                self.leaf(None, findings);
+            }
+        }
+    }
+
+    /// The leaf at `next`; `None` when no content is stored for it.
     fn leaf(&mut self, content: Option<&str>, findings: &mut Vec<CheckpointFinding>) {
-        let seq = self.frontier.size();
+        let seq = self.next;
+        self.next += 1;
         let digest = match content {
             Some(c) => content::content_digest(c.as_bytes()),
             None => {
@@ -459,6 +558,12 @@ impl<'a> RootCheck<'a> {
                 [0u8; 32]
             }
         };
+        if !self.synced {
+            if content.is_some() {
+                self.unproven += 1;
+            }
+            return;
+        }
         let seq_i64 = i64::try_from(seq).unwrap_or(i64::MAX);
         self.frontier.push(leaf::link_leaf(
             self.raw_partition,
@@ -491,13 +596,17 @@ impl<'a> RootCheck<'a> {
         }
     }
 
-    /// Ends the walk: links up to the largest signed size that were never stored are deleted.
-    pub fn finish(mut self, findings: &mut Vec<CheckpointFinding>) -> u64 {
+    /// Ends the walk: links up to the largest signed size that were never stored are deleted
+    /// (or expired, below the horizon).
+    pub fn finish(mut self, findings: &mut Vec<CheckpointFinding>) -> Walked {
         self.flush(findings);
-        while !self.altered && self.frontier.size() < self.end() {
-            self.leaf(None, findings);
+        let end = self.end();
+        self.absent_until(end, findings);
+        Walked {
+            links: self.next - self.expired - self.unproven,
+            expired: self.expired,
+            unproven: self.unproven,
         }
-        self.frontier.size()
     }
 }
 
@@ -716,7 +825,10 @@ pub async fn verify(
                 check.push(s, skip.content, &mut report.findings);
             }
         }
-        report.links += check.finish(&mut report.findings);
+        let walked = check.finish(&mut report.findings);
+        report.links += walked.links;
+        report.expired += walked.expired;
+        report.unproven += walked.unproven;
         report.chains += 1;
     }
     if erased.iter().any(|e| !recorded.contains(&e.event_id)) {
@@ -972,6 +1084,131 @@ mod tests {
             4,
             "{f:?}"
         );
+    }
+
+    /// The tree of `all[..size]`, as a stored frontier would give it.
+    fn frontier_of(all: &[String], size: u64) -> merkle::Frontier {
+        let mut f = merkle::Frontier::default();
+        for (i, c) in all[..size as usize].iter().enumerate() {
+            f.push(leaf::link_leaf(
+                0,
+                "e",
+                i as i64,
+                &content::content_digest(c.as_bytes()),
+            ));
+        }
+        f
+    }
+
+    /// Walks `stored` with links below `expirable` allowed to be gone, offering frontiers at
+    /// `frontiers` (`None`: a frontier that fails to authenticate).
+    fn check_retained(
+        all: &[String],
+        stored: &[(u64, String)],
+        sizes: &[u64],
+        expirable: u64,
+        frontiers: &[(u64, bool)],
+    ) -> (Vec<CheckpointFinding>, Walked) {
+        let cps = list(0, "e", all, sizes, 0);
+        let refs: Vec<&Checkpoint> = cps.iter().collect();
+        let mut findings = Vec::new();
+        let mut rc = RootCheck::new(0, "e", &refs).expiring_below(expirable);
+        let mut offers = frontiers.iter().peekable();
+        for (seq, c) in stored {
+            while let Some((size, good)) = offers.next_if(|(size, _)| size <= seq) {
+                let f = frontier_of(all, *size);
+                rc.offer(*size, || good.then_some(f), &mut findings);
+            }
+            rc.push(*seq, c.clone(), &mut findings);
+        }
+        let walked = rc.finish(&mut findings);
+        (findings, walked)
+    }
+
+    #[test]
+    fn links_expired_below_the_horizon_are_counted_and_the_walk_resumes_at_a_frontier() {
+        let all = contents(10);
+        let sizes = [2, 4, 7, 10];
+        let offers = [(2, true), (4, true), (7, true)];
+        // The first four expired: the rest is proven from the frontier at 4.
+        let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 4, &offers);
+        assert_eq!(f, vec![]);
+        assert_eq!(
+            w,
+            Walked {
+                links: 6,
+                expired: 4,
+                unproven: 0
+            }
+        );
+        // Retention removes parts, not a clean prefix: what stays between gaps is unproven.
+        let kept: Vec<(u64, String)> = stored(&all)
+            .into_iter()
+            .filter(|(seq, _)| ![1, 3].contains(seq))
+            .collect();
+        let (f, w) = check_retained(&all, &kept, &sizes, 4, &offers[1..]);
+        assert_eq!(f, vec![]);
+        assert_eq!(
+            w,
+            Walked {
+                links: 7,
+                expired: 2,
+                unproven: 1
+            }
+        );
+        // ... unless a frontier right after a gap takes the walk on from there.
+        let (f, w) = check_retained(&all, &kept, &sizes, 4, &offers);
+        assert_eq!((f.len(), w.links, w.unproven), (0, 8, 0));
+        // No frontier at 4: links 4..7 are unproven until the one at 7.
+        let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 4, &[(7, true)]);
+        assert_eq!(f, vec![]);
+        assert_eq!((w.links, w.expired, w.unproven), (3, 4, 3));
+    }
+
+    #[test]
+    fn retention_explains_nothing_above_the_horizon_nor_a_change_after_it() {
+        let all = contents(10);
+        let sizes = [2, 4, 7, 10];
+        let offers = [(4, true), (7, true)];
+        let kept: Vec<(u64, String)> = stored(&all)
+            .into_iter()
+            .filter(|(seq, _)| ![0, 5].contains(seq))
+            .collect();
+        let (f, _) = check_retained(&all, &kept, &sizes, 4, &offers);
+        assert_eq!(
+            f,
+            vec![CheckpointFinding::Deleted {
+                raw_partition: 0,
+                epoch: "e".into(),
+                seq: 5
+            }]
+        );
+        let mut s = stored(&all)[3..].to_vec();
+        s[5].1 = "{\"message\":\"forged\"}".into();
+        let (f, _) = check_retained(&all, &s, &sizes, 4, &offers);
+        assert_eq!(
+            f,
+            vec![CheckpointFinding::Altered {
+                raw_partition: 0,
+                epoch: "e".into(),
+                first: 7,
+                end: 10
+            }]
+        );
+        // A frontier that does not give its root is named, and proves nothing.
+        let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 4, &[(4, false)]);
+        assert_eq!(
+            f,
+            vec![CheckpointFinding::Frontier {
+                raw_partition: 0,
+                epoch: "e".into(),
+                tree_size: 4
+            }]
+        );
+        assert_eq!((w.links, w.unproven), (0, 6));
+        // Without retention the same gap is a deletion.
+        let (f, _) = check_retained(&all, &stored(&all)[4..], &sizes, 0, &offers);
+        assert_eq!(f.len(), 4, "{f:?}");
     }
 
     #[test]

@@ -179,8 +179,15 @@ pub struct AfterAck {
 /// batch sign.
 pub struct Signed {
     pub digests: Vec<EnrichedAuditEvent>,
-    pub checkpoints: Vec<Checkpoint>,
+    pub checkpoints: Vec<Stated>,
     done: oneshot::Sender<()>,
+}
+
+/// A signed checkpoint and the peaks of the tree it signs, published side by side.
+#[derive(Debug, Clone)]
+pub struct Stated {
+    pub checkpoint: Checkpoint,
+    pub peaks: Vec<chain::merkle::Hash>,
 }
 
 impl Signed {
@@ -239,6 +246,7 @@ impl AfterAck {
             else {
                 continue;
             };
+            let peaks = head.peaks.clone();
             let c = Checkpoint::sign(
                 Statement {
                     raw_partition: p,
@@ -255,7 +263,10 @@ impl AfterAck {
             if let Some(entry) = acked.checkpoints.get_mut(&p) {
                 entry.1 = c.id();
             }
-            signed.checkpoints.push(c);
+            signed.checkpoints.push(Stated {
+                checkpoint: c,
+                peaks,
+            });
         }
         acked.last_signed = Instant::now();
         signed
@@ -293,11 +304,18 @@ pub fn digest_event(d: &Digest, now: Timestamp) -> EnrichedAuditEvent {
 
 /// A checkpoint as the event the sinks store (`audit.chain-checkpoint`) and the checkpoints
 /// topic holds; its event id is derived from the checkpoint's id, so a copy is the same event.
-pub fn checkpoint_event(c: &Checkpoint, now: Timestamp) -> EnrichedAuditEvent {
+/// The tree's peaks ride along unsigned ([`checkpoint::FRONTIER_PARAM`]).
+pub fn checkpoint_event(stated: &Stated, now: Timestamp) -> EnrichedAuditEvent {
+    let c = &stated.checkpoint;
+    let mut params = c.to_params();
+    params.insert(
+        checkpoint::FRONTIER_PARAM.to_string(),
+        checkpoint::frontier_param(&stated.peaks),
+    );
     bookkeeping_event(
         CHECKPOINT_TYPE,
         &format!("chain-checkpoint\n{}", c.id()),
-        c.to_params(),
+        params,
         format!(
             "checkpoint of raw partition {}, chain {}: {} links, root {}",
             c.raw_partition, c.epoch, c.tree_size, c.root
@@ -447,9 +465,15 @@ mod tests {
         let mut b = event(0, 9);
         chaining.link(&mut b);
         let signed = chaining.end_batch().acknowledged().await;
-        let [c0, c1] = &signed.checkpoints.clone()[..] else {
+        let [c0, c1] = &signed
+            .checkpoints
+            .iter()
+            .map(|s| s.checkpoint.clone())
+            .collect::<Vec<_>>()[..]
+        else {
             panic!("one checkpoint per owned chain: {:?}", signed.checkpoints);
         };
+        let signed_c0 = signed.checkpoints[0].clone();
         signed.published();
         assert!(c0.verify(&public) && c1.verify(&public));
         assert_eq!((c0.raw_partition, c0.prev.as_str()), (0, before.as_str()));
@@ -474,7 +498,11 @@ mod tests {
         assert_eq!(c1.root, hex::encode(chain::merkle::empty_root()));
         // The next round names these.
         let signed = chaining.end_batch().acknowledged().await;
-        let next = signed.checkpoints.clone();
+        let next: Vec<Checkpoint> = signed
+            .checkpoints
+            .iter()
+            .map(|s| s.checkpoint.clone())
+            .collect();
         signed.published();
         assert_eq!(next[0].prev, c0.id());
         assert_eq!(next[1].prev, c1.id());
@@ -484,13 +512,17 @@ mod tests {
         chaining.start(1, next[1].id());
         let again = chaining.end_batch().acknowledged().await;
         assert_eq!(again.checkpoints.len(), 2);
-        assert_ne!(again.checkpoints[1].epoch, c1.epoch);
-        assert_eq!(again.checkpoints[1].prev, next[1].id());
+        let c = &again.checkpoints[1].checkpoint;
+        assert_ne!(c.epoch, c1.epoch);
+        assert_eq!(c.prev, next[1].id());
         let event = checkpoint_event(&again.checkpoints[1], Timestamp::now());
-        assert_eq!(
-            Checkpoint::from_params(&event.event.params).as_ref(),
-            Some(&again.checkpoints[1])
-        );
+        assert_eq!(Checkpoint::from_params(&event.event.params).as_ref(), Some(c));
+        // The peaks beside it are the signed tree's.
+        let event = checkpoint_event(&signed_c0, Timestamp::now());
+        let peaks: Vec<String> =
+            serde_json::from_str(&event.event.params[checkpoint::FRONTIER_PARAM]).unwrap();
+        assert_eq!(peaks.len(), 1, "two links: one perfect subtree");
+        assert!(c0.frontier(&peaks).is_some());
     }
 
     #[tokio::test]

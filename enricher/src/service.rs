@@ -949,8 +949,9 @@ impl Publisher {
             });
         }
         let now = Timestamp::now();
-        for c in &signed.checkpoints {
-            let payload = crate::chaining::checkpoint_event(c, now).encode()?;
+        for stated in &signed.checkpoints {
+            let c = &stated.checkpoint;
+            let payload = crate::chaining::checkpoint_event(stated, now).encode()?;
             let key = c.raw_partition.to_string().into_bytes();
             records.push(OutRecord {
                 to: Target::Enriched,

@@ -48,7 +48,10 @@ pub struct ClickHouseConfig {
     /// trickle does not make more parts than ClickHouse merges; an insert after a quiet spell
     /// goes at once.
     pub min_insert_interval_ms: u64,
-    /// Rows older than this many days (by event time) are removed; unset keeps them forever.
+    /// Rows are removed this many days after the enricher linked them (`events.enriched_at`;
+    /// derived tables from when they were derived); unset keeps them forever. Checkpoints
+    /// are kept. Give `auditctl verify` the same value (`verify.retention_days`) so it reads
+    /// the removed links as EXPIRED, not DELETED.
     pub ttl_days: Option<u32>,
     /// Longest pause between retries while ClickHouse is unreachable, in milliseconds.
     pub max_backoff_ms: u64,

@@ -335,6 +335,55 @@ WHERE e.event_type = 'audit.chain-checkpoint'
 ",
         ],
     },
+    Migration {
+        version: 11,
+        name: "checkpoint frontiers and retention that verify can follow",
+        statements: &[
+            // Beside chain_checkpoints, not in it: that view keeps running untouched.
+            r"
+CREATE TABLE IF NOT EXISTS {db}.chain_frontiers
+(
+    raw_partition Int32,
+    epoch         String,
+    tree_size     UInt64,
+    root          String COMMENT 'the checkpoint''s signed root, which the peaks must fold to',
+    peaks         Array(String) COMMENT 'hex roots of the tree''s perfect subtrees, largest first: verify goes on from them past links that retention removed',
+    event_id      UUID
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (raw_partition, epoch, tree_size, root)
+",
+            r"
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.chain_frontiers_from_events TO {db}.chain_frontiers AS
+SELECT
+    toInt32OrZero(e.params['raw_partition']) AS raw_partition,
+    JSONExtractString(e.params['epoch']) AS epoch,
+    toUInt64OrZero(e.params['tree_size']) AS tree_size,
+    JSONExtractString(e.params['root']) AS root,
+    JSONExtract(e.params['frontier'], 'Array(String)') AS peaks,
+    e.event_id AS event_id
+FROM {db}.events AS e
+WHERE e.event_type = 'audit.chain-checkpoint' AND mapContains(e.params, 'frontier')
+",
+            // When each derived row was made (its event's enrichment, plus the sink's lag):
+            // retention counts from it, so a derived row outlives its event only briefly.
+            "ALTER TABLE {db}.entity_activity ADD COLUMN IF NOT EXISTS stored_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'when the row was derived; retention counts from it'",
+            "ALTER TABLE {db}.entity_links ADD COLUMN IF NOT EXISTS stored_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'when the row was derived; retention counts from it'",
+            "ALTER TABLE {db}.rule_drops ADD COLUMN IF NOT EXISTS stored_at DateTime64(3, 'UTC') DEFAULT now64(3) COMMENT 'when the row was derived; retention counts from it'",
+        ],
+    },
+];
+
+/// Tables whose rows retention removes, and the column it counts from. `events` counts from
+/// `enriched_at`: set by the enricher as it links the event (a sender cannot backdate it),
+/// and never later than the checkpoint that first signs the link, which is what lets
+/// `auditctl verify` tell an expired link from a deleted one. The chain tables
+/// (checkpoints, frontiers, skips) are kept: they are small and hold no personal data.
+pub const RETAINED: &[(&str, &str)] = &[
+    ("events", "enriched_at"),
+    ("entity_activity", "stored_at"),
+    ("entity_links", "stored_at"),
+    ("rule_drops", "stored_at"),
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.
@@ -379,18 +428,18 @@ pub async fn migrate(
         now.push(m.version);
     }
     // Retention follows the settings on every start, so changing it needs no migration.
-    let ttl = match ttl_days {
-        Some(days) => format!(
-            // By the time the pipeline received an event, not its claimed time: a backdated
-            // claim must not delete a just-received event.
-            "ALTER TABLE {db}.events MODIFY TTL toDateTime(received_at) + INTERVAL {days} DAY"
-        ),
-        None => format!("ALTER TABLE {db}.events REMOVE TTL"),
-    };
-    if let Err(e) = client.query(&ttl).execute().await {
-        // REMOVE TTL on a table without one is an error on some versions; nothing to do then.
-        if ttl_days.is_some() {
-            return Err(e);
+    for (table, column) in RETAINED {
+        let ttl = match ttl_days {
+            Some(days) => format!(
+                "ALTER TABLE {db}.{table} MODIFY TTL toDateTime({column}) + INTERVAL {days} DAY"
+            ),
+            None => format!("ALTER TABLE {db}.{table} REMOVE TTL"),
+        };
+        if let Err(e) = client.query(&ttl).execute().await {
+            // REMOVE TTL on a table without one is an error on some versions: nothing to do.
+            if ttl_days.is_some() {
+                return Err(e);
+            }
         }
     }
     Ok(now)

@@ -199,7 +199,7 @@ async fn migrations_twice_are_harmless() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let tables: Vec<String> = c
         .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
         .bind(&db)
@@ -213,6 +213,8 @@ async fn migrations_twice_are_harmless() {
             "chain_checkpoints_from_events",
             "chain_digests",
             "chain_digests_from_events",
+            "chain_frontiers",
+            "chain_frontiers_from_events",
             "chain_skips",
             "entity_activity",
             "entity_activity_mv",

@@ -42,6 +42,9 @@ pub struct ChainHead {
     /// Links so far (`seq + 1`) and the hex Merkle root of their leaves.
     pub tree_size: u64,
     pub root: Hex,
+    /// The tree's [`merkle::Frontier::peaks`]: stored beside the checkpoint so that a verifier
+    /// can go on from it once retention removed the links below.
+    pub peaks: Vec<merkle::Hash>,
     /// `raw_offset_start..raw_offset_end` spans the raw offsets linked; (-1, -1) before any.
     pub raw_offset_start: i64,
     pub raw_offset_end: i64,
@@ -134,6 +137,7 @@ impl Chains {
             head: h.hash.clone(),
             tree_size: h.tree.frontier.size(),
             root: hex::encode(h.tree.frontier.root()),
+            peaks: h.tree.frontier.peaks(),
             raw_offset_start: start,
             raw_offset_end: end,
         })

@@ -17,6 +17,15 @@ use sha2::{Digest as _, Sha256};
 /// The event type of checkpoints in the enriched topic; reserved, not chained, not dropped.
 pub const CHECKPOINT_TYPE: &str = "audit.chain-checkpoint";
 
+/// The param of a checkpoint event holding the tree's peaks ([`frontier_param`]). Not signed:
+/// [`Checkpoint::frontier`] accepts peaks only when they fold to the signed root.
+pub const FRONTIER_PARAM: &str = "frontier";
+
+/// The peaks as the JSON text of an array of hex strings, largest subtree first.
+pub fn frontier_param(peaks: &[super::merkle::Hash]) -> String {
+    serde_json::Value::from(peaks.iter().map(hex::encode).collect::<Vec<_>>()).to_string()
+}
+
 /// `prev` of a partition's very first checkpoint.
 pub fn no_previous() -> Hex {
     "0".repeat(64)
@@ -112,6 +121,17 @@ impl Checkpoint {
         public.verify(&self.message(), &signature).is_ok()
     }
 
+    /// The tree this checkpoint signs, from its stored peaks (hex, largest subtree first):
+    /// `None` unless they are exactly the tree whose root it signs.
+    pub fn frontier(&self, peaks: &[String]) -> Option<super::merkle::Frontier> {
+        let peaks: Vec<super::merkle::Hash> = peaks
+            .iter()
+            .map(|p| hex::decode(p).ok()?.try_into().ok())
+            .collect::<Option<_>>()?;
+        let f = super::merkle::Frontier::from_peaks(self.tree_size, &peaks)?;
+        (hex::encode(f.root()) == self.root).then_some(f)
+    }
+
     /// The checkpoint's fields as the params of its `audit.chain-checkpoint` event (each a
     /// JSON text, as every param is).
     pub fn to_params(&self) -> std::collections::BTreeMap<String, String> {
@@ -201,6 +221,25 @@ mod tests {
         let mut p = c.to_params();
         p.remove("root");
         assert_eq!(Checkpoint::from_params(&p), None);
+    }
+
+    #[test]
+    fn only_the_signed_trees_peaks_give_a_frontier() {
+        let mut f = super::super::merkle::Frontier::default();
+        for i in 0..11u8 {
+            f.push([i; 32]);
+        }
+        let mut s = statement();
+        s.tree_size = 11;
+        s.root = hex::encode(f.root());
+        let c = Checkpoint::sign(s, &key(7, "k1"));
+        let stored: Vec<String> = serde_json::from_str(&frontier_param(&f.peaks())).unwrap();
+        assert_eq!(c.frontier(&stored), Some(f.clone()));
+        let mut other = stored.clone();
+        other[1] = "00".repeat(32);
+        assert_eq!(c.frontier(&other), None);
+        assert_eq!(c.frontier(&stored[..2]), None);
+        assert_eq!(c.frontier(&["zz".into(), "00".into(), "11".into()]), None);
     }
 
     #[test]

@@ -75,6 +75,28 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The roots of the perfect subtrees, largest first: with [`Frontier::size`], all it
+    /// takes to extend the tree, so a verifier can go on past links that retention removed.
+    pub fn peaks(&self) -> Vec<Hash> {
+        self.peaks.iter().map(|(_, h)| *h).collect()
+    }
+
+    /// The frontier of a tree of `size` leaves from its [`Frontier::peaks`]; `None` when
+    /// their number does not fit `size` (one peak per set bit).
+    ///
+    /// Nothing here says the peaks are the tree's: a caller holding a trusted root checks
+    /// `root()` against it, which collision resistance makes sufficient.
+    pub fn from_peaks(size: u64, peaks: &[Hash]) -> Option<Self> {
+        if peaks.len() != size.count_ones() as usize {
+            return None;
+        }
+        let heights = (0..64u32).rev().filter(|h| size & (1u64 << h) != 0);
+        Some(Self {
+            size,
+            peaks: heights.zip(peaks.iter().copied()).collect(),
+        })
+    }
+
     /// The tree's root: the peaks folded right to left, which is how RFC 9162 splits.
     pub fn root(&self) -> Hash {
         let mut peaks = self.peaks.iter().rev();
@@ -288,6 +310,25 @@ mod tests {
             assert_eq!(f.root(), mth(&all[..=i]), "size {}", i + 1);
         }
         assert!(f.peaks.len() <= 7);
+    }
+
+    #[test]
+    fn a_tree_resumed_from_its_peaks_grows_to_the_same_roots() {
+        let all = leaves(70);
+        for cut in 0..40usize {
+            let mut f = Frontier::default();
+            all[..cut].iter().for_each(|l| f.push(*l));
+            let mut resumed = Frontier::from_peaks(cut as u64, &f.peaks()).unwrap();
+            assert_eq!(resumed, f);
+            for (i, l) in all.iter().enumerate().skip(cut) {
+                resumed.push(*l);
+                assert_eq!(resumed.root(), mth(&all[..=i]), "cut {cut}, size {}", i + 1);
+            }
+        }
+        let f = Frontier::from_peaks(6, &leaves(2)).unwrap();
+        assert_eq!(f.root(), node_hash(&leaves(2)[0], &leaves(2)[1]));
+        assert_eq!(Frontier::from_peaks(6, &leaves(3)), None);
+        assert_eq!(Frontier::from_peaks(7, &leaves(2)), None);
     }
 
     #[test]
