@@ -132,6 +132,10 @@ struct VerifyArgs {
     /// earlier run saw, is a finding (ROLLED BACK). Keep it out of reach of ClickHouse writers.
     #[arg(long, value_name = "FILE")]
     state: Option<std::path::PathBuf>,
+    /// The sink's retention (clickhouse.ttl_days), beside verify.retention_days: links
+    /// enriched longer ago than this may be gone, and are counted EXPIRED, not DELETED.
+    #[arg(long, value_name = "DAYS")]
+    retention_days: Option<f64>,
 }
 
 #[tokio::main]
@@ -183,6 +187,16 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         None => Timestamp::now(),
     };
     let keys = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
+    let grace_us = i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    let retention = verify::VerifySettings {
+        retention_days: args.retention_days.or(settings.verify.retention_days),
+        ..settings.verify.clone()
+    }
+    .retention_us()?
+    .map(|us| verify_checkpoints::Retention {
+        // From now, not the range's end: ClickHouse removes by the time it is.
+        before_us: Timestamp::now().as_micros().saturating_sub(us),
+    });
     let group = args
         .cloudwatch_group
         .as_ref()
@@ -193,8 +207,9 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         &keys,
         from.as_micros(),
         to.as_micros(),
-        i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        grace_us,
         group.is_some(),
+        retention,
     )
     .await?;
     let mut findings = report.findings.len();
@@ -202,12 +217,13 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         println!("{f}");
     }
     println!(
-        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
+        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice, {} expired), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
         report.links_verified,
         report.chains,
         report.digests,
         report.skips,
         report.duplicates,
+        report.expired,
         report.unsigned,
         report.unsigned_stale,
         args.grace_seconds,
@@ -248,7 +264,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         &verify::client(&settings.clickhouse),
         &keys,
         (from.as_micros(), to.as_micros()),
-        i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+        grace_us,
         report.rows,
         &verify_checkpoints::Witnesses {
             state: &witnessed,
@@ -256,17 +272,25 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
                 .as_ref()
                 .map(|(stream, w)| (*stream, w.checkpoints.as_slice())),
         },
+        retention,
     )
     .await?;
     for f in &v2.findings {
         println!("{f}");
     }
     println!(
-        "ClickHouse checkpoints (v2): {} signed checkpoints, {} links in {} chains recomputed to their signed Merkle roots, {} rows ERASED under a signed erasure record; {} findings; {:.1} s",
+        "ClickHouse checkpoints (v2): {} signed checkpoints, {} links in {} chains recomputed to their signed Merkle roots, {} rows ERASED under a signed erasure record, {}; {} findings; {:.1} s",
         v2.checkpoints,
         v2.links,
         v2.chains,
         v2.erased,
+        match retention {
+            None => "no retention set (verify.retention_days): every absent link is DELETED".to_string(),
+            Some(_) => format!(
+                "{} links EXPIRED below the retention horizon, {} still stored there that nothing proves any more",
+                v2.expired, v2.unproven
+            ),
+        },
         v2.findings.len(),
         started.elapsed().as_secs_f64()
     );
@@ -275,6 +299,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
     let derived = verify_derived::verify(
         &verify::client(&settings.clickhouse),
         (from.as_micros(), to.as_micros()),
+        retention.map(|r| r.before_us.saturating_add(grace_us)),
     )
     .await?;
     for f in &derived.findings {

@@ -31,6 +31,23 @@ use std::fmt;
 #[serde(deny_unknown_fields, default)]
 pub struct VerifySettings {
     pub public_keys: BTreeMap<String, String>,
+    /// The retention the ClickHouse sink applies (`clickhouse.ttl_days`), in days (fractions
+    /// allowed). Links enriched longer ago may be gone: verify counts them EXPIRED and goes
+    /// on from the frontier stored with the next checkpoint. Unset (the default): nothing
+    /// expires, and every absent link is DELETED. Set it here, not from ClickHouse's own
+    /// TTL, which a ClickHouse writer could change.
+    pub retention_days: Option<f64>,
+}
+
+impl VerifySettings {
+    /// The retention in microseconds, checked.
+    pub fn retention_us(&self) -> Result<Option<i64>> {
+        match self.retention_days {
+            None => Ok(None),
+            Some(d) if d.is_finite() && d > 0.0 => Ok(Some((d * 86_400e6).min(i64::MAX as f64) as i64)),
+            Some(d) => anyhow::bail!("setting `verify.retention_days` = {d}: must be a positive number of days, or unset"),
+        }
+    }
 }
 
 /// One finding, with where it is.
@@ -156,6 +173,8 @@ pub struct Report {
     pub rows: u64,
     /// Exact copies of an intact row at its link (counted, not a finding).
     pub duplicates: u64,
+    /// Links below the retention horizon no longer stored (not a finding).
+    pub expired: u64,
     /// Links the sink left out as copies of stored events.
     pub skips: u64,
     /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against; kept
@@ -242,6 +261,7 @@ pub async fn verify_clickhouse(
     to_us: i64,
     grace_us: i64,
     keep_intact: bool,
+    retention: Option<crate::verify_checkpoints::Retention>,
 ) -> Result<Report> {
     let db = client(&settings.clickhouse);
     let mut report = Report {
@@ -300,7 +320,20 @@ pub async fn verify_clickhouse(
             .first()
             .filter(|d| keys.get(&d.key_id).is_some_and(|k| d.digest().verify(k)))
             .map_or((0, chain::genesis()), |d| (d.seq + 1, d.head.clone()));
-        walk(&db, *partition, epoch, start, digests, &mut report).await?;
+        let expirable = match retention {
+            Some(r) => expirable(&db, keys, (*partition, epoch), r, grace_us).await?,
+            None => 0,
+        };
+        walk(
+            &db,
+            *partition,
+            epoch,
+            start,
+            digests,
+            expirable,
+            &mut report,
+        )
+        .await?;
     }
     find_inserted(&db, &chains, from_us, to_us, grace_us, &mut report).await?;
     if report.unsigned_stale > 0 {
@@ -319,6 +352,33 @@ pub async fn verify_clickhouse(
     Ok(report)
 }
 
+/// The seq below which one chain's v1 links may have expired: one past the seq of its oldest
+/// valid digest signed a grace after the retention cut (as for checkpoints); with none, all.
+async fn expirable(
+    db: &clickhouse::Client,
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    (partition, epoch): (i32, &str),
+    retention: crate::verify_checkpoints::Retention,
+    grace_us: i64,
+) -> Result<i64> {
+    let mut cursor = db
+        .query(&format!(
+            "SELECT {DIGEST_COLUMNS} FROM chain_digests
+             WHERE raw_partition = ? AND epoch = ? AND signed_at >= fromUnixTimestamp64Micro(?)
+             ORDER BY signed_at"
+        ))
+        .bind(partition)
+        .bind(epoch)
+        .bind(retention.before_us.saturating_add(grace_us))
+        .fetch::<DigestRow>()?;
+    while let Some(d) = cursor.next().await? {
+        if keys.get(&d.key_id).is_some_and(|k| d.digest().verify(k)) {
+            return Ok(d.seq + 1);
+        }
+    }
+    Ok(i64::MAX)
+}
+
 /// A row `auditctl erase` blanked: no salt left beside a v2 content.
 fn erased(r: &EventRow) -> bool {
     r.chain_salt.is_empty() && !r.chain_content.is_empty()
@@ -332,6 +392,7 @@ async fn walk(
     epoch: &str,
     (first, mut expected): (i64, String),
     digests: &[DigestRow],
+    expirable: i64,
     report: &mut Report,
 ) -> Result<()> {
     let last = digests.last().map_or(first - 1, |d| d.seq);
@@ -476,6 +537,20 @@ async fn walk(
                         }
                         report.prove(s.event_id, &s.content_digest);
                         expected = s.hash.clone();
+                    }
+                    None if seq < expirable => {
+                        // Retention removed it. Its hash is what a digest signed for it, or
+                        // what the next link names (proven by the next digest's head).
+                        report.expired += 1;
+                        if let Some(head) = heads.get(&seq) {
+                            expected = head.to_string();
+                        } else if let Some((_, r)) =
+                            rows.peek().await?.filter(|(s, _)| *s == seq + 1)
+                        {
+                            if let Some(r) = r.first() {
+                                expected = r.chain_prev.clone();
+                            }
+                        }
                     }
                     None => {
                         let next = rows.peek().await?;

@@ -663,6 +663,161 @@ async fn read(db: &clickhouse::Client, tail: &str, binds: &[i64]) -> Result<Vec<
     Ok(rows.into_iter().map(Checkpoint::from).collect())
 }
 
+/// Rows of a checkpoint's frontier, with the checkpoint whose root its peaks must give.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct FrontierRow {
+    peaks: Vec<String>,
+    raw_partition: i32,
+    epoch: String,
+    tree_size: u64,
+    root: String,
+    raw_offset_start: i64,
+    raw_offset_end: i64,
+    prev: String,
+    signed_us: i64,
+    key_id: String,
+    signature: String,
+}
+
+impl FrontierRow {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            raw_partition: self.raw_partition,
+            epoch: self.epoch.clone(),
+            tree_size: self.tree_size,
+            root: self.root.clone(),
+            raw_offset_start: self.raw_offset_start,
+            raw_offset_end: self.raw_offset_end,
+            prev: self.prev.clone(),
+            signed_at: self.signed_us,
+            key_id: self.key_id.clone(),
+            signature: self.signature.clone(),
+        }
+    }
+}
+
+/// One chain's stored frontiers below its retention horizon, in size order, offered to the
+/// walk as it passes each size.
+struct Frontiers<'k> {
+    cursor: clickhouse::query::RowCursor<FrontierRow>,
+    read: Option<FrontierRow>,
+    keys: &'k HashMap<String, ed25519_dalek::VerifyingKey>,
+}
+
+impl<'k> Frontiers<'k> {
+    fn open(
+        db: &clickhouse::Client,
+        keys: &'k HashMap<String, ed25519_dalek::VerifyingKey>,
+        (partition, epoch): (i32, &str),
+        upto: u64,
+    ) -> Result<Self> {
+        let cursor = db
+            .query(
+                "SELECT f.peaks AS peaks, c.raw_partition AS raw_partition, c.epoch AS epoch,
+                        c.tree_size AS tree_size, c.root AS root,
+                        c.raw_offset_start AS raw_offset_start, c.raw_offset_end AS raw_offset_end,
+                        c.prev AS prev, c.signed_us AS signed_us, c.key_id AS key_id,
+                        c.signature AS signature
+                 FROM (SELECT DISTINCT raw_partition, epoch, tree_size, root, peaks
+                       FROM chain_frontiers
+                       WHERE raw_partition = ? AND epoch = ? AND tree_size <= ?) AS f
+                 INNER JOIN (SELECT raw_partition, epoch, tree_size, root, raw_offset_start,
+                                    raw_offset_end, prev,
+                                    toUnixTimestamp64Micro(signed_at) AS signed_us, key_id,
+                                    signature
+                             FROM chain_checkpoints
+                             WHERE raw_partition = ? AND epoch = ? AND tree_size <= ?
+                             ORDER BY signed_at LIMIT 1 BY tree_size, root) AS c
+                 ON c.raw_partition = f.raw_partition AND c.epoch = f.epoch
+                    AND c.tree_size = f.tree_size AND c.root = f.root
+                 ORDER BY tree_size",
+            )
+            .bind(partition)
+            .bind(epoch)
+            .bind(upto)
+            .bind(partition)
+            .bind(epoch)
+            .bind(upto)
+            .fetch::<FrontierRow>()
+            .with_context(|| format!("reading the frontiers of chain {epoch}"))?;
+        Ok(Self {
+            cursor,
+            read: None,
+            keys,
+        })
+    }
+
+    /// Offers every frontier of size at most `upto` (all links below it were pushed).
+    async fn offer_upto(
+        &mut self,
+        upto: u64,
+        check: &mut RootCheck<'_>,
+        findings: &mut Vec<CheckpointFinding>,
+    ) -> Result<()> {
+        loop {
+            if self.read.is_none() {
+                self.read = self
+                    .cursor
+                    .next()
+                    .await
+                    .context("reading chain_frontiers")?;
+            }
+            let Some(row) = self.read.take_if(|r| r.tree_size <= upto) else {
+                return Ok(());
+            };
+            let keys = self.keys;
+            check.offer(
+                row.tree_size,
+                || {
+                    let c = row.checkpoint();
+                    let signed = keys.get(&c.key_id).is_some_and(|k| c.verify(k));
+                    signed.then(|| c.frontier(&row.peaks)).flatten()
+                },
+                findings,
+            );
+        }
+    }
+}
+
+/// How far retention reaches: links enriched before `before_us` may have been removed.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub before_us: i64,
+}
+
+/// The seq below which one chain's links may have expired: the size of its oldest valid
+/// checkpoint signed a grace after the retention cut (a later link was linked after that
+/// checkpoint, so after the cut; the grace covers the enricher's wait for the broker and the
+/// clocks of the enricher and ClickHouse). With no such checkpoint, the whole chain may be
+/// gone.
+async fn expirable(
+    db: &clickhouse::Client,
+    keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    (partition, epoch): (i32, &str),
+    retention: Retention,
+    grace_us: i64,
+    end: u64,
+) -> Result<u64> {
+    let mut cursor = db
+        .query(&format!(
+            "SELECT {COLUMNS} FROM chain_checkpoints
+             WHERE raw_partition = ? AND epoch = ? AND signed_at >= fromUnixTimestamp64Micro(?)
+             ORDER BY signed_at"
+        ))
+        .bind(partition)
+        .bind(epoch)
+        .bind(retention.before_us.saturating_add(grace_us))
+        .fetch::<CheckpointRow>()
+        .with_context(|| format!("reading the checkpoints of chain {epoch}"))?;
+    while let Some(row) = cursor.next().await? {
+        let c = Checkpoint::from(row);
+        if keys.get(&c.key_id).is_some_and(|k| c.verify(k)) {
+            return Ok(c.tree_size.min(end));
+        }
+    }
+    Ok(end)
+}
+
 /// Checks the checkpoints signed in `[from_us, to_us]` and the links under them.
 ///
 /// Each witnessed checkpoint must be stored exactly, and the links under it are recomputed to
@@ -677,6 +832,7 @@ pub async fn verify(
     grace_us: i64,
     rows_in_range: u64,
     witnesses: &Witnesses<'_>,
+    retention: Option<Retention>,
 ) -> Result<CheckpointReport> {
     let mut report = CheckpointReport::default();
     let window =
@@ -760,6 +916,22 @@ pub async fn verify(
         if check.end() == 0 {
             continue;
         }
+        let mut frontiers = None;
+        if let Some(retention) = retention {
+            let below = expirable(
+                db,
+                keys,
+                (*partition, epoch),
+                retention,
+                grace_us,
+                check.end(),
+            )
+            .await?;
+            check = check.expiring_below(below);
+            if below > 0 {
+                frontiers = Some(Frontiers::open(db, keys, (*partition, epoch), below)?);
+            }
+        }
         let end = i64::try_from(check.end()).unwrap_or(i64::MAX);
         let skips: Vec<LinkRow> = db
             .query(
@@ -790,8 +962,14 @@ pub async fn verify(
             };
             while let Some(skip) = skips.next_if(|s| s.seq <= row.chain_seq) {
                 if let Ok(s) = u64::try_from(skip.seq) {
+                    if let Some(f) = &mut frontiers {
+                        f.offer_upto(s, &mut check, &mut report.findings).await?;
+                    }
                     check.push(s, skip.content, &mut report.findings);
                 }
+            }
+            if let Some(f) = &mut frontiers {
+                f.offer_upto(seq, &mut check, &mut report.findings).await?;
             }
             match verify_columns::check(&row) {
                 verify_columns::ColumnCheck::Differ(columns) => {
@@ -822,8 +1000,15 @@ pub async fn verify(
         }
         for skip in skips {
             if let Ok(s) = u64::try_from(skip.seq) {
+                if let Some(f) = &mut frontiers {
+                    f.offer_upto(s, &mut check, &mut report.findings).await?;
+                }
                 check.push(s, skip.content, &mut report.findings);
             }
+        }
+        if let Some(f) = &mut frontiers {
+            f.offer_upto(u64::MAX, &mut check, &mut report.findings)
+                .await?;
         }
         let walked = check.finish(&mut report.findings);
         report.links += walked.links;

@@ -516,7 +516,10 @@ mod tests {
         assert_ne!(c.epoch, c1.epoch);
         assert_eq!(c.prev, next[1].id());
         let event = checkpoint_event(&again.checkpoints[1], Timestamp::now());
-        assert_eq!(Checkpoint::from_params(&event.event.params).as_ref(), Some(c));
+        assert_eq!(
+            Checkpoint::from_params(&event.event.params).as_ref(),
+            Some(c)
+        );
         // The peaks beside it are the signed tree's.
         let event = checkpoint_event(&signed_c0, Timestamp::now());
         let peaks: Vec<String> =
