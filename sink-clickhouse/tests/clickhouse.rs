@@ -226,6 +226,36 @@ async fn migrations_twice_are_harmless() {
             "schema_migrations"
         ]
     );
+    // Retention on every start: from enriched_at (derived rows from stored_at), and off again.
+    let ttl = |days: Option<&str>| {
+        let mut c = cmd(&topics, &db, &clickhouse_url(), "g");
+        if let Some(d) = days {
+            c.env("AUDIT__CLICKHOUSE__TTL_DAYS", d);
+        }
+        assert!(c.arg("migrate").output().unwrap().status.success());
+    };
+    let create = |table: &str| {
+        let c = client(&clickhouse_url(), &db);
+        let table = table.to_string();
+        async move {
+            c.query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = ?")
+                .bind(table)
+                .fetch_one::<String>()
+                .await
+                .unwrap()
+        }
+    };
+    ttl(Some("30"));
+    for (table, column) in audit_sink_clickhouse::migrations::RETAINED {
+        let q = create(table).await;
+        assert!(
+            q.contains(&format!("TTL toDateTime({column}) + toIntervalDay(30)")),
+            "{table}: {q}"
+        );
+    }
+    assert!(!create("chain_checkpoints").await.contains("TTL"));
+    ttl(None);
+    assert!(!create("events").await.contains("TTL"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
