@@ -79,8 +79,9 @@ enum Command {
     /// or inserted (hash chains and v1 digests, by raw partition and offset), every chain's
     /// links against its signed Merkle checkpoints and every column against the signed content,
     /// checkpoints missing, cut short or unwitnessed (--state, the CloudWatch witness), and the
-    /// derived tables (entity_activity, entity_links, rule_drops) against the events. Exits 1
-    /// when it finds any.
+    /// derived tables (entity_activity, entity_links, rule_drops) against the events. Links
+    /// the configured retention removed are counted EXPIRED, not found missing. Exits 1 when
+    /// it finds any.
     ///
     /// Example: auditctl verify --from 2026-11-26T00:00:00Z --to 2026-11-26T12:00:00Z
     Verify(VerifyArgs),
