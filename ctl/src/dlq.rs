@@ -106,54 +106,84 @@ fn target<'a>(l: &DeadLetter, settings: &'a Settings) -> Result<(&'a str, String
     }
 }
 
+/// Every letter on the dead-letter topic, from its beginning to its end when opened.
+pub struct Letters {
+    consumer: rdkafka::consumer::StreamConsumer<kafka::ReaderContext>,
+    topic: String,
+    ends: HashMap<i32, i64>,
+    done: HashSet<i32>,
+}
+
+impl Letters {
+    pub async fn open(settings: &Settings, client_id: &str) -> Result<Self> {
+        let topic = settings.topics.dlq.name.clone();
+        let consumer = kafka::reader(&settings.kafka, client_id)?;
+        let timeout = Duration::from_secs(10);
+        let partitions = kafka::partitions(consumer.client(), &topic, timeout)
+            .with_context(|| format!("reading {topic} on {}", settings.kafka.brokers))?;
+        let ends: HashMap<i32, i64> =
+            kafka::watermarks(consumer.client(), &topic, &partitions, timeout)?
+                .into_iter()
+                .filter(|(_, low, high)| high > low)
+                .map(|(p, _, high)| (p, high))
+                .collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in ends.keys() {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            topic,
+            ends,
+            done: HashSet::new(),
+        })
+    }
+
+    /// The next letter and its offset; `None` at the end. Records that are no dead letter
+    /// are passed over.
+    pub async fn next(&mut self) -> Result<Option<(i64, DeadLetter)>> {
+        while self.done.len() < self.ends.len() {
+            let m = match tokio::time::timeout(Duration::from_secs(30), self.consumer.recv()).await
+            {
+                Err(_) => anyhow::bail!("no record from {} within 30 s", self.topic),
+                Ok(Err(KafkaError::PartitionEOF(p))) => {
+                    self.done.insert(p);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(m)) => m,
+            };
+            if self
+                .ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end)
+            {
+                self.done.insert(m.partition());
+            }
+            if let Some(Ok(letter)) = m.payload().map(DeadLetter::decode) {
+                return Ok(Some((m.offset(), letter)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 pub async fn run(cmd: DlqCommand, settings: &Settings) -> Result<()> {
     let DlqCommand::Replay(args) = cmd;
     let topic = &settings.topics.dlq.name;
-    let consumer = kafka::reader(&settings.kafka, "auditctl-dlq")?;
-    let timeout = Duration::from_secs(10);
-    let partitions = kafka::partitions(consumer.client(), topic, timeout)
-        .with_context(|| format!("reading {topic} on {}", settings.kafka.brokers))?;
-    let ends: HashMap<i32, i64> =
-        kafka::watermarks(consumer.client(), topic, &partitions, timeout)?
-            .into_iter()
-            .filter(|(_, low, high)| high > low)
-            .map(|(p, _, high)| (p, high))
-            .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let mut letters = Letters::open(settings, "auditctl-dlq").await?;
     let producer = kafka::producer(&settings.kafka, "auditctl-dlq")?;
-    let mut done: HashSet<i32> = HashSet::new();
     let mut seen = HashSet::new();
     let (mut replayed, mut skipped, mut repeated) = (0u64, 0u64, 0u64);
-    while done.len() < ends.len() {
-        let m = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Err(_) => anyhow::bail!("no record from {topic} within 30 s"),
-            Ok(Err(KafkaError::PartitionEOF(p))) => {
-                done.insert(p);
-                continue;
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(m)) => m,
-        };
-        if ends
-            .get(&m.partition())
-            .is_some_and(|end| m.offset() + 1 >= *end)
-        {
-            done.insert(m.partition());
-        }
-        let Some(Ok(letter)) = m.payload().map(DeadLetter::decode) else {
-            continue;
-        };
-        if !args.selects(m.offset(), &letter) {
+    while let Some((offset, letter)) = letters.next().await? {
+        if !args.selects(offset, &letter) {
             continue;
         }
         match target(&letter, settings) {
             Err(why) => {
                 skipped += 1;
-                eprintln!("{topic} offset {}: not replayed: {why}", m.offset());
+                eprintln!("{topic} offset {offset}: not replayed: {why}");
             }
             Ok((to, event_id)) => {
                 if !seen.insert(event_id.clone()) {
@@ -161,10 +191,8 @@ pub async fn run(cmd: DlqCommand, settings: &Settings) -> Result<()> {
                     continue;
                 }
                 println!(
-                    "{topic} offset {} ({}, {}): event {event_id} -> {to}",
-                    m.offset(),
-                    letter.stage,
-                    letter.cause
+                    "{topic} offset {offset} ({}, {}): event {event_id} -> {to}",
+                    letter.stage, letter.cause
                 );
                 if !args.dry_run {
                     let value = letter.original_value.as_deref().unwrap_or_default();

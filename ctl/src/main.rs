@@ -19,6 +19,7 @@ mod verify;
 mod verify_checkpoints;
 mod verify_cloudwatch;
 mod verify_columns;
+mod verify_dead_letters;
 mod verify_derived;
 mod verify_state;
 
@@ -202,6 +203,21 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         .cloudwatch_group
         .as_ref()
         .or(settings.cloudwatch.log_group.as_ref());
+    // A link a sink dead-lettered is not a deletion; without the topic, it would read as one.
+    let letters = match verify_dead_letters::read(settings).await {
+        Ok(l) => l,
+        Err(e) => {
+            println!(
+                "Dead letters ({}) not read, so links a sink dead-lettered read as DELETED: {e:#}",
+                settings.topics.dlq.name
+            );
+            verify_dead_letters::DeadLettered::default()
+        }
+    };
+    let explanations = verify_checkpoints::Explanations {
+        retention,
+        letters: &letters,
+    };
     let started = std::time::Instant::now();
     let report = verify::verify_clickhouse(
         settings,
@@ -210,7 +226,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         to.as_micros(),
         grace_us,
         group.is_some(),
-        retention,
+        explanations,
     )
     .await?;
     let mut findings = report.findings.len();
@@ -218,13 +234,14 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         println!("{f}");
     }
     println!(
-        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice, {} expired), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
+        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice, {} expired, {} only in the ClickHouse sink's dead letters), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
         report.links_verified,
         report.chains,
         report.digests,
         report.skips,
         report.duplicates,
         report.expired,
+        report.dead_lettered,
         report.unsigned,
         report.unsigned_stale,
         args.grace_seconds,
@@ -273,7 +290,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
                 .as_ref()
                 .map(|(stream, w)| (*stream, w.checkpoints.as_slice())),
         },
-        retention,
+        explanations,
     )
     .await?;
     for f in &v2.findings {
@@ -346,16 +363,19 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
             &report,
             from.as_micros(),
             to.as_micros(),
+            &letters.cloudwatch,
         )
         .await?;
         for f in &cw.findings {
             println!("{f}");
         }
         println!(
-            "CloudWatch {group}: {} of {} events verified against ClickHouse's intact links, {} not yet under a digest; {} findings; {:.1} s",
+            "CloudWatch {group}: {} of {} events verified against ClickHouse's intact links, {} not yet under a digest, {} the CloudWatch sink dead-lettered ({} letters of either sink not tied to a link); {} findings; {:.1} s",
             cw.verified,
             cw.events,
             cw.unsigned,
+            cw.dead_lettered,
+            letters.untied,
             cw.findings.len(),
             started.elapsed().as_secs_f64()
         );

@@ -175,6 +175,8 @@ pub struct Report {
     pub duplicates: u64,
     /// Links below the retention horizon no longer stored (not a finding).
     pub expired: u64,
+    /// Links not stored that the ClickHouse sink's dead letters hold, proven from them.
+    pub dead_lettered: u64,
     /// Links the sink left out as copies of stored events.
     pub skips: u64,
     /// The intact links, (partition, epoch, seq) -> what CloudWatch is checked against; kept
@@ -261,8 +263,9 @@ pub async fn verify_clickhouse(
     to_us: i64,
     grace_us: i64,
     keep_intact: bool,
-    retention: Option<crate::verify_checkpoints::Retention>,
+    explanations: crate::verify_checkpoints::Explanations<'_>,
 ) -> Result<Report> {
+    let crate::verify_checkpoints::Explanations { retention, letters } = explanations;
     let db = client(&settings.clickhouse);
     let mut report = Report {
         keep_intact,
@@ -324,16 +327,13 @@ pub async fn verify_clickhouse(
             Some(r) => expirable(&db, keys, (*partition, epoch), r, grace_us).await?,
             None => 0,
         };
-        walk(
-            &db,
-            *partition,
+        let chain = Chain {
+            partition: *partition,
             epoch,
-            start,
-            digests,
             expirable,
-            &mut report,
-        )
-        .await?;
+            letters,
+        };
+        walk(&db, &chain, start, digests, &mut report).await?;
     }
     find_inserted(&db, &chains, from_us, to_us, grace_us, &mut report).await?;
     if report.unsigned_stale > 0 {
@@ -384,17 +384,25 @@ fn erased(r: &EventRow) -> bool {
     r.chain_salt.is_empty() && !r.chain_content.is_empty()
 }
 
+/// One chain, and what explains its absent links.
+struct Chain<'a> {
+    partition: i32,
+    epoch: &'a str,
+    /// Links below this may have been removed by retention.
+    expirable: i64,
+    letters: &'a crate::verify_dead_letters::DeadLettered,
+}
+
 /// Walks one chain from `start` (seq, prev) to its last digest in the range. The rows come
 /// in seq order from one query, so memory holds one link's rows and the next's, not the chain.
 async fn walk(
     db: &clickhouse::Client,
-    partition: i32,
-    epoch: &str,
+    chain: &Chain<'_>,
     (first, mut expected): (i64, String),
     digests: &[DigestRow],
-    expirable: i64,
     report: &mut Report,
 ) -> Result<()> {
+    let (partition, epoch, expirable) = (chain.partition, chain.epoch, chain.expirable);
     let last = digests.last().map_or(first - 1, |d| d.seq);
     report
         .walked
@@ -520,8 +528,33 @@ async fn walk(
                                     || is_resend(s, c)
                             })
                 });
-                match skip {
-                    Some(s) => {
+                // The row the ClickHouse sink would have stored, kept in its dead letter.
+                let lettered = chain.letters.rows(partition, epoch, seq).iter().find(|r| {
+                    r.chain_prev == expected
+                        && chain_hash_of(r, &content_digest(r), partition, epoch, seq)
+                            == r.chain_hash
+                });
+                match (skip, lettered) {
+                    (None, Some(row)) => {
+                        report.dead_lettered += 1;
+                        report.links_verified += 1;
+                        if report.keep_intact {
+                            report.intact.insert(
+                                (partition, epoch.to_string(), seq),
+                                IntactLink {
+                                    hash: row.chain_hash.clone(),
+                                    event_id: row.event_id.to_string(),
+                                    raw_offset: row.raw_offset,
+                                    event_type: Some(row.event_type.clone()),
+                                    enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64
+                                        / 1_000,
+                                },
+                            );
+                        }
+                        report.prove(row.event_id, &content_digest(row));
+                        expected = row.chain_hash.clone();
+                    }
+                    (Some(s), _) => {
                         report.skips += 1;
                         if report.keep_intact {
                             report.intact.insert(
@@ -538,7 +571,7 @@ async fn walk(
                         report.prove(s.event_id, &s.content_digest);
                         expected = s.hash.clone();
                     }
-                    None if seq < expirable => {
+                    (None, None) if seq < expirable => {
                         // Retention removed it. Its hash is what a digest signed for it, or
                         // what the next link names (proven by the next digest's head).
                         report.expired += 1;
@@ -552,7 +585,7 @@ async fn walk(
                             }
                         }
                     }
-                    None => {
+                    (None, None) => {
                         let next = rows.peek().await?;
                         report.findings.push(Finding::Deleted {
                             raw_partition: partition,

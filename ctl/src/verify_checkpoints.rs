@@ -779,6 +779,13 @@ impl<'k> Frontiers<'k> {
     }
 }
 
+/// What explains a link that is not stored, other than tampering.
+#[derive(Debug, Clone, Copy)]
+pub struct Explanations<'a> {
+    pub retention: Option<Retention>,
+    pub letters: &'a crate::verify_dead_letters::DeadLettered,
+}
+
 /// How far retention reaches: links enriched before `before_us` may have been removed.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -832,8 +839,9 @@ pub async fn verify(
     grace_us: i64,
     rows_in_range: u64,
     witnesses: &Witnesses<'_>,
-    retention: Option<Retention>,
+    explanations: Explanations<'_>,
 ) -> Result<CheckpointReport> {
+    let Explanations { retention, letters } = explanations;
     let mut report = CheckpointReport::default();
     let window =
         "WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
@@ -944,6 +952,20 @@ pub async fn verify(
             .fetch_all()
             .await
             .with_context(|| format!("reading the skips of chain {epoch}"))?;
+        // The sink's skips and its dead letters: contents of links that are no stored row.
+        let mut skips: Vec<LinkRow> =
+            skips
+                .into_iter()
+                .chain(letters.contents(*partition, epoch).into_iter().filter_map(
+                    |(seq, content)| {
+                        Some(LinkRow {
+                            seq: i64::try_from(seq).ok()?,
+                            content,
+                        })
+                    },
+                ))
+                .collect();
+        skips.sort_by_key(|s| s.seq);
         let mut skips = skips.into_iter().peekable();
         let mut cursor = db
             .query(

@@ -195,6 +195,8 @@ pub struct CloudWatchReport {
     pub verified: u64,
     /// Events whose link no digest covers yet.
     pub unsigned: u64,
+    /// Intact links CloudWatch lacks because its sink dead-lettered them (too large, refused).
+    pub dead_lettered: u64,
 }
 
 pub async fn client(settings: &CloudWatchSettings) -> Client {
@@ -271,6 +273,7 @@ pub async fn verify(
     clickhouse: &Report,
     from_us: i64,
     to_us: i64,
+    dead_lettered: &HashSet<(i32, String, i64)>,
 ) -> Result<CloudWatchReport> {
     let mut report = CloudWatchReport::default();
     let messages = read_group(client, group, witness_stream).await?;
@@ -357,6 +360,10 @@ pub async fn verify(
             continue;
         };
         if (from_us..=to_us).contains(&link.enriched_at_us) && !present.contains(key) {
+            if dead_lettered.contains(key) {
+                report.dead_lettered += 1;
+                continue;
+            }
             report.findings.push(CloudWatchFinding::Deleted {
                 stream_hint: format!("its type {event_type} is in stream {stream}"),
                 raw_partition: key.0,
