@@ -188,7 +188,29 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--to {t:?}: {e}"))?,
         None => Timestamp::now(),
     };
-    let keys = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
+    let configured = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
+    let (ring, bad_rotations) =
+        verify::follow_rotations(&verify::client(&settings.clickhouse), &configured).await?;
+    let keys = ring.public_keys();
+    let retired = ring.retirements();
+    let mut findings = 0;
+    for (r, why) in &bad_rotations {
+        println!(
+            "{}",
+            verify_checkpoints::CheckpointFinding::Rotation {
+                old_key_id: r.old_key_id.clone(),
+                new_key_id: r.new_key_id.clone(),
+                why: why.clone(),
+            }
+        );
+        findings += 1;
+    }
+    println!(
+        "Keys: {} configured, {} trusted through signed rotations, {} retired",
+        configured.len(),
+        keys.len() - configured.len(),
+        retired.len()
+    );
     let grace_us = i64::try_from(args.grace_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
     let retention = verify::VerifySettings {
         retention_days: args.retention_days.or(settings.verify.retention_days),
@@ -217,6 +239,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
     let explanations = verify_checkpoints::Explanations {
         retention,
         letters: &letters,
+        retired: &retired,
     };
     let started = std::time::Instant::now();
     let report = verify::verify_clickhouse(
@@ -229,7 +252,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         explanations,
     )
     .await?;
-    let mut findings = report.findings.len();
+    findings += report.findings.len();
     for f in &report.findings {
         println!("{f}");
     }

@@ -59,6 +59,10 @@ pub fn check(args: CheckProofArgs, settings: &Settings) -> Result<()> {
 
 pub async fn run(args: ProveArgs, settings: &Settings) -> Result<()> {
     let keys = verify::trusted_keys(&settings.verify.public_keys, &args.public_keys)?;
+    let keys = verify::follow_rotations(&verify::client(&settings.clickhouse), &keys)
+        .await?
+        .0
+        .public_keys();
     let db = verify::client(&settings.clickhouse);
     let (json, summary) = match (&args.event_id, &args.consistency) {
         (Some(id), None) => {

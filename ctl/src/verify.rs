@@ -19,6 +19,7 @@
 use crate::rule_impact::ClickHouseSettings;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
+use audit_schemas::chain::rotation::{KeyRotation, Keyring, ROTATION_TYPE};
 use audit_schemas::chain::{self, Digest};
 use audit_sink_clickhouse::encoder::{content_digest, ChainSkip, EventRow};
 use serde::{Deserialize, Serialize};
@@ -265,7 +266,9 @@ pub async fn verify_clickhouse(
     keep_intact: bool,
     explanations: crate::verify_checkpoints::Explanations<'_>,
 ) -> Result<Report> {
-    let crate::verify_checkpoints::Explanations { retention, letters } = explanations;
+    let crate::verify_checkpoints::Explanations {
+        retention, letters, ..
+    } = explanations;
     let db = client(&settings.clickhouse);
     let mut report = Report {
         keep_intact,
@@ -775,7 +778,7 @@ async fn find_inserted(
             "SELECT event_id, raw_partition, raw_offset, chain_epoch, chain_seq,
              toUnixTimestamp64Micro(enriched_at) AS enriched_us FROM events
              WHERE enriched_at >= fromUnixTimestamp64Micro(?)
-             AND event_type NOT IN ('audit.chain-digest', 'audit.chain-checkpoint')",
+             AND event_type NOT IN ('audit.chain-digest', 'audit.chain-checkpoint', 'audit.key-rotation')",
         )
         .bind(from_us)
         .fetch::<Placed>()?;
@@ -859,6 +862,51 @@ fn same_stored_event(a: &EventRow, b: &EventRow) -> bool {
         ..r.clone()
     };
     plain(a) == plain(b)
+}
+
+/// The trusted keys with every rotation stored in ClickHouse followed from them; the
+/// records that do not hold are returned with why (each a finding: only a ClickHouse writer
+/// stores one).
+pub async fn follow_rotations(
+    db: &clickhouse::Client,
+    configured: &HashMap<String, ed25519_dalek::VerifyingKey>,
+) -> Result<(Keyring, Vec<(KeyRotation, String)>)> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Params {
+        keys: Vec<String>,
+        values: Vec<String>,
+    }
+    let rows: Vec<Params> = db
+        .query(
+            "SELECT DISTINCT mapKeys(params) AS keys, mapValues(params) AS values FROM events
+             WHERE event_type = ?",
+        )
+        .bind(ROTATION_TYPE)
+        .fetch_all()
+        .await
+        .context("reading key rotation records")?;
+    let mut rotations = Vec::new();
+    let mut refused = Vec::new();
+    for Params { keys, values } in rows {
+        let params: BTreeMap<String, String> = keys.into_iter().zip(values).collect();
+        match KeyRotation::from_params(&params) {
+            Some(r) => rotations.push(r),
+            None => refused.push((
+                KeyRotation {
+                    old_key_id: params.get("old_key_id").cloned().unwrap_or_default(),
+                    new_key_id: params.get("new_key_id").cloned().unwrap_or_default(),
+                    new_public_key: String::new(),
+                    rotated_at: 0,
+                    old_signature: String::new(),
+                    new_signature: String::new(),
+                },
+                "its fields are missing or mistyped".to_string(),
+            )),
+        }
+    }
+    let (ring, more) = Keyring::follow(configured, &rotations);
+    refused.extend(more);
+    Ok((ring, refused))
 }
 
 /// The configured public keys, checked.

@@ -78,6 +78,21 @@ pub enum CheckpointFinding {
         event_id: String,
         columns: Vec<String>,
     },
+    /// A checkpoint signed with a key after a rotation retired it.
+    Retired {
+        raw_partition: i32,
+        epoch: String,
+        tree_size: u64,
+        key_id: String,
+        signed_at: i64,
+        retired_at: i64,
+    },
+    /// A rotation record that does not hold (forged, or from a key nobody trusts).
+    Rotation {
+        old_key_id: String,
+        new_key_id: String,
+        why: String,
+    },
     /// Stored peaks beside a checkpoint that do not fold to its signed root.
     Frontier {
         raw_partition: i32,
@@ -243,6 +258,25 @@ impl fmt::Display for CheckpointFinding {
                     format!("{} differ", columns.join(", "))
                 }
             ),
+            Self::Retired {
+                raw_partition,
+                epoch,
+                tree_size,
+                key_id,
+                signed_at,
+                retired_at,
+            } => write!(
+                f,
+                "RETIRED  checkpoint of raw partition {raw_partition}, chain {epoch} at size {tree_size}: signed with key {key_id:?} at {signed_at} us, after a rotation retired that key at {retired_at} us (a stolen old key, or an enricher still on it): it proves nothing"
+            ),
+            Self::Rotation {
+                old_key_id,
+                new_key_id,
+                why,
+            } => write!(
+                f,
+                "FORGED   key rotation from {old_key_id:?} to {new_key_id:?} stored in ClickHouse: {why}"
+            ),
             Self::Frontier {
                 raw_partition,
                 epoch,
@@ -331,16 +365,34 @@ pub fn judge_lists(
     context: &[Checkpoint],
     in_range: &[Checkpoint],
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
+    retired: &HashMap<String, i64>,
     grace_us: i64,
     findings: &mut Vec<CheckpointFinding>,
 ) -> Vec<Checkpoint> {
-    let valid = |c: &Checkpoint| keys.get(&c.key_id).is_some_and(|k| c.verify(k));
+    // A key's checkpoints count up to its rotation; one it signs later proves nothing.
+    let valid = |c: &Checkpoint| {
+        keys.get(&c.key_id).is_some_and(|k| c.verify(k))
+            && retired.get(&c.key_id).is_none_or(|t| c.signed_at <= *t)
+    };
     let mut ids: HashSet<(i32, String)> = HashSet::new();
     for c in context.iter().chain(in_range).filter(|c| valid(c)) {
         ids.insert((c.raw_partition, c.id()));
     }
     let mut good = Vec::new();
     for c in in_range {
+        if let Some(&retired_at) = retired.get(&c.key_id).filter(|t| c.signed_at > **t) {
+            if keys.get(&c.key_id).is_some_and(|k| c.verify(k)) {
+                findings.push(CheckpointFinding::Retired {
+                    raw_partition: c.raw_partition,
+                    epoch: c.epoch.clone(),
+                    tree_size: c.tree_size,
+                    key_id: c.key_id.clone(),
+                    signed_at: c.signed_at,
+                    retired_at,
+                });
+                continue;
+            }
+        }
         if !valid(c) {
             findings.push(CheckpointFinding::Forged {
                 raw_partition: c.raw_partition,
@@ -784,6 +836,8 @@ impl<'k> Frontiers<'k> {
 pub struct Explanations<'a> {
     pub retention: Option<Retention>,
     pub letters: &'a crate::verify_dead_letters::DeadLettered,
+    /// Keys a rotation retired, and when: what they sign later is no explanation of anything.
+    pub retired: &'a HashMap<String, i64>,
 }
 
 /// How far retention reaches: links enriched before `before_us` may have been removed.
@@ -841,7 +895,11 @@ pub async fn verify(
     witnesses: &Witnesses<'_>,
     explanations: Explanations<'_>,
 ) -> Result<CheckpointReport> {
-    let Explanations { retention, letters } = explanations;
+    let Explanations {
+        retention,
+        letters,
+        retired,
+    } = explanations;
     let mut report = CheckpointReport::default();
     let window =
         "WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
@@ -873,7 +931,14 @@ pub async fn verify(
         .await?;
         context.extend(older);
     }
-    let valid = judge_lists(&context, &in_range, keys, grace_us, &mut report.findings);
+    let valid = judge_lists(
+        &context,
+        &in_range,
+        keys,
+        retired,
+        grace_us,
+        &mut report.findings,
+    );
     report.checkpoints = valid.len() as u64;
     if valid.is_empty() && rows_in_range > 0 {
         report.findings.push(CheckpointFinding::NothingProven {
@@ -1419,6 +1484,24 @@ mod tests {
     }
 
     #[test]
+    fn what_a_key_signs_after_its_rotation_proves_nothing() {
+        let all = contents(4);
+        let cps = list(0, "e", &all, &[1, 2, 3, 4], 0);
+        let retired = HashMap::from([("k1".to_string(), 1_500_000)]);
+        let mut findings = Vec::new();
+        let good = judge_lists(&[], &cps, &keys(), &retired, 120_000_000, &mut findings);
+        assert_eq!(good.len(), 2, "signed at 0 s and 1 s, before the rotation");
+        assert_eq!(
+            findings
+                .iter()
+                .filter(|f| matches!(f, CheckpointFinding::Retired { retired_at: 1_500_000, .. }))
+                .count(),
+            2,
+            "{findings:?}"
+        );
+    }
+
+    #[test]
     fn a_second_content_at_one_link_is_a_conflict() {
         let all = contents(4);
         let mut s = stored(&all);
@@ -1443,7 +1526,14 @@ mod tests {
             .filter(|(i, _)| *i != 2)
             .map(|(_, c)| c.clone())
             .collect();
-        judge_lists(&[], &kept, &keys(), 120_000_000, &mut findings);
+        judge_lists(
+            &[],
+            &kept,
+            &keys(),
+            &HashMap::new(),
+            120_000_000,
+            &mut findings,
+        );
         assert_eq!(
             findings,
             vec![CheckpointFinding::Missing {
@@ -1454,7 +1544,14 @@ mod tests {
             }]
         );
         let mut findings = Vec::new();
-        judge_lists(&[], &cps, &keys(), 120_000_000, &mut findings);
+        judge_lists(
+            &[],
+            &cps,
+            &keys(),
+            &HashMap::new(),
+            120_000_000,
+            &mut findings,
+        );
         assert_eq!(findings, vec![], "the whole list is clean");
     }
 
@@ -1464,14 +1561,22 @@ mod tests {
         let mut cps = list(0, "e", &all, &[1, 2], 0);
         cps[1].root = cps[0].root.clone();
         let mut findings = Vec::new();
-        let good = judge_lists(&[], &cps, &keys(), 1, &mut findings);
+        let good = judge_lists(&[], &cps, &keys(), &HashMap::new(), 1, &mut findings);
         assert_eq!(good.len(), 1);
         assert!(matches!(
             findings[0],
             CheckpointFinding::Forged { tree_size: 2, .. }
         ));
         let mut findings = Vec::new();
-        assert!(judge_lists(&[], &cps[..1], &HashMap::new(), 1, &mut findings).is_empty());
+        assert!(judge_lists(
+            &[],
+            &cps[..1],
+            &HashMap::new(),
+            &HashMap::new(),
+            1,
+            &mut findings
+        )
+        .is_empty());
         assert_eq!(findings.len(), 1);
     }
 
@@ -1482,7 +1587,14 @@ mod tests {
         let other = list(1, "b", &all, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3], 0);
         cps.extend(other);
         let mut findings = Vec::new();
-        judge_lists(&[], &cps, &keys(), 5_000_000, &mut findings);
+        judge_lists(
+            &[],
+            &cps,
+            &keys(),
+            &HashMap::new(),
+            5_000_000,
+            &mut findings,
+        );
         assert_eq!(
             findings,
             vec![CheckpointFinding::Truncated {
@@ -1492,7 +1604,14 @@ mod tests {
             }]
         );
         let mut findings = Vec::new();
-        judge_lists(&[], &cps, &keys(), 8_000_000, &mut findings);
+        judge_lists(
+            &[],
+            &cps,
+            &keys(),
+            &HashMap::new(),
+            8_000_000,
+            &mut findings,
+        );
         assert_eq!(findings, vec![], "within the grace");
     }
 

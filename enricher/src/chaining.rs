@@ -326,6 +326,23 @@ pub fn checkpoint_event(stated: &Stated, now: Timestamp) -> EnrichedAuditEvent {
     )
 }
 
+/// A key rotation as the event the sinks store (`audit.key-rotation`); its event id is derived
+/// from the record, so publishing it twice is one event.
+pub fn rotation_event(r: &chain::rotation::KeyRotation, now: Timestamp) -> EnrichedAuditEvent {
+    bookkeeping_event(
+        chain::rotation::ROTATION_TYPE,
+        &format!("key-rotation\n{}", r.id()),
+        r.to_params(),
+        format!(
+            "chain signing key {} retires at {} us in favour of {}",
+            r.old_key_id, r.rotated_at, r.new_key_id
+        ),
+        -1,
+        "",
+        now,
+    )
+}
+
 fn bookkeeping_event(
     event_type: &'static str,
     id_name: &str,

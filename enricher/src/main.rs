@@ -57,6 +57,74 @@ enum Command {
     /// Print the public key of chain.signing_key (base64), for `auditctl verify`'s
     /// verify.public_keys.
     PublicKey,
+    /// Hand the chain's signing over from a retiring key to chain.signing_key (or
+    /// chain.signing_key_file): a rotation record signed by both keys is published to the
+    /// enriched topic, where the sinks store it, and printed. `auditctl verify` follows it from
+    /// the old key on (verifiers need not be told the new key) and names every checkpoint the
+    /// old key signs after --at. Restart every enricher on the new key before --at, then
+    /// destroy the old key.
+    ///
+    /// Example: audit-enricher rotate-key --previous-key-id enricher-2025 --previous-key-file /run/secrets/chain-key-2025 --at 2026-12-08T00:00:00Z
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RotateKeyArgs {
+    /// The retiring key's id, as its checkpoints carry it.
+    #[arg(long)]
+    previous_key_id: String,
+    /// A file holding the retiring key's base64 seed.
+    #[arg(long, value_name = "FILE")]
+    previous_key_file: PathBuf,
+    /// When the old key retires (RFC 3339; default now): it must sign nothing after this.
+    #[arg(long)]
+    at: Option<String>,
+}
+
+/// Signs and publishes one rotation record; see [`Command::RotateKey`].
+async fn rotate_key(
+    settings: &Settings,
+    new: audit_schemas::chain::SigningKey,
+    args: RotateKeyArgs,
+) -> Result<()> {
+    use audit_schemas::chain::rotation::KeyRotation;
+    use audit_schemas::{AvroRecord, Timestamp};
+    let seed = std::fs::read_to_string(&args.previous_key_file)
+        .with_context(|| format!("--previous-key-file {}", args.previous_key_file.display()))?;
+    let old =
+        audit_schemas::chain::SigningKey::from_seed_b64(&args.previous_key_id, seed.trim())
+            .with_context(|| format!("--previous-key-file {}", args.previous_key_file.display()))?;
+    anyhow::ensure!(
+        old.id != new.id,
+        "the new key (chain.key_id) and --previous-key-id are both {:?}: give the new key its own id",
+        new.id
+    );
+    let at = match &args.at {
+        Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--at {t:?}: {e}"))?,
+        None => Timestamp::now(),
+    };
+    let rotation = KeyRotation::sign(&old, &new, at.as_micros());
+    let event = audit_enricher::chaining::rotation_event(&rotation, Timestamp::now());
+    let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-enricher-rotate-key")?;
+    let topic = &settings.topics.enriched.name;
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(audit_schemas::chain::rotation::ROTATION_TYPE)
+                .payload(&event.encode()?),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("publishing the rotation record to {topic}"))?;
+    println!("{}", serde_json::to_string(&rotation)?);
+    eprintln!(
+        "published to {topic}: key {:?} retires at {} in favour of {:?}",
+        old.id,
+        at.to_rfc3339(),
+        new.id
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -87,6 +155,12 @@ async fn run(cli: Cli) -> Result<()> {
         };
         println!("{} {}", key.id, key.public_b64());
         return Ok(());
+    }
+    if let Command::RotateKey(args) = cli.command {
+        let Some(key) = signer else {
+            anyhow::bail!("neither chain.signing_key nor chain.signing_key_file is set: set the new key there");
+        };
+        return rotate_key(&settings, key, args).await;
     }
     audit_runtime::telemetry::init(&settings.log)?;
     let shutdown = Shutdown::on_signals();

@@ -33,6 +33,7 @@ pub mod content;
 pub mod leaf;
 pub mod merkle;
 pub mod proof;
+pub mod rotation;
 
 /// The event type of digests; reserved, not chained, not dropped.
 pub const DIGEST_TYPE: &str = "audit.chain-digest";

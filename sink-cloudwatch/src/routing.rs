@@ -126,6 +126,7 @@ impl Routes {
         if event_type == audit_schemas::drops::SUMMARY_TYPE
             || event_type == audit_schemas::chain::DIGEST_TYPE
             || event_type == audit_schemas::chain::checkpoint::CHECKPOINT_TYPE
+            || event_type == audit_schemas::chain::rotation::ROTATION_TYPE
         {
             return self.exact.get(event_type).map(String::as_str);
         }
