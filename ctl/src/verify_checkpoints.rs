@@ -1494,7 +1494,13 @@ mod tests {
         assert_eq!(
             findings
                 .iter()
-                .filter(|f| matches!(f, CheckpointFinding::Retired { retired_at: 1_500_000, .. }))
+                .filter(|f| matches!(
+                    f,
+                    CheckpointFinding::Retired {
+                        retired_at: 1_500_000,
+                        ..
+                    }
+                ))
                 .count(),
             2,
             "{findings:?}"
