@@ -180,30 +180,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Runs `a` here and `b` on a thread of its own, both to completion. Polled in one task they
-/// would share one core; `b` makes its own connections, as a runtime's are its own.
-fn side_by_side<A: Send, B: Send>(
-    a: impl std::future::Future<Output = A> + Send,
-    b: impl std::future::Future<Output = Result<B>> + Send,
-) -> (A, Result<B>) {
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("starting a runtime for the v2 check: {e}"))?
-                    .block_on(b)
-            });
-            let here = tokio::runtime::Handle::current().block_on(a);
-            let there = other
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the v2 check panicked")));
-            (here, there)
-        })
-    })
-}
-
 async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<()> {
     use audit_schemas::Timestamp;
     let from = Timestamp::parse_rfc3339(&args.from)
@@ -265,6 +241,37 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         letters: &letters,
         retired: &retired,
     };
+    let started = std::time::Instant::now();
+    let report = verify::verify_clickhouse(
+        settings,
+        &keys,
+        from.as_micros(),
+        to.as_micros(),
+        grace_us,
+        group.is_some(),
+        explanations,
+    )
+    .await?;
+    findings += report.findings.len();
+    for f in &report.findings {
+        println!("{f}");
+    }
+    println!(
+        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice, {} expired, {} only in the ClickHouse sink's dead letters), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
+        report.links_verified,
+        report.chains,
+        report.digests,
+        report.skips,
+        report.duplicates,
+        report.expired,
+        report.dead_lettered,
+        report.unsigned,
+        report.unsigned_stale,
+        args.grace_seconds,
+        report.findings.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let started = std::time::Instant::now();
     let mut state = match &args.state {
         Some(path) => Some(verify_state::State::load(path, &keys)?),
         None => None,
@@ -294,67 +301,21 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
         }
         _ => None,
     };
-    let witnesses = verify_checkpoints::Witnesses {
-        state: &witnessed,
-        cloudwatch: witness
-            .as_ref()
-            .map(|(stream, w)| (*stream, w.checkpoints.as_slice())),
-    };
-    // v1 and v2 each read and hash every row: side by side they take a core each.
-    let (report, v2) = side_by_side(
-        async {
-            let started = std::time::Instant::now();
-            let r = verify::verify_clickhouse(
-                settings,
-                &keys,
-                from.as_micros(),
-                to.as_micros(),
-                grace_us,
-                group.is_some(),
-                explanations,
-            )
-            .await;
-            r.map(|r| (r, started.elapsed()))
+    let v2 = verify_checkpoints::verify(
+        &verify::client(&settings.clickhouse),
+        &keys,
+        (from.as_micros(), to.as_micros()),
+        grace_us,
+        report.rows,
+        &verify_checkpoints::Witnesses {
+            state: &witnessed,
+            cloudwatch: witness
+                .as_ref()
+                .map(|(stream, w)| (*stream, w.checkpoints.as_slice())),
         },
-        async {
-            let started = std::time::Instant::now();
-            let r = verify_checkpoints::verify(
-                &verify::client(&settings.clickhouse),
-                &keys,
-                (from.as_micros(), to.as_micros()),
-                grace_us,
-                &witnesses,
-                explanations,
-            )
-            .await;
-            r.map(|r| (r, started.elapsed()))
-        },
-    );
-    let (report, v1_took) = report?;
-    let (mut v2, v2_took) = v2?;
-    if v2.checkpoints == 0 && report.rows > 0 {
-        v2.findings
-            .push(verify_checkpoints::CheckpointFinding::NothingProven { rows: report.rows });
-    }
-    findings += report.findings.len();
-    for f in &report.findings {
-        println!("{f}");
-    }
-    println!(
-        "ClickHouse: {} links verified in {} chains against {} signed digests ({} duplicates left out by the sink, {} exact copies stored twice, {} expired, {} only in the ClickHouse sink's dead letters), {} rows not yet under a digest ({} of them older than the {} s grace and unexplained); {} findings; {:.1} s",
-        report.links_verified,
-        report.chains,
-        report.digests,
-        report.skips,
-        report.duplicates,
-        report.expired,
-        report.dead_lettered,
-        report.unsigned,
-        report.unsigned_stale,
-        args.grace_seconds,
-        report.findings.len(),
-        v1_took.as_secs_f64()
-    );
+        explanations,
+    )
+    .await?;
     for f in &v2.findings {
         println!("{f}");
     }
@@ -372,7 +333,7 @@ async fn run_verify(args: VerifyArgs, settings: &settings::Settings) -> Result<(
             ),
         },
         v2.findings.len(),
-        v2_took.as_secs_f64()
+        started.elapsed().as_secs_f64()
     );
     findings += v2.findings.len();
     let started = std::time::Instant::now();

@@ -891,6 +891,7 @@ pub async fn verify(
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
     (from_us, to_us): (i64, i64),
     grace_us: i64,
+    rows_in_range: u64,
     witnesses: &Witnesses<'_>,
     explanations: Explanations<'_>,
 ) -> Result<CheckpointReport> {
@@ -939,6 +940,11 @@ pub async fn verify(
         &mut report.findings,
     );
     report.checkpoints = valid.len() as u64;
+    if valid.is_empty() && rows_in_range > 0 {
+        report.findings.push(CheckpointFinding::NothingProven {
+            rows: rows_in_range,
+        });
+    }
     for w in witnesses.state {
         let stored = read_one(db, w).await?;
         if stored.as_ref() == Some(w) {
