@@ -93,6 +93,13 @@ pub enum CheckpointFinding {
         new_key_id: String,
         why: String,
     },
+    /// Links above the retention horizon that no stored frontier lets the walk reach.
+    Unprovable {
+        raw_partition: i32,
+        epoch: String,
+        first: u64,
+        end: u64,
+    },
     /// Stored peaks beside a checkpoint that do not fold to its signed root.
     Frontier {
         raw_partition: i32,
@@ -277,6 +284,15 @@ impl fmt::Display for CheckpointFinding {
                 f,
                 "FORGED   key rotation from {old_key_id:?} to {new_key_id:?} stored in ClickHouse: {why}"
             ),
+            Self::Unprovable {
+                raw_partition,
+                epoch,
+                first,
+                end,
+            } => write!(
+                f,
+                "UNSIGNED raw partition {raw_partition}: chain {epoch}'s links {first}..{end}, above the retention horizon, cannot be proven: no stored frontier follows the expired links (chain_frontiers rows deleted, or checkpoints from before frontiers were kept)"
+            ),
             Self::Frontier {
                 raw_partition,
                 epoch,
@@ -453,6 +469,9 @@ pub struct RootCheck<'a> {
     expirable: u64,
     expired: u64,
     unproven: u64,
+    /// Stored links above the horizon the walk could not prove (no frontier after a gap).
+    unprovable: Option<(u64, u64)>,
+    unproven_above: u64,
     /// The tree size of the last signed root that matched.
     matched: u64,
     /// The link being gathered (seq, distinct contents).
@@ -492,6 +511,8 @@ impl<'a> RootCheck<'a> {
             expirable: 0,
             expired: 0,
             unproven: 0,
+            unprovable: None,
+            unproven_above: 0,
             matched: 0,
             pending: None,
             altered: false,
@@ -612,7 +633,15 @@ impl<'a> RootCheck<'a> {
         };
         if !self.synced {
             if content.is_some() {
-                self.unproven += 1;
+                if seq < self.expirable {
+                    self.unproven += 1;
+                } else {
+                    // Above the horizon every link must be proven: no frontier took the walk
+                    // on after the expired ones.
+                    let (first, _) = *self.unprovable.get_or_insert((seq, seq));
+                    self.unprovable = Some((first, seq + 1));
+                    self.unproven_above += 1;
+                }
             }
             return;
         }
@@ -654,8 +683,16 @@ impl<'a> RootCheck<'a> {
         self.flush(findings);
         let end = self.end();
         self.absent_until(end, findings);
+        if let Some((first, end)) = self.unprovable {
+            findings.push(CheckpointFinding::Unprovable {
+                raw_partition: self.raw_partition,
+                epoch: self.epoch.to_string(),
+                first,
+                end,
+            });
+        }
         Walked {
-            links: self.next - self.expired - self.unproven,
+            links: self.next - self.expired - self.unproven - self.unproven_above,
             expired: self.expired,
             unproven: self.unproven,
         }
@@ -749,21 +786,33 @@ impl FrontierRow {
 }
 
 /// One chain's stored frontiers below its retention horizon, in size order, offered to the
-/// walk as it passes each size.
+/// walk as it passes each size. Only sizes from the chain's first stored link on are read: a
+/// walk resumes after a gap, and there is none before the first stored link it could resume
+/// into. (Read whole, not streamed beside the links' cursor.)
 struct Frontiers<'k> {
-    cursor: clickhouse::query::RowCursor<FrontierRow>,
-    read: Option<FrontierRow>,
+    rows: std::iter::Peekable<std::vec::IntoIter<FrontierRow>>,
     keys: &'k HashMap<String, ed25519_dalek::VerifyingKey>,
 }
 
 impl<'k> Frontiers<'k> {
-    fn open(
+    async fn load(
         db: &clickhouse::Client,
         keys: &'k HashMap<String, ed25519_dalek::VerifyingKey>,
         (partition, epoch): (i32, &str),
         upto: u64,
     ) -> Result<Self> {
-        let cursor = db
+        let first: i64 = db
+            .query(
+                "SELECT toInt64(ifNull(min(chain_seq), -1)) FROM events
+                 WHERE raw_partition = ? AND chain_epoch = ? AND chain_seq >= 0",
+            )
+            .bind(partition)
+            .bind(epoch)
+            .fetch_one()
+            .await
+            .with_context(|| format!("reading the first stored link of chain {epoch}"))?;
+        let from = u64::try_from(first).unwrap_or(0);
+        let rows: Vec<FrontierRow> = db
             .query(
                 "SELECT f.peaks AS peaks, c.raw_partition AS raw_partition, c.epoch AS epoch,
                         c.tree_size AS tree_size, c.root AS root,
@@ -772,13 +821,13 @@ impl<'k> Frontiers<'k> {
                         c.signature AS signature
                  FROM (SELECT DISTINCT raw_partition, epoch, tree_size, root, peaks
                        FROM chain_frontiers
-                       WHERE raw_partition = ? AND epoch = ? AND tree_size <= ?) AS f
+                       WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?) AS f
                  INNER JOIN (SELECT raw_partition, epoch, tree_size, root, raw_offset_start,
                                     raw_offset_end, prev,
                                     toUnixTimestamp64Micro(signed_at) AS signed_us, key_id,
                                     signature
                              FROM chain_checkpoints
-                             WHERE raw_partition = ? AND epoch = ? AND tree_size <= ?
+                             WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?
                              ORDER BY signed_at LIMIT 1 BY tree_size, root) AS c
                  ON c.raw_partition = f.raw_partition AND c.epoch = f.epoch
                     AND c.tree_size = f.tree_size AND c.root = f.root
@@ -786,37 +835,29 @@ impl<'k> Frontiers<'k> {
             )
             .bind(partition)
             .bind(epoch)
+            .bind(from)
             .bind(upto)
             .bind(partition)
             .bind(epoch)
+            .bind(from)
             .bind(upto)
-            .fetch::<FrontierRow>()
+            .fetch_all()
+            .await
             .with_context(|| format!("reading the frontiers of chain {epoch}"))?;
         Ok(Self {
-            cursor,
-            read: None,
+            rows: rows.into_iter().peekable(),
             keys,
         })
     }
 
     /// Offers every frontier of size at most `upto` (all links below it were pushed).
-    async fn offer_upto(
+    fn offer_upto(
         &mut self,
         upto: u64,
         check: &mut RootCheck<'_>,
         findings: &mut Vec<CheckpointFinding>,
-    ) -> Result<()> {
-        loop {
-            if self.read.is_none() {
-                self.read = self
-                    .cursor
-                    .next()
-                    .await
-                    .context("reading chain_frontiers")?;
-            }
-            let Some(row) = self.read.take_if(|r| r.tree_size <= upto) else {
-                return Ok(());
-            };
+    ) {
+        while let Some(row) = self.rows.next_if(|r| r.tree_size <= upto) {
             let keys = self.keys;
             check.offer(
                 row.tree_size,
@@ -847,10 +888,13 @@ pub struct Retention {
 }
 
 /// The seq below which one chain's links may have expired: the size of its oldest valid
-/// checkpoint signed a grace after the retention cut (a later link was linked after that
-/// checkpoint, so after the cut; the grace covers the enricher's wait for the broker and the
-/// clocks of the enricher and ClickHouse). With no such checkpoint, the whole chain may be
-/// gone.
+/// checkpoint C signed a grace after the retention cut (a later link was linked after C was
+/// signed, so after the cut; the grace covers the enricher's wait for the broker and the
+/// clocks of the enricher and ClickHouse). C counts only when the checkpoint it names is
+/// stored, valid and of the same chain: C is then not an epoch's first (whose links were all
+/// made after the cut), and no run of checkpoints after the cut was deleted to move the
+/// horizon on. Otherwise nothing may have expired. With no checkpoint after the cut, the
+/// whole chain is older and may be gone.
 async fn expirable(
     db: &clickhouse::Client,
     keys: &HashMap<String, ed25519_dalek::VerifyingKey>,
@@ -859,24 +903,41 @@ async fn expirable(
     grace_us: i64,
     end: u64,
 ) -> Result<u64> {
-    let mut cursor = db
-        .query(&format!(
+    let valid = |c: &Checkpoint| keys.get(&c.key_id).is_some_and(|k| c.verify(k));
+    let cut = retention.before_us.saturating_add(grace_us);
+    let read = |tail: &'static str| {
+        db.query(&format!(
             "SELECT {COLUMNS} FROM chain_checkpoints
-             WHERE raw_partition = ? AND epoch = ? AND signed_at >= fromUnixTimestamp64Micro(?)
-             ORDER BY signed_at"
+             WHERE raw_partition = ? AND epoch = ? AND {tail}"
         ))
         .bind(partition)
         .bind(epoch)
-        .bind(retention.before_us.saturating_add(grace_us))
+        .bind(cut)
+    };
+    let mut after = read("signed_at >= fromUnixTimestamp64Micro(?) ORDER BY signed_at")
         .fetch::<CheckpointRow>()
         .with_context(|| format!("reading the checkpoints of chain {epoch}"))?;
-    while let Some(row) = cursor.next().await? {
-        let c = Checkpoint::from(row);
-        if keys.get(&c.key_id).is_some_and(|k| c.verify(k)) {
-            return Ok(c.tree_size.min(end));
+    let horizon = loop {
+        match after.next().await? {
+            None => return Ok(end),
+            Some(row) => {
+                let c = Checkpoint::from(row);
+                if valid(&c) {
+                    break c;
+                }
+            }
         }
-    }
-    Ok(end)
+    };
+    let before: Vec<CheckpointRow> =
+        read("signed_at < fromUnixTimestamp64Micro(?) ORDER BY signed_at DESC LIMIT 16")
+            .fetch_all()
+            .await
+            .with_context(|| format!("reading the checkpoints of chain {epoch}"))?;
+    let named = before
+        .into_iter()
+        .map(Checkpoint::from)
+        .any(|c| c.id() == horizon.prev && valid(&c));
+    Ok(if named { horizon.tree_size.min(end) } else { 0 })
 }
 
 /// Checks the checkpoints signed in `[from_us, to_us]` and the links under them.
@@ -1002,7 +1063,7 @@ pub async fn verify(
             .await?;
             check = check.expiring_below(below);
             if below > 0 {
-                frontiers = Some(Frontiers::open(db, keys, (*partition, epoch), below)?);
+                frontiers = Some(Frontiers::load(db, keys, (*partition, epoch), below).await?);
             }
         }
         let end = i64::try_from(check.end()).unwrap_or(i64::MAX);
@@ -1050,13 +1111,13 @@ pub async fn verify(
             while let Some(skip) = skips.next_if(|s| s.seq <= row.chain_seq) {
                 if let Ok(s) = u64::try_from(skip.seq) {
                     if let Some(f) = &mut frontiers {
-                        f.offer_upto(s, &mut check, &mut report.findings).await?;
+                        f.offer_upto(s, &mut check, &mut report.findings);
                     }
                     check.push(s, skip.content, &mut report.findings);
                 }
             }
             if let Some(f) = &mut frontiers {
-                f.offer_upto(seq, &mut check, &mut report.findings).await?;
+                f.offer_upto(seq, &mut check, &mut report.findings);
             }
             match verify_columns::check(&row) {
                 verify_columns::ColumnCheck::Differ(columns) => {
@@ -1088,14 +1149,13 @@ pub async fn verify(
         for skip in skips {
             if let Ok(s) = u64::try_from(skip.seq) {
                 if let Some(f) = &mut frontiers {
-                    f.offer_upto(s, &mut check, &mut report.findings).await?;
+                    f.offer_upto(s, &mut check, &mut report.findings);
                 }
                 check.push(s, skip.content, &mut report.findings);
             }
         }
         if let Some(f) = &mut frontiers {
-            f.offer_upto(u64::MAX, &mut check, &mut report.findings)
-                .await?;
+            f.offer_upto(u64::MAX, &mut check, &mut report.findings);
         }
         let walked = check.finish(&mut report.findings);
         report.links += walked.links;
@@ -1432,7 +1492,20 @@ mod tests {
         let (f, w) = check_retained(&all, &kept, &sizes, 4, &offers);
         assert_eq!((f.len(), w.links, w.unproven), (0, 8, 0));
         // No frontier at 4: links 4..7 are unproven until the one at 7.
+        // Those are above the horizon, so they had to be proven: a finding.
         let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 4, &[(7, true)]);
+        assert_eq!(
+            f,
+            vec![CheckpointFinding::Unprovable {
+                raw_partition: 0,
+                epoch: "e".into(),
+                first: 4,
+                end: 7
+            }]
+        );
+        assert_eq!((w.links, w.expired), (3, 4));
+        // Below the horizon they are only counted.
+        let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 7, &[(7, true)]);
         assert_eq!(f, vec![]);
         assert_eq!((w.links, w.expired, w.unproven), (3, 4, 3));
     }
@@ -1471,13 +1544,21 @@ mod tests {
         let (f, w) = check_retained(&all, &stored(&all)[4..], &sizes, 4, &[(4, false)]);
         assert_eq!(
             f,
-            vec![CheckpointFinding::Frontier {
-                raw_partition: 0,
-                epoch: "e".into(),
-                tree_size: 4
-            }]
+            vec![
+                CheckpointFinding::Frontier {
+                    raw_partition: 0,
+                    epoch: "e".into(),
+                    tree_size: 4
+                },
+                CheckpointFinding::Unprovable {
+                    raw_partition: 0,
+                    epoch: "e".into(),
+                    first: 4,
+                    end: 10
+                }
+            ]
         );
-        assert_eq!((w.links, w.unproven), (0, 6));
+        assert_eq!(w.links, 0);
         // Without retention the same gap is a deletion.
         let (f, _) = check_retained(&all, &stored(&all)[4..], &sizes, 0, &offers);
         assert_eq!(f.len(), 4, "{f:?}");

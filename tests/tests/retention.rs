@@ -64,6 +64,10 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
         ch.query(&format!("OPTIMIZE TABLE {table} FINAL"))
             .execute()
             .await?;
+        // Held there: a TTL of seconds would go on to remove the new batch while we look.
+        ch.query(&format!("ALTER TABLE {table} REMOVE TTL"))
+            .execute()
+            .await?;
     }
     let left: u64 = ch
         .query("SELECT count() FROM events WHERE event_type = 'log'")
@@ -142,6 +146,22 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
     assert!(
         !ok && out.contains("the frontier stored for chain"),
         "a changed frontier is named:\n{out}"
+    );
+
+    // Every frontier deleted: what follows the expired links is not taken as proven.
+    ch.query("ALTER TABLE chain_frontiers DELETE WHERE 1 SETTINGS mutations_sync = 2")
+        .execute()
+        .await?;
+    let days = retention(1.0);
+    let (ok, out) = p.verify_with(
+        &from,
+        &to,
+        false,
+        &["--grace-seconds", "1", "--retention-days", &days],
+    )?;
+    assert!(
+        !ok && out.contains("above the retention horizon, cannot be proven"),
+        "links nothing proves any more are a finding:\n{out}"
     );
     Ok(())
 }
