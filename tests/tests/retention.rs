@@ -163,5 +163,31 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
         !ok && out.contains("above the retention horizon, cannot be proven"),
         "links nothing proves any more are a finding:\n{out}"
     );
+    assert!(!out.contains("link 0, under a signed checkpoint"), "{out}");
+
+    // Checkpoints just after the cut deleted, to move the horizon on (and with it what may
+    // read as expired): the checkpoint that is now oldest names one that is gone, so nothing
+    // counts as expired, and the old links read as deleted again.
+    let cut_us = i64::try_from(cut.duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
+    ch.query(
+        "ALTER TABLE chain_checkpoints DELETE
+         WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
+         SETTINGS mutations_sync = 2",
+    )
+    .bind(cut_us)
+    .bind(cut_us + 3_000_000)
+    .execute()
+    .await?;
+    let days = retention(1.0);
+    let (ok, out) = p.verify_with(
+        &from,
+        &to,
+        false,
+        &["--grace-seconds", "1", "--retention-days", &days],
+    )?;
+    assert!(
+        !ok && out.contains("link 0, under a signed checkpoint, is not stored"),
+        "a horizon moved by deleting checkpoints explains nothing:\n{out}"
+    );
     Ok(())
 }
