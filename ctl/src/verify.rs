@@ -194,6 +194,18 @@ pub struct Report {
 
 impl Report {
     /// Records that an intact link holds `event_id` with the content digest `digest` (hex).
+    /// Keeps an intact link for the CloudWatch check, when one follows.
+    fn keep(
+        &mut self,
+        (partition, epoch, seq): (i32, &str, i64),
+        link: impl FnOnce() -> IntactLink,
+    ) {
+        if self.keep_intact {
+            self.intact
+                .insert((partition, epoch.to_string(), seq), link());
+        }
+    }
+
     fn prove(&mut self, event_id: uuid::Uuid, digest: &str) {
         let digests = self.proven.entry(event_id).or_default();
         let d = hex_digest(digest).unwrap_or([0; 32]);
@@ -212,6 +224,18 @@ pub struct IntactLink {
     /// `None` for a link the sink left out as a duplicate (its stored copy is elsewhere).
     pub event_type: Option<String>,
     pub enriched_at_us: i64,
+}
+
+impl IntactLink {
+    fn of(row: &EventRow) -> Self {
+        Self {
+            hash: row.chain_hash.clone(),
+            event_id: row.event_id.to_string(),
+            raw_offset: row.raw_offset,
+            event_type: Some(row.event_type.clone()),
+            enriched_at_us: (row.enriched_at.unix_timestamp_nanos() / 1_000) as i64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]
@@ -463,18 +487,7 @@ async fn walk(
         match intact {
             Some((row, digest)) => {
                 report.links_verified += 1;
-                if report.keep_intact {
-                    report.intact.insert(
-                        (partition, epoch.to_string(), seq),
-                        IntactLink {
-                            hash: row.chain_hash.clone(),
-                            event_id: row.event_id.to_string(),
-                            raw_offset: row.raw_offset,
-                            event_type: Some(row.event_type.clone()),
-                            enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64 / 1_000,
-                        },
-                    );
-                }
+                report.keep((partition, epoch, seq), || IntactLink::of(row));
                 report.prove(row.event_id, &digest);
                 // Every other row at the link: an exact copy is counted; a copy of the event
                 // with other content (same id and link kept) is altered; another event is
@@ -541,36 +554,19 @@ async fn walk(
                     (None, Some(row)) => {
                         report.dead_lettered += 1;
                         report.links_verified += 1;
-                        if report.keep_intact {
-                            report.intact.insert(
-                                (partition, epoch.to_string(), seq),
-                                IntactLink {
-                                    hash: row.chain_hash.clone(),
-                                    event_id: row.event_id.to_string(),
-                                    raw_offset: row.raw_offset,
-                                    event_type: Some(row.event_type.clone()),
-                                    enriched_at_us: row.enriched_at.unix_timestamp_nanos() as i64
-                                        / 1_000,
-                                },
-                            );
-                        }
+                        report.keep((partition, epoch, seq), || IntactLink::of(row));
                         report.prove(row.event_id, &content_digest(row));
                         expected = row.chain_hash.clone();
                     }
                     (Some(s), _) => {
                         report.skips += 1;
-                        if report.keep_intact {
-                            report.intact.insert(
-                                (partition, epoch.to_string(), seq),
-                                IntactLink {
-                                    hash: s.hash.clone(),
-                                    event_id: s.event_id.to_string(),
-                                    raw_offset: -1,
-                                    event_type: None,
-                                    enriched_at_us: 0,
-                                },
-                            );
-                        }
+                        report.keep((partition, epoch, seq), || IntactLink {
+                            hash: s.hash.clone(),
+                            event_id: s.event_id.to_string(),
+                            raw_offset: -1,
+                            event_type: None,
+                            enriched_at_us: 0,
+                        });
                         report.prove(s.event_id, &s.content_digest);
                         expected = s.hash.clone();
                     }

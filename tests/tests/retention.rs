@@ -45,7 +45,7 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
     // An idle stretch (checkpoints each second, all at the old batch's sizes) around the cut.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let cut = std::time::SystemTime::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     p.post(&events("new", 20)).await?;
     p.wait_for_rows(40, Duration::from_secs(60)).await;
     p.wait_signed(40, Duration::from_secs(60)).await?;
@@ -69,6 +69,9 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
             .execute()
             .await?;
     }
+    // Each table's TTL acted at its own moment, so the last one cut latest: the verifier's
+    // retention must reach at least that far back, as the sink's setting does in days.
+    let ttl_cut = std::time::SystemTime::now() - Duration::from_secs(ttl_s);
     let left: u64 = ch
         .query("SELECT count() FROM events WHERE event_type = 'log'")
         .fetch_one()
@@ -86,18 +89,18 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
         !ok && out.contains("DELETED"),
         "without the retention the removed links read as deleted:\n{out}"
     );
-    // The verifier's retention: its cut a second (the grace) before the TTL's.
-    let retention = |extra_s: f64| {
-        let days = (cut.elapsed().map_or(0.0, |d| d.as_secs_f64()) + extra_s) / 86_400.0;
-        format!("{days:.9}")
+    // The verifier's retention: the TTL's, its cut where the last table's was.
+    let verify_retained = || {
+        let days = ttl_cut.elapsed().map_or(0.0, |d| d.as_secs_f64()) / 86_400.0;
+        let days = format!("{days:.9}");
+        p.verify_with(
+            &from,
+            &to,
+            false,
+            &["--grace-seconds", "1", "--retention-days", &days],
+        )
     };
-    let days = retention(1.0);
-    let (ok, out) = p.verify_with(
-        &from,
-        &to,
-        false,
-        &["--grace-seconds", "1", "--retention-days", &days],
-    )?;
+    let (ok, out) = verify_retained()?;
     assert!(ok, "expired links are no finding:\n{out}");
     assert!(
         out.contains("20 links in") && out.contains("20 links EXPIRED"),
@@ -112,13 +115,7 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
     ch.query("ALTER TABLE events DELETE WHERE message = 'new 7' SETTINGS mutations_sync = 2")
         .execute()
         .await?;
-    let days = retention(1.0);
-    let (ok, out) = p.verify_with(
-        &from,
-        &to,
-        false,
-        &["--grace-seconds", "1", "--retention-days", &days],
-    )?;
+    let (ok, out) = verify_retained()?;
     assert!(
         !ok && out.contains("DELETED  raw partition"),
         "a deletion after the horizon is named:\n{out}"
@@ -136,13 +133,7 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
         .execute()
         .await?;
     }
-    let days = retention(1.0);
-    let (ok, out) = p.verify_with(
-        &from,
-        &to,
-        false,
-        &["--grace-seconds", "1", "--retention-days", &days],
-    )?;
+    let (ok, out) = verify_retained()?;
     assert!(
         !ok && out.contains("the frontier stored for chain"),
         "a changed frontier is named:\n{out}"
@@ -152,13 +143,7 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
     ch.query("ALTER TABLE chain_frontiers DELETE WHERE 1 SETTINGS mutations_sync = 2")
         .execute()
         .await?;
-    let days = retention(1.0);
-    let (ok, out) = p.verify_with(
-        &from,
-        &to,
-        false,
-        &["--grace-seconds", "1", "--retention-days", &days],
-    )?;
+    let (ok, out) = verify_retained()?;
     assert!(
         !ok && out.contains("above the retention horizon, cannot be proven"),
         "links nothing proves any more are a finding:\n{out}"
@@ -168,23 +153,17 @@ async fn expired_links_are_not_findings_and_everything_after_them_is_still_prove
     // Checkpoints just after the cut deleted, to move the horizon on (and with it what may
     // read as expired): the checkpoint that is now oldest names one that is gone, so nothing
     // counts as expired, and the old links read as deleted again.
-    let cut_us = i64::try_from(cut.duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
+    let cut_us = i64::try_from(ttl_cut.duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
     ch.query(
         "ALTER TABLE chain_checkpoints DELETE
          WHERE signed_at BETWEEN fromUnixTimestamp64Micro(?) AND fromUnixTimestamp64Micro(?)
          SETTINGS mutations_sync = 2",
     )
-    .bind(cut_us)
-    .bind(cut_us + 3_000_000)
+    .bind(cut_us - 2_000_000)
+    .bind(cut_us + 4_000_000)
     .execute()
     .await?;
-    let days = retention(1.0);
-    let (ok, out) = p.verify_with(
-        &from,
-        &to,
-        false,
-        &["--grace-seconds", "1", "--retention-days", &days],
-    )?;
+    let (ok, out) = verify_retained()?;
     assert!(
         !ok && out.contains("link 0, under a signed checkpoint, is not stored"),
         "a horizon moved by deleting checkpoints explains nothing:\n{out}"
