@@ -103,6 +103,13 @@ async fn rotate_key(
         Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--at {t:?}: {e}"))?,
         None => Timestamp::now(),
     };
+    // A moment already past would make what the old key signed since read as RETIRED.
+    let now = Timestamp::now();
+    anyhow::ensure!(
+        at.as_micros() >= now.as_micros() - 60_000_000,
+        "--at {} is in the past: checkpoints the old key signed since then would read as RETIRED; give a moment after the old key's last signature (now, or when every enricher is on the new key)",
+        at.to_rfc3339()
+    );
     let rotation = KeyRotation::sign(&old, &new, at.as_micros());
     let event = audit_enricher::chaining::rotation_event(&rotation, Timestamp::now());
     let producer = audit_runtime::kafka::producer(&settings.kafka, "audit-enricher-rotate-key")?;
