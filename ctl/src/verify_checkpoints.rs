@@ -752,37 +752,12 @@ async fn read(db: &clickhouse::Client, tail: &str, binds: &[i64]) -> Result<Vec<
     Ok(rows.into_iter().map(Checkpoint::from).collect())
 }
 
-/// Rows of a checkpoint's frontier, with the checkpoint whose root its peaks must give.
+/// A frontier as `chain_frontiers` stores it: the peaks of the tree a checkpoint signs.
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct FrontierRow {
-    peaks: Vec<String>,
-    raw_partition: i32,
-    epoch: String,
     tree_size: u64,
     root: String,
-    raw_offset_start: i64,
-    raw_offset_end: i64,
-    prev: String,
-    signed_us: i64,
-    key_id: String,
-    signature: String,
-}
-
-impl FrontierRow {
-    fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            raw_partition: self.raw_partition,
-            epoch: self.epoch.clone(),
-            tree_size: self.tree_size,
-            root: self.root.clone(),
-            raw_offset_start: self.raw_offset_start,
-            raw_offset_end: self.raw_offset_end,
-            prev: self.prev.clone(),
-            signed_at: self.signed_us,
-            key_id: self.key_id.clone(),
-            signature: self.signature.clone(),
-        }
-    }
+    peaks: Vec<String>,
 }
 
 /// One chain's stored frontiers below its retention horizon, in size order, offered to the
@@ -791,6 +766,8 @@ impl FrontierRow {
 /// into. (Read whole, not streamed beside the links' cursor.)
 struct Frontiers<'k> {
     rows: std::iter::Peekable<std::vec::IntoIter<FrontierRow>>,
+    /// The checkpoints the frontiers belong to, by (tree size, root).
+    checkpoints: HashMap<(u64, String), Checkpoint>,
     keys: &'k HashMap<String, ed25519_dalek::VerifyingKey>,
 }
 
@@ -814,29 +791,10 @@ impl<'k> Frontiers<'k> {
         let from = u64::try_from(first).unwrap_or(0);
         let rows: Vec<FrontierRow> = db
             .query(
-                "SELECT f.peaks AS peaks, c.raw_partition AS raw_partition, c.epoch AS epoch,
-                        c.tree_size AS tree_size, c.root AS root,
-                        c.raw_offset_start AS raw_offset_start, c.raw_offset_end AS raw_offset_end,
-                        c.prev AS prev, c.signed_us AS signed_us, c.key_id AS key_id,
-                        c.signature AS signature
-                 FROM (SELECT DISTINCT raw_partition, epoch, tree_size, root, peaks
-                       FROM chain_frontiers
-                       WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?) AS f
-                 INNER JOIN (SELECT raw_partition, epoch, tree_size, root, raw_offset_start,
-                                    raw_offset_end, prev,
-                                    toUnixTimestamp64Micro(signed_at) AS signed_us, key_id,
-                                    signature
-                             FROM chain_checkpoints
-                             WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?
-                             ORDER BY signed_at LIMIT 1 BY tree_size, root) AS c
-                 ON c.raw_partition = f.raw_partition AND c.epoch = f.epoch
-                    AND c.tree_size = f.tree_size AND c.root = f.root
+                "SELECT DISTINCT tree_size, root, peaks FROM chain_frontiers
+                 WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?
                  ORDER BY tree_size",
             )
-            .bind(partition)
-            .bind(epoch)
-            .bind(from)
-            .bind(upto)
             .bind(partition)
             .bind(epoch)
             .bind(from)
@@ -844,13 +802,32 @@ impl<'k> Frontiers<'k> {
             .fetch_all()
             .await
             .with_context(|| format!("reading the frontiers of chain {epoch}"))?;
+        let checkpoints: Vec<CheckpointRow> = db
+            .query(&format!(
+                "SELECT {COLUMNS} FROM chain_checkpoints
+                 WHERE raw_partition = ? AND epoch = ? AND tree_size BETWEEN ? AND ?
+                 ORDER BY signed_at LIMIT 1 BY tree_size, root"
+            ))
+            .bind(partition)
+            .bind(epoch)
+            .bind(from)
+            .bind(upto)
+            .fetch_all()
+            .await
+            .with_context(|| format!("reading the checkpoints of chain {epoch}"))?;
         Ok(Self {
             rows: rows.into_iter().peekable(),
+            checkpoints: checkpoints
+                .into_iter()
+                .map(Checkpoint::from)
+                .map(|c| ((c.tree_size, c.root.clone()), c))
+                .collect(),
             keys,
         })
     }
 
-    /// Offers every frontier of size at most `upto` (all links below it were pushed).
+    /// Offers every frontier of size at most `upto` (all links below it were pushed). One
+    /// with no stored checkpoint of its size and root is no frontier of this chain.
     fn offer_upto(
         &mut self,
         upto: u64,
@@ -858,11 +835,13 @@ impl<'k> Frontiers<'k> {
         findings: &mut Vec<CheckpointFinding>,
     ) {
         while let Some(row) = self.rows.next_if(|r| r.tree_size <= upto) {
+            let Some(c) = self.checkpoints.get(&(row.tree_size, row.root.clone())) else {
+                continue;
+            };
             let keys = self.keys;
             check.offer(
                 row.tree_size,
                 || {
-                    let c = row.checkpoint();
                     let signed = keys.get(&c.key_id).is_some_and(|k| c.verify(k));
                     signed.then(|| c.frontier(&row.peaks)).flatten()
                 },
