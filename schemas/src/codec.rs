@@ -416,4 +416,4 @@ impl Serialize for AnyRecord {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,9 +12,9 @@
 //! data deletes the cleartext and the salt; the commitment stays, so every proof still holds, and
 //! without the salt the value cannot be recovered by guessing.
 
-use super::write_sorted;
+mod canonical;
+
 use crate::event::EnrichedAuditEvent;
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 /// A per-event random salt for the commitments of its personal data.
@@ -40,11 +40,8 @@ pub const COMMITMENT_PREFIX: &str = "sha256:";
 /// The commitment to one personal value: `sha256:` and the hex of
 /// `SHA-256("audit-erasable-v2\n" ‖ salt ‖ UTF-8 value)`.
 pub fn commitment(salt: &Salt, value: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"audit-erasable-v2\n");
-    h.update(salt);
-    h.update(value.as_bytes());
-    format!("{COMMITMENT_PREFIX}{}", hex::encode(h.finalize()))
+    // The prefix and hex digits are ASCII.
+    String::from_utf8_lossy(&canonical::commitment_text(salt, value)).into_owned()
 }
 
 /// Whether `value` is the value `committed` (a [`commitment`]) was made from.
@@ -61,20 +58,13 @@ pub fn new_salt() -> Salt {
     salt
 }
 
-/// The canonical content of `event` with its personal values committed under `salt`.
+/// The canonical content of `event` with its personal values committed under `salt`: the
+/// event's `serde_json::Value` without `chain`, each [`ERASABLE`] string replaced by its
+/// [`commitment`], written with keys sorted and no whitespace ([`canonical`] writes these bytes
+/// in one pass).
 pub fn content(event: &EnrichedAuditEvent, salt: &Salt) -> Vec<u8> {
-    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
-    if let Value::Object(top) = &mut value {
-        top.remove("chain");
-    }
-    for path in ERASABLE {
-        if let Some(Value::String(s)) = pointer_mut(&mut value, path) {
-            *s = commitment(salt, s);
-        }
-    }
     let mut out = Vec::with_capacity(1024);
-    // Writing into a Vec cannot fail, nor can serializing a Value.
-    let _ = write_sorted(&value, &mut out);
+    canonical::write(event, salt, &mut out);
     out
 }
 
@@ -87,10 +77,6 @@ pub fn content_digest(content: &[u8]) -> [u8; 32] {
 /// the stored columns from.
 pub fn parse(content: &[u8]) -> Result<EnrichedAuditEvent, serde_json::Error> {
     serde_json::from_slice(content)
-}
-
-fn pointer_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
-    path.iter().try_fold(v, |v, k| v.get_mut(*k))
 }
 
 #[cfg(test)]
@@ -208,5 +194,39 @@ mod tests {
             salt: Some(hex::encode(salt)),
         });
         assert_eq!(content(&e, &salt), before);
+    }
+
+    /// The definition the one-pass writer must match: the `Value`, `chain` removed, erasable
+    /// strings committed, written with keys sorted.
+    fn value_form(event: &EnrichedAuditEvent, salt: &Salt) -> Vec<u8> {
+        use serde_json::Value;
+        let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+        if let Value::Object(top) = &mut value {
+            top.remove("chain");
+        }
+        for path in ERASABLE {
+            let at = path.iter().try_fold(&mut value, |v, k| v.get_mut(*k));
+            if let Some(Value::String(s)) = at {
+                *s = commitment(salt, s);
+            }
+        }
+        let mut out = Vec::new();
+        crate::chain::write_sorted(&value, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_example_is_the_same_in_both_forms() {
+        let salt = [7u8; 32];
+        assert_eq!(content(&example(), &salt), value_form(&example(), &salt));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn same_bytes_as_the_value_form(e in crate::codec::tests::arb_enriched(), salt in proptest::prelude::any::<[u8; 32]>()) {
+            proptest::prop_assert_eq!(content(&e, &salt), value_form(&e, &salt));
+        }
     }
 }

@@ -328,7 +328,7 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 prop_compose! {
-    fn arb_raw()(
+    pub(crate) fn arb_raw()(
         id in any::<u128>(),
         ts in any::<i64>(),
         event_type in "[A-Za-z0-9_.:-]{1,128}",
@@ -368,7 +368,8 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn arb_enriched()(
+    /// Any enriched event the model can hold; its strings are any Unicode.
+    pub(crate) fn arb_enriched()(
         event in arb_raw(),
         user in option::of((text(), text(), option::of(text()))),
         groups in vec((text(), text()), 0..5),
